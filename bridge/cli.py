@@ -1,0 +1,173 @@
+"""``python -m bridge``: manage users and tokens, start the server.
+
+Expected failures (unknown user, bad value, unreadable database) print one ``error: ...`` line
+on stderr and exit 1; argparse usage errors keep argparse's own message and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from bridge.store import Store, StoreError, utc_now
+from bridge.units import parse_duration
+
+
+class CommandError(Exception):
+    """A failure to report as one ``error:`` line."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args) or 0
+    except (CommandError, ValueError, sqlite3.Error, OSError) as exc:  # StoreError is a ValueError
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bridge", description="bridge: a self-hosted AI gateway.")
+    _add_global_options(parser, default=None)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # Leaf parsers accept the global options too (``bridge users list --database-url ...``);
+    # SUPPRESS keeps a value given before the subcommand from being reset to None.
+    common = argparse.ArgumentParser(add_help=False)
+    _add_global_options(common, default=argparse.SUPPRESS)
+
+    users = commands.add_parser("users", help="manage users").add_subparsers(
+        dest="users_command", required=True, metavar="COMMAND"
+    )
+    p = users.add_parser("create", parents=[common], help="create a user and print it as JSON")
+    p.add_argument("name")
+    p.add_argument("--admin", action="store_true", help="make the user an administrator")
+    p.set_defaults(handler=_users_create)
+    p = users.add_parser("list", parents=[common], help="list users")
+    p.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
+    p.set_defaults(handler=_users_list)
+    p = users.add_parser("delete", parents=[common], help="delete a user (its tokens stop working)")
+    p.add_argument("name", help="username or user id")
+    p.set_defaults(handler=_users_delete)
+
+    tokens = commands.add_parser("tokens", help="manage API tokens").add_subparsers(
+        dest="tokens_command", required=True, metavar="COMMAND"
+    )
+    p = tokens.add_parser("create", parents=[common], help="create a token and print it (shown once)")
+    p.add_argument("name", help="username")
+    p.add_argument("--lifetime", metavar="DURATION", help="e.g. 30d, 720h, 1h30m (default: never expires)")
+    p.add_argument("--name", dest="label", metavar="LABEL", help="a label for the token")
+    p.set_defaults(handler=_tokens_create)
+    p = tokens.add_parser("list", parents=[common], help="list a user's tokens (never the secrets)")
+    p.add_argument("name", help="username")
+    p.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
+    p.set_defaults(handler=_tokens_list)
+    p = tokens.add_parser("revoke", parents=[common], help="revoke a token")
+    p.add_argument("id", help="token id (the part before the first '-')")
+    p.set_defaults(handler=_tokens_revoke)
+
+    _add_server_parser(commands)
+    return parser
+
+
+def _add_global_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument("--config", metavar="FILE", default=default, help="YAML config file (keys under aibridge:)")
+    parser.add_argument(
+        "--database-url", metavar="URL", default=default, help="the store, e.g. sqlite:///aibridge.db or a path"
+    )
+
+
+def _add_server_parser(commands: Any) -> None:
+    try:
+        from bridge import server
+    except ModuleNotFoundError as exc:
+        if exc.name != "bridge.server":
+            raise
+        return  # bridge/server.py is not written yet
+    p = commands.add_parser("server", help="run the gateway under gunicorn")
+    server.add_arguments(p)
+    p.set_defaults(handler=server.run)
+
+
+def _open_store(args: argparse.Namespace) -> Store:
+    from bridge.config import resolve_database_path
+
+    flags = {"CODER_AIBRIDGE_DATABASE_URL": args.database_url} if args.database_url else {}
+    path = resolve_database_path(flags=flags, config_path=args.config)
+    try:
+        return Store.from_path(path)
+    except sqlite3.Error as exc:
+        raise CommandError(f"cannot open database {path}: {exc}") from None
+
+
+def _users_create(args: argparse.Namespace) -> None:
+    with _open_store(args) as store:
+        user = store.create_user(args.name, is_admin=args.admin)
+    print(json.dumps(user))
+
+
+def _users_list(args: argparse.Namespace) -> None:
+    with _open_store(args) as store:
+        users = store.list_users()
+    if args.json:
+        print(json.dumps(users, indent=2))
+        return
+    _print_table(
+        ["USERNAME", "ID", "ADMIN", "CREATED"],
+        [[u["username"], u["id"], "yes" if u["is_admin"] else "no", u["created_at"]] for u in users],
+    )
+
+
+def _users_delete(args: argparse.Namespace) -> None:
+    with _open_store(args) as store:
+        if not store.delete_user(args.name):
+            raise CommandError(f"unknown user {args.name!r}")
+    print(f"deleted user {args.name}")
+
+
+def _tokens_create(args: argparse.Namespace) -> None:
+    try:
+        lifetime = parse_duration(args.lifetime) if args.lifetime is not None else None
+    except ValueError as exc:
+        raise CommandError(f"--lifetime: {exc}") from None
+    with _open_store(args) as store:
+        token, _ = store.create_token(args.name, lifetime=lifetime, name=args.label)
+    print(token)  # alone on stdout: scripts capture it
+
+
+def _tokens_list(args: argparse.Namespace) -> None:
+    with _open_store(args) as store:
+        tokens = store.list_tokens(args.name)
+    if args.json:
+        print(json.dumps(tokens, indent=2))
+        return
+    now = utc_now()
+    _print_table(
+        ["ID", "NAME", "CREATED", "EXPIRES", "STATUS"],
+        [[t["id"], t["name"] or "", t["created_at"], t["expires_at"] or "never", _token_status(t, now)] for t in tokens],
+    )
+
+
+def _tokens_revoke(args: argparse.Namespace) -> None:
+    with _open_store(args) as store:
+        if not store.revoke_token(args.id):
+            raise CommandError(f"unknown token id {args.id!r}")
+    print(f"revoked token {args.id}")
+
+
+def _token_status(token: dict[str, Any], now: str) -> str:
+    if token["revoked_at"]:
+        return "revoked"
+    if token["expires_at"] and token["expires_at"] <= now:
+        return "expired"
+    return "active"
+
+
+def _print_table(headers: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+    for line in [headers, *rows]:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip())
+

@@ -1,0 +1,46 @@
+"""gunicorn settings and hooks (``gunicorn -c gunicorn.conf.py`` and ``python -m bridge server``).
+
+This module is loaded by the gunicorn master before the gevent workers patch the standard
+library: it must not import requests, ssl, Flask or the app (bridge.config, bridge.logsetup and
+bridge.store are safe).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+bind = os.environ.get("CODER_HTTP_ADDRESS", "127.0.0.1:3000")
+worker_class = "gevent"
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))  # about one per core: each worker is concurrent
+worker_connections = int(os.environ.get("BRIDGE_WORKER_CONNECTIONS", "1000"))
+timeout = 30            # heartbeat of the event loop, not a limit on streams
+graceful_timeout = 120  # in-flight streams get this long to finish on SIGTERM/HUP
+keepalive = 75          # longer than common load balancer idle timeouts (ALB: 60 s)
+control_socket_disable = True  # two instances would otherwise share ~/.gunicorn/gunicorn.ctl
+accesslog = None
+
+from bridge.logsetup import GUNICORN_LOGCONFIG  # noqa: E402
+
+logconfig_dict = GUNICORN_LOGCONFIG
+
+
+def on_starting(server) -> None:
+    """Fail fast on a broken configuration, before any worker starts; prepare logs and the store."""
+    from loguru import logger
+
+    from bridge.config import ConfigError, load_settings
+    from bridge.logsetup import configure_logging
+    from bridge.store import Store
+
+    try:
+        settings = load_settings()
+    except ConfigError as error:
+        sys.stderr.write(f"bridge: configuration error: {error}\n")
+        sys.exit(1)
+    configure_logging(settings.log_human, settings.log_json)
+    store = Store(settings.database_path)  # migrate once here; closed before the workers fork
+    store.migrate()
+    store.close()
+    logger.info("bridge starting on {} with {} worker(s); providers: {}", bind, workers,
+                ", ".join(f"{p.name} ({p.type})" for p in settings.providers) or "none")

@@ -1,0 +1,18 @@
+"""Provider types: where each upstream lives, which routes it has, and how it is authenticated."""
+
+from __future__ import annotations
+
+from bridge.config import ProviderSettings
+from bridge.providers.anthropic import AnthropicProvider
+from bridge.providers.base import Provider
+from bridge.providers.openai import OpenAIProvider
+
+PROVIDER_TYPES: dict[str, type[Provider]] = {
+    OpenAIProvider.type: OpenAIProvider,
+    AnthropicProvider.type: AnthropicProvider,
+}
+
+
+def build_provider(settings: ProviderSettings) -> Provider:
+    """The provider instance for one configured provider."""
+    return PROVIDER_TYPES[settings.type](settings)

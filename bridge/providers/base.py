@@ -1,0 +1,54 @@
+"""The parts every provider type shares: route tables, upstream URLs and credentials."""
+
+from __future__ import annotations
+
+from typing import Callable, ClassVar
+from urllib.parse import quote
+
+from bridge.config import ProviderSettings
+from bridge.intercept.base import Interceptor
+
+# Characters kept as they are when a decoded route path is put back into the upstream URL.
+_PATH_SAFE = "/-._~!$&'()*+,;=:@"
+
+InterceptorFactory = Callable[["Provider", dict, bytes], Interceptor]
+
+
+class Provider:
+    """One configured provider instance (e.g. ``anthropic-corp``) of a provider type."""
+
+    type: ClassVar[str]
+    #: Error body shape of the API this provider speaks (bridge.errors.OPENAI / ANTHROPIC).
+    shape: ClassVar[str]
+    #: Route path under ``/api/v2/aibridge/<name>/`` → how to intercept a POST to it.
+    intercepted: ClassVar[dict[str, InterceptorFactory]]
+    #: Route paths proxied unrecorded; a trailing ``/*`` admits any deeper path.
+    passthrough: ClassVar[tuple[str, ...]]
+    #: Leading part of the route path that the base URL already carries (``v1/`` for OpenAI).
+    route_prefix: ClassVar[str] = ""
+    #: Header that carries the provider key upstream, and the prefix of its value.
+    key_header: ClassVar[tuple[str, str]]
+
+    def __init__(self, settings: ProviderSettings) -> None:
+        self.settings = settings
+        self.name = settings.name
+        self.base_url = settings.base_url
+
+    def is_passthrough(self, path: str) -> bool:
+        for allowed in self.passthrough:
+            if path == allowed or (allowed.endswith("/*") and path.startswith(allowed[:-1]) and len(path) > len(allowed) - 1):
+                return True
+        return False
+
+    def upstream_url(self, path: str, query: bytes = b"") -> str:
+        """Base URL + the route path after the prefix the base URL already has; the base URL's path is kept."""
+        rest = path[len(self.route_prefix):] if path.startswith(self.route_prefix) else path
+        url = self.base_url + quote(rest, safe=_PATH_SAFE)
+        return f"{url}?{query.decode('latin-1')}" if query else url
+
+    def credential_headers(self) -> dict[str, str]:
+        """Headers that authenticate the gateway itself upstream (centralized mode)."""
+        if not self.settings.key:
+            return {}
+        name, prefix = self.key_header
+        return {name: prefix + self.settings.key}

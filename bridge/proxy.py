@@ -1,0 +1,138 @@
+"""The provider routes: one blueprint per configured provider instance (SPEC §4).
+
+A POST to an intercepted route is authenticated, checked, relayed and shown to its interceptor;
+a passthrough route is relayed with the provider key and not recorded; anything else is a 404
+that names the route.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import orjson
+from flask import Blueprint, Response, request
+
+from bridge.errors import GatewayError, error_body
+from bridge.gateway import Gateway
+from bridge.providers.base import InterceptorFactory, Provider
+from bridge.relay import STREAM_HEADERS, is_event_stream, read_whole, relay_stream, response_headers, upstream_headers
+
+ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+INTERCEPTION_HEADER = "X-AIBridge-Interception-Id"
+
+
+class RelayResponse(Response):
+    #: Keep the upstream's content type, or none at all: never invent text/html.
+    default_mimetype = None
+
+
+def error_response(shape: str, error: GatewayError, extra_headers: dict[str, str] | None = None) -> RelayResponse:
+    headers = {"Content-Type": "application/json", **error.headers, **(extra_headers or {})}
+    return RelayResponse(error_body(shape, error.status, error.message, error.param), status=error.status, headers=headers)
+
+
+def provider_blueprint(provider: Provider, gateway: Gateway) -> Blueprint:
+    blueprint = Blueprint(f"provider-{provider.name}", __name__, url_prefix=f"/api/v2/aibridge/{provider.name}")
+
+    for path, factory in provider.intercepted.items():
+        blueprint.add_url_rule(f"/{path}", endpoint=f"intercept:{path}", methods=["POST"],
+                               view_func=_intercept_view(provider, path, factory, gateway))
+
+    def other_route(rest: str = "") -> Response:
+        if _is_safe_path(rest) and provider.is_passthrough(rest):
+            return _passthrough(provider, rest, gateway)
+        return error_response(provider.shape, GatewayError(404, f"route not supported: {request.method} /{rest}"))
+
+    blueprint.add_url_rule("/", endpoint="other-root", view_func=other_route, methods=ALL_METHODS)
+    blueprint.add_url_rule("/<path:rest>", endpoint="other", view_func=other_route, methods=ALL_METHODS)
+    return blueprint
+
+
+def _intercept_view(provider: Provider, path: str, factory: InterceptorFactory, gateway: Gateway):
+    def intercept() -> Response:
+        shape = provider.shape
+        try:
+            caller = gateway.authenticator.authenticate(request.headers, gateway.settings.allow_byok)
+            raw = read_body(gateway.settings.max_body_size)
+            interceptor = factory(provider, parse_json_object(raw), raw)
+        except GatewayError as error:
+            return error_response(shape, error)
+        interception_id = str(uuid.uuid4())
+        id_header = {INTERCEPTION_HEADER: interception_id}
+        try:
+            headers = upstream_headers(request.headers.items(), _credentials(provider, caller.byok))
+            upstream = gateway.upstream.send("POST", provider.upstream_url(path, request.query_string),
+                                             headers, interceptor.upstream_body(), provider.name)
+            if interceptor.streaming and upstream.status_code < 400 and is_event_stream(upstream):
+                out_headers = response_headers(upstream)
+                out_headers.extend(STREAM_HEADERS)
+                out_headers.append((INTERCEPTION_HEADER, interception_id))
+                return RelayResponse(relay_stream(upstream, interceptor, shape, provider.name),
+                                     status=upstream.status_code, headers=out_headers)
+            body = read_whole(upstream, provider.name)
+        except GatewayError as error:
+            return error_response(shape, error, id_header)
+        interceptor.observe_response(upstream.status_code, body)
+        out_headers = response_headers(upstream)
+        out_headers.append((INTERCEPTION_HEADER, interception_id))
+        return RelayResponse(body, status=upstream.status_code, headers=out_headers)
+
+    intercept.__name__ = f"intercept_{provider.name}_{path}"
+    return intercept
+
+
+def _passthrough(provider: Provider, path: str, gateway: Gateway) -> Response:
+    try:
+        caller = gateway.authenticator.authenticate(request.headers, gateway.settings.allow_byok)
+        body = read_body(gateway.settings.max_body_size) if request.method not in ("GET", "HEAD") else None
+        upstream = gateway.upstream.send(request.method, provider.upstream_url(path, request.query_string),
+                                         upstream_headers(request.headers.items(), _credentials(provider, caller.byok)),
+                                         body, provider.name)
+        content = read_whole(upstream, provider.name)
+    except GatewayError as error:
+        return error_response(provider.shape, error)
+    return RelayResponse(content, status=upstream.status_code, headers=response_headers(upstream))
+
+
+def _credentials(provider: Provider, byok: bool) -> dict[str, str] | None:
+    if byok:
+        return None
+    credentials = provider.credential_headers()
+    if not credentials:
+        raise GatewayError(401, f"provider {provider.name!r} has no key configured on the gateway; "
+                                "send your own provider key (bring-your-own-key mode)")
+    return credentials
+
+
+def read_body(limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
+    # Refused before reading: gunicorn discards the unread rest without buffering it.
+    too_large = GatewayError(413, f"request body exceeds the gateway's limit of {limit} bytes")
+    length = request.content_length
+    if length is not None:
+        if length > limit:
+            raise too_large
+        return request.get_data(cache=False)
+    stream = request.stream
+    parts, size = [], 0
+    while chunk := stream.read(65536):
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def parse_json_object(raw: bytes) -> dict:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise GatewayError(400, f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise GatewayError(400, "request body must be a JSON object")
+    return body
+
+
+def _is_safe_path(path: str) -> bool:
+    """No empty, ``.`` or ``..`` segments: a route path must not climb out of the allow-list."""
+    return all(segment not in ("", ".", "..") for segment in path.split("/")) if path else False

@@ -1,0 +1,146 @@
+"""Moving bytes between the client and the upstream: headers, the HTTP client, bodies and streams."""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator, Mapping
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ProtocolError, ReadTimeoutError
+
+from bridge.errors import GatewayError, stream_error_event
+from bridge.intercept.base import Interceptor
+from bridge.intercept.sse import SSESplitter
+
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+    "trailers", "transfer-encoding", "upgrade", "proxy-connection",
+})
+# Never sent upstream: framing the gateway recomputes, compression it would have to undo, the
+# client's cookies, and everything that identifies the caller to the gateway rather than the provider.
+_REQUEST_DROPPED = HOP_BY_HOP | {
+    "host", "content-length", "accept-encoding", "cookie", "x-coder-ai-governance-token",
+}
+_CLIENT_CREDENTIALS = frozenset({"authorization", "x-api-key"})
+# Framing and encoding are the gateway's own on the way back; cookies belong to the upstream's domain.
+_RESPONSE_DROPPED = HOP_BY_HOP | {"content-length", "content-encoding", "set-cookie"}
+STREAM_HEADERS = (("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no"))
+_READ_SIZE = 65536
+
+
+def upstream_headers(incoming: Iterable[tuple[str, str]], credentials: Mapping[str, str] | None) -> dict[str, str]:
+    """Headers for the upstream request. ``credentials`` replace the client's own (centralized mode);
+    None keeps the client's ``Authorization``/``X-Api-Key`` (bring-your-own-key)."""
+    items = list(incoming)
+    dropped = set(_REQUEST_DROPPED)
+    for name, value in items:  # headers the client named in Connection are hop-by-hop too
+        if name.lower() == "connection":
+            dropped.update(token.strip().lower() for token in value.split(","))
+    if credentials is not None:
+        dropped |= _CLIENT_CREDENTIALS
+    headers = {name: value for name, value in items
+               if name.lower() not in dropped and not name.lower().startswith("coder-")}
+    if credentials:
+        headers.update(credentials)
+    headers["Accept-Encoding"] = "identity"
+    return headers
+
+
+def response_headers(upstream: requests.Response) -> list[tuple[str, str]]:
+    return [(name, value) for name, value in upstream.raw.headers.items() if name.lower() not in _RESPONSE_DROPPED]
+
+
+def is_event_stream(upstream: requests.Response) -> bool:
+    return upstream.headers.get("content-type", "").startswith("text/event-stream")
+
+
+class Upstream:
+    """The worker's HTTP client: one pooled session, no proxy/netrc lookups, bounded waits."""
+
+    def __init__(self, connect_timeout: float, read_timeout: float, pool_size: int) -> None:
+        self._timeout = (connect_timeout, read_timeout)
+        self._pool_size = pool_size
+        self._session: requests.Session | None = None
+
+    @property
+    def session(self) -> requests.Session:
+        if self._session is None:  # created in the worker, after fork and gevent's patching
+            session = requests.Session()
+            session.trust_env = False
+            adapter = HTTPAdapter(pool_connections=16, pool_maxsize=self._pool_size, pool_block=False, max_retries=0)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            self._session = session
+        return self._session
+
+    def send(self, method: str, url: str, headers: Mapping[str, str], body: bytes | None,
+             provider_name: str) -> requests.Response:
+        try:
+            return self.session.request(method, url, data=body, headers=headers, stream=True,
+                                        timeout=self._timeout, allow_redirects=False)
+        except requests.Timeout:
+            raise GatewayError(504, f"upstream of provider {provider_name!r} did not answer in time") from None
+        except requests.RequestException as exc:
+            raise GatewayError(502, f"upstream of provider {provider_name!r} is unreachable ({_reason(exc)})") from None
+
+
+def read_whole(upstream: requests.Response, provider_name: str) -> bytes:
+    """The whole body of a non-streamed answer."""
+    try:
+        return upstream.raw.read(decode_content=True)
+    except ReadTimeoutError:
+        raise GatewayError(504, f"upstream of provider {provider_name!r} stopped sending") from None
+    except (ProtocolError, OSError) as exc:
+        raise GatewayError(502, f"upstream of provider {provider_name!r} broke off the response ({_reason(exc)})") from None
+    finally:
+        upstream.close()
+
+
+def relay_stream(upstream: requests.Response, interceptor: Interceptor, shape: str, provider_name: str) -> Iterator[bytes]:
+    """Yield the upstream's SSE bytes as they arrive, letting the interceptor see every event.
+
+    A stream that breaks or stalls upstream ends with the provider's error event, so the client's
+    SDK raises instead of waiting or taking a cut stream for a finished one. Closing this generator
+    (the client went away) closes the upstream connection at once.
+    """
+    splitter = SSESplitter()
+    read1 = upstream.raw.read1
+    rewrite = interceptor.rewrites_stream
+    try:
+        while True:
+            try:
+                chunk = read1(_READ_SIZE, decode_content=True)
+            except ReadTimeoutError:
+                yield stream_error_event(shape, 504, f"upstream of provider {provider_name!r} stopped sending mid-stream")
+                return
+            except (ProtocolError, OSError) as exc:
+                yield stream_error_event(shape, 502, f"upstream of provider {provider_name!r} broke off the stream ({_reason(exc)})")
+                return
+            if not chunk:
+                break
+            events = splitter.feed(chunk)
+            if rewrite:
+                out = b"".join([interceptor.relay_event(event) for event in events])
+                if out:
+                    yield out
+            else:
+                for event in events:
+                    interceptor.observe_event(event)
+                yield chunk
+        if rewrite:
+            rest = splitter.remainder()
+            if rest:
+                yield rest
+    finally:
+        upstream.close()
+
+
+def _reason(exc: BaseException) -> str:
+    """A short cause without URLs or headers (which could carry credentials)."""
+    text = str(exc).lower()
+    for needle, reason in (("refused", "connection refused"), ("reset", "connection reset"),
+                           ("name or service", "name resolution failed"), ("nodename", "name resolution failed"),
+                           ("incomplete", "incomplete read"), ("ssl", "TLS error"), ("certificate", "TLS error")):
+        if needle in text:
+            return reason
+    return type(exc).__name__

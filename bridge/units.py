@@ -1,0 +1,45 @@
+"""Parsing of the duration and size values used by settings and the CLI."""
+
+from __future__ import annotations
+
+import re
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|d|h|m|s)")
+_DURATION_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?", re.IGNORECASE)
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "kib": 1024, "ki": 1024,
+    "m": 1000**2, "mb": 1000**2, "mib": 1024**2, "mi": 1024**2,
+    "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "gi": 1024**3,
+    "t": 1000**4, "tb": 1000**4, "tib": 1024**4, "ti": 1024**4,
+}
+
+
+def parse_duration(text: str) -> float:
+    """Parse ``90d``, ``720h``, ``30m``, ``1h30m``, ``1.5s``, ``500ms`` or a bare ``0`` into seconds.
+
+    Raises ValueError with a message that says what is accepted.
+    """
+    value = text.strip()
+    if value == "0":
+        return 0.0
+    pos, total = 0, 0.0
+    for match in _DURATION_PART.finditer(value):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        pos = match.end()
+    if pos == 0 or pos != len(value):
+        raise ValueError(f"invalid duration {text!r} (use e.g. 90d, 720h, 30m, 1h30m, 10s or 0)")
+    return total
+
+
+def parse_size(text: str) -> int:
+    """Parse ``64MiB``, ``10MB``, ``512KiB`` or a plain byte count into bytes."""
+    match = _SIZE.fullmatch(text.strip())
+    if not match:
+        raise ValueError(f"invalid size {text!r} (use e.g. 64MiB, 10MB or a number of bytes)")
+    unit = (match.group(2) or "").lower()
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])

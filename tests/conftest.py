@@ -1,0 +1,97 @@
+"""Shared fixtures: a fake upstream replaying recorded traffic, a real store, and the gateway under gunicorn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from bridge.store import Store
+from tests.fakeupstream import FakeUpstream
+from tests.harness import GatewayProcess
+
+OPENAI_KEY = "sk-openai-test-5f0c2a9d8e7b6a5c4d3e"
+ANTHROPIC_KEY = "sk-ant-test-9a8b7c6d5e4f3a2b1c0d"
+TEAM_B_KEY = "sk-teamb-test-1111222233334444"
+CORP_KEY = "sk-ant-corp-test-aaaabbbbccccdddd"
+
+
+class Identities:
+    """Users and gateway tokens created in the test database."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        store.create_user("alice", is_admin=True)
+        store.create_user("bob")
+        self.alice, _ = store.create_token("alice")
+        self.bob, _ = store.create_token("bob")
+
+    def token(self, username: str, **kwargs) -> tuple[str, dict]:
+        return self.store.create_token(username, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[FakeUpstream]:
+    fake = FakeUpstream().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="session")
+def session_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("bridge")
+
+
+@pytest.fixture(scope="session")
+def database(session_dir: Path) -> Path:
+    return session_dir / "bridge.db"
+
+
+@pytest.fixture(scope="session")
+def identities(database: Path) -> Iterator[Identities]:
+    store = Store(str(database))
+    store.migrate()
+    yield Identities(store)
+    store.close()
+
+
+def provider_env(upstream: FakeUpstream) -> dict[str, str]:
+    """Legacy openai + anthropic providers, and one more instance of each type on its own base path and key."""
+    return {
+        "CODER_AIBRIDGE_ENABLED": "true",
+        "CODER_AIBRIDGE_OPENAI_KEY": OPENAI_KEY,
+        "CODER_AIBRIDGE_OPENAI_BASE_URL": f"{upstream.url}/v1/",
+        "CODER_AIBRIDGE_ANTHROPIC_KEY": ANTHROPIC_KEY,
+        "CODER_AIBRIDGE_ANTHROPIC_BASE_URL": f"{upstream.url}/",
+        "CODER_AIBRIDGE_PROVIDER_0_TYPE": "openai",
+        "CODER_AIBRIDGE_PROVIDER_0_NAME": "team-b",
+        "CODER_AIBRIDGE_PROVIDER_0_KEY": TEAM_B_KEY,
+        "CODER_AIBRIDGE_PROVIDER_0_BASE_URL": f"{upstream.url}/team-b/v1",
+        "CODER_AIBRIDGE_PROVIDER_1_TYPE": "anthropic",
+        "CODER_AIBRIDGE_PROVIDER_1_NAME": "anthropic-corp",
+        "CODER_AIBRIDGE_PROVIDER_1_KEY": CORP_KEY,
+        "CODER_AIBRIDGE_PROVIDER_1_BASE_URL": f"{upstream.url}/corp/anthropic",
+    }
+
+
+@pytest.fixture(scope="session")
+def start_gateway(session_dir: Path, database: Path, identities: Identities) -> Iterator[Callable[..., GatewayProcess]]:
+    """Start a gateway with extra settings; every one started is stopped at the end of the session."""
+    started: list[GatewayProcess] = []
+
+    def start(env: dict[str, str], workers: int = 2) -> GatewayProcess:
+        full_env = {"CODER_AIBRIDGE_DATABASE_URL": f"sqlite:///{database}", **env}
+        process = GatewayProcess(full_env, session_dir / f"gateway-{len(started)}.log", workers=workers)
+        started.append(process)
+        return process.start()
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(start_gateway, upstream: FakeUpstream) -> GatewayProcess:
+    """The gateway most tests use: two workers, four providers on the fake upstream."""
+    return start_gateway(provider_env(upstream))

@@ -1,0 +1,151 @@
+"""``python -m bridge`` users/tokens commands, run as real subprocesses against a temp database."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bridge.store import Store
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "bridge.db"
+
+
+@pytest.fixture
+def cli(tmp_path: Path, db_path: Path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CODER_AIBRIDGE_", "CODER_CONFIG_PATH"))}
+    env["CODER_AIBRIDGE_DATABASE_URL"] = f"sqlite:///{db_path}"
+    env["HOME"] = str(tmp_path)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "bridge", *args],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    return run
+
+
+def assert_error(result: subprocess.CompletedProcess[str], fragment: str) -> None:
+    assert result.returncode == 1, result
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert fragment in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_users_create_list_delete(cli, db_path: Path) -> None:
+    created = cli("users", "create", "alice", "--admin")
+    assert created.returncode == 0, created.stderr
+    alice = json.loads(created.stdout)
+    assert alice["username"] == "alice" and alice["is_admin"] is True
+    assert json.loads(cli("users", "create", "bob").stdout)["is_admin"] is False
+
+    listed = cli("users", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [u["username"] for u in json.loads(listed.stdout)] == ["alice", "bob"]
+
+    table = cli("users", "list")
+    assert table.returncode == 0, table.stderr
+    header, *rows = table.stdout.splitlines()
+    assert header.split() == ["USERNAME", "ID", "ADMIN", "CREATED"]
+    assert rows[0].split()[:3] == ["alice", alice["id"], "yes"]
+    assert rows[1].split()[0] == "bob"
+
+    deleted = cli("users", "delete", "alice")
+    assert deleted.returncode == 0, deleted.stderr
+    assert [u["username"] for u in json.loads(cli("users", "list", "--json").stdout)] == ["bob"]
+    with Store(str(db_path)) as store:
+        assert store.get_user("alice") is None
+
+
+def test_user_errors(cli) -> None:
+    assert cli("users", "create", "alice").returncode == 0
+    assert_error(cli("users", "create", "alice"), "already exists")
+    assert_error(cli("users", "create", "-bad name"), "invalid username")
+    assert_error(cli("users", "delete", "ghost"), "unknown user 'ghost'")
+
+
+def test_tokens_create_prints_only_the_token_and_it_authenticates(cli, db_path: Path) -> None:
+    alice = json.loads(cli("users", "create", "alice").stdout)
+    created = cli("tokens", "create", "alice", "--lifetime", "30d", "--name", "laptop")
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.endswith("\n") and created.stdout.count("\n") == 1
+    token = created.stdout.strip()
+    assert created.stdout == token + "\n"
+    with Store(str(db_path)) as store:
+        identity = store.authenticate(token)
+    assert identity is not None and identity["user_id"] == alice["id"] and identity["username"] == "alice"
+
+    listed = json.loads(cli("tokens", "list", "alice", "--json").stdout)
+    assert [t["id"] for t in listed] == [identity["token_id"]]
+    assert listed[0]["name"] == "laptop" and listed[0]["expires_at"] is not None
+    assert "hashed_secret" not in listed[0]
+
+    table = cli("tokens", "list", "alice")
+    assert table.returncode == 0, table.stderr
+    secret = token.split("-", 1)[1]
+    for output in (table.stdout, json.dumps(listed)):
+        assert secret not in output
+    header, row = table.stdout.splitlines()
+    assert header.split() == ["ID", "NAME", "CREATED", "EXPIRES", "STATUS"]
+    assert row.split()[:2] == [identity["token_id"], "laptop"] and row.split()[-1] == "active"
+
+    revoked = cli("tokens", "revoke", identity["token_id"])
+    assert revoked.returncode == 0, revoked.stderr
+    assert cli("tokens", "list", "alice").stdout.splitlines()[1].split()[-1] == "revoked"
+    with Store(str(db_path)) as store:
+        assert store.authenticate(token) is None
+
+
+def test_token_without_lifetime_never_expires(cli) -> None:
+    cli("users", "create", "alice")
+    assert cli("tokens", "create", "alice").returncode == 0
+    (token,) = json.loads(cli("tokens", "list", "alice", "--json").stdout)
+    assert token["expires_at"] is None and token["name"] is None
+    assert cli("tokens", "list", "alice").stdout.splitlines()[1].split()[-2:] == ["never", "active"]
+
+
+def test_token_errors(cli) -> None:
+    assert_error(cli("tokens", "create", "ghost"), "unknown user 'ghost'")
+    assert_error(cli("tokens", "list", "ghost"), "unknown user 'ghost'")
+    cli("users", "create", "alice")
+    assert_error(cli("tokens", "create", "alice", "--lifetime", "forever"), "invalid duration")
+    assert_error(cli("tokens", "create", "alice", "--lifetime", "0"), "lifetime must be positive")
+    assert_error(cli("tokens", "revoke", "zzzzzzzzzz"), "unknown token id 'zzzzzzzzzz'")
+    assert json.loads(cli("tokens", "list", "alice", "--json").stdout) == []
+
+
+def test_database_url_flag_wins_over_env(cli, tmp_path: Path, db_path: Path) -> None:
+    flagged = tmp_path / "flagged.db"
+    # Before the subcommand and after it: both positions are accepted.
+    assert cli("--database-url", f"sqlite:///{flagged}", "users", "create", "alice").returncode == 0
+    listed = cli("users", "list", "--json", "--database-url", str(flagged))
+    assert [u["username"] for u in json.loads(listed.stdout)] == ["alice"]
+    assert json.loads(cli("users", "list", "--json").stdout) == []  # the env's database
+    assert db_path.exists()
+
+
+def test_unopenable_database_is_one_error_line(cli, tmp_path: Path) -> None:
+    missing_dir = tmp_path / "no" / "such" / "dir" / "bridge.db"
+    assert_error(cli("--database-url", str(missing_dir), "users", "list"), "cannot open database")
+
+
+def test_missing_subcommand_is_a_usage_error(cli) -> None:
+    result = cli("users")
+    assert result.returncode == 2
+    assert "usage:" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,358 @@
+"""Keeps the recorded-traffic corpus (tests/fixtures) honest.
+
+Every body and event must validate with the official SDK types, use the providers' own byte format,
+and agree with its "expect" block, recomputed here by a small fold independent of the gateway.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pydantic
+import pytest
+from anthropic.types import ErrorResponse, Message, RawMessageStreamEvent
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.shared import ErrorObject
+
+from tests.fakeupstream import FIXTURES_DIR, load_fixtures
+
+FIXTURES = load_fixtures()
+NAMES = sorted(FIXTURES)
+STREAMED = [n for n in NAMES if FIXTURES[n]["streaming"] is not None and "events" in FIXTURES[n]["streaming"]]
+ANTHROPIC_EVENT = pydantic.TypeAdapter(RawMessageStreamEvent)
+
+# Fields the SDK types do not model but a real (compatible) provider sends.
+ALLOWED_EXTRAS = {"openai_chat/reasoning_content": {"reasoning_content", "prompt_cache_hit_tokens", "prompt_cache_miss_tokens"}}
+OPENAI_CHUNK_KEYS = ["id", "object", "created", "model", "service_tier", "system_fingerprint", "choices", "usage", "obfuscation"]
+# Usage fields that have their own column; every other numeric figure goes to metadata.
+ANTHROPIC_COLUMNS = {"input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"}
+OPENAI_COLUMNS = {"prompt_tokens", "completion_tokens", "prompt_tokens_details.cached_tokens"}
+
+
+def parts(name: str) -> list[tuple[str, dict[str, Any]]]:
+    fx = FIXTURES[name]
+    return [(mode, fx[mode]) for mode in ("blocking", "streaming") if fx[mode] is not None]
+
+
+def api(name: str) -> str:
+    return name.split("/")[0]
+
+
+def compact(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+def extras(obj: Any) -> set[str]:
+    """Names of fields present in the data but not declared by the SDK model (anywhere inside obj)."""
+    found: set[str] = set()
+    if isinstance(obj, pydantic.BaseModel):
+        found |= set(obj.model_extra or {})
+        for field in type(obj).model_fields:
+            found |= extras(getattr(obj, field))
+    elif isinstance(obj, list):
+        for item in obj:
+            found |= extras(item)
+    return found
+
+
+def check_extras(name: str, model: pydantic.BaseModel) -> None:
+    unexpected = extras(model) - ALLOWED_EXTRAS.get(name, set())
+    assert not unexpected, f"fields unknown to the SDK: {unexpected}"
+
+
+def sse_data(event: str) -> str:
+    lines = event[:-2].split("\n")
+    assert event.endswith("\n\n") and lines[-1].startswith("data: "), event
+    return lines[-1][len("data: "):]
+
+
+def is_success(part: dict[str, Any]) -> bool:
+    return part["status"] == 200
+
+
+# ---------------------------------------------------------------- independent folds (SPEC §6)
+
+def numeric_leaves(obj: dict[str, Any], prefix: str = "") -> dict[str, int]:
+    out: dict[str, int] = {}
+    for k, v in obj.items():
+        if isinstance(v, dict):
+            out.update(numeric_leaves(v, f"{prefix}{k}."))
+        elif isinstance(v, int) and not isinstance(v, bool):
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def anthropic_usage(usage: dict[str, Any] | None) -> dict[str, Any] | None:
+    if usage is None:
+        return None
+    return {
+        "input_tokens": usage["input_tokens"],
+        "output_tokens": usage["output_tokens"],
+        "cache_read_input_tokens": usage.get("cache_read_input_tokens") or 0,
+        "cache_write_input_tokens": usage.get("cache_creation_input_tokens") or 0,
+        "metadata": {k: v for k, v in numeric_leaves(usage).items() if k not in ANTHROPIC_COLUMNS},
+    }
+
+
+def openai_usage(usage: dict[str, Any] | None) -> dict[str, Any] | None:
+    if usage is None:
+        return None
+    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+    return {
+        "input_tokens": usage["prompt_tokens"] - cached,
+        "output_tokens": usage["completion_tokens"],
+        "cache_read_input_tokens": cached,
+        "cache_write_input_tokens": 0,
+        "metadata": {k: v for k, v in numeric_leaves(usage).items() if k not in OPENAI_COLUMNS},
+    }
+
+
+def prompt_of(request: dict[str, Any]) -> str | None:
+    last = request["messages"][-1]
+    if last["role"] != "user":
+        return None
+    if isinstance(last["content"], str):
+        return last["content"]
+    texts = [p["text"] for p in last["content"] if p.get("type") == "text"]
+    return "\n".join(texts) if texts else None
+
+
+def merge(into: dict[str, Any], update: dict[str, Any]) -> None:
+    """Cumulative usage: later values replace earlier ones (nested objects merged)."""
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            merge(into[k], v)
+        elif v is not None:
+            into[k] = v
+
+
+def fold_anthropic_blocking(body: dict[str, Any]) -> dict[str, Any]:
+    content = body["content"]
+    return {
+        "usage": anthropic_usage(body["usage"]),
+        "tool_calls": [{"id": b["id"], "name": b["name"], "input": b["input"]}
+                       for b in content if b["type"] in ("tool_use", "server_tool_use")],
+        "thoughts": [{"content": b["thinking"], "source": "thinking"} for b in content if b["type"] == "thinking"],
+        "stop_reason": body["stop_reason"],
+        "text": "".join(b["text"] for b in content if b["type"] == "text"),
+    }
+
+
+def fold_anthropic_stream(events: list[str]) -> dict[str, Any]:
+    usage: dict[str, Any] | None = None
+    blocks: dict[int, dict[str, Any]] = {}
+    stop_reason = None
+    for event in events:
+        data = json.loads(sse_data(event))
+        kind = data["type"]
+        if kind == "message_start":
+            usage = json.loads(json.dumps(data["message"]["usage"]))
+        elif kind == "content_block_start":
+            blocks[data["index"]] = {**data["content_block"], "deltas": []}
+        elif kind == "content_block_delta":
+            blocks[data["index"]]["deltas"].append(data["delta"])
+        elif kind == "message_delta":
+            assert usage is not None
+            merge(usage, data["usage"])
+            stop_reason = data["delta"]["stop_reason"]
+    tool_calls, thoughts, text = [], [], ""
+    for _, block in sorted(blocks.items()):
+        if block["type"] in ("tool_use", "server_tool_use"):
+            raw = "".join(d["partial_json"] for d in block["deltas"])
+            tool_calls.append({"id": block["id"], "name": block["name"], "input": json.loads(raw) if raw else block["input"]})
+        elif block["type"] == "thinking":
+            thoughts.append({"content": "".join(d["thinking"] for d in block["deltas"] if d["type"] == "thinking_delta"),
+                             "source": "thinking"})
+        elif block["type"] == "text":
+            text += "".join(d["text"] for d in block["deltas"] if d["type"] == "text_delta")
+    return {"usage": anthropic_usage(usage), "tool_calls": tool_calls, "thoughts": thoughts,
+            "stop_reason": stop_reason, "text": text}
+
+
+def fold_openai_blocking(body: dict[str, Any]) -> dict[str, Any]:
+    choice = body["choices"][0]
+    message = choice["message"]
+    reasoning = message.get("reasoning_content")
+    return {
+        "usage": openai_usage(body.get("usage")),
+        "tool_calls": [{"id": t["id"], "name": t["function"]["name"], "input": t["function"]["arguments"]}
+                       for t in message.get("tool_calls") or []],
+        "thoughts": [{"content": reasoning, "source": "reasoning_content"}] if reasoning else [],
+        "stop_reason": choice["finish_reason"],
+        "text": message["content"] or "",
+    }
+
+
+def fold_openai_stream(events: list[str]) -> dict[str, Any]:
+    usage = None
+    calls: dict[int, dict[str, Any]] = {}
+    reasoning, text, stop_reason = "", "", None
+    for event in events:
+        payload = sse_data(event)
+        if payload == "[DONE]":
+            continue
+        data = json.loads(payload)
+        if "error" in data:
+            continue
+        usage = data.get("usage") or usage
+        for choice in data["choices"]:
+            delta = choice["delta"]
+            text += delta.get("content") or ""
+            reasoning += delta.get("reasoning_content") or ""
+            for tc in delta.get("tool_calls") or []:
+                call = calls.setdefault(tc["index"], {"id": None, "name": None, "input": ""})
+                call["id"] = tc.get("id") or call["id"]
+                fn = tc.get("function") or {}
+                call["name"] = fn.get("name") or call["name"]
+                call["input"] += fn.get("arguments") or ""
+            stop_reason = choice["finish_reason"] or stop_reason
+    return {"usage": openai_usage(usage), "tool_calls": [calls[i] for i in sorted(calls)],
+            "thoughts": [{"content": reasoning, "source": "reasoning_content"}] if reasoning else [],
+            "stop_reason": stop_reason, "text": text}
+
+
+# ---------------------------------------------------------------- tests
+
+def test_corpus_covers_the_required_scenarios() -> None:
+    assert not [p for p in FIXTURES_DIR.iterdir() if p.is_dir() and p.name not in ("anthropic", "openai_chat")]
+    required = {
+        "anthropic": ["simple_text", "multiturn_image", "thinking", "redacted_thinking", "tool_use", "parallel_tool_use",
+                      "tool_result", "cached_tokens", "max_tokens", "web_search", "error_midstream", "cut_stream",
+                      "http_400", "http_401", "http_429", "http_500", "http_529"],
+        "openai_chat": ["simple_text", "multiturn_parts", "tool_call", "parallel_tool_calls", "tool_result",
+                        "cached_tokens", "reasoning_usage", "reasoning_content", "refusal", "length", "logprobs",
+                        "error_midstream", "cut_stream", "http_400", "http_401", "http_429", "http_500", "http_503"],
+    }
+    assert set(NAMES) >= {f"{a}/{n}" for a, ns in required.items() for n in ns}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fixture_layout(name: str) -> None:
+    fx = FIXTURES[name]
+    assert set(fx) == {"description", "request", "blocking", "streaming", "expect"}
+    assert fx["description"] and "stream" not in fx["request"]
+    assert set(fx["expect"]) == {"usage", "prompt", "tool_calls", "thoughts", "stop_reason"}
+    assert parts(name), "a fixture needs a blocking or a streaming part"
+    for mode, part in parts(name):
+        assert isinstance(part["status"], int)
+        assert all(k == k.lower() for k in part["headers"]), "header names are lower-case"
+        assert not {"content-length", "transfer-encoding"} & set(part["headers"])
+        if "events" in part:
+            assert mode == "streaming" and is_success(part) and set(part) == {"status", "headers", "events", "abort"}
+            assert part["headers"]["content-type"].startswith("text/event-stream")
+        else:
+            assert set(part) == {"status", "headers", "body"}
+            assert part["headers"]["content-type"] == "application/json"
+    request_id = "request-id" if api(name) == "anthropic" else "x-request-id"
+    assert all(request_id in part["headers"] for _, part in parts(name))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bodies_validate_with_sdk_types(name: str) -> None:
+    for _, part in parts(name):
+        if "body" not in part:
+            continue
+        body = part["body"]
+        if is_success(part):
+            model = Message if api(name) == "anthropic" else ChatCompletion
+            check_extras(name, model.model_validate(body))
+        elif api(name) == "anthropic":
+            err = ErrorResponse.model_validate(body)
+            check_extras(name, err)
+            assert body["request_id"] == part["headers"]["request-id"]
+        else:
+            assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+            check_extras(name, ErrorObject.model_validate(body["error"]))
+
+
+@pytest.mark.parametrize("name", [n for n in STREAMED if api(n) == "anthropic"])
+def test_anthropic_events_validate(name: str) -> None:
+    part = FIXTURES[name]["streaming"]
+    for event in part["events"]:
+        head, data = event[:-2].split("\n")
+        kind = head.removeprefix("event: ")
+        assert head == f"event: {kind}" and data.startswith("data: ") and event.endswith("\n\n")
+        payload = json.loads(data[6:])
+        assert payload["type"] == kind
+        if kind == "ping":
+            assert data == 'data: {"type": "ping"}'  # the API's only non-compact event
+            continue
+        assert data[6:] == compact(payload), "Anthropic sends compact JSON"
+        if kind == "error":
+            check_extras(name, ErrorResponse.model_validate(payload))
+        else:
+            check_extras(name, ANTHROPIC_EVENT.validate_python(payload))
+    kinds = [json.loads(sse_data(e))["type"] for e in part["events"]]
+    assert kinds[0] == "message_start"
+    if part["abort"] or kinds[-1] == "error":
+        assert "message_stop" not in kinds
+    else:
+        assert kinds[-2:] == ["message_delta", "message_stop"]
+
+
+@pytest.mark.parametrize("name", [n for n in STREAMED if api(n) == "openai_chat"])
+def test_openai_chunks_validate(name: str) -> None:
+    part = FIXTURES[name]["streaming"]
+    events = part["events"]
+    payloads = [sse_data(e) for e in events]
+    assert all(e == f"data: {p}\n\n" for e, p in zip(events, payloads))
+    chunks = []
+    for payload in payloads:
+        if payload == "[DONE]":
+            continue
+        data = json.loads(payload)
+        assert payload == compact(data), "OpenAI sends compact JSON"
+        if "error" in data:
+            check_extras(name, ErrorObject.model_validate(data["error"]))
+            continue
+        keys = list(data)
+        assert keys == [k for k in OPENAI_CHUNK_KEYS if k in keys], f"key order {keys}"
+        assert "usage" in data, "recorded with stream_options.include_usage=true"
+        check_extras(name, ChatCompletionChunk.model_validate(data))
+        chunks.append(data)
+    usage_chunks = [c for c in chunks if c["usage"] is not None]
+    assert all(c["choices"] == [] for c in usage_chunks)
+    assert len({(c["id"], c["created"], c["model"]) for c in chunks}) == 1
+    if part["abort"] or payloads[-1].startswith('{"error":'):
+        assert "[DONE]" not in payloads and not usage_chunks
+    else:
+        assert payloads[-1] == "[DONE]" and chunks[-1] is usage_chunks[0] and len(usage_chunks) == 1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_expect_agrees_with_traffic(name: str) -> None:
+    fx = FIXTURES[name]
+    expect = fx["expect"]
+    assert prompt_of(fx["request"]) == expect["prompt"]
+    folds = []
+    for mode, part in parts(name):
+        if not is_success(part):
+            assert expect["usage"] is None and expect["tool_calls"] == [] and expect["stop_reason"] is None
+            continue
+        if api(name) == "anthropic":
+            folded = fold_anthropic_stream(part["events"]) if mode == "streaming" else fold_anthropic_blocking(part["body"])
+        else:
+            folded = fold_openai_stream(part["events"]) if mode == "streaming" else fold_openai_blocking(part["body"])
+        folds.append(folded)
+        for key in ("usage", "tool_calls", "thoughts", "stop_reason"):
+            assert folded[key] == expect[key], f"{mode}: {key}"
+    if len(folds) == 2:
+        assert folds[0]["text"] == folds[1]["text"], "blocking and streaming answers differ"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_error_parts_are_the_required_ones(name: str) -> None:
+    """Error statuses pair with the provider's error type; 429s say when to retry."""
+    for _, part in parts(name):
+        if is_success(part):
+            continue
+        status = part["status"]
+        if api(name) == "anthropic":
+            assert part["body"]["error"]["type"] == {
+                400: "invalid_request_error", 401: "authentication_error", 429: "rate_limit_error",
+                500: "api_error", 529: "overloaded_error"}[status]
+        else:
+            assert status in (400, 401, 429, 500, 503)
+        if status == 429:
+            assert int(part["headers"]["retry-after"]) > 0
