@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+
 from flask import Flask, Response
 from loguru import logger
 from werkzeug.exceptions import HTTPException
@@ -32,6 +34,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask("bridge", static_folder=None)
     gateway = Gateway(settings)
     app.extensions["bridge"] = gateway
+    atexit.register(gateway.close)  # servers without gunicorn's worker_exit hook flush records too
     app.register_blueprint(health_blueprint)
     if settings.enabled:
         for provider in gateway.providers.values():

@@ -1,4 +1,4 @@
-"""``python -m bridge``: manage users and tokens, start the server.
+"""``python -m bridge``: manage users and tokens, purge old records, start the server.
 
 Expected failures (unknown user, bad value, unreadable database) print one ``error: ...`` line
 on stderr and exit 1; argparse usage errors keep argparse's own message and exit 2.
@@ -13,7 +13,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from bridge.store import Store, StoreError, utc_now
+from bridge.store import Store, StoreError
+from bridge.timestamps import utc_now
 from bridge.units import parse_duration
 
 
@@ -68,6 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = tokens.add_parser("revoke", parents=[common], help="revoke a token")
     p.add_argument("id", help="token id (the part before the first '-')")
     p.set_defaults(handler=_tokens_revoke)
+
+    retention = commands.add_parser("retention", help="record retention").add_subparsers(
+        dest="retention_command", required=True, metavar="COMMAND"
+    )
+    p = retention.add_parser("purge", parents=[common], help="delete records older than the retention now")
+    p.add_argument(
+        "--retention", metavar="DURATION", help="e.g. 30d, 720h (default: CODER_AIBRIDGE_RETENTION; 0 keeps forever)"
+    )
+    p.set_defaults(handler=_retention_purge)
 
     _add_server_parser(commands)
     return parser
@@ -156,6 +166,31 @@ def _tokens_revoke(args: argparse.Namespace) -> None:
         if not store.revoke_token(args.id):
             raise CommandError(f"unknown token id {args.id!r}")
     print(f"revoked token {args.id}")
+
+
+def _retention_purge(args: argparse.Namespace) -> None:
+    from bridge.config import load_settings, resolve_database_path
+    from bridge.retention import purge
+
+    flags = {"CODER_AIBRIDGE_DATABASE_URL": args.database_url} if args.database_url else {}
+    if args.retention is not None:
+        try:
+            retention = parse_duration(args.retention)
+        except ValueError as exc:
+            raise CommandError(f"--retention: {exc}") from None
+        label = args.retention
+    else:
+        retention = load_settings(flags=flags, config_path=args.config).retention
+        label = f"{retention:g}s (CODER_AIBRIDGE_RETENTION)"
+    if retention <= 0:
+        print("retention is 0: records are kept forever, nothing purged")
+        return
+    path = resolve_database_path(flags=flags, config_path=args.config)
+    try:
+        deleted = purge(path, retention)
+    except sqlite3.Error as exc:
+        raise CommandError(f"cannot purge records in {path}: {exc}") from None
+    print(f"purged {deleted} interception(s) older than {label}")
 
 
 def _token_status(token: dict[str, Any], now: str) -> str:

@@ -7,6 +7,7 @@ import os
 from bridge.auth import Authenticator
 from bridge.config import Settings
 from bridge.providers import build_provider
+from bridge.recorder import Recorder
 from bridge.relay import Upstream
 
 #: Concurrent clients per worker (gunicorn's worker_connections); the upstream pool matches it so
@@ -20,3 +21,8 @@ class Gateway:
         self.authenticator = Authenticator(settings.database_path)
         self.upstream = Upstream(settings.upstream_connect_timeout, settings.upstream_read_timeout, WORKER_CONNECTIONS)
         self.providers = {provider.name: build_provider(provider) for provider in settings.providers}
+        self.recorder = Recorder(settings.database_path, retention=settings.retention)
+
+    def close(self) -> None:
+        """Flush what is still queued; called once when the worker stops."""
+        self.recorder.close()

@@ -19,10 +19,14 @@ graceful_timeout = 120  # in-flight streams get this long to finish on SIGTERM/H
 keepalive = 75          # longer than common load balancer idle timeouts (ALB: 60 s)
 control_socket_disable = True  # two instances would otherwise share ~/.gunicorn/gunicorn.ctl
 accesslog = None
+# Keep headers with underscores (gunicorn drops them by default): clients send some (Codex's
+# `session_id`) that the provider expects and the audit record reads.
+header_map = "dangerous"
 
-from bridge.logsetup import GUNICORN_LOGCONFIG  # noqa: E402
+from bridge.logsetup import GUNICORN_LOGCONFIG, configure_logging  # noqa: E402
 
 logconfig_dict = GUNICORN_LOGCONFIG
+configure_logging("/dev/stderr", None)  # gunicorn's first lines, until on_starting applies the settings
 
 
 def on_starting(server) -> None:
@@ -44,3 +48,10 @@ def on_starting(server) -> None:
     store.close()
     logger.info("bridge starting on {} with {} worker(s); providers: {}", bind, workers,
                 ", ".join(f"{p.name} ({p.type})" for p in settings.providers) or "none")
+
+
+def worker_exit(server, worker) -> None:
+    """Write every queued record before the worker goes (SIGTERM, SIGHUP, max_requests)."""
+    gateway = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("bridge")
+    if gateway is not None:
+        gateway.close()

@@ -15,7 +15,8 @@ from flask import Blueprint, Response, request
 from bridge.errors import GatewayError, error_body
 from bridge.gateway import Gateway
 from bridge.providers.base import InterceptorFactory, Provider
-from bridge.relay import STREAM_HEADERS, is_event_stream, read_whole, relay_stream, response_headers, upstream_headers
+from bridge.interception import Interception
+from bridge.relay import STREAM_HEADERS, StreamRelay, is_event_stream, read_whole, response_headers, upstream_headers
 
 ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 INTERCEPTION_HEADER = "X-AIBridge-Interception-Id"
@@ -57,24 +58,32 @@ def _intercept_view(provider: Provider, path: str, factory: InterceptorFactory, 
             interceptor = factory(provider, parse_json_object(raw), raw)
         except GatewayError as error:
             return error_response(shape, error)
-        interception_id = str(uuid.uuid4())
-        id_header = {INTERCEPTION_HEADER: interception_id}
+        interception = Interception(provider, interceptor, caller, request.headers, gateway.recorder,
+                                    gateway.settings.structured_logging)
+        interception.begin()
+        id_header = (INTERCEPTION_HEADER, interception.id)
         try:
             headers = upstream_headers(request.headers.items(), _credentials(provider, caller.byok))
             upstream = gateway.upstream.send("POST", provider.upstream_url(path, request.query_string),
                                              headers, interceptor.upstream_body(), provider.name)
+            interception.status = upstream.status_code
+            out_headers = response_headers(upstream)
+            out_headers.append(id_header)
             if interceptor.streaming and upstream.status_code < 400 and is_event_stream(upstream):
-                out_headers = response_headers(upstream)
                 out_headers.extend(STREAM_HEADERS)
-                out_headers.append((INTERCEPTION_HEADER, interception_id))
-                return RelayResponse(relay_stream(upstream, interceptor, shape, provider.name),
+                return RelayResponse(StreamRelay(upstream, interception, shape, provider.name),
                                      status=upstream.status_code, headers=out_headers)
             body = read_whole(upstream, provider.name)
         except GatewayError as error:
-            return error_response(shape, error, id_header)
+            interception.status, interception.error = error.status, error.message
+            interception.end()
+            return error_response(shape, error, dict([id_header]))
+        except Exception:
+            interception.error = "internal gateway error"
+            interception.end()
+            raise
         interceptor.observe_response(upstream.status_code, body)
-        out_headers = response_headers(upstream)
-        out_headers.append((INTERCEPTION_HEADER, interception_id))
+        interception.end()
         return RelayResponse(body, status=upstream.status_code, headers=out_headers)
 
     intercept.__name__ = f"intercept_{provider.name}_{path}"

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Iterable, Iterator, Mapping
 
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
 from bridge.errors import GatewayError, stream_error_event
-from bridge.intercept.base import Interceptor
 from bridge.intercept.sse import SSESplitter
+
+if TYPE_CHECKING:
+    from bridge.interception import Interception
 
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
@@ -96,43 +98,76 @@ def read_whole(upstream: requests.Response, provider_name: str) -> bytes:
         upstream.close()
 
 
-def relay_stream(upstream: requests.Response, interceptor: Interceptor, shape: str, provider_name: str) -> Iterator[bytes]:
-    """Yield the upstream's SSE bytes as they arrive, letting the interceptor see every event.
+class StreamRelay:
+    """The response body of a relayed stream: the upstream's SSE bytes as they arrive, with the
+    interceptor seeing every event.
 
     A stream that breaks or stalls upstream ends with the provider's error event, so the client's
-    SDK raises instead of waiting or taking a cut stream for a finished one. Closing this generator
-    (the client went away) closes the upstream connection at once.
+    SDK raises instead of waiting or taking a cut stream for a finished one. ``close()`` (the WSGI
+    server calls it when the response ends, or the client went away) closes the upstream
+    connection at once and ends the interception, even if the body was never iterated.
     """
-    splitter = SSESplitter()
-    read1 = upstream.raw.read1
-    rewrite = interceptor.rewrites_stream
-    try:
-        while True:
-            try:
-                chunk = read1(_READ_SIZE, decode_content=True)
-            except ReadTimeoutError:
-                yield stream_error_event(shape, 504, f"upstream of provider {provider_name!r} stopped sending mid-stream")
-                return
-            except (ProtocolError, OSError) as exc:
-                yield stream_error_event(shape, 502, f"upstream of provider {provider_name!r} broke off the stream ({_reason(exc)})")
-                return
-            if not chunk:
-                break
-            events = splitter.feed(chunk)
+
+    def __init__(self, upstream: requests.Response, interception: Interception, shape: str, provider_name: str) -> None:
+        self._upstream = upstream
+        self._interception = interception
+        self._shape = shape
+        self._provider_name = provider_name
+        self._events: Iterator[bytes] | None = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        self._events = self._relay()
+        return self._events
+
+    def _relay(self) -> Iterator[bytes]:
+        interceptor = self._interception.interceptor
+        splitter = SSESplitter()
+        read1 = self._upstream.raw.read1
+        rewrite = interceptor.rewrites_stream
+        try:
+            while True:
+                try:
+                    chunk = read1(_READ_SIZE, decode_content=True)
+                except ReadTimeoutError:
+                    yield self._fail(504, f"upstream of provider {self._provider_name!r} stopped sending mid-stream")
+                    return
+                except (ProtocolError, OSError) as exc:
+                    yield self._fail(502, f"upstream of provider {self._provider_name!r} broke off the stream ({_reason(exc)})")
+                    return
+                if not chunk:
+                    break
+                events = splitter.feed(chunk)
+                if rewrite:
+                    out = b"".join([interceptor.relay_event(event) for event in events])
+                    if out:
+                        yield out
+                else:
+                    for event in events:
+                        interceptor.observe_event(event)
+                    yield chunk
             if rewrite:
-                out = b"".join([interceptor.relay_event(event) for event in events])
-                if out:
-                    yield out
-            else:
-                for event in events:
-                    interceptor.observe_event(event)
-                yield chunk
-        if rewrite:
-            rest = splitter.remainder()
-            if rest:
-                yield rest
-    finally:
-        upstream.close()
+                rest = splitter.remainder()
+                if rest:
+                    yield rest
+        except GeneratorExit:
+            self._interception.error = "client disconnected"
+            raise
+        finally:
+            self._finish()
+
+    def _fail(self, status: int, message: str) -> bytes:
+        self._interception.error = message
+        return stream_error_event(self._shape, status, message)
+
+    def close(self) -> None:
+        if self._events is not None:
+            events, self._events = self._events, None
+            events.close()
+        self._finish()
+
+    def _finish(self) -> None:
+        self._upstream.close()
+        self._interception.end()
 
 
 def _reason(exc: BaseException) -> str:

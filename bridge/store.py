@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 import secrets
 import sqlite3
@@ -19,11 +20,14 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
+
+from bridge.timestamps import format_timestamp, utc_now
 
 USERNAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$")
 TOKEN_ID_LENGTH = 10
@@ -38,15 +42,6 @@ _TOKEN_COLUMNS = "t.id, t.user_id, u.username, t.name, t.created_at, t.expires_a
 
 class StoreError(ValueError):
     """A request the store refuses (unknown user, duplicate name, bad value); one-line message."""
-
-
-def format_timestamp(moment: datetime) -> str:
-    """ISO-8601 UTC with a fixed width (``2026-01-02T03:04:05.000006Z``) so text order is time order."""
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def utc_now() -> str:
-    return format_timestamp(datetime.now(timezone.utc))
 
 
 def _enable_wal(conn: sqlite3.Connection, wait: float = 10.0) -> None:
@@ -103,8 +98,171 @@ def _m0001_users_and_tokens(db: Database) -> None:
     db.execute("CREATE INDEX api_tokens_user_id ON api_tokens (user_id)")
 
 
+# Interception records (SPEC §6). Columns per table, in schema order; write_records() accepts
+# exactly these keys so that a misspelt column fails loudly instead of storing NULL.
+RECORD_COLUMNS: dict[str, tuple[str, ...]] = {
+    "aibridge_interceptions": (
+        "id", "initiator_id", "provider", "provider_name", "model", "client", "client_session_id",
+        "user_agent", "credential_kind", "credential_hint", "correlating_tool_call_id", "started_at",
+        "ended_at", "metadata",
+    ),
+    "aibridge_token_usages": (
+        "id", "interception_id", "provider_response_id", "input_tokens", "output_tokens",
+        "cache_read_input_tokens", "cache_write_input_tokens", "metadata", "created_at",
+    ),
+    "aibridge_user_prompts": ("id", "interception_id", "provider_response_id", "prompt", "metadata", "created_at"),
+    "aibridge_tool_usages": (
+        "id", "interception_id", "provider_response_id", "provider_tool_call_id", "tool", "input",
+        "server_url", "injected", "invocation_error", "metadata", "created_at",
+    ),
+    "aibridge_model_thoughts": ("id", "interception_id", "content", "metadata", "created_at"),
+}
+# RecordBatch field -> child table, in the order they are written and listed.
+CHILD_TABLES: dict[str, str] = {
+    "token_usages": "aibridge_token_usages",
+    "user_prompts": "aibridge_user_prompts",
+    "tool_usages": "aibridge_tool_usages",
+    "model_thoughts": "aibridge_model_thoughts",
+}
+_JSON_COLUMNS = {"metadata", "input"}
+# Values a missing or None column gets (the schema's NOT NULL defaults).
+_COLUMN_DEFAULTS: dict[str, Any] = {
+    "metadata": "{}",
+    "input_tokens": 0,
+    "output_tokens": 0,
+    "cache_read_input_tokens": 0,
+    "cache_write_input_tokens": 0,
+    "injected": 0,
+}
+
+
+@MIGRATIONS(name="0002_records")
+def _m0002_records(db: Database) -> None:
+    db.execute(
+        """CREATE TABLE aibridge_interceptions (
+            id TEXT PRIMARY KEY,
+            initiator_id TEXT,
+            provider TEXT,
+            provider_name TEXT,
+            model TEXT,
+            client TEXT,
+            client_session_id TEXT,
+            user_agent TEXT,
+            credential_kind TEXT,
+            credential_hint TEXT,
+            correlating_tool_call_id TEXT,
+            started_at TEXT NOT NULL,
+            ended_at TEXT,
+            metadata TEXT NOT NULL DEFAULT '{}'
+        )"""
+    )
+    # (started_at, id): newest-first keyset pages (ORDER BY started_at DESC, id DESC) and retention.
+    db.execute("CREATE INDEX aibridge_interceptions_started_at ON aibridge_interceptions (started_at, id)")
+    for column in ("initiator_id", "provider", "provider_name", "model", "client"):
+        db.execute(
+            f"CREATE INDEX aibridge_interceptions_{column} ON aibridge_interceptions ({column}, started_at)"
+        )
+    child_columns = {
+        "aibridge_token_usages": """provider_response_id TEXT,
+            input_tokens INTEGER NOT NULL DEFAULT 0,
+            output_tokens INTEGER NOT NULL DEFAULT 0,
+            cache_read_input_tokens INTEGER NOT NULL DEFAULT 0,
+            cache_write_input_tokens INTEGER NOT NULL DEFAULT 0,""",
+        "aibridge_user_prompts": """provider_response_id TEXT,
+            prompt TEXT,""",
+        "aibridge_tool_usages": """provider_response_id TEXT,
+            provider_tool_call_id TEXT,
+            tool TEXT,
+            input TEXT,
+            server_url TEXT,
+            injected INTEGER NOT NULL DEFAULT 0,
+            invocation_error TEXT,""",
+        "aibridge_model_thoughts": """content TEXT,""",
+    }
+    for table, columns in child_columns.items():
+        db.execute(
+            f"""CREATE TABLE {table} (
+            id TEXT PRIMARY KEY,
+            interception_id TEXT NOT NULL REFERENCES aibridge_interceptions (id) ON DELETE CASCADE,
+            {columns}
+            metadata TEXT NOT NULL DEFAULT '{{}}',
+            created_at TEXT NOT NULL
+        )"""
+        )
+        db.execute(f"CREATE INDEX {table}_interception_id ON {table} (interception_id)")
+    db.execute("CREATE INDEX aibridge_token_usages_created_at ON aibridge_token_usages (created_at)")
+
+
+@dataclass
+class RecordBatch:
+    """Rows for one write_records() transaction (and one line of the recorder's journal).
+
+    ``ends`` holds ``{"id", "ended_at", "metadata"}`` with metadata as JSON text (merged into the
+    interception's) or None. JSON columns may be given as text or as Python values.
+    """
+
+    interceptions: list[dict[str, Any]] = field(default_factory=list)
+    ends: list[dict[str, Any]] = field(default_factory=list)
+    token_usages: list[dict[str, Any]] = field(default_factory=list)
+    user_prompts: list[dict[str, Any]] = field(default_factory=list)
+    tool_usages: list[dict[str, Any]] = field(default_factory=list)
+    model_thoughts: list[dict[str, Any]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return sum(len(rows) for rows in asdict(self).values())
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=False, default=str)
+
+    @classmethod
+    def from_json(cls, text: str) -> RecordBatch:
+        return cls(**json.loads(text))
+
+    def split(self) -> list[RecordBatch]:
+        """One batch per interception, in first-seen order: isolates a row the store rejects."""
+        parts: dict[str, RecordBatch] = {}
+        for row in self.interceptions:
+            parts.setdefault(row.get("id"), RecordBatch()).interceptions.append(row)
+        for row in self.ends:
+            parts.setdefault(row.get("id"), RecordBatch()).ends.append(row)
+        for name in CHILD_TABLES:
+            for row in getattr(self, name):
+                getattr(parts.setdefault(row.get("interception_id"), RecordBatch()), name).append(row)
+        return list(parts.values())
+
+
+def _json_text(value: Any) -> Any:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _column_value(column: str, value: Any) -> Any:
+    if value is None:
+        return _COLUMN_DEFAULTS.get(column)
+    return _json_text(value) if column in _JSON_COLUMNS else value
+
+
+def _insert_rows(conn: sqlite3.Connection, table: str, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    columns = RECORD_COLUMNS[table]
+    values = []
+    for row in rows:
+        unknown = row.keys() - set(columns)
+        if unknown:
+            raise StoreError(f"{table}: unknown column(s) {', '.join(sorted(unknown))}")
+        values.append(tuple(_column_value(column, row.get(column)) for column in columns))
+    placeholders = ", ".join("?" for _ in columns)
+    # Rows are keyed by their uuid, so replaying a batch (journal) changes nothing. Not "OR IGNORE":
+    # that would also silently skip rows violating NOT NULL.
+    conn.executemany(
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders}) ON CONFLICT (id) DO NOTHING", values
+    )
+
+
 class Store:
-    """Users and API tokens (and later the interception records) in one SQLite file."""
+    """Users, API tokens and interception records in one SQLite file."""
 
     def __init__(self, path: str) -> None:
         # isolation_level=None: no implicit deferred BEGINs; transactions are explicit (write()).
@@ -166,6 +324,76 @@ class Store:
         # sqlite-utils' per-migration atomic() nests as savepoints inside this transaction.
         with self.write():
             MIGRATIONS.apply(self.db)
+
+    # -- interception records -----------------------------------------------------------
+
+    def write_records(self, batch: RecordBatch) -> None:
+        """Write a batch in one transaction; idempotent, so a journal can be replayed safely.
+
+        Raises StoreError for an unknown column or for an end whose interception does not exist.
+        """
+        if not len(batch):
+            return
+        with self.write() as db:
+            conn = db.conn
+            _insert_rows(conn, "aibridge_interceptions", batch.interceptions)
+            for end in batch.ends:
+                cursor = conn.execute(
+                    "UPDATE aibridge_interceptions SET ended_at = ?1,"
+                    " metadata = CASE WHEN ?2 IS NULL THEN metadata ELSE json_patch(COALESCE(metadata, '{}'), ?2) END"
+                    " WHERE id = ?3",
+                    [end["ended_at"], _json_text(end.get("metadata")), end["id"]],
+                )
+                if cursor.rowcount == 0:
+                    raise StoreError(f"cannot end interception {end['id']!r}: it does not exist")
+            for name, table in CHILD_TABLES.items():
+                _insert_rows(conn, table, getattr(batch, name))
+
+    def purge_records(self, cutoff_iso: str, chunk: int = 5000, *, max_chunks: int | None = None) -> int:
+        """Delete interceptions started before ``cutoff_iso`` with their children; returns how many.
+
+        Each chunk is its own short transaction (children first, then their interceptions) so a
+        purge of millions of rows never holds the write lock for long. ``max_chunks`` bounds one
+        call, letting the recorder interleave purging with writing.
+        """
+        deleted = chunks = 0
+        while max_chunks is None or chunks < max_chunks:
+            with self.write() as db:
+                ids = [
+                    row[0]
+                    for row in db.execute(
+                        "SELECT id FROM aibridge_interceptions WHERE started_at < ? ORDER BY started_at LIMIT ?",
+                        [cutoff_iso, chunk],
+                    )
+                ]
+                if ids:
+                    id_list = json.dumps(ids)  # one parameter, whatever the chunk size
+                    for table in (*CHILD_TABLES.values(), "aibridge_interceptions"):
+                        key = "id" if table == "aibridge_interceptions" else "interception_id"
+                        db.execute(f"DELETE FROM {table} WHERE {key} IN (SELECT value FROM json_each(?))", [id_list])
+            deleted += len(ids)
+            chunks += 1
+            if len(ids) < chunk:
+                break
+        return deleted
+
+    def count_records(self) -> dict[str, int]:
+        """Rows per record table."""
+        return {table: self.db.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in RECORD_COLUMNS}
+
+    def get_interception(self, interception_id: str) -> dict[str, Any] | None:
+        """An interception row (JSON columns as stored text) with its children under their field names.
+
+        Children come in time order, ties in the order they were written (rowid).
+        """
+        row = next(iter(self.db.query("SELECT * FROM aibridge_interceptions WHERE id = ?", [interception_id])), None)
+        if row is None:
+            return None
+        for name, table in CHILD_TABLES.items():
+            row[name] = list(
+                self.db.query(f"SELECT * FROM {table} WHERE interception_id = ? ORDER BY created_at, rowid", [interception_id])
+            )
+        return row
 
     # -- users -----------------------------------------------------------------------------
 

@@ -149,3 +149,42 @@ def test_missing_subcommand_is_a_usage_error(cli) -> None:
     result = cli("users")
     assert result.returncode == 2
     assert "usage:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_retention_purge(cli, tmp_path: Path, db_path: Path) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from bridge.store import RecordBatch
+    from bridge.timestamps import format_timestamp
+
+    now = datetime.now(timezone.utc)
+    with Store.from_path(str(db_path)) as store:
+        store.write_records(
+            RecordBatch(
+                interceptions=[
+                    {"id": f"i{days}", "started_at": format_timestamp(now - timedelta(days=days))}
+                    for days in (1, 40, 50, 90)
+                ]
+            )
+        )
+
+    keep_forever = tmp_path / "forever.yaml"
+    keep_forever.write_text("aibridge:\n  retention: 0\n")
+    result = cli("retention", "purge", "--config", str(keep_forever))
+    assert result.returncode == 0, result.stderr
+    assert "nothing purged" in result.stdout
+
+    result = cli("retention", "purge", "--retention", "60d")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "purged 1 interception(s) older than 60d\n"
+
+    result = cli("retention", "purge")  # the default retention, 60d: nothing more to delete
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("purged 0 interception(s)")
+
+    result = cli("retention", "purge", "--retention", "30d")
+    assert result.stdout == "purged 2 interception(s) older than 30d\n"
+    with Store(str(db_path)) as store:
+        assert [r["id"] for r in store.db.query("SELECT id FROM aibridge_interceptions")] == ["i1"]
+
+    assert_error(cli("retention", "purge", "--retention", "soon"), "--retention: invalid duration")

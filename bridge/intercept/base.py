@@ -1,11 +1,16 @@
-"""What every interceptor shares: body checks, and the hooks the relay calls while bytes pass."""
+"""What every interceptor shares: body checks, the hooks the relay calls while bytes pass, and what
+the audit record needs from one request and its response."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import orjson
+from marshmallow import Schema
+
 from bridge.errors import GatewayError
 from bridge.intercept.sse import Event
+from bridge.records import Thought, TokenUsage, ToolCall
 
 _TYPE_NAMES = {str: "a string", bool: "a boolean", list: "an array", dict: "an object"}
 
@@ -27,15 +32,38 @@ def check_field(body: dict, field: str, types: tuple[type, ...], *, required: bo
     return value
 
 
+def json_object(data: bytes) -> dict | None:
+    """A JSON object from an upstream payload, or None for anything else (the relay never fails on it)."""
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def text_of(content: Any, text_types: tuple[str, ...] = ("text",)) -> str | None:
+    """The text of a message's content: a string, or its text parts joined with newlines."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = [part.get("text") for part in content
+                 if isinstance(part, dict) and part.get("type") in text_types and isinstance(part.get("text"), str)]
+        return "\n".join(texts) if texts else None
+    return None
+
+
 class Interceptor:
     """One intercepted call of one API shape.
 
     The relay gives it the parsed request body, asks it for the bytes to send upstream, and shows
-    it the response: every SSE event of a stream, or the whole body of a blocking answer.
+    it the response: every SSE event of a stream, or the whole body of a blocking answer. What it
+    gathers (response id, usage, tool calls, thoughts) becomes the audit record.
     """
 
     #: Streams this interceptor changes (rather than only reads) are relayed as whole events.
     rewrites_stream = False
+    #: Normalizes this API's usage payload into a TokenUsage.
+    usage_schema: Schema
 
     def __init__(self, body: dict, raw_body: bytes) -> None:
         self.body = body
@@ -43,6 +71,11 @@ class Interceptor:
         self.model: str = check_field(body, "model", (str,), required=True)
         self.streaming: bool = bool(check_field(body, "stream", (bool,)))
         self.validate()
+        self.response_id: str | None = None
+        self.usage_payload: dict | None = None
+        self.tool_calls: list[ToolCall] = []
+        self.thoughts: list[Thought] = []
+        self.stop_reason: str | None = None
 
     def validate(self) -> None:
         """Check the API-specific fields the gateway reads itself."""
@@ -57,7 +90,27 @@ class Interceptor:
         return event.raw
 
     def observe_event(self, event: Event) -> None:
-        """See one upstream SSE event (recording hook)."""
+        """See one upstream SSE event."""
 
     def observe_response(self, status: int, body: bytes) -> None:
-        """See a whole non-streamed response (recording hook)."""
+        """See a whole non-streamed response."""
+
+    def finish(self) -> None:
+        """The response is over (or was cut): settle what is still half-seen."""
+
+    # --- what the record needs from the request ---
+
+    def last_message(self) -> dict | None:
+        messages = self.body.get("messages")
+        return messages[-1] if messages and isinstance(messages[-1], dict) else None
+
+    def prompt(self) -> str | None:
+        """The last user prompt, only when the conversation's last message is the user's."""
+        return None
+
+    def correlating_tool_call_id(self) -> str | None:
+        """The tool call whose result this request returns (links the interception to the one that made it)."""
+        return None
+
+    def usage(self) -> TokenUsage | None:
+        return None if self.usage_payload is None else self.usage_schema.load(self.usage_payload)

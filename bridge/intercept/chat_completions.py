@@ -11,16 +11,24 @@ import re
 
 import orjson
 
-from bridge.intercept.base import Interceptor, check_field
+from bridge.intercept.base import Interceptor, check_field, json_object, text_of
 from bridge.intercept.sse import Event
+from bridge.records import OPENAI_USAGE, Thought, ToolCall
 
 _USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])|"usage"\s*:\s*null\s*,')
+#: Compatible providers (DeepSeek, vLLM, OpenRouter, ...) stream the model's reasoning under these names.
+_REASONING_FIELDS = ("reasoning_content", "reasoning")
 
 
 class ChatCompletionsInterceptor(Interceptor):
+    usage_schema = OPENAI_USAGE
+
     def __init__(self, body: dict, raw_body: bytes, *, include_usage: bool = True) -> None:
         self._include_usage = include_usage
         super().__init__(body, raw_body)
+        # Streamed tool calls and reasoning, keyed by (choice index, tool call index) / choice index.
+        self._calls: dict[tuple[int, int], list] = {}
+        self._reasoning: dict[int, list[str]] = {}
 
     def validate(self) -> None:
         check_field(self.body, "messages", (list,), required=True)
@@ -36,17 +44,76 @@ class ChatCompletionsInterceptor(Interceptor):
         return orjson.dumps(body)
 
     def relay_event(self, event: Event) -> bytes:
-        self.observe_event(event)
+        chunk = self._observe(event)
         if b'"usage"' not in event.data:
             return event.raw
-        if _is_usage_only_chunk(event.data):
-            return b""
+        if isinstance(chunk, dict) and chunk.get("choices") == [] and chunk.get("usage") is not None:
+            return b""  # the usage-only chunk the client did not ask for
         return _USAGE_NULL.sub(b"", event.raw)
 
+    def observe_event(self, event: Event) -> None:
+        self._observe(event)
 
-def _is_usage_only_chunk(data: bytes) -> bool:
-    try:
-        chunk = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return False
-    return isinstance(chunk, dict) and chunk.get("choices") == [] and chunk.get("usage") is not None
+    def _observe(self, event: Event) -> dict | None:
+        chunk = json_object(event.data) if event.data != b"[DONE]" else None
+        if chunk is None:
+            return None
+        self.response_id = self.response_id or chunk.get("id")
+        if chunk.get("usage"):
+            self.usage_payload = chunk["usage"]
+        for choice in chunk.get("choices") or ():
+            index = choice.get("index", 0)
+            delta = choice.get("delta") or {}
+            for call in delta.get("tool_calls") or ():
+                key = (index, call.get("index", 0))
+                function = call.get("function") or {}
+                if key not in self._calls:
+                    self._calls[key] = [call.get("id"), function.get("name") or "", []]
+                elif function.get("name") and not self._calls[key][1]:
+                    self._calls[key][1] = function["name"]
+                if isinstance(function.get("arguments"), str):
+                    self._calls[key][2].append(function["arguments"])
+            for name in _REASONING_FIELDS:
+                if isinstance(delta.get(name), str):
+                    self._reasoning.setdefault(index, []).append(delta[name])
+                    break
+            if choice.get("finish_reason"):
+                self.stop_reason = choice["finish_reason"]
+        return chunk
+
+    def finish(self) -> None:
+        for (_, _), (call_id, name, parts) in sorted(self._calls.items()):
+            self.tool_calls.append(ToolCall(call_id, name, "".join(parts)))
+        for _, parts in sorted(self._reasoning.items()):
+            self.thoughts.append(Thought("".join(parts), "reasoning_content"))
+        self._calls.clear()
+        self._reasoning.clear()
+
+    def observe_response(self, status: int, body: bytes) -> None:
+        completion = json_object(body) if status < 400 else None
+        if completion is None:
+            return
+        self.response_id = completion.get("id")
+        self.usage_payload = completion.get("usage")
+        for choice in completion.get("choices") or ():
+            message = choice.get("message") or {}
+            for call in message.get("tool_calls") or ():
+                if call.get("type") == "custom":
+                    custom = call.get("custom") or {}
+                    self.tool_calls.append(ToolCall(call.get("id"), custom.get("name") or "", custom.get("input") or ""))
+                else:
+                    function = call.get("function") or {}
+                    self.tool_calls.append(ToolCall(call.get("id"), function.get("name") or "", function.get("arguments") or ""))
+            for name in _REASONING_FIELDS:
+                if isinstance(message.get(name), str) and message[name]:
+                    self.thoughts.append(Thought(message[name], "reasoning_content"))
+                    break
+            self.stop_reason = choice.get("finish_reason") or self.stop_reason
+
+    def prompt(self) -> str | None:
+        last = self.last_message()
+        return text_of(last.get("content")) if last and last.get("role") == "user" else None
+
+    def correlating_tool_call_id(self) -> str | None:
+        last = self.last_message()
+        return last.get("tool_call_id") if last and last.get("role") == "tool" else None

@@ -1,0 +1,46 @@
+"""Which client made a request, and its session, from the User-Agent and the client's own headers."""
+
+from __future__ import annotations
+
+from typing import Mapping, NamedTuple
+
+
+class ClientInfo(NamedTuple):
+    name: str
+    session_id: str | None
+
+
+# (client name, User-Agent prefixes or fragments, identifying header names), most specific first.
+_CLIENTS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
+    ("Claude Code", ("claude-cli/", "claude-code/"), ("x-claude-code-session-id",)),
+    ("Codex", ("codex_cli_rs/", "codex_exec/", "codex-tui/", "codex_vscode/"), ()),
+    ("Cursor", ("cursor/",), ("x-cursor-client-version",)),
+    ("GitHub Copilot CLI", ("copilot/", "github-copilot-cli/"), ()),
+    ("GitHub Copilot", ("githubcopilotchat/", "githubcopilot/"), ("copilot-integration-id",)),
+    ("Zed", ("zed/",), ()),
+    ("Kilo Code", ("kilo-code/", "kilocode/"), ()),
+    ("Roo Code", ("roo-code/", "roocode/"), ()),
+    ("Cline", ("cline/",), ()),
+    ("openai-python", ("openai/python",), ()),
+    ("openai-node", ("openai/js",), ()),
+    ("anthropic-python", ("anthropic/python",), ()),
+    ("anthropic-typescript", ("anthropic/js",), ()),
+)
+# Apps built on an SDK name themselves in X-Title (OpenRouter convention) or Codex's "originator".
+_TITLES = {"kilo code": "Kilo Code", "roo code": "Roo Code", "cline": "Cline", "zed": "Zed"}
+_SESSION_HEADERS = ("x-claude-code-session-id", "session_id", "session-id", "x-session-id", "vscode-sessionid")
+
+
+def identify_client(headers: Mapping[str, str]) -> ClientInfo:
+    user_agent = (headers.get("User-Agent") or "").lower()
+    session_id = next((headers[name] for name in _SESSION_HEADERS if headers.get(name)), None)
+    originator = (headers.get("originator") or "").lower()
+    if originator.startswith("codex"):
+        return ClientInfo("Codex", session_id)
+    title = _TITLES.get((headers.get("X-Title") or "").strip().lower())
+    if title:
+        return ClientInfo(title, session_id)
+    for name, agents, marker_headers in _CLIENTS:
+        if user_agent.startswith(agents) or any(headers.get(marker) for marker in marker_headers):
+            return ClientInfo(name, session_id)
+    return ClientInfo("Unknown", session_id)

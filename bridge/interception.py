@@ -1,0 +1,98 @@
+"""One intercepted request's audit trail: its start, and at its end the records of what was seen."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Mapping
+
+from bridge import auditlog
+from bridge.auth import Caller
+from bridge.clients import identify_client
+from bridge.intercept.base import Interceptor
+from bridge.masking import mask_secret
+from bridge.providers.base import Provider
+from bridge.records import (INTERCEPTION_ROW, MODEL_THOUGHT_ROWS, TOKEN_USAGE_ROWS, TOOL_USAGE_ROWS,
+                            USER_PROMPT_ROWS, new_id)
+from bridge.timestamps import format_timestamp
+from bridge.recorder import InterceptionEnd, InterceptionStart, Recorder
+
+
+def _client_credential(headers: Mapping[str, str]) -> str | None:
+    """The provider key a BYOK client sent (to be masked)."""
+    authorization = headers.get("Authorization") or ""
+    return authorization.partition(" ")[2].strip() or headers.get("X-Api-Key")
+
+
+class Interception:
+    def __init__(self, provider: Provider, interceptor: Interceptor, caller: Caller, headers: Mapping[str, str],
+                 recorder: Recorder, structured_logging: bool) -> None:
+        self.id = new_id()
+        self.interceptor = interceptor
+        self._recorder = recorder
+        self._log = structured_logging
+        self._ended = False
+        self.status: int | None = None
+        self.error: str | None = None
+        client = identify_client(headers)
+        credential = _client_credential(headers) if caller.byok else provider.settings.key
+        self.row = INTERCEPTION_ROW.dump({
+            "id": self.id,
+            "initiator_id": caller.user_id,
+            "provider": provider.type,
+            "provider_name": provider.name,
+            "model": interceptor.model,
+            "client": client.name,
+            "client_session_id": client.session_id,
+            "user_agent": headers.get("User-Agent"),
+            "credential_kind": "byok" if caller.byok else "centralized",
+            "credential_hint": mask_secret(credential),
+            "correlating_tool_call_id": interceptor.correlating_tool_call_id(),
+            "started_at": datetime.now(timezone.utc),
+            "ended_at": None,
+            "metadata": {"streaming": interceptor.streaming},
+        })
+
+    def begin(self) -> None:
+        self._recorder.record(InterceptionStart(self.row))
+        if self._log:
+            auditlog.log_record("interception_start", self.row)
+
+    def end(self) -> None:
+        """Record everything seen (also of a failed or cut response); only the first call counts."""
+        if self._ended:
+            return
+        self._ended = True
+        interceptor = self.interceptor
+        interceptor.finish()
+        now = datetime.now(timezone.utc)
+        response_id = interceptor.response_id
+        base = {"interception_id": self.id, "created_at": now}
+        usage = interceptor.usage()
+        token_usages = TOKEN_USAGE_ROWS.dump([{
+            **base, "id": new_id(), "provider_response_id": response_id, **usage.__dict__,
+        }] if usage else [])
+        prompt = interceptor.prompt()
+        user_prompts = USER_PROMPT_ROWS.dump([{
+            **base, "id": new_id(), "provider_response_id": response_id, "prompt": prompt, "metadata": {},
+        }] if prompt is not None else [])
+        tool_usages = TOOL_USAGE_ROWS.dump([{
+            **base, "id": new_id(), "provider_response_id": response_id, "provider_tool_call_id": call.id,
+            "tool": call.name, "input": call.input, "server_url": None, "injected": False,
+            "invocation_error": None, "metadata": {},
+        } for call in interceptor.tool_calls])
+        model_thoughts = MODEL_THOUGHT_ROWS.dump([{
+            **base, "id": new_id(), "content": thought.content, "metadata": {"source": thought.source},
+        } for thought in interceptor.thoughts])
+        metadata = {"streaming": interceptor.streaming, "status": self.status, "stop_reason": interceptor.stop_reason}
+        if self.error:
+            metadata["error"] = self.error
+        ended_at = format_timestamp(now)
+        self._recorder.record(InterceptionEnd(self.id, ended_at, metadata, token_usages, user_prompts,
+                                              tool_usages, model_thoughts))
+        if self._log:
+            for kind, rows in (("token_usage", token_usages), ("prompt_usage", user_prompts),
+                               ("tool_usage", tool_usages), ("model_thought", model_thoughts)):
+                for row in rows:
+                    auditlog.log_record(kind, row)
+            auditlog.log_record("interception_end", {"interception_id": self.id, "ended_at": ended_at,
+                                                     "metadata": metadata})

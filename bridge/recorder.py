@@ -1,0 +1,567 @@
+"""Interception records: a queue in each worker feeding one native writer thread.
+
+``record()`` only enqueues. A writer greenlet batches the queue (the first item plus whatever
+arrives within ``batch_wait``, at most ``batch_size``) and hands each batch to a one-thread
+gevent ThreadPool: sqlite is C code that would otherwise run on the hub and freeze every stream
+of the worker while it waits for the write lock or an fsync (notes/stack.md §3).
+
+No record is lost: when the store cannot be written (locked beyond busy_timeout, disk full,
+read-only, file removed), batches are appended to an fsync'd journal next to the database,
+``<db>.records-<pid>.jsonl`` (exclusively flock'd while its process lives), and replayed in
+order, before any newer batch, once the store is writable again. Journals left by dead processes
+are replayed by the next recorder that starts. If the journal cannot be written either, batches
+stay in memory and are retried. Writes are idempotent (rows keyed by uuid), so replaying a batch
+twice changes nothing.
+
+Create the Recorder wherever you like, but use it (``record``) only in the worker, after fork:
+the greenlet, thread pool and connections are created on first use.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import glob
+import os
+import re
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import gevent
+import gevent.event
+import gevent.queue
+import gevent.threadpool
+from gevent import monkey
+from loguru import logger
+
+from bridge.retention import retention_cutoff
+from bridge.store import CHILD_TABLES, RecordBatch, Store, StoreError
+
+# A real OS lock even after monkey-patching: it guards the writer state against close()'s
+# fallback, which runs in the caller's thread while the pool thread may still be busy.
+_NativeLock = monkey.get_original("threading", "Lock")
+
+_T = TypeVar("_T")
+_STOP = object()
+_RETRY_MIN, _RETRY_MAX = 0.5, 30.0
+_PURGE_CHUNK = 5000
+_PURGE_CHUNKS_PER_STEP = 20  # ~100k interceptions, then the writer takes the next batch
+_JOURNAL_RE = re.compile(r"\.records-\d+\.jsonl$")
+# Errors of the store that retrying cannot fix: the rows themselves are refused.
+_REFUSED_ERRORS = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError, sqlite3.DataError,
+                   StoreError, TypeError)
+_REFUSED_CODES = {sqlite3.SQLITE_ERROR, sqlite3.SQLITE_TOOBIG, sqlite3.SQLITE_MISMATCH, sqlite3.SQLITE_RANGE,
+                  sqlite3.SQLITE_CONSTRAINT}
+
+
+@dataclass
+class InterceptionStart:
+    row: dict[str, Any]  # the aibridge_interceptions row (ended_at None)
+
+
+@dataclass
+class InterceptionEnd:
+    """The end of an interception with everything recorded for it.
+
+    Child rows are complete: id, interception_id, created_at, JSON columns already JSON text.
+    """
+
+    interception_id: str
+    ended_at: str
+    metadata: dict[str, Any] | None = None  # merged into the interception's metadata
+    token_usages: list[dict[str, Any]] = field(default_factory=list)
+    user_prompts: list[dict[str, Any]] = field(default_factory=list)
+    tool_usages: list[dict[str, Any]] = field(default_factory=list)
+    model_thoughts: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _Unavailable(Exception):
+    """The store cannot be written right now; the batch must be kept and retried."""
+
+
+class Recorder:
+    """One per worker process: ``record()`` from any greenlet, ``close()`` on worker exit."""
+
+    def __init__(
+        self,
+        database_path: str,
+        *,
+        batch_size: int = 500,
+        batch_wait: float = 0.5,
+        retention: float = 0.0,
+        purge_interval: float = 3600.0,
+        journal_dir: str | None = None,
+        busy_timeout: float = 10.0,
+    ) -> None:
+        self.database_path = database_path
+        self.batch_size = batch_size
+        self.batch_wait = batch_wait
+        self.retention = retention
+        self.purge_interval = purge_interval
+        self.busy_timeout = busy_timeout
+        directory = journal_dir or os.path.dirname(os.path.abspath(database_path))
+        self._journal_base = os.path.join(directory, os.path.basename(database_path))
+        self._closed = False
+        # Hub side, created on first use (in the worker, after fork).
+        self._queue: gevent.queue.Queue | None = None
+        self._pool: gevent.threadpool.ThreadPool | None = None
+        self._writer: gevent.Greenlet | None = None
+        self._progress: gevent.event.Event | None = None
+        self._recorded = 0  # items given to record()
+        self._handled = 0  # items the writer has put in the DB or the journal (or memory)
+        self._inflight: list[Any] = []
+        # Writer side: touched only by whoever holds _lock (the pool thread, or close()'s fallback).
+        self._lock = _NativeLock()
+        self._store: Store | None = None
+        self._store_file: tuple[int, int] | None = None
+        self._journal_fd: int | None = None
+        self._journal_path: str | None = None
+        self._journal_offset = 0  # bytes of our journal already replayed into the DB
+        self._journal_batches = 0
+        self._memory: list[RecordBatch] = []  # batches neither the DB nor the journal would take
+        self._retry_at = 0.0
+        self._retry_delay = _RETRY_MIN
+        self._orphan_scan_at = 0.0  # due at start
+        self._purge_at: float | None = 0.0 if retention > 0 else None
+
+    # -- public, hub side ----------------------------------------------------------------------
+
+    def record(self, item: InterceptionStart | InterceptionEnd) -> None:
+        """Queue an item for the writer. Never raises; never blocks (after close() it writes in place)."""
+        try:
+            if self._closed:
+                # Shutdown already ran (a late stream): write it here rather than lose it.
+                self._process_in_caller([item])
+                return
+            self._start()
+            if self._writer is None:
+                self._writer = gevent.spawn(self._run)
+            self._recorded += 1
+            self._queue.put_nowait(item)  # unbounded queue: never blocks
+        except Exception:
+            logger.opt(exception=True).error("could not queue an interception record")
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything recorded so far is in the DB or the journal; False on timeout."""
+        target = self._recorded
+        deadline = time.monotonic() + timeout
+        while self._handled < target or self._memory:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._writer is None or self._writer.dead:
+                return False
+            self._progress.wait(remaining)
+        return True
+
+    def recover(self) -> int:
+        """Replay journals left by dead processes now; returns the batches replayed.
+
+        The writer does this by itself when it starts and every purge_interval.
+        """
+        if self._closed:
+            return 0
+        self._start()
+        return self._pool.apply(self._locked, (self._recover_orphans,))
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Write (or journal) everything queued, then release the database and the journal.
+
+        Call on worker exit (SIGTERM). Idempotent. If the writer cannot finish in time or the
+        hub cannot switch (it is shutting down, or this is a hub callback), the rest is written
+        synchronously here, which may take up to busy_timeout longer.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        writer = self._writer
+        if writer is None:
+            if self._pool is not None:  # only recover() ran: release its connection
+                self._locked(self._close_resources)
+                self._pool.kill()
+            return
+        deadline = time.monotonic() + timeout
+        try:
+            self._queue.put_nowait(_STOP)
+            writer.join(timeout)
+        except Exception as exc:
+            logger.warning("record writer could not be joined ({}); finishing synchronously", exc)
+        if not (writer.dead and self._queue.empty()):
+            with suppress(Exception):  # the hub may be gone: then the greenlet never runs again anyway
+                writer.kill(block=False)
+            self._process_in_caller([], deadline - time.monotonic())
+        with suppress(Exception):
+            self._pool.kill()
+
+    @property
+    def pending(self) -> int:
+        """Items recorded but not yet handled by the writer."""
+        return self._recorded - self._handled
+
+    @property
+    def backlog(self) -> int:
+        """Batches waiting for the store: in the journal or, if that failed too, in memory."""
+        return self._journal_batches + len(self._memory)
+
+    @property
+    def journal_path(self) -> str | None:
+        """This process's journal while it holds one (it exists only while there is a backlog)."""
+        return self._journal_path if self._journal_fd is not None else None
+
+    # -- writer greenlet -------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        if self._pool is None:
+            self._queue = gevent.queue.Queue()
+            self._pool = gevent.threadpool.ThreadPool(1)  # a real OS thread even after patch_all
+            self._progress = gevent.event.Event()
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            # Collected in place, so close()'s fallback can rewrite them if this greenlet is stuck.
+            items: list[Any] = []
+            self._inflight = items
+            try:
+                first = self._queue.get(timeout=self._next_wakeup())
+            except gevent.queue.Empty:
+                first = None
+            if first is _STOP:
+                stop = True
+            elif first is not None:
+                items.append(first)
+                deadline = time.monotonic() + self.batch_wait
+                while len(items) < self.batch_size:
+                    try:
+                        item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                    except gevent.queue.Empty:
+                        break
+                    if item is _STOP:
+                        stop = True
+                        break
+                    items.append(item)
+            try:
+                self._pool.apply(self._locked, (self._process, items, stop))
+            except Exception:
+                logger.opt(exception=True).error("record writer failed on a batch of {} item(s)", len(items))
+            self._inflight = []
+            self._handled += len(items)
+            self._progress, progress = gevent.event.Event(), self._progress
+            progress.set()
+
+    def _next_wakeup(self) -> float:
+        """Seconds until a retry, a purge or an orphan scan is due."""
+        if self.backlog:
+            due = [self._retry_at]  # orphan scans and purges wait until the store is writable
+        else:
+            due = [self._orphan_scan_at] + ([self._purge_at] if self._purge_at is not None else [])
+        return max(0.0, min(due) - time.monotonic())
+
+    def _process_in_caller(self, items: list[Any], timeout: float = 30.0) -> None:
+        """The writer's work done in the calling thread (shutdown paths only)."""
+        # At least busy_timeout: the pool thread may be finishing a write that waits for the lock.
+        if not self._lock.acquire(timeout=max(timeout, self.busy_timeout + 1.0)):
+            logger.error("record writer is stuck: {} queued record(s) were not written", self.pending)
+            return
+        try:
+            queued = self._inflight + items  # in-flight ones may be rewritten: writes are idempotent
+            while self._queue is not None and not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is not _STOP:
+                    queued.append(item)
+            self._process(queued, True)
+        finally:
+            self._lock.release()
+
+    # -- writer thread -----------------------------------------------------------------------------
+
+    def _locked(self, fn: Callable[..., _T], *args: Any) -> _T:
+        with self._lock:
+            return fn(*args)
+
+    def _process(self, items: list[Any], final: bool) -> None:
+        now = time.monotonic()
+        batch = _to_batch(items)
+        if not self.backlog and now >= self._orphan_scan_at:
+            self._recover_orphans()
+        if self.backlog and (final or now >= self._retry_at):
+            self._drain_backlog()
+        if len(batch):
+            if self.backlog:
+                self._journal(batch)  # keep order: older journaled batches go to the DB first
+            else:
+                try:
+                    self._write(batch)
+                except _Unavailable as exc:
+                    self._schedule_retry(exc)
+                    self._journal(batch)
+        elif self._memory:
+            self._journal(None)  # the journal may work again: get the batches out of memory
+        if final:
+            self._close_resources()
+        elif not self.backlog:
+            self._purge_step(now)
+
+    def _open_store(self) -> Store:
+        """The writer's connection, reopened (and migrated) if the file was removed or replaced."""
+        current = _file_id(self.database_path)
+        if self._store is not None and current != self._store_file:
+            logger.warning("database file {} was removed or replaced; reopening it", self.database_path)
+            self._drop_store()
+        if self._store is None:
+            store = Store(self.database_path)
+            try:
+                store.db.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+                store.migrate()
+            except BaseException:
+                store.close()
+                raise
+            self._store, self._store_file = store, _file_id(self.database_path)
+        return self._store
+
+    def _drop_store(self) -> None:
+        if self._store is not None:
+            with suppress(Exception):  # a broken connection: nothing left to release
+                self._store.close()
+            self._store = None
+
+    def _write(self, batch: RecordBatch) -> None:
+        """Write a batch to the store, or raise _Unavailable. Rows the store refuses are set aside."""
+        try:
+            store = self._open_store()
+        except Exception as exc:
+            self._drop_store()
+            raise _Unavailable(str(exc)) from exc
+        try:
+            store.write_records(batch)
+        except Exception as exc:
+            if not _refused(exc):
+                self._drop_store()  # a fresh connection on the next attempt
+                raise _Unavailable(str(exc)) from exc
+            parts = batch.split()
+            if len(parts) == 1:
+                self._set_aside(batch.to_json(), exc)
+                return
+            for part in parts:  # isolate the refused interception, write the others
+                self._write(part)
+
+    def _set_aside(self, line: str, reason: BaseException) -> None:
+        """Keep records the store refuses (retrying cannot help) in a file, and say so."""
+        path = f"{self._journal_base}.records-rejected.jsonl"
+        logger.error("the store refused records ({}); they are kept in {}", reason, path)
+        try:
+            _append(path, line.encode() + b"\n")
+        except OSError as exc:
+            logger.error("could not write {} ({}); the refused records are lost", path, exc)
+
+    def _schedule_retry(self, exc: BaseException) -> None:
+        if self._retry_delay == _RETRY_MIN:
+            logger.warning("cannot write records to {} ({}); journaling them until it is writable",
+                           self.database_path, exc)
+        self._retry_at = time.monotonic() + self._retry_delay
+        self._retry_delay = min(self._retry_delay * 2, _RETRY_MAX)
+
+    # journal
+
+    def _journal(self, batch: RecordBatch | None) -> None:
+        """Append the memory backlog and ``batch`` to our journal, fsync'd; else keep them in memory."""
+        pending = self._memory + ([batch] if batch is not None else [])
+        data = "".join(b.to_json() + "\n" for b in pending).encode()
+        try:
+            fd = self._journal_open()
+            size = os.fstat(fd).st_size
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+            except OSError:
+                os.ftruncate(fd, size)  # no torn line: the next append must start a fresh line
+                raise
+        except OSError as exc:
+            if not self._memory:
+                logger.error("cannot write the records journal {} ({}); keeping records in memory",
+                             self._journal_path, exc)
+            if batch is not None:
+                self._memory.append(batch)
+            return
+        self._journal_batches += len(pending)
+        self._memory.clear()
+
+    def _journal_open(self) -> int:
+        if self._journal_fd is not None:
+            return self._journal_fd
+        path = self._journal_path = f"{self._journal_base}.records-{os.getpid()}.jsonl"
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            # Blocking: only a recovering process can hold it (a dead process with our pid left it).
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if _same_file(fd, path):
+                break
+            os.close(fd)  # that process replayed and removed it meanwhile: create a new one
+        _fsync_dir(path)
+        self._journal_fd, self._journal_offset = fd, 0
+        self._journal_batches = sum(1 for _ in _lines(fd, 0))  # an adopted file may already hold batches
+        return fd
+
+    def _drain_backlog(self) -> None:
+        """Replay our journal, then the memory backlog, into the store (retried with backoff)."""
+        try:
+            if self._journal_fd is not None:
+                for line in _lines(self._journal_fd, self._journal_offset):  # by fd: works even if unlinked
+                    self._write_line(line)
+                    self._journal_offset += len(line)
+                    self._journal_batches -= 1
+                with suppress(FileNotFoundError):
+                    os.unlink(self._journal_path)  # still under our lock: nobody takes it for an orphan
+                os.close(self._journal_fd)
+                self._journal_fd, self._journal_batches = None, 0
+            while self._memory:
+                self._write(self._memory[0])
+                self._memory.pop(0)
+        except (_Unavailable, OSError) as exc:
+            self._schedule_retry(exc)
+            return
+        logger.info("records store {} is writable again; the journaled records are written", self.database_path)
+        self._retry_delay, self._retry_at = _RETRY_MIN, 0.0
+
+    def _write_line(self, line: bytes) -> None:
+        try:
+            batch = RecordBatch.from_json(line.decode())
+        except (ValueError, TypeError) as exc:  # a torn line from a crash mid-write
+            self._set_aside(line.decode(errors="replace").rstrip("\n"), exc)
+            return
+        self._write(batch)
+
+    def _recover_orphans(self) -> int:
+        """Replay journals of processes that died with a backlog; returns the batches replayed."""
+        replayed = 0
+        try:
+            for path in sorted(glob.glob(glob.escape(self._journal_base) + ".records-*.jsonl")):
+                if _JOURNAL_RE.search(path) and path != self._journal_path:
+                    replayed += self._replay_orphan(path)
+        except (_Unavailable, OSError) as exc:
+            logger.warning("cannot replay record journals of stopped processes yet ({})", exc)
+            self._orphan_scan_at = time.monotonic() + _RETRY_MAX
+        else:
+            self._orphan_scan_at = time.monotonic() + self.purge_interval
+        if replayed:
+            logger.info("replayed {} record batch(es) journaled by stopped processes", replayed)
+        return replayed
+
+    def _replay_orphan(self, path: str) -> int:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return 0
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return 0  # its process is alive, or another process is replaying it
+            if not _same_file(fd, path):
+                return 0  # replayed and removed by another process after we opened it
+            count = 0
+            for line in _lines(fd, 0):
+                self._write_line(line)
+                count += 1
+            os.unlink(path)  # before releasing the lock, so it is replayed exactly once
+            return count
+        finally:
+            os.close(fd)
+
+    # retention and shutdown
+
+    def _purge_step(self, now: float) -> None:
+        if self._purge_at is None or now < self._purge_at:
+            return
+        try:
+            deleted = self._open_store().purge_records(
+                retention_cutoff(self.retention), _PURGE_CHUNK, max_chunks=_PURGE_CHUNKS_PER_STEP
+            )
+        except Exception as exc:
+            logger.warning("retention purge failed ({}); retrying later", exc)
+            self._drop_store()
+            self._purge_at = now + min(self.purge_interval, _RETRY_MAX)
+            return
+        if deleted:
+            logger.info("retention purge deleted {} interception(s)", deleted)
+        more = deleted == _PURGE_CHUNK * _PURGE_CHUNKS_PER_STEP
+        self._purge_at = now if more else now + self.purge_interval  # more: go on after the next batch
+
+    def _close_resources(self) -> None:
+        if self._memory:
+            logger.error("{} record batch(es) could not be written or journaled and are lost", len(self._memory))
+            self._memory.clear()
+        if self._journal_fd is not None:
+            logger.warning("{} record batch(es) remain in {}; the next start replays them",
+                           self._journal_batches, self._journal_path)
+            os.close(self._journal_fd)  # releases the lock: the file is now an orphan to replay
+            self._journal_fd, self._journal_batches = None, 0
+        self._drop_store()
+
+
+def _to_batch(items: list[InterceptionStart | InterceptionEnd]) -> RecordBatch:
+    batch = RecordBatch()
+    for item in items:
+        if isinstance(item, InterceptionStart):
+            batch.interceptions.append(item.row)
+            continue
+        batch.ends.append({"id": item.interception_id, "ended_at": item.ended_at, "metadata": item.metadata})
+        for name in CHILD_TABLES:
+            getattr(batch, name).extend(getattr(item, name))
+    return batch
+
+
+def _refused(exc: BaseException) -> bool:
+    if isinstance(exc, _REFUSED_ERRORS):
+        return True
+    return isinstance(exc, sqlite3.Error) and (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _REFUSED_CODES
+
+
+def _file_id(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _same_file(fd: int, path: str) -> bool:
+    st = os.fstat(fd)
+    return _file_id(path) == (st.st_dev, st.st_ino)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _append(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    try:
+        _write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: str) -> None:
+    """Make a new file's directory entry durable too (best effort)."""
+    try:
+        fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _lines(fd: int, offset: int) -> Iterator[bytes]:
+    """The lines of an open journal from ``offset`` (a duplicate fd: the caller's stays open)."""
+    with os.fdopen(os.dup(fd), "rb") as journal:
+        journal.seek(offset)
+        yield from journal

@@ -1,0 +1,202 @@
+"""The five kinds of audit record (SPEC §6) and the marshmallow schemas that produce them.
+
+Two jobs, each run once per response (never per stream chunk):
+- normalize each provider's usage payload into one ``TokenUsage``;
+- dump records into the rows the store writes and the fields structured logs carry.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+from marshmallow import INCLUDE, Schema, fields, post_load
+
+from bridge.timestamps import format_timestamp
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass
+class TokenUsage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cache_write_input_tokens: int = 0
+    #: Every other figure the provider sent (reasoning tokens, cache tiers, ...), flattened with dots.
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ToolCall:
+    id: str | None
+    name: str
+    #: The arguments as the model sent them (JSON text).
+    input: str
+
+
+@dataclass
+class Thought:
+    content: str
+    source: str  # thinking | reasoning_summary | commentary | reasoning_content
+
+
+def flatten_figures(payload: dict, skip: frozenset[str] = frozenset(), prefix: str = "") -> dict[str, Any]:
+    """The numeric figures of a usage object, nested objects flattened with dots."""
+    flat: dict[str, Any] = {}
+    for key, value in payload.items():
+        name = prefix + key
+        if name in skip or value is None:
+            continue
+        if isinstance(value, dict):
+            flat.update(flatten_figures(value, skip, name + "."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[name] = value
+    return flat
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+class _UsageSchema(Schema):
+    class Meta:
+        unknown = INCLUDE  # providers add figures all the time; they go to metadata
+
+
+class AnthropicUsageSchema(_UsageSchema):
+    """Messages API usage; cache_write is ``cache_creation_input_tokens``."""
+
+    input_tokens = fields.Integer(allow_none=True)
+    output_tokens = fields.Integer(allow_none=True)
+    cache_read_input_tokens = fields.Integer(allow_none=True)
+    cache_creation_input_tokens = fields.Integer(allow_none=True)
+
+    @post_load
+    def to_usage(self, data: dict, **_: Any) -> TokenUsage:
+        return TokenUsage(
+            input_tokens=_count(data.get("input_tokens")),
+            output_tokens=_count(data.get("output_tokens")),
+            cache_read_input_tokens=_count(data.get("cache_read_input_tokens")),
+            cache_write_input_tokens=_count(data.get("cache_creation_input_tokens")),
+            metadata=flatten_figures(data, _ANTHROPIC_MAIN),
+        )
+
+
+_ANTHROPIC_MAIN = frozenset({"input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"})
+
+
+class OpenAIUsageSchema(_UsageSchema):
+    """Chat Completions (prompt/completion tokens) and Responses (input/output tokens) usage.
+
+    Input is reported with the cached part included; the record keeps them apart.
+    """
+
+    prompt_tokens = fields.Integer(allow_none=True)
+    completion_tokens = fields.Integer(allow_none=True)
+    input_tokens = fields.Integer(allow_none=True)
+    output_tokens = fields.Integer(allow_none=True)
+    prompt_tokens_details = fields.Dict(allow_none=True)
+    input_tokens_details = fields.Dict(allow_none=True)
+
+    @post_load
+    def to_usage(self, data: dict, **_: Any) -> TokenUsage:
+        chat = "prompt_tokens" in data or "completion_tokens" in data
+        details_key = "prompt_tokens_details" if chat else "input_tokens_details"
+        cached = _count((data.get(details_key) or {}).get("cached_tokens"))
+        prompt = _count(data.get("prompt_tokens" if chat else "input_tokens"))
+        return TokenUsage(
+            input_tokens=max(prompt - cached, 0),
+            output_tokens=_count(data.get("completion_tokens" if chat else "output_tokens")),
+            cache_read_input_tokens=cached,
+            metadata=flatten_figures(data, _OPENAI_MAIN),
+        )
+
+
+_OPENAI_MAIN = frozenset({
+    "prompt_tokens", "completion_tokens", "input_tokens", "output_tokens",
+    "prompt_tokens_details.cached_tokens", "input_tokens_details.cached_tokens",
+})
+
+ANTHROPIC_USAGE = AnthropicUsageSchema()
+OPENAI_USAGE = OpenAIUsageSchema()
+
+
+# --- Rows ----------------------------------------------------------------------------------------
+
+
+class Timestamp(fields.Field):
+    def _serialize(self, value: datetime | None, attr: Any, obj: Any, **kwargs: Any) -> str | None:
+        return None if value is None else format_timestamp(value)
+
+
+class JSONText(fields.Field):
+    """A JSON column: dicts and lists become JSON text; text is kept as it is."""
+
+    def _serialize(self, value: Any, attr: Any, obj: Any, **kwargs: Any) -> str | None:
+        if value is None or isinstance(value, str):
+            return value
+        return orjson.dumps(value).decode()
+
+
+class InterceptionSchema(Schema):
+    id = fields.String()
+    initiator_id = fields.String()
+    provider = fields.String()
+    provider_name = fields.String()
+    model = fields.String()
+    client = fields.String()
+    client_session_id = fields.String(allow_none=True)
+    user_agent = fields.String(allow_none=True)
+    credential_kind = fields.String()
+    credential_hint = fields.String()
+    correlating_tool_call_id = fields.String(allow_none=True)
+    started_at = Timestamp()
+    ended_at = Timestamp(allow_none=True)
+    metadata = JSONText()
+
+
+class _ChildSchema(Schema):
+    id = fields.String()
+    interception_id = fields.String()
+    metadata = JSONText()
+    created_at = Timestamp()
+
+
+class TokenUsageSchema(_ChildSchema):
+    provider_response_id = fields.String(allow_none=True)
+    input_tokens = fields.Integer()
+    output_tokens = fields.Integer()
+    cache_read_input_tokens = fields.Integer()
+    cache_write_input_tokens = fields.Integer()
+
+
+class UserPromptSchema(_ChildSchema):
+    provider_response_id = fields.String(allow_none=True)
+    prompt = fields.String()
+
+
+class ToolUsageSchema(_ChildSchema):
+    provider_response_id = fields.String(allow_none=True)
+    provider_tool_call_id = fields.String(allow_none=True)
+    tool = fields.String()
+    input = JSONText()
+    server_url = fields.String(allow_none=True)
+    injected = fields.Boolean()
+    invocation_error = fields.String(allow_none=True)
+
+
+class ModelThoughtSchema(_ChildSchema):
+    content = fields.String()
+
+
+INTERCEPTION_ROW = InterceptionSchema()
+TOKEN_USAGE_ROWS = TokenUsageSchema(many=True)
+USER_PROMPT_ROWS = UserPromptSchema(many=True)
+TOOL_USAGE_ROWS = ToolUsageSchema(many=True)
+MODEL_THOUGHT_ROWS = ModelThoughtSchema(many=True)

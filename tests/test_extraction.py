@@ -1,0 +1,107 @@
+"""What the interceptors read from each recorded exchange matches the fixture's ``expect`` (SPEC §6)."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from bridge.intercept.chat_completions import ChatCompletionsInterceptor
+from bridge.intercept.messages import MessagesInterceptor
+from bridge.intercept.sse import SSESplitter
+from tests.sdk_calls import load_fixtures
+
+CASES = [
+    pytest.param(name, fixture, mode, id=f"{name}-{mode}")
+    for name, fixture in load_fixtures("anthropic") + load_fixtures("openai_chat")
+    for mode in ("blocking", "streaming")
+    if fixture.get(mode) and fixture[mode].get("status") == 200
+]
+
+
+def _interceptor(name: str, request: dict, stream: bool):
+    body = {**request, "stream": stream}
+    raw = orjson.dumps(body)
+    if name.startswith("anthropic/"):
+        return MessagesInterceptor(body, raw)
+    return ChatCompletionsInterceptor(body, raw)
+
+
+def _tool_input(name: str, expected):
+    # Anthropic inputs are JSON objects, stored as compact JSON text; OpenAI arguments are kept as sent.
+    return orjson.dumps(expected).decode() if name.startswith("anthropic/") else expected
+
+
+@pytest.mark.parametrize("name, fixture, mode", CASES)
+def test_interceptor_reads_what_the_auditor_expects(name, fixture, mode):
+    interceptor = _interceptor(name, fixture["request"], mode == "streaming")
+    if mode == "streaming":
+        splitter = SSESplitter()
+        wire = "".join(fixture["streaming"]["events"]).encode()
+        for start in range(0, len(wire), 97):  # reads that never line up with events
+            for event in splitter.feed(wire[start:start + 97]):
+                if interceptor.rewrites_stream:
+                    interceptor.relay_event(event)
+                else:
+                    interceptor.observe_event(event)
+    else:
+        interceptor.observe_response(200, orjson.dumps(fixture["blocking"]["body"]))
+    interceptor.finish()
+    expect = fixture["expect"]
+
+    usage = interceptor.usage()
+    if expect["usage"] is None:
+        assert usage is None
+    else:
+        assert usage is not None
+        assert {**usage.__dict__} == expect["usage"]
+    assert interceptor.prompt() == expect["prompt"]
+    assert [(call.id, call.name, call.input) for call in interceptor.tool_calls] == \
+        [(call["id"], call["name"], _tool_input(name, call["input"])) for call in expect["tool_calls"]]
+    assert [(thought.content, thought.source) for thought in interceptor.thoughts] == \
+        [(thought["content"], thought["source"]) for thought in expect["thoughts"]]
+    if not fixture[mode].get("abort"):
+        assert interceptor.stop_reason == expect["stop_reason"]
+    assert interceptor.response_id
+
+
+def test_anthropic_usage_figures_are_cumulative_not_added():
+    """message_start says output 1; the final message_delta says 90: the record says 90, not 91."""
+    name, fixture = "anthropic/cached_tokens", dict(load_fixtures("anthropic"))["anthropic/cached_tokens"]
+    interceptor = _interceptor(name, fixture["request"], True)
+    for event in SSESplitter().feed("".join(fixture["streaming"]["events"]).encode()):
+        interceptor.observe_event(event)
+    usage = interceptor.usage()
+    assert (usage.input_tokens, usage.output_tokens, usage.cache_read_input_tokens, usage.cache_write_input_tokens) == (3, 90, 12000, 40)
+
+
+def test_openai_cached_tokens_are_split_from_input():
+    fixture = dict(load_fixtures("openai_chat"))["openai_chat/cached_tokens"]
+    interceptor = _interceptor("openai_chat/cached_tokens", fixture["request"], False)
+    interceptor.observe_response(200, orjson.dumps(fixture["blocking"]["body"]))
+    usage = interceptor.usage()
+    assert (usage.input_tokens, usage.cache_read_input_tokens) == (2000, 18000)
+
+
+@pytest.mark.parametrize("messages, prompt, correlating", [
+    ([{"role": "user", "content": "hi"}], "hi", None),
+    ([{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image", "source": {}}, {"type": "text", "text": "b"}]}], "a\nb", None),
+    ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], None, None),
+    ([{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "42"}]}], None, "toolu_1"),
+    ([{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "x"},
+                                   {"type": "text", "text": "and now?"}]}], "and now?", "toolu_1"),
+])
+def test_anthropic_prompt_rule(messages, prompt, correlating):
+    interceptor = _interceptor("anthropic/x", {"model": "m", "max_tokens": 5, "messages": messages}, False)
+    assert interceptor.prompt() == prompt
+    assert interceptor.correlating_tool_call_id() == correlating
+
+
+@pytest.mark.parametrize("messages, prompt, correlating", [
+    ([{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}], "hi", None),
+    ([{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {"url": "x"}}]}], "a", None),
+    ([{"role": "user", "content": "q"}, {"role": "assistant", "tool_calls": []}, {"role": "tool", "tool_call_id": "call_9", "content": "r"}], None, "call_9"),
+])
+def test_openai_prompt_rule(messages, prompt, correlating):
+    interceptor = _interceptor("openai_chat/x", {"model": "m", "messages": messages}, False)
+    assert interceptor.prompt() == prompt
+    assert interceptor.correlating_tool_call_id() == correlating

@@ -1,0 +1,180 @@
+"""The interception record tables of the store: schema, idempotent batch writes, chunked purge, indexes."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from bridge.store import CHILD_TABLES, RECORD_COLUMNS, RecordBatch, Store, StoreError, format_timestamp
+
+NOW = datetime(2026, 6, 1, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    with Store.from_path(str(tmp_path / "bridge.db")) as s:
+        yield s
+
+
+def interception(started: datetime, **columns) -> RecordBatch:
+    """A batch with one interception and one row of each child kind."""
+    iid = str(uuid.uuid4())
+    at = format_timestamp(started)
+
+    def child(**values) -> dict:
+        return {"id": str(uuid.uuid4()), "interception_id": iid, "created_at": at, **values}
+
+    row = {"id": iid, "initiator_id": "u1", "provider": "anthropic", "provider_name": "anthropic",
+           "model": "claude", "client": "Claude Code", "started_at": at, "metadata": '{"a": 1}', **columns}
+    return RecordBatch(
+        interceptions=[row],
+        ends=[{"id": iid, "ended_at": at, "metadata": '{"b": 2}'}],
+        token_usages=[child(input_tokens=10, output_tokens=3, cache_read_input_tokens=7, metadata={"reasoning": 1})],
+        user_prompts=[child(prompt="hi")],
+        tool_usages=[child(tool="bash", provider_tool_call_id="t1", input={"cmd": "ls"}, injected=False)],
+        model_thoughts=[child(content="hmm", metadata='{"source": "thinking"}')],
+    )
+
+
+def combined(*batches: RecordBatch) -> RecordBatch:
+    out = RecordBatch()
+    for batch in batches:
+        for name in ("interceptions", "ends", *CHILD_TABLES):
+            getattr(out, name).extend(getattr(batch, name))
+    return out
+
+
+def test_schema_has_exactly_the_spec_columns(store: Store) -> None:
+    for table, columns in RECORD_COLUMNS.items():
+        assert tuple(store.db[table].columns_dict) == columns
+        assert store.db[table].pks == ["id"]
+
+
+def test_write_records_is_idempotent(store: Store) -> None:
+    batch = combined(*(interception(NOW - timedelta(minutes=n)) for n in range(3)))
+    store.write_records(batch)
+    first = {table: list(store.db.query(f"SELECT * FROM {table} ORDER BY id")) for table in RECORD_COLUMNS}
+    store.write_records(batch)  # a journal replay
+    store.write_records(RecordBatch.from_json(batch.to_json()))
+    again = {table: list(store.db.query(f"SELECT * FROM {table} ORDER BY id")) for table in RECORD_COLUMNS}
+    assert again == first
+    assert store.count_records() == {table: 3 for table in RECORD_COLUMNS}
+
+
+def test_end_sets_ended_at_and_merges_metadata(store: Store) -> None:
+    batch = interception(NOW)
+    iid = batch.interceptions[0]["id"]
+    start = RecordBatch(interceptions=batch.interceptions)
+    store.write_records(start)
+    assert store.get_interception(iid)["ended_at"] is None
+    batch.interceptions = []
+    store.write_records(batch)
+    row = store.get_interception(iid)
+    assert row["ended_at"] == format_timestamp(NOW)
+    assert json.loads(row["metadata"]) == {"a": 1, "b": 2}
+    assert [r["prompt"] for r in row["user_prompts"]] == ["hi"]
+    usage = row["token_usages"][0]
+    assert (usage["input_tokens"], usage["output_tokens"], usage["cache_read_input_tokens"],
+            usage["cache_write_input_tokens"]) == (10, 3, 7, 0)
+    assert json.loads(usage["metadata"]) == {"reasoning": 1}  # Python values are stored as JSON text
+    tool = row["tool_usages"][0]
+    assert json.loads(tool["input"]) == {"cmd": "ls"} and tool["injected"] == 0
+    assert json.loads(row["model_thoughts"][0]["metadata"]) == {"source": "thinking"}
+
+
+def test_a_refused_batch_writes_nothing(store: Store) -> None:
+    good = interception(NOW)
+    orphan_end = RecordBatch(ends=[{"id": "missing", "ended_at": format_timestamp(NOW), "metadata": None}])
+    with pytest.raises(StoreError, match="does not exist"):
+        store.write_records(combined(good, orphan_end))
+    bad_column = interception(NOW)
+    bad_column.user_prompts[0]["promt"] = "typo"
+    with pytest.raises(StoreError, match="unknown column"):
+        store.write_records(bad_column)
+    no_start = interception(NOW)
+    no_start.interceptions[0]["started_at"] = None
+    with pytest.raises(sqlite3.IntegrityError):  # not silently skipped
+        store.write_records(no_start)
+    assert store.count_records() == {table: 0 for table in RECORD_COLUMNS}
+    assert not store.db.conn.in_transaction
+
+
+def test_split_isolates_each_interception() -> None:
+    a, b = interception(NOW), interception(NOW)
+    parts = combined(a, b).split()
+    assert [p.to_json() for p in parts] == [a.to_json(), b.to_json()]
+
+
+def test_purge_deletes_exactly_the_old_interceptions_with_their_children(store: Store) -> None:
+    cutoff = NOW - timedelta(days=30)
+    old = [interception(cutoff - timedelta(seconds=n + 1)) for n in range(12)]
+    new = [interception(cutoff + timedelta(seconds=n)) for n in range(8)]  # started_at == cutoff is kept
+    store.write_records(combined(*old, *new))
+    assert store.purge_records(format_timestamp(cutoff)) == 12
+    assert store.count_records() == {table: 8 for table in RECORD_COLUMNS}
+    kept = {r["id"] for r in store.db.query("SELECT id FROM aibridge_interceptions")}
+    assert kept == {b.interceptions[0]["id"] for b in new}
+    for table in CHILD_TABLES.values():
+        assert {r["interception_id"] for r in store.db.query(f"SELECT interception_id FROM {table}")} == kept
+    assert store.purge_records(format_timestamp(cutoff)) == 0
+
+
+def test_purge_runs_in_chunks_of_short_transactions(store: Store) -> None:
+    store.write_records(combined(*(interception(NOW - timedelta(days=90, seconds=n)) for n in range(50))))
+    statements: list[str] = []
+    store.db.conn.set_trace_callback(statements.append)
+    assert store.purge_records(format_timestamp(NOW), chunk=7) == 50
+    store.db.conn.set_trace_callback(None)
+    assert statements.count("BEGIN IMMEDIATE") == 8  # 7 full chunks and one of 1
+    assert statements.count("COMMIT") == 8
+    assert store.count_records() == {table: 0 for table in RECORD_COLUMNS}
+
+
+def test_purge_max_chunks_bounds_one_call(store: Store) -> None:
+    store.write_records(combined(*(interception(NOW - timedelta(days=90, seconds=n)) for n in range(20))))
+    assert store.purge_records(format_timestamp(NOW), chunk=3, max_chunks=2) == 6
+    # Oldest first: the remaining ones are the newest.
+    assert store.count_records()["aibridge_interceptions"] == 14
+    assert store.purge_records(format_timestamp(NOW), chunk=3) == 14
+
+
+def _plan(store: Store, sql: str, params: list) -> str:
+    return " | ".join(row[3] for row in store.db.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+
+
+def test_indexes_serve_the_queries(store: Store) -> None:
+    store.write_records(combined(*(interception(NOW - timedelta(minutes=n)) for n in range(30))))
+    store.db.execute("ANALYZE")
+    page = _plan(
+        store,
+        "SELECT * FROM aibridge_interceptions WHERE (started_at, id) < (?, ?) ORDER BY started_at DESC, id DESC LIMIT 100",
+        [format_timestamp(NOW), "z"],
+    )
+    assert "aibridge_interceptions_started_at" in page and "TEMP B-TREE" not in page
+    for column in ("initiator_id", "provider", "provider_name", "model", "client"):
+        plan = _plan(
+            store,
+            f"SELECT * FROM aibridge_interceptions WHERE {column} = ? AND started_at >= ? ORDER BY started_at DESC LIMIT 100",
+            ["x", format_timestamp(NOW - timedelta(days=1))],
+        )
+        assert f"aibridge_interceptions_{column}" in plan and "TEMP B-TREE" not in plan
+    for table in CHILD_TABLES.values():
+        plan = _plan(store, f"SELECT * FROM {table} WHERE interception_id = ?", ["x"])
+        assert f"{table}_interception_id" in plan
+    plan = _plan(store, "SELECT sum(input_tokens) FROM aibridge_token_usages WHERE created_at >= ?", ["x"])
+    assert "aibridge_token_usages_created_at" in plan
+
+
+def test_read_helpers(store: Store) -> None:
+    assert store.get_interception("nope") is None
+    assert store.count_records() == {table: 0 for table in RECORD_COLUMNS}
+    batch = interception(NOW)
+    store.write_records(batch)
+    row = store.get_interception(batch.interceptions[0]["id"])
+    assert row["client"] == "Claude Code"
+    assert {name: len(row[name]) for name in CHILD_TABLES} == {name: 1 for name in CHILD_TABLES}
