@@ -12,8 +12,11 @@ from pathlib import Path
 
 import requests
 
+from bridge.store import Store
+
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 30.0
+RECORD_WAIT = 20.0
 
 
 def free_port() -> int:
@@ -71,3 +74,23 @@ class GatewayProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def wait_for_records(database, ids: list[str]) -> dict[str, dict]:
+    """The interceptions with these ids (and their children) once the writer has stored them ended."""
+    store = Store(str(database))
+    try:
+        deadline = time.monotonic() + RECORD_WAIT
+        found: dict[str, dict] = {}
+        while time.monotonic() < deadline:
+            for interception_id in ids:
+                if interception_id not in found:
+                    record = store.get_interception(interception_id)
+                    if record and record["ended_at"]:
+                        found[interception_id] = record
+            if len(found) == len(ids):
+                break
+            time.sleep(0.1)
+        return found
+    finally:
+        store.close()

@@ -14,7 +14,7 @@ import requests
 
 from tests.conftest import ANTHROPIC_KEY, OPENAI_KEY, provider_env
 from tests.sdk_calls import load_fixtures
-from tests.test_records import wait_for_records
+from tests.harness import wait_for_records
 
 ANTHROPIC = dict(load_fixtures("anthropic"))
 OPENAI = dict(load_fixtures("openai_chat"))

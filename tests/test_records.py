@@ -3,19 +3,16 @@ real gunicorn workers and read back from the SQLite file."""
 
 from __future__ import annotations
 
-import time
-
 import orjson
 import pytest
 
 from bridge.masking import mask_secret
-from bridge.store import Store
 from tests.conftest import ANTHROPIC_KEY, OPENAI_KEY
+from tests.harness import wait_for_records
 from tests.sdk_calls import _split_kwargs, anthropic_client, load_fixtures, openai_client
 
 CASES = [(name, fixture, stream) for name, fixture in load_fixtures("anthropic") + load_fixtures("openai_chat")
          for stream, part in ((False, "blocking"), (True, "streaming")) if fixture.get(part)]
-WAIT = 20.0
 
 
 def _call(gateway, identities, name: str, fixture: dict, stream: bool) -> str:
@@ -40,25 +37,6 @@ def _call(gateway, identities, name: str, fixture: dict, stream: bool) -> str:
     except Exception:
         pass  # an error event mid-stream or a cut stream: the SDK raises after what it got
     return raw.headers["X-AIBridge-Interception-Id"]
-
-
-def wait_for_records(database, ids: list[str], ended: bool = True) -> dict[str, dict]:
-    store = Store(str(database))
-    try:
-        deadline = time.monotonic() + WAIT
-        found: dict[str, dict] = {}
-        while time.monotonic() < deadline:
-            for interception_id in ids:
-                if interception_id not in found:
-                    record = store.get_interception(interception_id)
-                    if record and (record["ended_at"] or not ended):
-                        found[interception_id] = record
-            if len(found) == len(ids):
-                break
-            time.sleep(0.1)
-        return found
-    finally:
-        store.close()
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import requests
 
 from bridge.intercept.sse import SSESplitter
 from tests.sdk_calls import load_fixtures
+from tests.harness import wait_for_records
 
 STREAMS = [(name, fixture) for name, fixture in load_fixtures("anthropic") + load_fixtures("openai_chat")
            if fixture.get("streaming") and fixture["streaming"].get("events") and not fixture["streaming"].get("abort")]
@@ -75,7 +76,7 @@ def test_each_event_reaches_the_client_before_the_next_is_sent(api, name, client
 
 
 @pytest.mark.parametrize("api, name", [("anthropic", "anthropic/simple_text"), ("openai", "openai_chat/simple_text")])
-def test_client_disconnect_closes_the_upstream(api, name, gateway, upstream, identities):
+def test_client_disconnect_closes_the_upstream(api, name, gateway, upstream, identities, database):
     fixture = dict(load_fixtures(name.split("/")[0]))[name]
     marker = uuid.uuid4().hex
     connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=30)
@@ -86,6 +87,7 @@ def test_client_disconnect_closes_the_upstream(api, name, gateway, upstream, ide
                                 "X-Fake-Delay-Ms": "20", "X-Fake-Lockstep": marker})
     response = connection.getresponse()
     assert response.status == 200
+    interception_id = response.getheader("X-AIBridge-Interception-Id")
     splitter = SSESplitter()
     received = 0
     for _ in range(100):
@@ -102,6 +104,10 @@ def test_client_disconnect_closes_the_upstream(api, name, gateway, upstream, ide
     log = upstream.stream_log(marker)
     assert log.client_gone, "the upstream kept streaming after the client left"
     assert log.events_sent < 400
+    # what was seen is recorded, and the interception is ended
+    record = wait_for_records(database, [interception_id])[interception_id]
+    assert json.loads(record["metadata"])["error"] == "client disconnected"
+    assert record["user_prompts"] and record["model"] == fixture["request"]["model"]
 
 
 def test_openai_stream_without_usage_request_is_what_the_provider_sends(gateway, upstream, identities):
