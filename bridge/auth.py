@@ -66,12 +66,19 @@ class Authenticator:
             self._pool = ThreadPool(1)
         return self._pool.apply(self._lookup, (token,))
 
-    def authenticate(self, headers: Mapping[str, str], allow_byok: bool) -> Caller:
-        """The caller, or a GatewayError (401 unknown token, 403 BYOK refused, 503 store down)."""
+    def authenticate(self, headers: Mapping[str, str], allow_byok: bool, *, byok_only: bool = False) -> Caller:
+        """The caller, or a GatewayError (401 unknown token, 403 BYOK refused, 503 store down).
+
+        ``byok_only`` providers (Copilot) take the gateway token from the governance header alone:
+        their Authorization header carries the user's own credentials.
+        """
         token, byok = read_gateway_token(headers)
+        if byok_only and not byok:
+            raise GatewayError(401, f"missing gateway token: send it as {GOVERNANCE_HEADER}; "
+                                    "Authorization carries your own provider credentials for this provider")
         if not token:
             raise GatewayError(401, _MISSING)
-        if byok and not allow_byok:
+        if byok and not allow_byok and not byok_only:
             raise GatewayError(403, f"bringing your own provider key is disabled on this gateway; "
                                     f"send the gateway token as Authorization: Bearer or X-Api-Key instead of {GOVERNANCE_HEADER}")
         try:

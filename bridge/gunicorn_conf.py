@@ -11,7 +11,7 @@ import os
 import sys
 
 bind = os.environ.get("CODER_HTTP_ADDRESS", "127.0.0.1:3000")
-worker_class = "gevent"
+worker_class = "bridge.worker.GeventWorker"  # gunicorn's gevent worker, stopping idle connections promptly
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))  # about one per core: each worker is concurrent
 worker_connections = int(os.environ.get("BRIDGE_WORKER_CONNECTIONS", "1000"))
 timeout = 30            # heartbeat of the event loop, not a limit on streams
@@ -46,7 +46,7 @@ def on_starting(server) -> None:
     store = Store(settings.database_path)  # migrate once here; closed before the workers fork
     store.migrate()
     store.close()
-    logger.info("bridge starting on {} with {} worker(s); providers: {}", bind, workers,
+    logger.info("bridge starting on {} with {} worker(s); providers: {}", ", ".join(server.cfg.bind), server.cfg.workers,
                 ", ".join(f"{p.name} ({p.type})" for p in settings.providers) or "none")
 
 

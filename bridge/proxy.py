@@ -53,7 +53,7 @@ def _intercept_view(provider: Provider, path: str, factory: InterceptorFactory, 
     def intercept() -> Response:
         shape = provider.shape
         try:
-            caller = gateway.authenticator.authenticate(request.headers, gateway.settings.allow_byok)
+            caller = _authenticate(provider, gateway)
             raw = read_body(gateway.settings.max_body_size)
             interceptor = factory(provider, parse_json_object(raw), raw)
         except GatewayError as error:
@@ -92,7 +92,7 @@ def _intercept_view(provider: Provider, path: str, factory: InterceptorFactory, 
 
 def _passthrough(provider: Provider, path: str, gateway: Gateway) -> Response:
     try:
-        caller = gateway.authenticator.authenticate(request.headers, gateway.settings.allow_byok)
+        caller = _authenticate(provider, gateway)
         body = read_body(gateway.settings.max_body_size) if request.method not in ("GET", "HEAD") else None
         upstream = gateway.upstream.send(request.method, provider.upstream_url(path, request.query_string),
                                          upstream_headers(request.headers.items(), _credentials(provider, caller.byok)),
@@ -103,8 +103,17 @@ def _passthrough(provider: Provider, path: str, gateway: Gateway) -> Response:
     return RelayResponse(content, status=upstream.status_code, headers=response_headers(upstream))
 
 
+def _authenticate(provider: Provider, gateway: Gateway):
+    return gateway.authenticator.authenticate(request.headers, gateway.settings.allow_byok,
+                                              byok_only=provider.always_byok)
+
+
 def _credentials(provider: Provider, byok: bool) -> dict[str, str] | None:
+    """The provider key for centralized mode; None to send the client's own credentials (BYOK)."""
     if byok:
+        if not (request.headers.get("Authorization") or request.headers.get("X-Api-Key")):
+            what = "your GitHub token" if provider.type == "copilot" else "your provider key"
+            raise GatewayError(401, f"bring-your-own-key: send {what} in Authorization (or X-Api-Key)")
         return None
     credentials = provider.credential_headers()
     if not credentials:

@@ -57,7 +57,7 @@ def identities(database: Path) -> Iterator[Identities]:
 
 
 def provider_env(upstream: FakeUpstream) -> dict[str, str]:
-    """Legacy openai + anthropic providers, and one more instance of each type on its own base path and key."""
+    """Legacy openai + anthropic providers, one more instance of each type on its own base path and key, and copilot."""
     return {
         "CODER_AIBRIDGE_ENABLED": "true",
         "CODER_AIBRIDGE_OPENAI_KEY": OPENAI_KEY,
@@ -72,6 +72,8 @@ def provider_env(upstream: FakeUpstream) -> dict[str, str]:
         "CODER_AIBRIDGE_PROVIDER_1_NAME": "anthropic-corp",
         "CODER_AIBRIDGE_PROVIDER_1_KEY": CORP_KEY,
         "CODER_AIBRIDGE_PROVIDER_1_BASE_URL": f"{upstream.url}/corp/anthropic",
+        "CODER_AIBRIDGE_PROVIDER_2_TYPE": "copilot",
+        "CODER_AIBRIDGE_PROVIDER_2_BASE_URL": f"{upstream.url}/copilot",
     }
 
 

@@ -35,6 +35,7 @@ class GatewayProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
+        self.cwd = REPO
 
     def base(self, provider: str) -> str:
         return f"{self.url}/api/v2/aibridge/{provider}"
@@ -43,19 +44,23 @@ class GatewayProcess:
         return [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "bridge.wsgi:app",
                 "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers)]
 
-    def start(self) -> "GatewayProcess":
+    def process_env(self) -> dict[str, str]:
         env = {key: value for key, value in os.environ.items() if not key.startswith("CODER_")}
         env.update(self.env)
+        return env
+
+    def start(self) -> "GatewayProcess":
         self._log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(self.command(), cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(self.command(), cwd=self.cwd, env=self.process_env(), stdout=self._log,
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"gateway exited with {self.process.returncode}:\n{self.log()}")
             try:
-                if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                if requests.get(f"{self.url}/healthz", timeout=2).status_code == 200:
                     return self
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or a worker still booting
                 pass
             time.sleep(0.1)
         self.stop()

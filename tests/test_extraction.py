@@ -89,6 +89,10 @@ def test_openai_cached_tokens_are_split_from_input():
     ([{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "42"}]}], None, "toolu_1"),
     ([{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "x"},
                                    {"type": "text", "text": "and now?"}]}], "and now?", "toolu_1"),
+    # Claude Code: a system reminder before the typed text, and a trailing "system" message
+    ([{"role": "user", "content": [{"type": "text", "text": "<system-reminder>\nctx\n</system-reminder>"},
+                                   {"type": "text", "text": "fix the bug"}]},
+      {"role": "system", "content": [{"type": "text", "text": "env"}]}], "fix the bug", None),
 ])
 def test_anthropic_prompt_rule(messages, prompt, correlating):
     interceptor = _interceptor("anthropic/x", {"model": "m", "max_tokens": 5, "messages": messages}, False)

@@ -41,13 +41,21 @@ def json_object(data: bytes) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
+def _client_injected(text: str) -> bool:
+    """Text a coding agent adds to the user's turn (Claude Code's ``<system-reminder>`` blocks)."""
+    stripped = text.strip()
+    return stripped.startswith("<system-reminder>") and stripped.endswith("</system-reminder>")
+
+
 def text_of(content: Any, text_types: tuple[str, ...] = ("text",)) -> str | None:
-    """The text of a message's content: a string, or its text parts joined with newlines."""
+    """The text of a message's content: a string, or its text parts joined with newlines, leaving
+    out parts the client injected rather than the user typed."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        texts = [part.get("text") for part in content
-                 if isinstance(part, dict) and part.get("type") in text_types and isinstance(part.get("text"), str)]
+        texts = [part["text"] for part in content
+                 if isinstance(part, dict) and part.get("type") in text_types and isinstance(part.get("text"), str)
+                 and not _client_injected(part["text"])]
         return "\n".join(texts) if texts else None
     return None
 

@@ -104,6 +104,11 @@ class MessagesInterceptor(Interceptor):
             elif block.get("type") == "thinking":
                 self.thoughts.append(Thought(block.get("thinking") or "", "thinking"))
 
+    def last_message(self) -> dict | None:
+        # Claude Code ends the conversation with a "system" message (its environment) after the user's turn.
+        messages = [m for m in self.body.get("messages") or () if not (isinstance(m, dict) and m.get("role") == "system")]
+        return messages[-1] if messages and isinstance(messages[-1], dict) else None
+
     def prompt(self) -> str | None:
         last = self.last_message()
         return text_of(last.get("content")) if last and last.get("role") == "user" else None

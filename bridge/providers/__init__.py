@@ -5,11 +5,13 @@ from __future__ import annotations
 from bridge.config import ProviderSettings
 from bridge.providers.anthropic import AnthropicProvider
 from bridge.providers.base import Provider
+from bridge.providers.copilot import CopilotProvider
 from bridge.providers.openai import OpenAIProvider
 
 PROVIDER_TYPES: dict[str, type[Provider]] = {
     OpenAIProvider.type: OpenAIProvider,
     AnthropicProvider.type: AnthropicProvider,
+    CopilotProvider.type: CopilotProvider,
 }
 
 

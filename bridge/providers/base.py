@@ -28,6 +28,8 @@ class Provider:
     route_prefix: ClassVar[str] = ""
     #: Header that carries the provider key upstream, and the prefix of its value.
     key_header: ClassVar[tuple[str, str]]
+    #: The user's own credentials always go upstream; the gateway token only comes in the governance header.
+    always_byok: ClassVar[bool] = False
 
     def __init__(self, settings: ProviderSettings) -> None:
         self.settings = settings

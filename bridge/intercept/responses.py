@@ -1,0 +1,143 @@
+"""OpenAI Responses API (``POST v1/responses``), as Codex and newer OpenAI tooling speak it.
+
+A stream announces each output item (``response.output_item.added``), grows it with deltas and
+settles it (``response.output_item.done``); the final ``response.completed`` / ``failed`` /
+``incomplete`` event repeats the whole response with usage. Items are tracked by output index so
+that a stream cut before its end still yields what was seen.
+"""
+
+from __future__ import annotations
+
+from bridge.errors import GatewayError
+from bridge.intercept.base import Interceptor, check_field, json_object, text_of
+from bridge.intercept.sse import Event
+from bridge.records import OPENAI_USAGE, Thought, ToolCall
+
+_INPUT_TEXT = ("input_text", "text", "output_text")
+_TOOL_OUTPUTS = frozenset({"function_call_output", "custom_tool_call_output"})
+# Streamed pieces: event type -> (item field they extend).
+_DELTAS = {
+    "response.function_call_arguments.delta": "arguments",
+    "response.custom_tool_call_input.delta": "input",
+}
+_DONES = {
+    "response.function_call_arguments.done": ("arguments", "arguments"),
+    "response.custom_tool_call_input.done": ("input", "input"),
+}
+_FINAL = frozenset({"response.completed", "response.failed", "response.incomplete"})
+
+
+class ResponsesInterceptor(Interceptor):
+    usage_schema = OPENAI_USAGE
+
+    def __init__(self, body: dict, raw_body: bytes) -> None:
+        super().__init__(body, raw_body)
+        self._items: dict[int, dict] = {}
+
+    def validate(self) -> None:
+        check_field(self.body, "input", (str, list))
+        if check_field(self.body, "background", (bool,)):
+            raise GatewayError(501, "background: background responses are not supported by this gateway; "
+                                    "send the request without \"background\": true", param="background")
+
+    def observe_event(self, event: Event) -> None:
+        # Text deltas are most of a stream; the record needs none except those of commentary messages.
+        if event.name == b"response.output_text.delta" and not self._has_commentary():
+            return
+        payload = json_object(event.data)
+        if payload is None:
+            return
+        kind = payload.get("type")
+        if kind in ("response.created", "response.in_progress", "response.queued"):
+            self.response_id = (payload.get("response") or {}).get("id") or self.response_id
+        elif kind == "response.output_item.added" or kind == "response.output_item.done":
+            item = payload.get("item")
+            if isinstance(item, dict):
+                self._items[payload.get("output_index", len(self._items))] = dict(item)
+        elif kind in _DELTAS:
+            item = self._items.get(payload.get("output_index"))
+            if item is not None and isinstance(payload.get("delta"), str):
+                item[_DELTAS[kind]] = (item.get(_DELTAS[kind]) or "") + payload["delta"]
+        elif kind in _DONES:
+            item = self._items.get(payload.get("output_index"))
+            field, source = _DONES[kind]
+            if item is not None and isinstance(payload.get(source), str):
+                item[field] = payload[source]
+        elif kind == "response.reasoning_summary_text.delta":
+            self._summary(payload)["text"] += payload.get("delta") or ""
+        elif kind == "response.reasoning_summary_text.done":
+            self._summary(payload)["text"] = payload.get("text") or ""
+        elif kind == "response.output_text.delta":
+            self._commentary_text(payload, payload.get("delta") or "", append=True)
+        elif kind == "response.output_text.done":
+            self._commentary_text(payload, payload.get("text") or "", append=False)
+        elif kind in _FINAL:
+            self._take_response(payload.get("response") or {})
+
+    def _has_commentary(self) -> bool:
+        return any(item.get("phase") == "commentary" for item in self._items.values())
+
+    def _summary(self, payload: dict) -> dict:
+        item = self._items.setdefault(payload.get("output_index", -1), {"type": "reasoning"})
+        summary = item.setdefault("summary", [])
+        index = payload.get("summary_index", 0)
+        while len(summary) <= index:
+            summary.append({"type": "summary_text", "text": ""})
+        return summary[index]
+
+    def _commentary_text(self, payload: dict, text: str, append: bool) -> None:
+        item = self._items.get(payload.get("output_index"))
+        if item is None or item.get("phase") != "commentary":
+            return
+        content = item.setdefault("content", [])
+        index = payload.get("content_index", 0)
+        while len(content) <= index:
+            content.append({"type": "output_text", "text": ""})
+        content[index]["text"] = (content[index].get("text") or "") + text if append else text
+
+    def _take_response(self, response: dict) -> None:
+        self.response_id = response.get("id") or self.response_id
+        if response.get("usage"):
+            self.usage_payload = response["usage"]
+        self.stop_reason = response.get("status") or self.stop_reason
+        output = response.get("output")
+        if output:  # the whole output, settled: it replaces what the deltas built
+            self._items = {index: item for index, item in enumerate(output) if isinstance(item, dict)}
+
+    def observe_response(self, status: int, body: bytes) -> None:
+        response = json_object(body) if status < 400 else None
+        if response is not None:
+            self._take_response(response)
+
+    def finish(self) -> None:
+        for _, item in sorted(self._items.items()):
+            kind = item.get("type")
+            if kind == "function_call":
+                self.tool_calls.append(ToolCall(item.get("call_id"), item.get("name") or "", item.get("arguments") or ""))
+            elif kind == "custom_tool_call":
+                self.tool_calls.append(ToolCall(item.get("call_id"), item.get("name") or "", item.get("input") or ""))
+            elif kind == "reasoning":
+                for part in item.get("summary") or ():
+                    if isinstance(part, dict) and part.get("text"):
+                        self.thoughts.append(Thought(part["text"], "reasoning_summary"))
+            elif kind == "message" and item.get("phase") == "commentary":
+                text = text_of(item.get("content"), _INPUT_TEXT)
+                if text:
+                    self.thoughts.append(Thought(text, "commentary"))
+        self._items.clear()
+
+    def last_message(self) -> dict | None:
+        items = self.body.get("input")
+        return items[-1] if isinstance(items, list) and items and isinstance(items[-1], dict) else None
+
+    def prompt(self) -> str | None:
+        if isinstance(self.body.get("input"), str):
+            return self.body["input"]
+        last = self.last_message()
+        if not last or last.get("role") != "user" or last.get("type", "message") != "message":
+            return None
+        return text_of(last.get("content"), _INPUT_TEXT)
+
+    def correlating_tool_call_id(self) -> str | None:
+        last = self.last_message()
+        return last.get("call_id") if last and last.get("type") in _TOOL_OUTPUTS else None

@@ -1,0 +1,51 @@
+"""gunicorn's gevent worker, closing idle keep-alive connections as soon as it is told to stop.
+
+The stock worker waits for every connection's greenlet before it exits, and one that sits idle
+between requests waits out the whole keep-alive time (75 s here, to outlast load balancers).
+SDK connection pools keep such connections open, so every restart took that long. In-flight
+requests and streams still get the graceful timeout; only idle waits are cut short.
+"""
+
+from __future__ import annotations
+
+import gevent
+from gevent import getcurrent
+from gunicorn.workers.ggevent import GeventWorker as _StockGeventWorker
+
+
+class _IdleWait:
+    """The wait for a connection's next request, registered so that a stop can end it."""
+
+    __slots__ = ("_worker", "_timeout", "_greenlet")
+
+    def __init__(self, worker: "GeventWorker") -> None:
+        self._worker = worker
+        self._timeout = gevent.Timeout(worker.cfg.keepalive, False)
+
+    def __enter__(self) -> gevent.Timeout:
+        self._greenlet = getcurrent()
+        self._worker.idle_waits[self._greenlet] = self._timeout
+        return self._timeout.__enter__()
+
+    def __exit__(self, *exc_info) -> bool | None:
+        self._worker.idle_waits.pop(self._greenlet, None)
+        return self._timeout.__exit__(*exc_info)
+
+
+class GeventWorker(_StockGeventWorker):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.idle_waits: dict = {}
+
+    def timeout_ctx(self) -> _IdleWait:
+        return _IdleWait(self)
+
+    def handle_exit(self, sig, frame) -> None:
+        super().handle_exit(sig, frame)
+        gevent.spawn(self._end_idle_waits)  # not in the signal handler: it may not switch greenlets
+
+    def _end_idle_waits(self) -> None:
+        # Raising a wait's own timeout ends it as if the keep-alive time had run out: the
+        # connection is closed without an error.
+        for greenlet, timeout in list(self.idle_waits.items()):
+            gevent.kill(greenlet, timeout)  # scheduled, not waited for

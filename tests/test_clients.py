@@ -1,0 +1,30 @@
+"""Client and session detection from request headers (SPEC §6)."""
+
+from __future__ import annotations
+
+import pytest
+from werkzeug.datastructures import Headers
+
+from bridge.clients import identify_client
+
+
+@pytest.mark.parametrize("headers, client, session", [
+    ({"User-Agent": "claude-cli/2.1.332 (external, sdk-cli)", "X-Claude-Code-Session-Id": "s-1"}, "Claude Code", "s-1"),
+    ({"User-Agent": "codex_cli_rs/0.171.0 (Debian 12; x86_64) xterm", "session_id": "0199-abc"}, "Codex", "0199-abc"),
+    ({"User-Agent": "codex_exec/0.171.0 (Debian 12; x86_64)", "originator": "codex_exec", "session_id": "x"}, "Codex", "x"),
+    ({"User-Agent": "OpenAI/Python 3.57.0", "originator": "codex_cli_rs"}, "Codex", None),
+    ({"User-Agent": "GitHubCopilotChat/0.31.0", "Copilot-Integration-Id": "vscode-chat", "Vscode-Sessionid": "v-9"},
+     "GitHub Copilot", "v-9"),
+    ({"User-Agent": "copilot/0.0.339 (linux v22) term/xterm"}, "GitHub Copilot CLI", None),
+    ({"User-Agent": "Zed/0.205.1 (linux; x86_64)"}, "Zed", None),
+    ({"User-Agent": "OpenAI/JS 5.0", "X-Title": "Kilo Code"}, "Kilo Code", None),
+    ({"User-Agent": "OpenAI/JS 5.0", "X-Title": "Roo Code"}, "Roo Code", None),
+    ({"User-Agent": "Cursor/1.7 (darwin)"}, "Cursor", None),
+    ({"User-Agent": "OpenAI/Python 3.57.0"}, "openai-python", None),
+    ({"User-Agent": "Anthropic/Python 2.14.0"}, "anthropic-python", None),
+    ({"User-Agent": "Anthropic/JS 0.60.0"}, "anthropic-typescript", None),
+    ({"User-Agent": "curl/8.5.0"}, "Unknown", None),
+    ({}, "Unknown", None),
+])
+def test_identify_client(headers, client, session):
+    assert identify_client(Headers(headers)) == (client, session)
