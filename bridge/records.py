@@ -107,13 +107,14 @@ class OpenAIUsageSchema(_UsageSchema):
     @post_load
     def to_usage(self, data: dict, **_: Any) -> TokenUsage:
         chat = "prompt_tokens" in data or "completion_tokens" in data
-        details_key = "prompt_tokens_details" if chat else "input_tokens_details"
-        cached = _count((data.get(details_key) or {}).get("cached_tokens"))
+        details = data.get("prompt_tokens_details" if chat else "input_tokens_details") or {}
+        cached = _count(details.get("cached_tokens"))
         prompt = _count(data.get("prompt_tokens" if chat else "input_tokens"))
         return TokenUsage(
             input_tokens=max(prompt - cached, 0),
             output_tokens=_count(data.get("completion_tokens" if chat else "output_tokens")),
             cache_read_input_tokens=cached,
+            cache_write_input_tokens=_count(details.get("cache_write_tokens")),
             metadata=flatten_figures(data, _OPENAI_MAIN),
         )
 
@@ -121,6 +122,7 @@ class OpenAIUsageSchema(_UsageSchema):
 _OPENAI_MAIN = frozenset({
     "prompt_tokens", "completion_tokens", "input_tokens", "output_tokens",
     "prompt_tokens_details.cached_tokens", "input_tokens_details.cached_tokens",
+    "prompt_tokens_details.cache_write_tokens", "input_tokens_details.cache_write_tokens",
 })
 
 ANTHROPIC_USAGE = AnthropicUsageSchema()

@@ -1,5 +1,7 @@
 """A fake Anthropic / OpenAI upstream: a real HTTP/1.1 server on 127.0.0.1 replaying tests/fixtures.
 
+APIs: ``anthropic`` (Messages), ``openai_chat`` (Chat Completions), ``openai_responses`` (Responses).
+
 The scenario is picked by the request header ``X-Fixture: <api>/<name>`` (the file under fixtures/
 without ``.json``); ``"stream": true`` in the body selects the fixture's ``streaming`` part, else
 ``blocking``. Streams are written with chunked framing, one HTTP chunk per SSE event, sent at once.
@@ -15,16 +17,23 @@ Control headers (a gateway forwards unknown headers unchanged):
 Without X-Fixture: ``GET …/models``, ``GET …/models/<id>`` (Anthropic shape when the request has an
 ``anthropic-version`` header, else OpenAI shape), ``POST …/messages/count_tokens``; anything else is a
 404 in the provider's error shape.
+
+Responses API passthrough (answered by the fake itself, with or without X-Fixture):
+  GET  …/responses/<id>      the stored response: the blocking body of the openai_responses fixture with that
+                             response id, else 404 (OpenAI shape)
+  POST …/conversations       a new conversation object (``metadata`` echoed); GET …/conversations/<id> returns it
 """
 
 from __future__ import annotations
 
 import json
+import re
 import select
 import socket
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -36,6 +45,11 @@ FIXTURES_DIR = Path(__file__).resolve().parent / "fixtures"
 _FRAMING_HEADERS = {"content-length", "transfer-encoding", "connection"}
 _USAGE_NULL = ',"usage":null'
 _POLL_S = 0.05  # how often waits look at the client socket
+# Responses API events whose repetition keeps a stream well-formed (X-Fake-Repeat).
+_RESPONSES_TEXT_DELTAS = {"response.output_text.delta", "response.reasoning_summary_text.delta"}
+# Routes the fake answers itself even when the request names a fixture (Responses API passthrough).
+_RESPONSE_BY_ID = re.compile(r"/responses/([^/]+)$")
+_CONVERSATIONS = re.compile(r"/conversations(?:/([^/]+))?$")
 
 _ANTHROPIC_MODELS = [
     {"type": "model", "id": "claude-sonnet-4-5-20250929", "display_name": "Claude Sonnet 4.5",
@@ -65,11 +79,13 @@ def load_fixtures(fixtures_dir: Path = FIXTURES_DIR) -> dict[str, dict[str, Any]
 
 def render_body(api: str, body: Any) -> bytes:
     """A JSON body as the provider formats it: Anthropic compact, OpenAI indented
-    (2 spaces for results, 4 for error objects)."""
+    (2 spaces for results, 4 for error objects ``{"error": {...}}``; a Responses object's own
+    ``"error": null`` member does not make it an error object)."""
     if api == "anthropic":
         text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
     else:
-        text = json.dumps(body, indent=4 if isinstance(body, dict) and "error" in body else 2, ensure_ascii=False)
+        is_error = isinstance(body, dict) and set(body) == {"error"}
+        text = json.dumps(body, indent=4 if is_error else 2, ensure_ascii=False)
     return text.encode("utf-8")
 
 
@@ -95,6 +111,8 @@ def _is_content_delta(api: str, event: str) -> bool:
         return False
     if api == "anthropic":
         return data.get("type") == "content_block_delta" and data["delta"].get("type") in ("text_delta", "thinking_delta")
+    if api == "openai_responses":
+        return data.get("type") in _RESPONSES_TEXT_DELTAS
     choices = data.get("choices") or []
     return any(
         not c["delta"].get("tool_calls") and (c["delta"].get("content") or c["delta"].get("reasoning_content"))
@@ -233,7 +251,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         name = headers.get("x-fixture")
-        if name:
+        if name and not self._is_builtin_passthrough(req):
             self._serve_fixture(name, req)
         else:
             self._serve_builtin(req)
@@ -360,11 +378,40 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:  # reset by peer
             return True
 
+    @staticmethod
+    def _is_builtin_passthrough(req: RecordedRequest) -> bool:
+        path = req.path.split("?", 1)[0].rstrip("/")
+        if req.method == "GET" and _RESPONSE_BY_ID.search(path):
+            return True
+        found = _CONVERSATIONS.search(path)
+        if not found:
+            return False
+        return (req.method == "POST" and not found.group(1)) or (req.method == "GET" and bool(found.group(1)))
+
     def _serve_builtin(self, req: RecordedRequest) -> None:
         anthropic = "anthropic-version" in req.headers
         path = req.path.split("?", 1)[0].rstrip("/")
         models = _ANTHROPIC_MODELS if anthropic else _OPENAI_MODELS
-        if req.method == "GET" and path.endswith("/models"):
+        by_id = None if anthropic else _RESPONSE_BY_ID.search(path)
+        conversations = None if anthropic else _CONVERSATIONS.search(path)
+        if req.method == "GET" and by_id:
+            stored = self.server.fake.stored_response(by_id.group(1))
+            if stored is None:
+                self._send_error(False, 404, "invalid_request_error",
+                                 f"Response with id '{by_id.group(1)}' not found.")
+            else:
+                self._send_json(False, 200, stored)
+        elif req.method == "POST" and conversations and not conversations.group(1):
+            body = req.json if isinstance(req.json, dict) else {}
+            self._send_json(False, 200, self.server.fake._new_conversation(body.get("metadata") or {}))
+        elif req.method == "GET" and conversations and conversations.group(1):
+            conversation = self.server.fake.conversations.get(conversations.group(1))
+            if conversation is None:
+                self._send_error(False, 404, "invalid_request_error",
+                                 f"Conversation with id '{conversations.group(1)}' not found.")
+            else:
+                self._send_json(False, 200, conversation)
+        elif req.method == "GET" and path.endswith("/models"):
             if anthropic:
                 listing: dict[str, Any] = {"data": models, "has_more": False,
                                            "first_id": models[0]["id"], "last_id": models[-1]["id"]}
@@ -404,6 +451,7 @@ class FakeUpstream:
         self.url = ""
         self.requests: list[RecordedRequest] = []
         self.streams: list[StreamLog] = []
+        self.conversations: dict[str, dict[str, Any]] = {}  # created through POST …/conversations
         self._cond = threading.Condition()
         self._acks: dict[str, set[int]] = {}
         self._stopping = threading.Event()
@@ -458,6 +506,7 @@ class FakeUpstream:
             self.requests.clear()
             self.streams.clear()
             self._acks.clear()
+            self.conversations.clear()
 
     def stream_log(self, lockstep_id: str) -> StreamLog:
         """The (latest) stream sent with ``X-Fake-Lockstep: lockstep_id``. Raises LookupError."""
@@ -478,6 +527,15 @@ class FakeUpstream:
                 self._cond.wait(remaining)
             return list(self.streams)
 
+    def stored_response(self, response_id: str) -> dict[str, Any] | None:
+        """What ``GET …/responses/<id>`` returns: the blocking body of the Responses fixture with that id."""
+        for name, fixture in self.fixtures.items():
+            part = fixture["blocking"]
+            if (api_of(name) == "openai_responses" and part is not None and part["status"] == 200
+                    and part["body"].get("id") == response_id):
+                return part["body"]
+        return None
+
     def expected_bytes(self, name: str, *, stream: bool, include_usage: bool = True, repeat: int = 1) -> bytes:
         """The exact response body the fake sends for ``name`` (for byte-for-byte relay checks)."""
         part = self.fixtures[name]["streaming" if stream else "blocking"]
@@ -495,6 +553,13 @@ class FakeUpstream:
         with self._cond:
             self.streams.append(log)
         return log
+
+    def _new_conversation(self, metadata: dict[str, Any]) -> dict[str, Any]:
+        conversation = {"id": f"conv_{int(time.time()):08x}{uuid.uuid4().hex[:24]}{uuid.uuid4().hex[:16]}",
+                        "object": "conversation", "created_at": int(time.time()), "metadata": metadata}
+        with self._cond:
+            self.conversations[conversation["id"]] = conversation
+        return conversation
 
     def _finish_stream(self, log: StreamLog) -> None:
         with self._cond:

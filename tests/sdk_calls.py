@@ -73,3 +73,21 @@ def call_openai(client: openai.OpenAI, request: dict, stream: bool) -> dict[str,
         return {"chunks": chunks, "error": (type(error).__name__, None, error.body)}
     except httpx.HTTPError as error:
         return {"chunks": chunks, "error": ("transport", type(error).__name__, None)}
+
+
+def call_responses(client: openai.OpenAI, request: dict, stream: bool) -> dict[str, Any]:
+    kwargs = _split_kwargs(client.responses.create, request)
+    events: list[dict] = []
+    try:
+        if not stream:
+            return {"response": client.responses.create(**kwargs).model_dump()}
+        with client.responses.create(**kwargs, stream=True) as event_stream:
+            for event in event_stream:
+                events.append(event.model_dump())
+        return {"events": events}
+    except openai.APIStatusError as error:
+        return {"events": events, "error": (type(error).__name__, error.status_code, error.body)}
+    except openai.APIError as error:
+        return {"events": events, "error": (type(error).__name__, None, error.body)}
+    except httpx.HTTPError as error:
+        return {"events": events, "error": ("transport", type(error).__name__, None)}

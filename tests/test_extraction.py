@@ -7,12 +7,13 @@ import pytest
 
 from bridge.intercept.chat_completions import ChatCompletionsInterceptor
 from bridge.intercept.messages import MessagesInterceptor
+from bridge.intercept.responses import ResponsesInterceptor
 from bridge.intercept.sse import SSESplitter
 from tests.sdk_calls import load_fixtures
 
 CASES = [
     pytest.param(name, fixture, mode, id=f"{name}-{mode}")
-    for name, fixture in load_fixtures("anthropic") + load_fixtures("openai_chat")
+    for name, fixture in load_fixtures("anthropic") + load_fixtures("openai_chat") + load_fixtures("openai_responses")
     for mode in ("blocking", "streaming")
     if fixture.get(mode) and fixture[mode].get("status") == 200
 ]
@@ -23,6 +24,8 @@ def _interceptor(name: str, request: dict, stream: bool):
     raw = orjson.dumps(body)
     if name.startswith("anthropic/"):
         return MessagesInterceptor(body, raw)
+    if name.startswith("openai_responses/"):
+        return ResponsesInterceptor(body, raw)
     return ChatCompletionsInterceptor(body, raw)
 
 
@@ -61,6 +64,8 @@ def test_interceptor_reads_what_the_auditor_expects(name, fixture, mode):
         [(thought["content"], thought["source"]) for thought in expect["thoughts"]]
     if not fixture[mode].get("abort"):
         assert interceptor.stop_reason == expect["stop_reason"]
+    if "correlating_tool_call_id" in expect:
+        assert interceptor.correlating_tool_call_id() == expect["correlating_tool_call_id"]
     assert interceptor.response_id
 
 
@@ -109,3 +114,22 @@ def test_openai_prompt_rule(messages, prompt, correlating):
     interceptor = _interceptor("openai_chat/x", {"model": "m", "messages": messages}, False)
     assert interceptor.prompt() == prompt
     assert interceptor.correlating_tool_call_id() == correlating
+
+
+def test_background_responses_are_refused_with_501():
+    from bridge.errors import GatewayError
+    with pytest.raises(GatewayError) as raised:
+        ResponsesInterceptor({"model": "gpt-5", "input": "hi", "background": True}, b"{}")
+    assert raised.value.status == 501 and raised.value.param == "background"
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"model": "gpt-5", "input": 3}, "input"),
+    ({"model": "gpt-5", "input": "x", "stream": "true"}, "stream"),
+    ({"input": "x"}, "model"),
+])
+def test_responses_field_checks(body, field):
+    from bridge.errors import GatewayError
+    with pytest.raises(GatewayError) as raised:
+        ResponsesInterceptor(body, b"{}")
+    assert raised.value.status == 400 and raised.value.param == field

@@ -15,6 +15,7 @@ import anthropic
 import httpx2
 import openai
 import pytest
+from openai.types.responses import ResponseErrorEvent, ResponseFailedEvent
 
 from tests.fakeupstream import FakeUpstream, load_fixtures, stream_events
 
@@ -184,22 +185,112 @@ def test_openai_stream(fake: FakeUpstream, name: str) -> None:
     assert got["usage"].model_dump(mode="json", exclude_unset=True) == body["usage"]
 
 
+def sse_payloads(events: list[str]) -> list[dict[str, Any]]:
+    return [json.loads(e.split("\ndata: ", 1)[1]) for e in events]
+
+
+@pytest.mark.parametrize("name", names("openai_responses", "blocking", ok=True))
+def test_responses_blocking(fake: FakeUpstream, name: str) -> None:
+    part = FIXTURES[name]["blocking"]
+    response = o_client(fake, name).responses.create(**FIXTURES[name]["request"])
+    assert response.model_dump(mode="json", exclude_unset=True) == part["body"]
+    assert response._request_id == part["headers"]["x-request-id"]
+    assert fake.requests[-1].path == "/v1/responses"
+
+
+@pytest.mark.parametrize("name", names("openai_responses", "streaming", ok=True, events=True))
+def test_responses_stream(fake: FakeUpstream, name: str) -> None:
+    fx = FIXTURES[name]
+    client = o_client(fake, name)
+    payloads = sse_payloads(fx["streaming"]["events"])
+    seen: list[Any] = []
+    if fx["streaming"]["abort"]:
+        with pytest.raises((openai.APIConnectionError, httpx2.TransportError)):
+            for event in client.responses.create(**fx["request"], stream=True):
+                seen.append(event)
+        assert [e.model_dump(mode="json", exclude_unset=True) for e in seen] == payloads
+        return
+    seen.extend(client.responses.create(**fx["request"], stream=True))
+    # Every event parses to its own SDK type, nothing lost or added.
+    assert [e.model_dump(mode="json", exclude_unset=True) for e in seen] == payloads
+    last = seen[-1]
+    if fx["blocking"] is None:  # a stream that goes wrong after the first byte: the SDK yields the event
+        if last.type == "error":
+            assert isinstance(last, ResponseErrorEvent) and last.code == "server_error" and last.message
+        else:
+            assert isinstance(last, ResponseFailedEvent) and last.response.status == "failed"
+            assert last.response.error is not None and last.response.error.code == "server_error"
+            assert last.response.usage is None
+        return
+    body = fx["blocking"]["body"]
+    assert last.type == f"response.{body['status']}"
+    assert last.response.model_dump(mode="json", exclude_unset=True) == body
+    if body["status"] == "completed":
+        # The SDK's stream helper accumulates deltas into the response the blocking call returns.
+        with client.responses.stream(**fx["request"]) as stream:
+            final = stream.get_final_response()
+        blocking = client.responses.create(**fx["request"])
+        assert final.id == blocking.id and final.output_text == blocking.output_text
+        assert [item.type for item in final.output] == [item.type for item in blocking.output]
+        assert final.usage == blocking.usage
+
+
+def test_responses_repeat_makes_a_long_well_formed_stream(fake: FakeUpstream) -> None:
+    name = "openai_responses/reasoning_summary"
+    client = o_client(fake, name, **{"X-Fake-Repeat": "4"})
+    events = list(client.responses.create(**FIXTURES[name]["request"], stream=True))
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    final = FIXTURES[name]["blocking"]["body"]["output"][1]["content"][0]["text"]
+    assert len(text) == 4 * len(final) and events[-1].type == "response.completed"
+    summary = "".join(e.delta for e in events if e.type == "response.reasoning_summary_text.delta")
+    assert len(summary) == 4 * sum(len(s["text"]) for s in FIXTURES[name]["blocking"]["body"]["output"][0]["summary"])
+
+
+def test_responses_passthrough_routes(fake: FakeUpstream) -> None:
+    client = o_client(fake, prefix="/team-a/v1")
+    body = FIXTURES["openai_responses/reasoning_summary"]["blocking"]["body"]
+    stored = client.responses.retrieve(body["id"])
+    assert stored.model_dump(mode="json", exclude_unset=True) == body
+    assert (fake.requests[-1].method, fake.requests[-1].path) == ("GET", f"/team-a/v1/responses/{body['id']}")
+    # A continuation's previous response is retrievable.
+    previous = client.responses.retrieve(FIXTURES["openai_responses/tool_result"]["request"]["previous_response_id"])
+    assert previous.output[0].type == "function_call"
+    with pytest.raises(openai.NotFoundError) as raised:
+        client.responses.retrieve("resp_0000000000000000000000000000000000000000000000000")
+    assert set(raised.value.body) == {"message", "type", "param", "code"}
+    conversation = client.conversations.create(metadata={"topic": "moving"})
+    assert conversation.id.startswith("conv_") and conversation.object == "conversation"
+    assert conversation.metadata == {"topic": "moving"} and conversation.created_at > 0
+    assert client.conversations.retrieve(conversation.id) == conversation
+    assert client.conversations.create().id != conversation.id
+    with pytest.raises(openai.NotFoundError):
+        client.conversations.retrieve("conv_nope")
+    # Answered the same when the client sends a fixture header (a gateway forwards it).
+    with_header = o_client(fake, "openai_responses/simple_text")
+    assert with_header.responses.retrieve(body["id"]).id == body["id"]
+    assert with_header.conversations.create().object == "conversation"
+
+
 ERRORS = {
     "anthropic": {400: anthropic.BadRequestError, 401: anthropic.AuthenticationError, 429: anthropic.RateLimitError,
                   500: anthropic.InternalServerError, 529: anthropic.OverloadedError},
     "openai_chat": {400: openai.BadRequestError, 401: openai.AuthenticationError, 429: openai.RateLimitError,
                     500: openai.InternalServerError, 503: openai.InternalServerError},
 }
+ERRORS["openai_responses"] = ERRORS["openai_chat"]
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["blocking", "streaming"])
-@pytest.mark.parametrize("name", names("anthropic", "blocking", ok=False) + names("openai_chat", "blocking", ok=False))
+@pytest.mark.parametrize("name", names("anthropic", "blocking", ok=False) + names("openai_chat", "blocking", ok=False)
+                         + names("openai_responses", "blocking", ok=False))
 def test_http_errors_raise_the_sdk_exception(fake: FakeUpstream, name: str, stream: bool) -> None:
     api = name.split("/")[0]
     part = FIXTURES[name]["streaming" if stream else "blocking"]
     with pytest.raises(ERRORS[api][part["status"]]) as raised:
         if api == "anthropic":
             a_client(fake, name).messages.create(**FIXTURES[name]["request"], stream=stream)
+        elif api == "openai_responses":
+            o_client(fake, name).responses.create(**FIXTURES[name]["request"], stream=stream)
         else:
             o_client(fake, name).chat.completions.create(**FIXTURES[name]["request"], stream=stream)
     assert raised.value.status_code == part["status"]

@@ -6,13 +6,16 @@ and agree with its "expect" block, recomputed here by a small fold independent o
 
 from __future__ import annotations
 
+import inspect
 import json
 from typing import Any
 
 import pydantic
 import pytest
 from anthropic.types import ErrorResponse, Message, RawMessageStreamEvent
+from openai.resources.responses import Responses
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.responses import Response, ResponseStreamEvent
 from openai.types.shared import ErrorObject
 
 from tests.fakeupstream import FIXTURES_DIR, load_fixtures
@@ -21,6 +24,7 @@ FIXTURES = load_fixtures()
 NAMES = sorted(FIXTURES)
 STREAMED = [n for n in NAMES if FIXTURES[n]["streaming"] is not None and "events" in FIXTURES[n]["streaming"]]
 ANTHROPIC_EVENT = pydantic.TypeAdapter(RawMessageStreamEvent)
+RESPONSES_EVENT = pydantic.TypeAdapter(ResponseStreamEvent)
 
 # Fields the SDK types do not model but a real (compatible) provider sends.
 ALLOWED_EXTRAS = {"openai_chat/reasoning_content": {"reasoning_content", "prompt_cache_hit_tokens", "prompt_cache_miss_tokens"}}
@@ -28,6 +32,22 @@ OPENAI_CHUNK_KEYS = ["id", "object", "created", "model", "service_tier", "system
 # Usage fields that have their own column; every other numeric figure goes to metadata.
 ANTHROPIC_COLUMNS = {"input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"}
 OPENAI_COLUMNS = {"prompt_tokens", "completion_tokens", "prompt_tokens_details.cached_tokens"}
+RESPONSES_COLUMNS = {"input_tokens", "output_tokens", "input_tokens_details.cached_tokens",
+                     "input_tokens_details.cache_write_tokens"}
+
+# Responses API: fields the real API sends that the SDK types do not declare, as (SDK class, field).
+# Checked per class, so e.g. an unknown `status` anywhere but on a custom_tool_call still fails.
+RESPONSES_EXTRAS = {
+    ("Response", "store"),                  # every response object echoes `store`
+    ("Response", "billing"),                # ... and says who pays: {"payer": "developer"}
+    ("ResponseCustomToolCall", "status"),   # custom_tool_call items carry a status like function_call items
+    # stream obfuscation (on by default, `stream_options.include_obfuscation`): random padding on delta events
+    ("ResponseTextDeltaEvent", "obfuscation"),
+    ("ResponseReasoningSummaryTextDeltaEvent", "obfuscation"),
+    ("ResponseFunctionCallArgumentsDeltaEvent", "obfuscation"),
+    ("ResponseCustomToolCallInputDeltaEvent", "obfuscation"),
+}
+RESPONSES_TERMINAL = ("response.completed", "response.incomplete", "response.failed")
 
 
 def parts(name: str) -> list[tuple[str, dict[str, Any]]]:
@@ -58,6 +78,24 @@ def extras(obj: Any) -> set[str]:
 
 def check_extras(name: str, model: pydantic.BaseModel) -> None:
     unexpected = extras(model) - ALLOWED_EXTRAS.get(name, set())
+    assert not unexpected, f"fields unknown to the SDK: {unexpected}"
+
+
+def class_extras(obj: Any) -> set[tuple[str, str]]:
+    """Like extras(), naming the SDK class each unknown field was found on."""
+    found: set[tuple[str, str]] = set()
+    if isinstance(obj, pydantic.BaseModel):
+        found |= {(type(obj).__name__, key) for key in obj.model_extra or {}}
+        for field in type(obj).model_fields:
+            found |= class_extras(getattr(obj, field))
+    elif isinstance(obj, list):
+        for item in obj:
+            found |= class_extras(item)
+    return found
+
+
+def check_responses_extras(model: pydantic.BaseModel) -> None:
+    unexpected = class_extras(model) - RESPONSES_EXTRAS
     assert not unexpected, f"fields unknown to the SDK: {unexpected}"
 
 
@@ -212,10 +250,130 @@ def fold_openai_stream(events: list[str]) -> dict[str, Any]:
             "stop_reason": stop_reason, "text": text}
 
 
+def responses_usage(usage: dict[str, Any] | None) -> dict[str, Any] | None:
+    if usage is None:
+        return None
+    cached = (usage.get("input_tokens_details") or {}).get("cached_tokens") or 0
+    return {
+        "input_tokens": usage["input_tokens"] - cached,
+        "output_tokens": usage["output_tokens"],
+        "cache_read_input_tokens": cached,
+        "cache_write_input_tokens": (usage.get("input_tokens_details") or {}).get("cache_write_tokens") or 0,
+        "metadata": {k: v for k, v in numeric_leaves(usage).items() if k not in RESPONSES_COLUMNS},
+    }
+
+
+def responses_prompt(request: dict[str, Any]) -> str | None:
+    """`input` when a string, else the last input item when it is a user message: its input_text parts."""
+    items = request.get("input")
+    if isinstance(items, str):
+        return items
+    if not items:
+        return None
+    last = items[-1]
+    if last.get("type", "message") != "message" or last.get("role") != "user":
+        return None
+    if isinstance(last["content"], str):
+        return last["content"]
+    texts = [p["text"] for p in last["content"] if p["type"] == "input_text"]
+    return "\n".join(texts) if texts else None
+
+
+def correlating_tool_call_id(request: dict[str, Any]) -> str | None:
+    items = request.get("input")
+    if isinstance(items, list) and items and items[-1].get("type") in ("function_call_output", "custom_tool_call_output"):
+        return items[-1]["call_id"]
+    return None
+
+
+def responses_items(items: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, str]], str]:
+    """Tool calls, thoughts and answer text of finished output items, in output order."""
+    tool_calls: list[dict[str, Any]] = []
+    thoughts: list[dict[str, str]] = []
+    text = ""
+    for item in items:
+        if item["type"] == "reasoning":
+            thoughts += [{"content": s["text"], "source": "reasoning_summary"} for s in item["summary"]]
+        elif item["type"] == "message":
+            said = "".join(c["text"] for c in item["content"] if c["type"] == "output_text")
+            if item.get("phase") == "commentary":
+                thoughts.append({"content": said, "source": "commentary"})
+            else:
+                text += said
+        elif item["type"] == "function_call":
+            tool_calls.append({"id": item["call_id"], "name": item["name"], "input": item["arguments"]})
+        elif item["type"] == "custom_tool_call":
+            tool_calls.append({"id": item["call_id"], "name": item["name"], "input": item["input"]})
+    return tool_calls, thoughts, text
+
+
+def fold_responses_blocking(body: dict[str, Any]) -> dict[str, Any]:
+    tool_calls, thoughts, text = responses_items(body["output"])
+    return {"usage": responses_usage(body.get("usage")), "tool_calls": tool_calls, "thoughts": thoughts,
+            "stop_reason": body["status"], "text": text}
+
+
+def fold_responses_stream(events: list[str]) -> dict[str, Any]:
+    """Rebuilt from the deltas (checked against every .done event on the way); tool calls count once their
+    item is done; usage and stop reason come from the terminal response event, if any."""
+    items: dict[int, dict[str, Any]] = {}
+    final = None
+    for event in events:
+        data = json.loads(sse_data(event))
+        kind = data["type"]
+        if kind == "response.output_item.added":
+            items[data["output_index"]] = {"item": data["item"], "done": None, "text": {}, "summary": {}, "input": ""}
+            continue
+        if kind in RESPONSES_TERMINAL:
+            final = data["response"]
+            continue
+        if "output_index" not in data:
+            continue
+        state = items[data["output_index"]]
+        assert data.get("item_id", state["item"]["id"]) == state["item"]["id"], kind
+        if kind == "response.output_text.delta":
+            state["text"][data["content_index"]] = state["text"].get(data["content_index"], "") + data["delta"]
+        elif kind == "response.output_text.done":
+            assert state["text"].get(data["content_index"], "") == data["text"]
+        elif kind == "response.reasoning_summary_text.delta":
+            state["summary"][data["summary_index"]] = state["summary"].get(data["summary_index"], "") + data["delta"]
+        elif kind in ("response.reasoning_summary_text.done", "response.reasoning_summary_part.done"):
+            text = data["text"] if "text" in data else data["part"]["text"]
+            assert state["summary"].get(data["summary_index"], "") == text
+        elif kind in ("response.function_call_arguments.delta", "response.custom_tool_call_input.delta"):
+            state["input"] += data["delta"]
+        elif kind == "response.function_call_arguments.done":
+            assert state["input"] == data["arguments"]
+        elif kind == "response.custom_tool_call_input.done":
+            assert state["input"] == data["input"]
+        elif kind == "response.output_item.done":
+            state["done"] = data["item"]
+    tool_calls: list[dict[str, Any]] = []
+    thoughts: list[dict[str, str]] = []
+    answer = ""
+    for index in sorted(items):
+        state = items[index]
+        item = state["item"]
+        if item["type"] == "reasoning":
+            thoughts += [{"content": state["summary"][i], "source": "reasoning_summary"} for i in sorted(state["summary"])]
+        elif item["type"] == "message":
+            said = "".join(state["text"][i] for i in sorted(state["text"]))
+            if item.get("phase") == "commentary":
+                thoughts.append({"content": said, "source": "commentary"})
+            else:
+                answer += said
+        elif item["type"] in ("function_call", "custom_tool_call") and state["done"] is not None:
+            tool_calls.append({"id": item["call_id"], "name": item["name"], "input": state["input"]})
+    return {"usage": responses_usage(final["usage"]) if final else None, "tool_calls": tool_calls,
+            "thoughts": thoughts, "stop_reason": final["status"] if final else None, "text": answer,
+            "final": final, "done_items": [items[i]["done"] for i in sorted(items) if items[i]["done"] is not None]}
+
+
 # ---------------------------------------------------------------- tests
 
 def test_corpus_covers_the_required_scenarios() -> None:
-    assert not [p for p in FIXTURES_DIR.iterdir() if p.is_dir() and p.name not in ("anthropic", "openai_chat")]
+    apis = ("anthropic", "openai_chat", "openai_responses")
+    assert not [p for p in FIXTURES_DIR.iterdir() if p.is_dir() and p.name not in apis]
     required = {
         "anthropic": ["simple_text", "multiturn_image", "thinking", "redacted_thinking", "tool_use", "parallel_tool_use",
                       "tool_result", "cached_tokens", "max_tokens", "web_search", "error_midstream", "cut_stream",
@@ -223,6 +381,10 @@ def test_corpus_covers_the_required_scenarios() -> None:
         "openai_chat": ["simple_text", "multiturn_parts", "tool_call", "parallel_tool_calls", "tool_result",
                         "cached_tokens", "reasoning_usage", "reasoning_content", "refusal", "length", "logprobs",
                         "error_midstream", "cut_stream", "http_400", "http_401", "http_429", "http_500", "http_503"],
+        "openai_responses": ["simple_text", "input_items", "reasoning_summary", "commentary", "function_call",
+                             "parallel_function_calls", "custom_tool_call", "cached_tokens", "tool_result",
+                             "conversation", "max_output_tokens", "failed_midstream", "error_midstream", "cut_stream",
+                             "http_400", "http_401", "http_429", "http_500"],
     }
     assert set(NAMES) >= {f"{a}/{n}" for a, ns in required.items() for n in ns}
 
@@ -232,7 +394,10 @@ def test_fixture_layout(name: str) -> None:
     fx = FIXTURES[name]
     assert set(fx) == {"description", "request", "blocking", "streaming", "expect"}
     assert fx["description"] and "stream" not in fx["request"]
-    assert set(fx["expect"]) == {"usage", "prompt", "tool_calls", "thoughts", "stop_reason"}
+    keys = {"usage", "prompt", "tool_calls", "thoughts", "stop_reason"}
+    if api(name) == "openai_responses":
+        keys.add("correlating_tool_call_id")
+    assert set(fx["expect"]) == keys
     assert parts(name), "a fixture needs a blocking or a streaming part"
     for mode, part in parts(name):
         assert isinstance(part["status"], int)
@@ -254,7 +419,9 @@ def test_bodies_validate_with_sdk_types(name: str) -> None:
         if "body" not in part:
             continue
         body = part["body"]
-        if is_success(part):
+        if is_success(part) and api(name) == "openai_responses":
+            check_responses_extras(Response.model_validate(body))
+        elif is_success(part):
             model = Message if api(name) == "anthropic" else ChatCompletion
             check_extras(name, model.model_validate(body))
         elif api(name) == "anthropic":
@@ -320,17 +487,78 @@ def test_openai_chunks_validate(name: str) -> None:
         assert payloads[-1] == "[DONE]" and chunks[-1] is usage_chunks[0] and len(usage_chunks) == 1
 
 
+@pytest.mark.parametrize("name", [n for n in STREAMED if api(n) == "openai_responses"])
+def test_responses_events_validate(name: str) -> None:
+    part = FIXTURES[name]["streaming"]
+    payloads = []
+    for i, event in enumerate(part["events"]):
+        head, data = event[:-2].split("\n")
+        kind = head.removeprefix("event: ")
+        assert head == f"event: {kind}" and data.startswith("data: ") and event.endswith("\n\n")
+        payload = json.loads(data[6:])
+        assert data[6:] == compact(payload), "OpenAI sends compact JSON"
+        assert list(payload)[:2] == ["type", "sequence_number"] and payload["type"] == kind
+        assert payload["sequence_number"] == i, "sequence numbers count events from 0"
+        check_responses_extras(RESPONSES_EVENT.validate_python(payload))
+        payloads.append(payload)
+    kinds = [p["type"] for p in payloads]
+    assert kinds[:2] == ["response.created", "response.in_progress"]
+    snapshots = [p["response"] for p in payloads if "response" in p]
+    assert len({s["id"] for s in snapshots}) == 1 and all(s["status"] == "in_progress" for s in snapshots[:2])
+    assert all(s["output"] == [] and s["usage"] is None for s in snapshots[:2])
+    terminal = [k for k in kinds if k in RESPONSES_TERMINAL]
+    if part["abort"] or kinds[-1] == "error":
+        assert not terminal and kinds.count("error") == (0 if part["abort"] else 1)
+    else:
+        assert terminal == [kinds[-1]] and "error" not in kinds
+        final = payloads[-1]["response"]
+        assert kinds[-1] == f"response.{final['status']}"
+    # Items are announced before their events and finished once, in output order.
+    added = [p["output_index"] for p in payloads if p["type"] == "response.output_item.added"]
+    done = [p["output_index"] for p in payloads if p["type"] == "response.output_item.done"]
+    assert added == list(range(len(added))) and done == added[:len(done)]
+
+
+def test_responses_requests_use_sdk_parameters() -> None:
+    known = set(inspect.signature(Responses.create).parameters)
+    for name in NAMES:
+        if api(name) == "openai_responses":
+            assert set(FIXTURES[name]["request"]) <= known, name
+
+
+def test_responses_continuation_refers_to_a_recorded_call() -> None:
+    """`tool_result` continues `function_call`: its previous_response_id and call_id are that response's."""
+    previous = FIXTURES["openai_responses/function_call"]["blocking"]["body"]
+    request = FIXTURES["openai_responses/tool_result"]["request"]
+    assert request["previous_response_id"] == previous["id"]
+    assert correlating_tool_call_id(request) == previous["output"][0]["call_id"]
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_expect_agrees_with_traffic(name: str) -> None:
     fx = FIXTURES[name]
     expect = fx["expect"]
-    assert prompt_of(fx["request"]) == expect["prompt"]
+    if api(name) == "openai_responses":
+        assert responses_prompt(fx["request"]) == expect["prompt"]
+        assert correlating_tool_call_id(fx["request"]) == expect["correlating_tool_call_id"]
+    else:
+        assert prompt_of(fx["request"]) == expect["prompt"]
     folds = []
     for mode, part in parts(name):
         if not is_success(part):
             assert expect["usage"] is None and expect["tool_calls"] == [] and expect["stop_reason"] is None
             continue
-        if api(name) == "anthropic":
+        if api(name) == "openai_responses":
+            folded = fold_responses_stream(part["events"]) if mode == "streaming" else fold_responses_blocking(part["body"])
+            final = folded.get("final")
+            if final is not None and final["status"] != "failed":
+                # The terminal event carries the whole response: exactly the items streamed, folded the same way.
+                assert final["output"] == folded["done_items"]
+                assert fold_responses_blocking(final) == {k: folded[k] for k in ("usage", "tool_calls", "thoughts",
+                                                                                 "stop_reason", "text")}
+                if fx["blocking"] is not None:
+                    assert final == fx["blocking"]["body"], "same scenario, same response in both modes"
+        elif api(name) == "anthropic":
             folded = fold_anthropic_stream(part["events"]) if mode == "streaming" else fold_anthropic_blocking(part["body"])
         else:
             folded = fold_openai_stream(part["events"]) if mode == "streaming" else fold_openai_blocking(part["body"])

@@ -11,7 +11,8 @@ from tests.conftest import ANTHROPIC_KEY, OPENAI_KEY
 from tests.harness import wait_for_records
 from tests.sdk_calls import _split_kwargs, anthropic_client, load_fixtures, openai_client
 
-CASES = [(name, fixture, stream) for name, fixture in load_fixtures("anthropic") + load_fixtures("openai_chat")
+CASES = [(name, fixture, stream) for name, fixture in
+         load_fixtures("anthropic") + load_fixtures("openai_chat") + load_fixtures("openai_responses")
          for stream, part in ((False, "blocking"), (True, "streaming")) if fixture.get(part)]
 
 
@@ -21,6 +22,10 @@ def _call(gateway, identities, name: str, fixture: dict, stream: bool) -> str:
         client = anthropic_client(gateway.base("anthropic"), identities.alice, name)
         create = client.messages.with_raw_response.create
         kwargs = _split_kwargs(client.messages.create, fixture["request"])
+    elif name.startswith("openai_responses/"):
+        client = openai_client(f"{gateway.base('openai')}/v1", identities.alice, name)
+        create = client.responses.with_raw_response.create
+        kwargs = _split_kwargs(client.responses.create, fixture["request"])
     else:
         client = openai_client(f"{gateway.base('openai')}/v1", identities.alice, name)
         create = client.chat.completions.with_raw_response.create
@@ -76,6 +81,7 @@ def test_call_is_recorded_as_expected(name, fixture, stream, recorded, identitie
         assert orjson.loads(usage["metadata"]) == expect["usage"]["metadata"]
         assert usage["provider_response_id"]
 
+    assert record["correlating_tool_call_id"] == fixture["expect"].get("correlating_tool_call_id", record["correlating_tool_call_id"])
     prompts = [row["prompt"] for row in record["user_prompts"]]
     assert prompts == ([] if fixture["expect"]["prompt"] is None else [fixture["expect"]["prompt"]])
 

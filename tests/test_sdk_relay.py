@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.sdk_calls import anthropic_client, call_anthropic, call_openai, load_fixtures, openai_client
+from tests.sdk_calls import anthropic_client, call_anthropic, call_openai, call_responses, load_fixtures, openai_client
 
 ANTHROPIC = load_fixtures("anthropic")
 OPENAI = load_fixtures("openai_chat")
+RESPONSES = load_fixtures("openai_responses")
 
 
 def _modes(fixtures):
@@ -43,6 +44,22 @@ def test_openai_sdk_same_through_gateway(name, fixture, stream, gateway, upstrea
     direct = call_openai(openai_client(f"{upstream.url}/v1", "direct-key", name), fixture["request"], stream)
     through = call_openai(openai_client(f"{gateway.base('openai')}/v1", identities.alice, name), fixture["request"], stream)
     _assert_same(direct, through, fixture, stream, "chunks")
+
+
+@pytest.mark.parametrize("name, fixture, stream", _modes(RESPONSES))
+def test_openai_responses_sdk_same_through_gateway(name, fixture, stream, gateway, upstream, identities):
+    direct = call_responses(openai_client(f"{upstream.url}/v1", "direct-key", name), fixture["request"], stream)
+    through = call_responses(openai_client(f"{gateway.base('openai')}/v1", identities.alice, name), fixture["request"], stream)
+    _assert_same(direct, through, fixture, stream, "events")
+
+
+@pytest.mark.parametrize("name, fixture, stream", _modes(RESPONSES))
+def test_copilot_responses_same_through_gateway(name, fixture, stream, gateway, upstream, identities):
+    """Copilot speaks the same Responses API (without v1/), with the user's GitHub token."""
+    direct = call_responses(openai_client(f"{upstream.url}/copilot", "ghu_direct", name), fixture["request"], stream)
+    through = call_responses(openai_client(gateway.base("copilot"), "ghu_direct", name,
+                                           **{"X-Coder-AI-Governance-Token": identities.alice}), fixture["request"], stream)
+    _assert_same(direct, through, fixture, stream, "events")
 
 
 @pytest.mark.parametrize("name, fixture", [(n, f) for n, f in OPENAI if f.get("streaming") and f["streaming"].get("events")

@@ -16,12 +16,16 @@ from bridge.intercept.sse import SSESplitter
 from tests.sdk_calls import load_fixtures
 from tests.harness import wait_for_records
 
-STREAMS = [(name, fixture) for name, fixture in load_fixtures("anthropic") + load_fixtures("openai_chat")
+STREAMS = [(name, fixture) for name, fixture in load_fixtures("anthropic") + load_fixtures("openai_chat") + load_fixtures("openai_responses")
            if fixture.get("streaming") and fixture["streaming"].get("events") and not fixture["streaming"].get("abort")]
 
 
+_ROUTES = {"anthropic": ("anthropic", "v1/messages"), "openai_chat": ("openai", "v1/chat/completions"),
+           "openai_responses": ("openai", "v1/responses")}
+
+
 def _target(name: str, base: str) -> str:
-    return f"{base}/v1/messages" if name.startswith("anthropic/") else f"{base}/v1/chat/completions"
+    return f"{base}/{_ROUTES[name.split('/')[0]][1]}"
 
 
 def _post(url: str, name: str, body: dict, token: str = "direct", **headers) -> requests.Response:
@@ -33,7 +37,7 @@ def _post(url: str, name: str, body: dict, token: str = "direct", **headers) -> 
 def test_stream_is_byte_identical(name, fixture, gateway, upstream, identities):
     body = {**fixture["request"], "stream": True}
     direct = _post(_target(name, upstream.url), name, body)
-    through = _post(_target(name, gateway.base(name.split("/")[0].replace("openai_chat", "openai"))), name, body, identities.alice)
+    through = _post(_target(name, gateway.base(_ROUTES[name.split("/")[0]][0])), name, body, identities.alice)
     assert through.status_code == direct.status_code == 200
     assert through.content == direct.content
     assert through.headers["Content-Type"].startswith("text/event-stream")
@@ -44,6 +48,7 @@ def test_stream_is_byte_identical(name, fixture, gateway, upstream, identities):
 
 @pytest.mark.parametrize("api, name, client_asks_usage", [
     ("anthropic", "anthropic/thinking", False),
+    ("openai", "openai_responses/reasoning_summary", False),
     ("openai", "openai_chat/tool_call", True),
     ("openai", "openai_chat/tool_call", False),  # the gateway rewrites this stream (usage chunk removed)
 ])
@@ -56,7 +61,7 @@ def test_each_event_reaches_the_client_before_the_next_is_sent(api, name, client
         body["stream_options"] = {"include_usage": True}
     # The one upstream event a rewritten stream never shows the client: acknowledged with its predecessor.
     hidden = -1
-    if api == "openai" and not client_asks_usage:
+    if name.startswith("openai_chat/") and not client_asks_usage:
         hidden = next(i for i, event in enumerate(fixture["streaming"]["events"]) if '"choices":[]' in event)
     lockstep = uuid.uuid4().hex
     response = _post(_target(name, gateway.base(api)), name, body, identities.alice, **{"X-Fake-Lockstep": lockstep})
