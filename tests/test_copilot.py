@@ -81,3 +81,15 @@ def test_copilot_v1_paths_are_not_routes(gateway, identities):
                              headers={"X-Coder-AI-Governance-Token": identities.bob, "Authorization": f"Bearer {GITHUB_TOKEN}"})
     assert response.status_code == 404
     assert response.json()["error"]["message"] == "route not supported: POST /v1/chat/completions"
+
+
+def test_copilot_responses_are_recorded_as_copilot(gateway, identities, database):
+    fixture = dict(load_fixtures("openai_responses"))["openai_responses/function_call"]
+    client = _client(gateway, identities, "openai_responses/function_call")
+    raw = client.responses.with_raw_response.create(**fixture["request"], stream=True)
+    list(raw.parse())
+    interception_id = raw.headers["X-AIBridge-Interception-Id"]
+    record = wait_for_records(database, [interception_id])[interception_id]
+    assert (record["provider"], record["provider_name"]) == ("copilot", "copilot")
+    assert [(row["provider_tool_call_id"], row["tool"], row["input"]) for row in record["tool_usages"]] == \
+        [(call["id"], call["name"], call["input"]) for call in fixture["expect"]["tool_calls"]]

@@ -10,7 +10,7 @@ import openai
 import pytest
 import requests
 
-from tests.conftest import CORP_KEY, TEAM_B_KEY, provider_env
+from tests.conftest import CORP_KEY, OPENAI_KEY, TEAM_B_KEY, provider_env
 from tests.harness import free_port
 from tests.sdk_calls import anthropic_client, call_anthropic, call_openai, load_fixtures, openai_client
 
@@ -29,6 +29,7 @@ def _auth(identities) -> dict[str, str]:
     ("anthropic", "v1/models/claude-sonnet-4-5", "/v1/models/claude-sonnet-4-5"),
     ("team-b", "v1/models", "/team-b/v1/models"),
     ("anthropic-corp", "v1/models", "/corp/anthropic/v1/models"),
+    ("openai", "v1/responses/resp_68dd0051ae685fc481432a8ebf51b4c3a6e6f6b8a489d11f", "/v1/responses/resp_68dd0051ae685fc481432a8ebf51b4c3a6e6f6b8a489d11f"),
 ])
 def test_passthrough_routes(provider, path, upstream_path, gateway, upstream, identities):
     headers = {**_auth(identities), "anthropic-version": "2023-06-01"} if "anthropic" in provider else _auth(identities)
@@ -195,3 +196,23 @@ def test_slow_upstream_is_504_before_the_first_byte_and_an_error_event_after(sta
     assert len(result["chunks"]) == 1  # the first event came, then the upstream stalled
     assert result["error"][0] == "APIError"
     assert "stopped sending" in str(result["error"][2])
+
+
+def test_responses_get_by_id_and_conversations_pass_through(gateway, upstream, identities):
+    client = openai_client(f"{gateway.base('openai')}/v1", identities.alice)
+    conversation = client.conversations.create(metadata={"topic": "audit"})
+    assert conversation.id and upstream.requests[-1].path == "/v1/conversations"
+    assert upstream.requests[-1].headers["authorization"] == f"Bearer {OPENAI_KEY}"
+    fixture = dict(load_fixtures("openai_responses"))["openai_responses/simple_text"]
+    stored = client.responses.retrieve(fixture["blocking"]["body"]["id"])
+    assert stored.model_dump() == openai_client(f"{upstream.url}/v1", "k").responses.retrieve(stored.id).model_dump()
+
+
+def test_background_responses_get_501_in_openai_shape(gateway, upstream, identities):
+    before = len(upstream.requests)
+    with pytest.raises(openai.APIStatusError) as raised:
+        openai_client(f"{gateway.base('openai')}/v1", identities.alice).responses.create(
+            model="gpt-5", input="hi", background=True)
+    assert raised.value.status_code == 501
+    assert raised.value.body["param"] == "background"
+    assert len(upstream.requests) == before
