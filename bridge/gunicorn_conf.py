@@ -23,6 +23,14 @@ accesslog = None
 # `session_id`) that the provider expects and the audit record reads.
 header_map = "dangerous"
 
+# Every worker counts metrics in files here so that a scrape of any worker sums them all; set
+# before the workers start (prometheus_client reads it at import).
+_OWN_METRICS_DIR = None
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    import tempfile
+
+    _OWN_METRICS_DIR = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="bridge-metrics-")
+
 from bridge.logsetup import GUNICORN_LOGCONFIG, configure_logging  # noqa: E402
 
 logconfig_dict = GUNICORN_LOGCONFIG
@@ -37,6 +45,7 @@ def on_starting(server) -> None:
     from bridge.logsetup import configure_logging
     from bridge.store import Store
 
+    _clear_metrics_dir()  # counts of an earlier run of this directory would be added in
     try:
         settings = load_settings()
     except ConfigError as error:
@@ -55,3 +64,24 @@ def worker_exit(server, worker) -> None:
     gateway = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("bridge")
     if gateway is not None:
         gateway.close()
+
+
+def child_exit(server, worker) -> None:
+    """A dead worker's gauges stop counting (its counters stay in the sums)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def _clear_metrics_dir() -> None:
+    directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    for name in os.listdir(directory):
+        if name.endswith(".db"):
+            os.remove(os.path.join(directory, name))
+
+
+def on_exit(server) -> None:
+    if _OWN_METRICS_DIR:
+        import shutil
+
+        shutil.rmtree(_OWN_METRICS_DIR, ignore_errors=True)

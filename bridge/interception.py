@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 from typing import Mapping
 
-from bridge import auditlog
+from bridge import auditlog, metrics
 from bridge.auth import Caller
 from bridge.clients import identify_client
 from bridge.intercept.base import Interceptor
@@ -34,6 +35,7 @@ class Interception:
         self.status: int | None = None
         self.error: str | None = None
         client = identify_client(headers)
+        self._labels = (provider.name, interceptor.model, client.name)
         credential = _client_credential(headers) if caller.byok else provider.settings.key
         self.row = INTERCEPTION_ROW.dump({
             "id": self.id,
@@ -53,6 +55,8 @@ class Interception:
         })
 
     def begin(self) -> None:
+        self._started = time.monotonic()
+        metrics.INFLIGHT.labels(*self._labels).inc()
         self._recorder.record(InterceptionStart(self.row))
         if self._log:
             auditlog.log_record("interception_start", self.row)
@@ -89,6 +93,7 @@ class Interception:
         ended_at = format_timestamp(now)
         self._recorder.record(InterceptionEnd(self.id, ended_at, metadata, token_usages, user_prompts,
                                               tool_usages, model_thoughts))
+        self._count(usage, prompt is not None)
         if self._log:
             for kind, rows in (("token_usage", token_usages), ("prompt_usage", user_prompts),
                                ("tool_usage", tool_usages), ("model_thought", model_thoughts)):
@@ -96,3 +101,19 @@ class Interception:
                     auditlog.log_record(kind, row)
             auditlog.log_record("interception_end", {"interception_id": self.id, "ended_at": ended_at,
                                                      "metadata": metadata})
+
+    def _count(self, usage, prompted: bool) -> None:
+        labels = self._labels
+        metrics.INFLIGHT.labels(*labels).dec()
+        metrics.INTERCEPTIONS.labels(*labels, str(self.status or "none")).inc()
+        metrics.DURATION.labels(*labels).observe(time.monotonic() - self._started)
+        if prompted:
+            metrics.PROMPTS.labels(*labels).inc()
+        if usage:
+            for kind, count in (("input", usage.input_tokens), ("output", usage.output_tokens),
+                                ("cache_read", usage.cache_read_input_tokens),
+                                ("cache_write", usage.cache_write_input_tokens)):
+                if count:
+                    metrics.TOKENS.labels(*labels, kind).inc(count)
+        for call in self.interceptor.tool_calls:
+            metrics.TOOL_SELECTIONS.labels(*labels, call.name).inc()

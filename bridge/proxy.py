@@ -12,6 +12,7 @@ import uuid
 import orjson
 from flask import Blueprint, Response, request
 
+from bridge import metrics
 from bridge.errors import GatewayError, error_body
 from bridge.gateway import Gateway
 from bridge.providers.base import InterceptorFactory, Provider
@@ -100,6 +101,7 @@ def _passthrough(provider: Provider, path: str, gateway: Gateway) -> Response:
         content = read_whole(upstream, provider.name)
     except GatewayError as error:
         return error_response(provider.shape, error)
+    metrics.PASSTHROUGH.labels(provider.name, request.method).inc()
     return RelayResponse(content, status=upstream.status_code, headers=response_headers(upstream))
 
 

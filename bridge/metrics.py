@@ -1,0 +1,36 @@
+"""Prometheus metrics (SPEC §8), summed across gunicorn workers.
+
+With several workers each process counts in its own files under PROMETHEUS_MULTIPROC_DIR (set by
+the gunicorn config before any worker imports prometheus_client) and a scrape of any worker adds
+them up. Without that variable (a single process) the default registry is used.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LABELS = ("provider", "model", "client")
+
+INTERCEPTIONS = Counter("interceptions", "Intercepted requests, by upstream status", (*LABELS, "status"))
+INFLIGHT = Gauge("interceptions_inflight", "Intercepted requests in progress", LABELS, multiprocess_mode="livesum")
+DURATION = Histogram("interceptions_duration_seconds", "Time from request to the end of the response", LABELS,
+                     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600))
+PASSTHROUGH = Counter("passthrough", "Requests relayed on passthrough routes (not recorded)", ("provider", "method"))
+PROMPTS = Counter("prompts", "User prompts recorded", LABELS)
+TOKENS = Counter("tokens", "Tokens used, by kind (input, output, cache_read, cache_write)", (*LABELS, "type"))
+TOOL_SELECTIONS = Counter("non_injected_tool_selections", "Tool calls made by the model (tools the client defined)",
+                          (*LABELS, "tool"))
+
+
+def exposition() -> tuple[bytes, str]:
+    """The scrape body and its content type."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=directory)
+    return generate_latest(registry), CONTENT_TYPE_LATEST
