@@ -9,6 +9,7 @@ from loguru import logger
 from werkzeug.exceptions import HTTPException
 
 from bridge import errors
+from bridge.api import api_blueprint
 from bridge.config import Settings, load_settings
 from bridge.errors import GatewayError
 from bridge.gateway import Gateway
@@ -36,6 +37,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["bridge"] = gateway
     atexit.register(gateway.close)  # servers without gunicorn's worker_exit hook flush records too
     app.register_blueprint(health_blueprint)
+    app.register_blueprint(api_blueprint(gateway))
     if settings.enabled:
         for provider in gateway.providers.values():
             app.register_blueprint(provider_blueprint(provider, gateway))

@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=_retention_purge)
 
+    _add_record_parsers(commands, common)
     _add_server_parser(commands)
     return parser
 
@@ -206,3 +207,80 @@ def _print_table(headers: list[str], rows: list[list[str]]) -> None:
     for line in [headers, *rows]:
         print("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip())
 
+
+# -- records: interceptions list, usage ------------------------------------------------------------
+
+
+def _add_record_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
+    interceptions = commands.add_parser("interceptions", help="query interception records").add_subparsers(
+        dest="interceptions_command", required=True, metavar="COMMAND"
+    )
+    p = interceptions.add_parser(
+        "list", parents=[common], help="print interceptions as JSON, newest first (the API's answer, for all users)"
+    )
+    p.add_argument("--initiator", metavar="USER", help="username or user id")
+    p.add_argument("--provider", metavar="TYPE", help="provider type: openai, anthropic, copilot")
+    p.add_argument("--provider-name", metavar="NAME", help="provider instance name")
+    p.add_argument("--model", help="model as the client asked for it")
+    p.add_argument("--client", help='client name, e.g. "Claude Code"')
+    p.add_argument("--started-after", metavar="TIME", help="RFC 3339 time (inclusive)")
+    p.add_argument("--started-before", metavar="TIME", help="RFC 3339 time (exclusive)")
+    p.add_argument("--after-id", metavar="ID", help="the page after this interception (keyset pagination)")
+    p.add_argument("--offset", metavar="N", help="skip N interceptions (instead of --after-id)")
+    p.add_argument("--limit", metavar="N", help="page size, 1-1000 (default 100)")
+    p.set_defaults(handler=_interceptions_list)
+
+    p = commands.add_parser("usage", parents=[common], help="interceptions and tokens per user, model or client")
+    p.add_argument("--by", required=True, choices=("user", "model", "client", "provider"), help="how to group")
+    p.add_argument("--since", metavar="DURATION", help="only interceptions started in the last DURATION, e.g. 7d")
+    p.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
+    p.set_defaults(handler=_usage)
+
+
+def _interceptions_list(args: argparse.Namespace) -> None:
+    from bridge.api import build_filter, parse_limit, parse_page, query_interceptions
+
+    search = build_filter({
+        "initiator": args.initiator,
+        "provider": args.provider,
+        "provider_name": args.provider_name,
+        "model": args.model,
+        "client": args.client,
+        "started_after": args.started_after,
+        "started_before": args.started_before,
+    })
+    limit = parse_limit(args.limit)
+    after_id, offset = parse_page(args.after_id, args.offset)
+    with _open_store(args) as store:
+        result = query_interceptions(store, search, limit, after_id, offset, viewer_id=None)
+    print(json.dumps(result, indent=2, ensure_ascii=False))
+
+
+def _usage(args: argparse.Namespace) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from bridge.timestamps import format_timestamp
+
+    since = None
+    if args.since is not None:
+        try:
+            seconds = parse_duration(args.since)
+        except ValueError as exc:
+            raise CommandError(f"--since: {exc}") from None
+        if seconds <= 0:
+            raise CommandError("--since: must be a positive duration, e.g. 7d")
+        since = format_timestamp(datetime.now(timezone.utc) - timedelta(seconds=seconds))
+    with _open_store(args) as store:
+        summary = store.usage_summary(args.by, since)
+    if args.json:
+        print(json.dumps(summary, indent=2, ensure_ascii=False))
+        return
+    figures = ("interceptions", "input_tokens", "output_tokens", "cache_read_input_tokens", "cache_write_input_tokens")
+    headers = [args.by.upper(), "INTERCEPTIONS", "INPUT", "OUTPUT", "CACHE READ", "CACHE WRITE"]
+    rows = [[str(r["group"] if r["group"] is not None else "-"), *(f"{r[f]:,}" for f in figures)] for r in summary]
+    if len(summary) != 1:
+        rows.append(["TOTAL", *(f"{sum(r[f] for r in summary):,}" for f in figures)])
+    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows)]
+    for line in [headers, *rows]:
+        cells = [line[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(line[1:], widths[1:])]
+        print("  ".join(cells).rstrip())

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import orjson
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
@@ -512,6 +513,177 @@ class Store:
             return None
         return {"user_id": row[1], "username": row[2], "is_admin": bool(row[3]), "token_id": token_id}
 
+    # -- interception queries (API, CLI) ----------------------------------------------------
+    # Every query below is answered from one index: the count from a covering index range, a page
+    # from an index in newest-first order (keyset or offset), the rows and their children by id.
+
+    def tune_for_queries(self) -> None:
+        """Settings for a read-mostly connection (the API's): the file mapped into memory, a larger cache."""
+        self.db.execute(f"PRAGMA mmap_size={_QUERY_MMAP_SIZE}")
+        self.db.execute(f"PRAGMA cache_size=-{_QUERY_CACHE_KIB}")
+
+    def initiator_ids(self, user: str) -> list[str]:
+        """The user ids an ``initiator`` filter value stands for: a user id, else a live username,
+        else the deleted users of that name; a value matching no user is taken as a raw initiator id."""
+        for sql in (
+            "SELECT id FROM users WHERE id = ?",
+            "SELECT id FROM users WHERE username = ? AND deleted_at IS NULL",
+            "SELECT id FROM users WHERE username = ? ORDER BY deleted_at DESC",
+        ):
+            ids = [row[0] for row in self.db.execute(sql, [user])]
+            if ids:
+                return ids
+        return [user]
+
+    def query_interceptions(
+        self,
+        filters: InterceptionFilter | None = None,
+        *,
+        limit: int = 100,
+        after_id: str | None = None,
+        offset: int | None = None,
+        viewer_id: str | None = None,
+    ) -> dict[str, Any]:
+        """``{"count": matching interceptions, "results": one page of them, newest first}``.
+
+        ``viewer_id`` restricts everything (results, count, the cursor) to that user's records.
+        ``after_id`` continues after that interception in newest-first order (started_at desc, id
+        desc); it must exist and be visible, else UnknownCursor. Results carry their children, JSON
+        columns decoded (a tool call's ``input`` stays the text the model sent).
+        """
+        filters = filters or InterceptionFilter()
+        if after_id is not None and offset is not None:
+            raise StoreError("after_id and offset cannot be combined")
+        with self._read_snapshot():
+            initiators = self.initiator_ids(filters.initiator) if filters.initiator is not None else None
+            if viewer_id is not None:
+                initiators = [viewer_id] if initiators is None or viewer_id in initiators else []
+            cursor = None
+            if after_id is not None:
+                sql = "SELECT started_at, id FROM aibridge_interceptions WHERE id = ?"
+                params: list[Any] = [after_id]
+                if viewer_id is not None:
+                    sql += " AND initiator_id = ?"
+                    params.append(viewer_id)
+                cursor = self.db.execute(sql, params).fetchone()
+                if cursor is None:
+                    raise UnknownCursor(f"unknown after_id {after_id!r}: no such interception")
+            if initiators == []:
+                return {"count": 0, "results": []}
+            where, params = _interception_where(filters, initiators)
+            count = self.db.execute(f"SELECT count(*) FROM aibridge_interceptions{_sql_where(where)}", params).fetchone()[0]
+            if cursor is not None:
+                where = [*where, "(started_at, id) < (?, ?)"]
+                params = [*params, *cursor]
+            page_sql = f"SELECT id FROM aibridge_interceptions{_sql_where(where)} ORDER BY started_at DESC, id DESC LIMIT ?"
+            params.append(limit)
+            if offset:
+                page_sql += " OFFSET ?"
+                params.append(offset)
+            ids = [row[0] for row in self.db.execute(page_sql, params)]
+            return {"count": count, "results": self._interceptions_by_id(ids)}
+
+    def _interceptions_by_id(self, ids: list[str]) -> list[dict[str, Any]]:
+        """Full results for these ids, in this order: one query for the rows, one per child table."""
+        if not ids:
+            return []
+        id_list = json.dumps(ids)
+        columns = RECORD_COLUMNS["aibridge_interceptions"]
+        rows = {
+            values[0]: values
+            for values in self.db.execute(
+                f"SELECT {', '.join('i.' + c for c in columns)}, u.username FROM aibridge_interceptions i"
+                " LEFT JOIN users u ON u.id = i.initiator_id WHERE i.id IN (SELECT value FROM json_each(?))",
+                [id_list],
+            )
+        }
+        children: dict[str, dict[str, list[dict[str, Any]]]] = {i: {name: [] for name in CHILD_TABLES} for i in ids}
+        for name, table in CHILD_TABLES.items():
+            child_columns = RECORD_COLUMNS[table]
+            for values in self.db.execute(
+                f"SELECT {', '.join(child_columns)} FROM {table} WHERE interception_id IN (SELECT value FROM json_each(?))"
+                " ORDER BY created_at, rowid",
+                [id_list],
+            ):
+                child = _child_result(dict(zip(child_columns, values)))
+                children[child["interception_id"]][name].append(child)
+        return [_interception_result(dict(zip((*columns, "initiator_username"), rows[i])), children[i])
+                for i in ids if i in rows]
+
+    def interception_clients(self, viewer_id: str | None = None) -> list[str]:
+        """Distinct client names, sorted; only the viewer's own when ``viewer_id`` is given."""
+        if viewer_id is not None:
+            sql = ("SELECT DISTINCT client FROM aibridge_interceptions WHERE initiator_id = ? AND client IS NOT NULL"
+                   " ORDER BY client")
+            return [row[0] for row in self.db.execute(sql, [viewer_id])]
+        # A loose index scan: one seek per distinct name instead of reading every row.
+        sql = """WITH RECURSIVE names(client) AS (
+                     SELECT min(client) FROM aibridge_interceptions
+                     UNION ALL
+                     SELECT (SELECT min(client) FROM aibridge_interceptions WHERE client > names.client)
+                     FROM names WHERE names.client IS NOT NULL)
+                 SELECT client FROM names WHERE client IS NOT NULL"""
+        return [row[0] for row in self.db.execute(sql)]
+
+    def usage_summary(self, by: str, since: str | None = None) -> list[dict[str, Any]]:
+        """Interceptions and token totals per user, model, client or provider, biggest first.
+
+        ``since`` (a store timestamp) counts only interceptions started then or later; their token
+        usages are counted whenever they were written.
+        """
+        column = USAGE_GROUPS.get(by)
+        if column is None:
+            raise StoreError(f"cannot group usage by {by!r}: use one of {', '.join(USAGE_GROUPS)}")
+        hint, condition, params = "", "", []
+        if since is not None:
+            # The time range picks the rows; without the hint the planner would rather read the
+            # whole group-by index in order than sort a small range.
+            hint, condition, params = " INDEXED BY aibridge_interceptions_started_at", " WHERE i.started_at >= ?", [since]
+        with self._read_snapshot():
+            counts = dict(self.db.execute(
+                f"SELECT i.{column}, count(*) FROM aibridge_interceptions AS i{hint}{condition} GROUP BY i.{column}",
+                params,
+            ).fetchall())
+            tokens = {
+                row[0]: row[1:]
+                for row in self.db.execute(
+                    f"SELECT i.{column}, total(u.input_tokens), total(u.output_tokens), total(u.cache_read_input_tokens),"
+                    f" total(u.cache_write_input_tokens) FROM aibridge_interceptions AS i{hint}"
+                    f" JOIN aibridge_token_usages AS u ON u.interception_id = i.id{condition} GROUP BY i.{column}",
+                    params,
+                )
+            }
+            names: dict[str, str] = {}
+            if column == "initiator_id" and counts:
+                names = dict(self.db.execute(
+                    "SELECT id, username FROM users WHERE id IN (SELECT value FROM json_each(?))",
+                    [json.dumps([key for key in counts if key is not None])],
+                ).fetchall())
+        summary = []
+        for key, interceptions in counts.items():
+            figures = tokens.get(key, (0, 0, 0, 0))
+            row = {"group": names.get(key, key) if column == "initiator_id" else key}
+            if column == "initiator_id":
+                row["user_id"] = key
+            row.update(interceptions=interceptions, **dict(zip(_TOKEN_FIGURES, (int(f) for f in figures))))
+            summary.append(row)
+        summary.sort(key=lambda r: (-r["interceptions"], str(r["group"])))
+        return summary
+
+    @contextmanager
+    def _read_snapshot(self) -> Iterator[None]:
+        """One read transaction: the count and the page see the same rows while the writer goes on."""
+        conn = self.db.conn
+        if conn.in_transaction:
+            yield
+            return
+        conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+
 
 def _user_dict(row: dict[str, Any]) -> dict[str, Any]:
     return {
@@ -526,3 +698,105 @@ def _user_dict(row: dict[str, Any]) -> dict[str, Any]:
 def _token_dict(row: dict[str, Any]) -> dict[str, Any]:
     keys = ("id", "user_id", "username", "name", "created_at", "expires_at", "revoked_at", "last_used_at")
     return {k: row[k] for k in keys}
+
+
+# -- interception queries ------------------------------------------------------------------------
+
+#: Filter columns, most selective first: the first one a query uses picks the index.
+_FILTER_COLUMNS = ("initiator_id", "model", "client", "provider_name", "provider")
+_QUERY_MMAP_SIZE = 1 << 30  # 1 GiB (address space, not memory: pages come from the OS page cache)
+_QUERY_CACHE_KIB = 32 * 1024
+_TOKEN_FIGURES = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_write_input_tokens")
+#: usage_summary() groups -> interception column.
+USAGE_GROUPS = {"user": "initiator_id", "model": "model", "client": "client", "provider": "provider_name"}
+
+
+class UnknownCursor(StoreError):
+    """An ``after_id`` that names no (visible) interception."""
+
+
+@dataclass(frozen=True)
+class InterceptionFilter:
+    """What query_interceptions() matches; None means any. Times are store timestamps
+    (``format_timestamp``): ``started_after`` inclusive, ``started_before`` exclusive."""
+
+    initiator: str | None = None  # user id or username (see Store.initiator_ids)
+    provider: str | None = None
+    provider_name: str | None = None
+    model: str | None = None
+    client: str | None = None
+    started_after: str | None = None
+    started_before: str | None = None
+
+
+def _interception_where(filters: InterceptionFilter, initiators: list[str] | None) -> tuple[list[str], list[Any]]:
+    values: dict[str, list[str]] = {}
+    if initiators is not None:
+        values["initiator_id"] = initiators
+    for column in _FILTER_COLUMNS[1:]:
+        value = getattr(filters, column)
+        if value is not None:
+            values[column] = [value]
+    where: list[str] = []
+    params: list[Any] = []
+    for n, column in enumerate(c for c in _FILTER_COLUMNS if c in values):
+        # Each filter column leads an index holding all the others (migration 0003): the first
+        # one picks that index and "+" keeps the rest from competing, so they are checked inside it.
+        ref = column if n == 0 else f"+{column}"
+        if len(values[column]) == 1:
+            where.append(f"{ref} = ?")
+            params.append(values[column][0])
+        else:
+            where.append(f"{ref} IN (SELECT value FROM json_each(?))")
+            params.append(json.dumps(values[column]))
+    if filters.started_after is not None:
+        where.append("started_at >= ?")
+        params.append(filters.started_after)
+    if filters.started_before is not None:
+        where.append("started_at < ?")
+        params.append(filters.started_before)
+    return where, params
+
+
+def _sql_where(conditions: list[str]) -> str:
+    return f" WHERE {' AND '.join(conditions)}" if conditions else ""
+
+
+def _json_value(text: Any) -> Any:
+    if not isinstance(text, str):
+        return text
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text  # not JSON after all: shown as stored
+
+
+def _child_result(row: dict[str, Any]) -> dict[str, Any]:
+    row["metadata"] = _json_value(row.get("metadata"))
+    if "injected" in row:
+        row["injected"] = bool(row["injected"])
+    return row
+
+
+_RESULT_COLUMNS = ("provider", "provider_name", "model", "client", "client_session_id", "user_agent", "credential_kind",
+                   "credential_hint", "correlating_tool_call_id", "started_at", "ended_at")
+
+
+def _interception_result(row: dict[str, Any], children: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    result = {"id": row["id"], "initiator": {"id": row["initiator_id"], "username": row["initiator_username"]}}
+    result.update((column, row[column]) for column in _RESULT_COLUMNS)
+    result["metadata"] = _json_value(row["metadata"])
+    result.update(children)
+    return result
+
+
+@MIGRATIONS(name="0003_interception_query_indexes")
+def _m0003_interception_query_indexes(db: Database) -> None:
+    """Covering indexes for the interceptions API: (filter column, started_at, id, the other filter
+    columns). Any combination of filters is counted from one index range, and pages come out of it
+    newest first (keyset or offset) without touching the table. The narrower (column, started_at)
+    indexes of 0002 stay: the planner counts a single filter from them, about twice as fast."""
+    for column in _FILTER_COLUMNS:
+        others = ", ".join(c for c in _FILTER_COLUMNS if c != column)
+        db.execute(f"CREATE INDEX aibridge_interceptions_by_{column} ON aibridge_interceptions"
+                   f" ({column}, started_at, id, {others})")

@@ -1,0 +1,394 @@
+"""The operating API (SPEC §8): interception records for everyone (their own, or all for admins),
+user and token administration for admins.
+
+Every route needs a gateway token (``Authorization: Bearer`` or ``Coder-Session-Token``). Errors are
+JSON ``{"message": ...}``; a bad interceptions query is a 400 with a ``detail`` that says how to fix
+it. SQL runs on native threads (a gevent ThreadPool with one store connection per thread), never on
+the hub, so a slow query never freezes the streams of the worker.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sqlite3
+from datetime import datetime
+from typing import Any, Callable, Mapping, TypeVar
+
+import orjson
+from flask import Blueprint, Response, request
+from loguru import logger
+from werkzeug.exceptions import HTTPException
+
+from bridge.store import InterceptionFilter, Store, StoreError, UnknownCursor
+from bridge.timestamps import format_timestamp
+from bridge.units import parse_duration
+
+SESSION_TOKEN_HEADER = "Coder-Session-Token"
+#: The ``q`` filter keys of GET /api/v2/aibridge/interceptions, in documentation order.
+SEARCH_KEYS = ("initiator", "provider", "provider_name", "model", "client", "started_after", "started_before")
+QUERY_PARAMETERS = ("q", "limit", "after_id", "offset")
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+MAX_OFFSET = 2**63 - 1  # sqlite's integers
+_TIME_EXAMPLE = "use RFC 3339 with a time zone, e.g. 2025-06-01T09:30:00Z or 2025-06-01T11:30:00+02:00"
+_QUERY_THREADS = 2
+
+_T = TypeVar("_T")
+
+
+class QueryError(ValueError):
+    """A bad interceptions query: ``message`` names the problem, ``detail`` says what is accepted."""
+
+    def __init__(self, message: str, detail: str) -> None:
+        super().__init__(f"{message} ({detail})")
+        self.message = message
+        self.detail = detail
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, detail: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.detail = detail
+        self.headers = headers or {}
+
+
+# -- the interceptions query: shared with ``python -m bridge interceptions list`` ----------------
+
+
+def parse_search(q: str | None) -> dict[str, str]:
+    """``initiator:me model:"gpt 4o"`` -> ``{"initiator": "me", "model": "gpt 4o"}``, keys checked."""
+    if not q or not q.strip():
+        return {}
+    try:
+        terms = shlex.split(q)
+    except ValueError:
+        raise QueryError("invalid q: unbalanced quotes", 'quote a value with spaces as key:"a b"') from None
+    found: dict[str, str] = {}
+    for term in terms:
+        key, colon, value = term.partition(":")
+        key = key.strip().lower()
+        if not colon:
+            raise QueryError(f"invalid q: {term!r} is not a key:value filter",
+                             f"write filters as key:value separated by spaces, with keys {', '.join(SEARCH_KEYS)}")
+        if key not in SEARCH_KEYS:
+            raise QueryError(f"invalid q: unknown filter {key!r}", f"valid filters are {', '.join(SEARCH_KEYS)}")
+        if key in found:
+            raise QueryError(f"invalid q: filter {key!r} given more than once", "give each filter at most once")
+        if not value:
+            raise QueryError(f"invalid q: filter {key!r} has no value", f'write {key}:value (quote spaces: {key}:"a b")')
+        found[key] = value
+    return found
+
+
+def parse_time(key: str, value: str) -> str:
+    """An RFC 3339 time -> the store's UTC text form (which orders as time does)."""
+    text = value.strip()
+    moment = None
+    if len(text) >= 19 and text[10] in "Tt ":  # a date alone is not RFC 3339
+        try:
+            moment = datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in "Zz" else text)
+        except ValueError:
+            moment = None
+    if moment is None:
+        raise QueryError(f"invalid {key}: {value!r} is not an RFC 3339 time", _TIME_EXAMPLE)
+    if moment.tzinfo is None:
+        raise QueryError(f"invalid {key}: {value!r} has no time zone", _TIME_EXAMPLE)
+    return format_timestamp(moment)
+
+
+def build_filter(values: Mapping[str, str | None], me: str | None = None) -> InterceptionFilter:
+    """Checked filters from ``q`` keys (or CLI flags); ``initiator:me`` becomes ``me`` (a user id)."""
+    given = {key: value for key, value in values.items() if value is not None}
+    unknown = set(given) - set(SEARCH_KEYS)
+    if unknown:
+        raise QueryError(f"unknown filter {sorted(unknown)[0]!r}", f"valid filters are {', '.join(SEARCH_KEYS)}")
+    initiator = given.get("initiator")
+    if initiator is not None and initiator.lower() == "me":
+        if me is None:
+            raise QueryError("initiator 'me' needs a signed-in caller", "give a username or user id")
+        initiator = me
+    after = parse_time("started_after", given["started_after"]) if "started_after" in given else None
+    before = parse_time("started_before", given["started_before"]) if "started_before" in given else None
+    if after is not None and before is not None and before <= after:
+        raise QueryError("started_before must be later than started_after",
+                         f"started_after {given['started_after']} and started_before {given['started_before']}"
+                         " leave no time between them")
+    return InterceptionFilter(
+        initiator=initiator,
+        provider=given.get("provider"),
+        provider_name=given.get("provider_name"),
+        model=given.get("model"),
+        client=given.get("client"),
+        started_after=after,
+        started_before=before,
+    )
+
+
+def parse_limit(text: str | None) -> int:
+    if text is None:
+        return DEFAULT_LIMIT
+    try:
+        limit = int(text.strip())
+    except ValueError:
+        raise QueryError(f"invalid limit {text!r}: not a number", f"use a whole number from 1 to {MAX_LIMIT}") from None
+    if not 1 <= limit <= MAX_LIMIT:
+        raise QueryError(f"invalid limit {limit}: out of range", f"use a whole number from 1 to {MAX_LIMIT}")
+    return limit
+
+
+def parse_page(after_id: str | None, offset: str | None) -> tuple[str | None, int | None]:
+    """The cursor or the offset (not both)."""
+    if after_id is not None and offset is not None:
+        raise QueryError("after_id and offset cannot be combined",
+                         "page with after_id (the last id of the previous page) or with offset, not both")
+    if after_id is not None and not after_id.strip():
+        raise QueryError("invalid after_id: empty", "give the id of the last interception of the previous page")
+    if offset is None:
+        return after_id, None
+    try:
+        number = int(offset.strip())
+    except ValueError:
+        raise QueryError(f"invalid offset {offset!r}: not a number", "use a whole number, 0 or more") from None
+    if not 0 <= number <= MAX_OFFSET:
+        raise QueryError(f"invalid offset {number}: out of range", f"use a whole number from 0 to {MAX_OFFSET}")
+    return None, number
+
+
+def query_interceptions(store: Store, search: InterceptionFilter, limit: int, after_id: str | None,
+                        offset: int | None, viewer_id: str | None) -> dict[str, Any]:
+    """Run the query; an unknown (or invisible) after_id is a QueryError."""
+    try:
+        return store.query_interceptions(search, limit=limit, after_id=after_id, offset=offset, viewer_id=viewer_id)
+    except UnknownCursor:
+        raise QueryError(f"unknown after_id {after_id!r}",
+                         "after_id must be the id of an interception from a previous page") from None
+
+
+# -- the blueprint -------------------------------------------------------------------------------
+
+
+class _Queries:
+    """Store calls on native threads; each thread keeps its own connection."""
+
+    def __init__(self, database_path: str, threads: int = _QUERY_THREADS) -> None:
+        self._database_path = database_path
+        self._threads = threads
+        self._pool = None
+        self._stores: dict[int, Store] = {}
+
+    def run(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        if self._pool is None:
+            from gevent.threadpool import ThreadPool
+
+            self._pool = ThreadPool(self._threads)  # real OS threads, even after monkey.patch_all()
+        failed, value = self._pool.apply(self._call, (fn, args, kwargs))
+        if failed:
+            raise value
+        return value
+
+    def _call(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> tuple[bool, Any]:
+        """Runs on a pool thread. Errors are returned, not raised: the pool would print them."""
+        from gevent.monkey import get_original
+
+        ident = get_original("threading", "get_ident")()  # the native thread, not a greenlet
+        store = self._stores.get(ident)
+        try:
+            if store is None:
+                store = Store(self._database_path)
+                store.tune_for_queries()
+                self._stores[ident] = store
+            return False, fn(store, *args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            self._stores.pop(ident, None)  # a fresh connection next time (e.g. the file was replaced)
+            if store is not None:
+                store.close()
+            return True, exc
+        except Exception as exc:
+            return True, exc
+
+
+def api_blueprint(gateway: Any) -> Blueprint:
+    """The routes of SPEC §8 (records, users, tokens) for the app's Gateway."""
+    bp = Blueprint("api", __name__)
+    queries = _Queries(gateway.settings.database_path)
+
+    def run(fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        try:
+            return queries.run(fn, *args, **kwargs)
+        except sqlite3.Error as exc:
+            logger.bind(record_type="server").error("API store query failed: {}", exc)
+            raise ApiError(503, "the record store is unavailable right now; try again shortly") from None
+
+    def caller() -> dict[str, Any]:
+        token = _session_token(request.headers)
+        if not token:
+            raise ApiError(401, "missing session token: send Authorization: Bearer <token> or "
+                                f"{SESSION_TOKEN_HEADER}: <token>", headers={"WWW-Authenticate": "Bearer"})
+        try:
+            found = gateway.authenticator.lookup(token)
+        except Exception as exc:  # the store is unreadable: refuse rather than fail open
+            logger.bind(record_type="server").error("identity store unavailable: {}", type(exc).__name__)
+            raise ApiError(503, "the gateway cannot check tokens right now; try again shortly") from None
+        if found is None:
+            raise ApiError(401, "invalid session token: unknown, expired or revoked",
+                           headers={"WWW-Authenticate": "Bearer"})
+        return found
+
+    def admin() -> dict[str, Any]:
+        found = caller()
+        if not found["is_admin"]:
+            raise ApiError(403, "this route is for administrators")
+        return found
+
+    @bp.get("/api/v2/aibridge/interceptions")
+    def list_interceptions() -> Response:
+        who = caller()
+        try:
+            args = _single_args(QUERY_PARAMETERS)
+            search = build_filter(parse_search(args.get("q")), me=who["user_id"])
+            limit = parse_limit(args.get("limit"))
+            after_id, offset = parse_page(args.get("after_id"), args.get("offset"))
+            viewer = None if who["is_admin"] else who["user_id"]
+            return _json(run(query_interceptions, search, limit, after_id, offset, viewer))
+        except QueryError as exc:
+            raise ApiError(400, exc.message, exc.detail) from None
+
+    @bp.get("/api/v2/aibridge/clients")
+    def list_clients() -> Response:
+        who = caller()
+        return _json(run(Store.interception_clients, None if who["is_admin"] else who["user_id"]))
+
+    @bp.get("/api/v2/users")
+    def list_users() -> Response:
+        admin()
+        return _json(run(Store.list_users))
+
+    @bp.post("/api/v2/users")
+    def create_user() -> tuple[Response, int]:
+        admin()
+        body = _json_body({"username": str, "is_admin": bool}, required=("username",))
+
+        def create(store: Store) -> dict[str, Any]:
+            if store.get_user(body["username"]) is not None:
+                raise ApiError(409, f"user {body['username']!r} already exists")
+            return store.create_user(body["username"], is_admin=body.get("is_admin", False))
+
+        return _json(run(_refusals(create))), 201
+
+    @bp.get("/api/v2/users/<name>")
+    def get_user(name: str) -> Response:
+        admin()
+        user = run(Store.get_user, name)
+        if user is None:
+            raise ApiError(404, f"unknown user {name!r}")
+        return _json(user)
+
+    @bp.delete("/api/v2/users/<name>")
+    def delete_user(name: str) -> tuple[str, int]:
+        admin()
+        if not run(Store.delete_user, name):
+            raise ApiError(404, f"unknown user {name!r}")
+        return "", 204
+
+    @bp.get("/api/v2/users/<name>/tokens")
+    def list_tokens(name: str) -> Response:
+        admin()
+        return _json(run(_refusals(Store.list_tokens), name))
+
+    @bp.post("/api/v2/users/<name>/tokens")
+    def create_token(name: str) -> tuple[Response, int]:
+        admin()
+        body = _json_body({"lifetime": str, "name": str})
+        lifetime = None
+        if body.get("lifetime") is not None:
+            try:
+                lifetime = parse_duration(body["lifetime"])
+            except ValueError as exc:
+                raise ApiError(400, f"lifetime: {exc}") from None
+        token, row = run(_refusals(Store.create_token), name, lifetime=lifetime, name=body.get("name"))
+        return _json({"token": token, **row}), 201
+
+    @bp.delete("/api/v2/tokens/<token_id>")
+    def revoke_token(token_id: str) -> tuple[str, int]:
+        admin()
+        if not run(Store.revoke_token, token_id):
+            raise ApiError(404, f"unknown token id {token_id!r}")
+        return "", 204
+
+    @bp.errorhandler(ApiError)
+    def api_error(error: ApiError) -> Response:
+        body: dict[str, Any] = {"message": error.message}
+        if error.detail is not None:
+            body["detail"] = error.detail
+        return _json(body, error.status, error.headers)
+
+    @bp.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> Response:
+        return _json({"message": error.description or error.name}, error.code or 500)
+
+    @bp.errorhandler(Exception)
+    def unexpected_error(error: Exception) -> Response:
+        logger.opt(exception=error).error("unhandled error in the API")
+        return _json({"message": "internal gateway error"}, 500)
+
+    return bp
+
+
+def _session_token(headers: Mapping[str, str]) -> str | None:
+    token = (headers.get(SESSION_TOKEN_HEADER) or "").strip()
+    if token:
+        return token
+    scheme, _, value = (headers.get("Authorization") or "").partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
+def _single_args(known: tuple[str, ...]) -> dict[str, str]:
+    """The query string, each parameter at most once and known (filters go in ``q``)."""
+    args: dict[str, str] = {}
+    for key in request.args:
+        values = request.args.getlist(key)
+        if key not in known:
+            hint = f"; filters go in q, e.g. q={key}:value" if key in SEARCH_KEYS else ""
+            raise QueryError(f"unknown query parameter {key!r}", f"accepted: {', '.join(known)}{hint}")
+        if len(values) > 1:
+            raise QueryError(f"query parameter {key!r} given more than once", "give it once")
+        args[key] = values[0]
+    return args
+
+
+def _json_body(fields: dict[str, type], required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The request's JSON object, each field of its type (null means absent) and none unknown."""
+    body = request.get_json(force=True, silent=True) if request.get_data(cache=True).strip() else {}
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    for key, value in body.items():
+        if key not in fields:
+            raise ApiError(400, f"unknown field {key!r}: accepted fields are {', '.join(fields)}")
+        if value is not None and not isinstance(value, fields[key]):
+            raise ApiError(400, f"field {key!r} must be a {'boolean' if fields[key] is bool else 'string'}")
+    for key in required:
+        if body.get(key) is None:
+            raise ApiError(400, f"field {key!r} is required")
+    return {key: value for key, value in body.items() if value is not None}
+
+
+def _refusals(fn: Callable[..., _T]) -> Callable[..., _T]:
+    """A store call whose StoreError becomes the matching HTTP refusal (the CLI's rules)."""
+
+    def call(*args: Any, **kwargs: Any) -> _T:
+        try:
+            return fn(*args, **kwargs)
+        except StoreError as exc:
+            text = str(exc)
+            status = 404 if text.startswith("unknown user") else 409 if "already exists" in text else 400
+            raise ApiError(status, text) from None
+
+    return call
+
+
+def _json(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(value), status=status, mimetype="application/json", headers=headers)
