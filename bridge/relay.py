@@ -8,7 +8,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
-from bridge.errors import GatewayError, stream_error_event
+from bridge.errors import GatewayError
 from bridge.intercept.sse import SSESplitter
 
 if TYPE_CHECKING:
@@ -157,7 +157,7 @@ class StreamRelay:
 
     def _fail(self, status: int, message: str) -> bytes:
         self._interception.error = message
-        return stream_error_event(self._shape, status, message)
+        return self._interception.interceptor.stream_error(self._shape, status, message)
 
     def close(self) -> None:
         if self._events is not None:

@@ -12,7 +12,7 @@ import requests
 
 from tests.conftest import CORP_KEY, OPENAI_KEY, TEAM_B_KEY, provider_env
 from tests.harness import free_port
-from tests.sdk_calls import anthropic_client, call_anthropic, call_openai, load_fixtures, openai_client
+from tests.sdk_calls import anthropic_client, call_anthropic, call_openai, call_responses, load_fixtures, openai_client
 
 ANTHROPIC_REQUEST = dict(load_fixtures("anthropic"))["anthropic/simple_text"]["request"]
 OPENAI_REQUEST = dict(load_fixtures("openai_chat"))["openai_chat/simple_text"]["request"]
@@ -196,6 +196,16 @@ def test_slow_upstream_is_504_before_the_first_byte_and_an_error_event_after(sta
     assert len(result["chunks"]) == 1  # the first event came, then the upstream stalled
     assert result["error"][0] == "APIError"
     assert "stopped sending" in str(result["error"][2])
+
+    # the Responses API reports it with its own error event, next in sequence
+    client = openai_client(f"{gateway.base('openai')}/v1", identities.alice, "openai_responses/simple_text",
+                           **{"X-Fake-Delay-Ms": "2500"})
+    request = dict(load_fixtures("openai_responses"))["openai_responses/simple_text"]["request"]
+    events = call_responses(client, request, True)["events"]
+    assert len(events) == 2
+    assert events[-1]["type"] == "error" and events[-1]["code"] == "upstream_timeout"
+    assert "stopped sending" in events[-1]["message"]
+    assert events[-1]["sequence_number"] == events[0]["sequence_number"] + 1
 
 
 def test_responses_get_by_id_and_conversations_pass_through(gateway, upstream, identities):

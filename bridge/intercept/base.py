@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from marshmallow import Schema
 
-from bridge.errors import GatewayError
+from bridge.errors import GatewayError, stream_error_event
 from bridge.intercept.sse import Event
 from bridge.records import Thought, TokenUsage, ToolCall
 
@@ -105,6 +105,10 @@ class Interceptor:
 
     def finish(self) -> None:
         """The response is over (or was cut): settle what is still half-seen."""
+
+    def stream_error(self, shape: str, status: int, message: str) -> bytes:
+        """The event that ends a stream the upstream broke off, as this API reports errors mid-stream."""
+        return stream_error_event(shape, status, message)
 
     # --- what the record needs from the request ---
 

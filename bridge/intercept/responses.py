@@ -8,7 +8,9 @@ that a stream cut before its end still yields what was seen.
 
 from __future__ import annotations
 
-from bridge.errors import GatewayError
+import orjson
+
+from bridge.errors import GatewayError, error_object
 from bridge.intercept.base import Interceptor, check_field, json_object, text_of
 from bridge.intercept.sse import Event
 from bridge.records import OPENAI_USAGE, Thought, ToolCall
@@ -33,6 +35,7 @@ class ResponsesInterceptor(Interceptor):
     def __init__(self, body: dict, raw_body: bytes) -> None:
         super().__init__(body, raw_body)
         self._items: dict[int, dict] = {}
+        self._events_seen = 0  # sequence numbers count the events from 0
 
     def validate(self) -> None:
         check_field(self.body, "input", (str, list))
@@ -41,6 +44,7 @@ class ResponsesInterceptor(Interceptor):
                                     "send the request without \"background\": true", param="background")
 
     def observe_event(self, event: Event) -> None:
+        self._events_seen += 1
         # Text deltas are most of a stream; the record needs none except those of commentary messages.
         if event.name == b"response.output_text.delta" and not self._has_commentary():
             return
@@ -73,6 +77,13 @@ class ResponsesInterceptor(Interceptor):
             self._commentary_text(payload, payload.get("text") or "", append=False)
         elif kind in _FINAL:
             self._take_response(payload.get("response") or {})
+
+    def stream_error(self, shape: str, status: int, message: str) -> bytes:
+        """The Responses API's own mid-stream error event (``event: error``), next in sequence."""
+        error = error_object(shape, status, message)["error"]
+        payload = {"type": "error", "code": error["code"], "message": message, "param": None,
+                   "sequence_number": self._events_seen}
+        return b"event: error\ndata: " + orjson.dumps(payload) + b"\n\n"
 
     def _has_commentary(self) -> bool:
         return any(item.get("phase") == "commentary" for item in self._items.values())
