@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Mapping
 
 from loguru import logger
 
 from bridge.errors import GatewayError
+from bridge.store import Store, auth_stamp_path
 
 GOVERNANCE_HEADER = "X-Coder-AI-Governance-Token"
 _MISSING = ("missing gateway token: send it as Authorization: Bearer <token>, X-Api-Key, "
             f"or {GOVERNANCE_HEADER} when bringing your own provider key")
+
+
+_CACHE_SECONDS = 60.0
+_CACHE_ENTRIES = 10_000
+
+
+def _seconds_valid(expires_at: str | None) -> float:
+    """How long a looked-up token may be taken from the cache: a minute, or until it expires."""
+    if expires_at is None:
+        return _CACHE_SECONDS
+    remaining = (datetime.fromisoformat(expires_at.replace("Z", "+00:00")) - datetime.now(timezone.utc)).total_seconds()
+    return max(0.0, min(_CACHE_SECONDS, remaining))
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,26 +62,47 @@ class Authenticator:
 
     sqlite calls are C code that would block the gevent hub (and every stream of the worker) while
     the database is busy, so lookups run on one native thread that owns its own connection.
+    A valid token is then remembered (by its hash) for up to a minute, until it expires, or until
+    any process revokes a token or deletes a user, which replaces the store's auth stamp file:
+    one stat() per request keeps revocation immediate without a database read.
     """
 
     def __init__(self, database_path: str) -> None:
         self._database_path = database_path
+        self._stamp_path = auth_stamp_path(database_path)
         self._pool = None
         self._store = None
+        self._cache: dict[bytes, tuple[dict, tuple | None, float]] = {}
 
     def _lookup(self, token: str) -> dict | None:
         if self._store is None:
-            from bridge.store import Store
-
             self._store = Store(self._database_path)
         return self._store.authenticate(token)
 
+    def _stamp(self) -> tuple | None:
+        try:
+            stat = os.stat(self._stamp_path)
+        except FileNotFoundError:
+            return None
+        return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
     def lookup(self, token: str) -> dict | None:
+        key = hashlib.sha256(token.encode()).digest()
+        stamp = self._stamp()  # read before the lookup: a revocation racing it shows up next time
+        now = time.monotonic()
+        cached = self._cache.get(key)
+        if cached is not None and cached[1] == stamp and now < cached[2]:
+            return cached[0]
         if self._pool is None:
             from gevent.threadpool import ThreadPool
 
             self._pool = ThreadPool(1)
-        return self._pool.apply(self._lookup, (token,))
+        found = self._pool.apply(self._lookup, (token,))
+        if found is not None:
+            if len(self._cache) >= _CACHE_ENTRIES:
+                self._cache.clear()
+            self._cache[key] = (found, stamp, now + _seconds_valid(found["expires_at"]))
+        return found
 
     def authenticate(self, headers: Mapping[str, str], allow_byok: bool, *, byok_only: bool = False) -> Caller:
         """The caller, or a GatewayError (401 unknown token, 403 BYOK refused, 503 store down).

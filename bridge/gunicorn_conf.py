@@ -19,6 +19,7 @@ graceful_timeout = 120  # in-flight streams get this long to finish on SIGTERM/H
 keepalive = 75          # longer than common load balancer idle timeouts (ALB: 60 s)
 control_socket_disable = True  # two instances would otherwise share ~/.gunicorn/gunicorn.ctl
 accesslog = None
+logger_class = "bridge.worker.GunicornLogger"
 # Keep headers with underscores (gunicorn drops them by default): clients send some (Codex's
 # `session_id`) that the provider expects and the audit record reads.
 header_map = "dangerous"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import re
 import secrets
 import sqlite3
@@ -210,7 +211,8 @@ class RecordBatch:
     model_thoughts: list[dict[str, Any]] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return sum(len(rows) for rows in asdict(self).values())
+        return (len(self.interceptions) + len(self.ends) + len(self.token_usages) + len(self.user_prompts)
+                + len(self.tool_usages) + len(self.model_thoughts))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=False, default=str)
@@ -262,6 +264,20 @@ def _insert_rows(conn: sqlite3.Connection, table: str, rows: list[dict[str, Any]
     )
 
 
+def auth_stamp_path(database_path: str) -> str:
+    """A file whose change tells every gateway process that a token was revoked or a user deleted."""
+    return database_path + ".auth-stamp"
+
+
+def touch_auth_stamp(database_path: str) -> None:
+    """Invalidate cached token lookups everywhere (they check this file's stat, a cheap syscall)."""
+    path = auth_stamp_path(database_path)
+    temporary = f"{path}.{os.getpid()}"
+    with open(temporary, "w") as stamp:
+        stamp.write(str(time.time_ns()))
+    os.replace(temporary, path)  # a new inode: a changed stat even within one mtime tick
+
+
 class Store:
     """Users, API tokens and interception records in one SQLite file."""
 
@@ -277,6 +293,7 @@ class Store:
             conn.close()
             raise
         self.db = Database(conn)
+        self.path = path
 
     @classmethod
     def from_path(cls, path: str) -> Store:
@@ -434,6 +451,7 @@ class Store:
             if user is None:
                 return False
             self.db.execute("UPDATE users SET deleted_at = ? WHERE id = ?", [utc_now(), user["id"]])
+        touch_auth_stamp(self.path)
         return True
 
     def _live_user_row(self, key: str, *, by_id: bool) -> dict[str, Any] | None:
@@ -495,7 +513,8 @@ class Store:
             cursor = db.execute(
                 "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?", [utc_now(), token_id]
             )
-            return cursor.rowcount > 0
+        touch_auth_stamp(self.path)
+        return cursor.rowcount > 0
 
     def authenticate(self, token: str) -> dict[str, Any] | None:
         """Identity behind a gateway token, or None. Hot path: one indexed read, no write."""
@@ -504,14 +523,15 @@ class Store:
             return None
         token_id, secret = match.groups()
         row = self.db.execute(
-            "SELECT t.hashed_secret, u.id, u.username, u.is_admin FROM api_tokens t JOIN users u ON u.id = t.user_id"
+            "SELECT t.hashed_secret, u.id, u.username, u.is_admin, t.expires_at FROM api_tokens t JOIN users u ON u.id = t.user_id"
             " WHERE t.id = ? AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > ?)"
             " AND u.deleted_at IS NULL",
             [token_id, utc_now()],
         ).fetchone()
         if row is None or not hmac.compare_digest(row[0], _hash_secret(secret)):
             return None
-        return {"user_id": row[1], "username": row[2], "is_admin": bool(row[3]), "token_id": token_id}
+        return {"user_id": row[1], "username": row[2], "is_admin": bool(row[3]), "token_id": token_id,
+                "expires_at": row[4]}
 
     # -- interception queries (API, CLI) ----------------------------------------------------
     # Every query below is answered from one index: the count from a covering index range, a page

@@ -10,7 +10,17 @@ from __future__ import annotations
 
 import gevent
 from gevent import getcurrent
+from gunicorn.glogging import Logger
 from gunicorn.workers.ggevent import GeventWorker as _StockGeventWorker
+
+
+class GunicornLogger(Logger):
+    """gunicorn's logger, minus the access-log line it formats for every request whenever a
+    logging config is given (ours routes gunicorn's logs to loguru), unless an access log is asked for."""
+
+    def access(self, resp, req, environ, request_time) -> None:
+        if self.cfg.accesslog:
+            super().access(resp, req, environ, request_time)
 
 
 class _IdleWait:

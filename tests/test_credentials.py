@@ -151,3 +151,21 @@ def test_passthrough_requires_a_gateway_token(gateway, upstream):
     response = requests.get(f"{gateway.base('openai')}/v1/models", headers={"Authorization": "Bearer nope"}, timeout=10)
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "invalid_api_key"
+
+
+@pytest.mark.parametrize("how", ["revoke", "delete-user"])
+def test_revocation_takes_effect_at_once_for_a_token_in_use(how, gateway, upstream, identities):
+    """Valid tokens are cached by the workers; revoking one (or deleting its user) still locks it
+    out on the very next request, in every worker."""
+    username = f"cached-{how}"
+    identities.store.create_user(username)
+    token, row = identities.token(username)
+    url = f"{gateway.base('openai')}/v1/models"
+    for _ in range(6):  # warm both workers' caches
+        assert requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10).status_code == 200
+    if how == "revoke":
+        identities.store.revoke_token(row["id"])
+    else:
+        identities.store.delete_user(username)
+    for _ in range(6):  # new connections: whichever worker answers
+        assert requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10).status_code == 401

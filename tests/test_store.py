@@ -181,6 +181,7 @@ def test_token_lifecycle(store: Store) -> None:
         "username": "alice",
         "is_admin": True,
         "token_id": row["id"],
+        "expires_at": row["expires_at"],
     }
     assert store.list_tokens("alice") == [row]
 
