@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from http.cookiejar import DefaultCookiePolicy
 from typing import TYPE_CHECKING, Iterable, Iterator, Mapping
 
 import requests
@@ -69,6 +70,8 @@ class Upstream:
         if self._session is None:  # created in the worker, after fork and gevent's patching
             session = requests.Session()
             session.trust_env = False
+            # One session serves every user: never keep an upstream's cookies for the next caller.
+            session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
             adapter = HTTPAdapter(pool_connections=16, pool_maxsize=self._pool_size, pool_block=False, max_retries=0)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
@@ -78,8 +81,10 @@ class Upstream:
     def send(self, method: str, url: str, headers: Mapping[str, str], body: bytes | None,
              provider_name: str) -> requests.Response:
         try:
-            return self.session.request(method, url, data=body, headers=headers, stream=True,
-                                        timeout=self._timeout, allow_redirects=False)
+            # Prepared directly: Session.request would merge session cookies, environment proxy
+            # settings and hooks that a gateway never uses, on every call.
+            prepared = requests.Request(method, url, headers=headers, data=body).prepare()
+            return self.session.send(prepared, stream=True, timeout=self._timeout, allow_redirects=False, proxies={})
         except requests.Timeout:
             raise GatewayError(504, f"upstream of provider {provider_name!r} did not answer in time") from None
         except requests.RequestException as exc:
