@@ -169,6 +169,7 @@ class StreamLog:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
+    request_queue_size = 256  # the default 5 drops connections when a load test opens many at once
     fake: FakeUpstream
 
     def __init__(self, fake: FakeUpstream) -> None:

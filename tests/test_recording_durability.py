@@ -27,14 +27,14 @@ CALLS = [  # (route, fixture, stream)
 
 
 def _request(session: requests.Session, gateway, token: str, n: int, **headers) -> tuple[str, bool]:
-    """One call; returns (interception id, whether the whole answer arrived)."""
+    """One call; returns (interception id, whether the whole answer arrived, or what came instead)."""
     route, name, stream = CALLS[n % len(CALLS)]
     fixture = (ANTHROPIC if name.startswith("anthropic/") else OPENAI)[name]
     response = session.post(f"{gateway.url}/api/v2/aibridge/{route}", json={**fixture["request"], "stream": stream},
                             headers={"Authorization": f"Bearer {token}", "X-Fixture": name, **headers}, timeout=30)
     body = response.content
     complete = response.status_code == 200 and (b"[DONE]" in body or b"message_stop" in body or not stream)
-    return response.headers["X-AIBridge-Interception-Id"], complete
+    return response.headers["X-AIBridge-Interception-Id"], complete or f"{response.status_code}: {body[-300:]!r}"
 
 
 def _count_for(database, user_id: str) -> int:
@@ -55,7 +55,8 @@ def test_two_workers_under_concurrent_load_record_every_request_once(gateway, id
 
     with ThreadPoolExecutor(concurrency) as pool:
         results = list(pool.map(one, range(total)))
-    assert all(complete for _, complete in results)
+    failed = [complete for _, complete in results if complete is not True]
+    assert not failed, failed[:5]
     ids = [interception_id for interception_id, _ in results]
     assert len(set(ids)) == total
     records = wait_for_records(database, ids)
@@ -83,7 +84,7 @@ def test_sigterm_during_load_loses_no_answered_request(start_gateway, upstream, 
                 interception_id, complete = _request(session, gateway, token, n, **{"X-Fake-Delay-Ms": "15"})
             except (requests.ConnectionError, KeyError):
                 return  # the gateway is going away
-            if complete:
+            if complete is True:
                 answered.append(interception_id)
 
     threads = [threading.Thread(target=client) for _ in range(16)]
@@ -111,7 +112,7 @@ def test_locked_database_delays_no_request_and_loses_no_record(start_gateway, up
     try:
         session = requests.Session()
         results = [_request(session, gateway, identities.alice, n) for n in range(20)]
-        assert all(complete for _, complete in results)
+        assert all(complete is True for _, complete in results), results
         time.sleep(12)  # the writer gives up waiting (busy_timeout 10 s) and journals the records
         ids = [interception_id for interception_id, _ in results]
         with sqlite3.connect(database) as reader:  # WAL: reading works while the lock is held
