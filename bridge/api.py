@@ -1,9 +1,10 @@
-"""The operating API (SPEC §8): interception records for everyone (their own, or all for admins),
-user and token administration for admins.
+"""The operating API (SPEC §8): interception records, usage over time and top tools for everyone
+(their own, or all for admins), user and token administration for admins.
 
 Every route needs a gateway token (``Authorization: Bearer`` or ``Coder-Session-Token``). Errors are
-JSON ``{"message": ...}``; a bad interceptions query is a 400 with a ``detail`` that says how to fix
-it. SQL runs on native threads (a gevent ThreadPool with one store connection per thread), never on
+JSON ``{"message": ...}``; a bad interceptions, usage or tools query is a 400 with a ``detail`` that
+says how to fix it. Usage and tools are read from the hourly/daily rollups (store migration 0004),
+so they count whole hours: from the start of the hour ``since`` falls in to the end of ``until``'s. SQL runs on native threads (a gevent ThreadPool with one store connection per thread), never on
 the hub, so a slow query never freezes the streams of the worker.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import shlex
 import sqlite3
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Mapping, TypeVar
 
 import orjson
@@ -32,6 +33,17 @@ MAX_LIMIT = 1000
 MAX_OFFSET = 2**63 - 1  # sqlite's integers
 _TIME_EXAMPLE = "use RFC 3339 with a time zone, e.g. 2025-06-01T09:30:00Z or 2025-06-01T11:30:00+02:00"
 _QUERY_THREADS = 2
+#: ``app.extensions`` key of the API's store threads (a ``_Queries``), shared with /readyz.
+QUERIES_EXTENSION = "bridge.queries"
+#: GET /api/v2/aibridge/usage and /tools.
+USAGE_PARAMETERS = ("by", "bucket", "since", "until")
+TOOLS_PARAMETERS = ("since", "until", "limit")
+USAGE_BY = ("user", "model", "client", "provider")
+USAGE_BUCKETS = ("hour", "day")
+DEFAULT_SINCE = "30d"
+DEFAULT_TOOLS_LIMIT = 20
+MAX_TOOLS_LIMIT = 1000
+_SINCE_EXAMPLE = "use a duration back from now (e.g. 7d, 24h, 90m) or an RFC 3339 time, e.g. 2025-06-01T00:00:00Z"
 
 _T = TypeVar("_T")
 
@@ -166,6 +178,75 @@ def query_interceptions(store: Store, search: InterceptionFilter, limit: int, af
                          "after_id must be the id of an interception from a previous page") from None
 
 
+# -- usage over time and top tools (from the usage rollups) --------------------------------------
+
+
+def parse_choice(key: str, value: str | None, choices: tuple[str, ...], default: str) -> str:
+    if value is None:
+        return default
+    if value not in choices:
+        raise QueryError(f"invalid {key} {value!r}", f"use one of {', '.join(choices)}")
+    return value
+
+
+def parse_since(value: str | None, now: datetime) -> str:
+    """A duration back from ``now`` (``7d``; default 30d) or an RFC 3339 time -> a store timestamp."""
+    if value is None:
+        value = DEFAULT_SINCE
+    text = value.strip()
+    if text[:1].isdigit() and not (len(text) >= 19 and text[10:11] in ("T", "t", " ")):
+        try:
+            seconds = parse_duration(text)
+        except ValueError:
+            raise QueryError(f"invalid since {value!r}: not a duration or an RFC 3339 time", _SINCE_EXAMPLE) from None
+        if seconds <= 0:
+            raise QueryError(f"invalid since {value!r}: the duration must be positive", _SINCE_EXAMPLE)
+        try:
+            return format_timestamp(now - timedelta(seconds=seconds))
+        except OverflowError:
+            raise QueryError(f"invalid since {value!r}: too far back", _SINCE_EXAMPLE) from None
+    try:
+        return parse_time("since", text)
+    except QueryError as exc:
+        raise QueryError(exc.message, _SINCE_EXAMPLE) from None
+
+
+def parse_range(since: str | None, until: str | None, now: datetime | None = None) -> tuple[str, str]:
+    """``since`` (default 30d) and ``until`` (RFC 3339, default now) as store timestamps, since < until."""
+    now = now or datetime.now(timezone.utc)
+    end = parse_time("until", until) if until is not None else format_timestamp(now)
+    start = parse_since(since, now)
+    if end <= start:
+        raise QueryError("until must be later than since",
+                         f"since {since or DEFAULT_SINCE} and until {until or 'now'} leave no time between them")
+    return start, end
+
+
+def rfc3339(timestamp: str) -> str:
+    """A store timestamp (or rollup hour) in the API's form, to the second: ``2026-11-20T10:00:00Z``."""
+    return f"{timestamp[:19]}Z"
+
+
+def parse_tools_limit(text: str | None) -> int:
+    if text is None:
+        return DEFAULT_TOOLS_LIMIT
+    try:
+        limit = int(text.strip())
+    except ValueError:
+        raise QueryError(f"invalid limit {text!r}: not a number",
+                         f"use a whole number from 1 to {MAX_TOOLS_LIMIT}") from None
+    if not 1 <= limit <= MAX_TOOLS_LIMIT:
+        raise QueryError(f"invalid limit {limit}: out of range", f"use a whole number from 1 to {MAX_TOOLS_LIMIT}")
+    return limit
+
+
+def usage_over_time(store: Store, by: str, bucket: str, since: str, until: str,
+                    viewer_id: str | None) -> dict[str, Any]:
+    """The body of GET /api/v2/aibridge/usage (the range as the rollups count it: whole hours)."""
+    found = store.usage_series(by, bucket, since, until, viewer_id=viewer_id)
+    return {"by": by, "bucket": bucket, "since": rfc3339(since[:13] + ":00:00Z"), "until": rfc3339(until), **found}
+
+
 # -- the blueprint -------------------------------------------------------------------------------
 
 
@@ -179,14 +260,25 @@ class _Queries:
         self._stores: dict[int, Store] = {}
 
     def run(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        failed, value = self._get_pool().apply(self._call, (fn, args, kwargs))
+        if failed:
+            raise value
+        return value
+
+    def run_within(self, seconds: float, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """``run``, but the caller waits at most ``seconds`` (gevent.Timeout) for a free thread and
+        the call; a call already running finishes on its thread."""
+        failed, value = self._get_pool().spawn(self._call, fn, args, kwargs).get(timeout=seconds)
+        if failed:
+            raise value
+        return value
+
+    def _get_pool(self) -> Any:
         if self._pool is None:
             from gevent.threadpool import ThreadPool
 
             self._pool = ThreadPool(self._threads)  # real OS threads, even after monkey.patch_all()
-        failed, value = self._pool.apply(self._call, (fn, args, kwargs))
-        if failed:
-            raise value
-        return value
+        return self._pool
 
     def _call(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> tuple[bool, Any]:
         """Runs on a pool thread. Errors are returned, not raised: the pool would print them."""
@@ -213,6 +305,8 @@ def api_blueprint(gateway: Any) -> Blueprint:
     """The routes of SPEC §8 (records, users, tokens) for the app's Gateway."""
     bp = Blueprint("api", __name__)
     queries = _Queries(gateway.settings.database_path)
+    # /readyz (bridge.health) checks the store on these threads too: never on the hub.
+    bp.record_once(lambda state: state.app.extensions.setdefault(QUERIES_EXTENSION, queries))
 
     def run(fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         try:
@@ -259,6 +353,31 @@ def api_blueprint(gateway: Any) -> Blueprint:
     def list_clients() -> Response:
         who = caller()
         return _json(run(Store.interception_clients, None if who["is_admin"] else who["user_id"]))
+
+    @bp.get("/api/v2/aibridge/usage")
+    def usage() -> Response:
+        who = caller()
+        try:
+            args = _single_args(USAGE_PARAMETERS, filters_hint=False)
+            by = parse_choice("by", args.get("by"), USAGE_BY, "model")
+            bucket = parse_choice("bucket", args.get("bucket"), USAGE_BUCKETS, "day")
+            since, until = parse_range(args.get("since"), args.get("until"))
+        except QueryError as exc:
+            raise ApiError(400, exc.message, exc.detail) from None
+        viewer = None if who["is_admin"] else who["user_id"]
+        return _json(run(usage_over_time, by, bucket, since, until, viewer))
+
+    @bp.get("/api/v2/aibridge/tools")
+    def top_tools() -> Response:
+        who = caller()
+        try:
+            args = _single_args(TOOLS_PARAMETERS, filters_hint=False)
+            since, until = parse_range(args.get("since"), args.get("until"))
+            limit = parse_tools_limit(args.get("limit"))
+        except QueryError as exc:
+            raise ApiError(400, exc.message, exc.detail) from None
+        viewer = None if who["is_admin"] else who["user_id"]
+        return _json({"tools": run(Store.top_tools, since, until, limit, viewer_id=viewer)})
 
     @bp.get("/api/v2/users")
     def list_users() -> Response:
@@ -346,13 +465,13 @@ def _session_token(headers: Mapping[str, str]) -> str | None:
     return None
 
 
-def _single_args(known: tuple[str, ...]) -> dict[str, str]:
-    """The query string, each parameter at most once and known (filters go in ``q``)."""
+def _single_args(known: tuple[str, ...], filters_hint: bool = True) -> dict[str, str]:
+    """The query string, each parameter at most once and known (interception filters go in ``q``)."""
     args: dict[str, str] = {}
     for key in request.args:
         values = request.args.getlist(key)
         if key not in known:
-            hint = f"; filters go in q, e.g. q={key}:value" if key in SEARCH_KEYS else ""
+            hint = f"; filters go in q, e.g. q={key}:value" if filters_hint and key in SEARCH_KEYS else ""
             raise QueryError(f"unknown query parameter {key!r}", f"accepted: {', '.join(known)}{hint}")
         if len(values) > 1:
             raise QueryError(f"query parameter {key!r} given more than once", "give it once")
@@ -362,7 +481,11 @@ def _single_args(known: tuple[str, ...]) -> dict[str, str]:
 
 def _json_body(fields: dict[str, type], required: tuple[str, ...] = ()) -> dict[str, Any]:
     """The request's JSON object, each field of its type (null means absent) and none unknown."""
-    body = request.get_json(force=True, silent=True) if request.get_data(cache=True).strip() else {}
+    raw = request.get_data(cache=True)
+    try:  # orjson: a depth limit instead of the json module's RecursionError on deeply nested bodies
+        body = orjson.loads(raw) if raw.strip() else {}
+    except orjson.JSONDecodeError:
+        body = None
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
     for key, value in body.items():

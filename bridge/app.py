@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import atexit
 
-from flask import Flask, Response
+from flask import Flask, Response, request
 from loguru import logger
 from werkzeug.exceptions import HTTPException
 
 from bridge import errors
 from bridge.api import api_blueprint
 from bridge.config import Settings, load_settings
+from bridge.dashboard import dashboard_blueprint
 from bridge.errors import GatewayError
 from bridge.gateway import Gateway
 from bridge.health import health_blueprint
@@ -33,11 +34,18 @@ def create_app(settings: Settings | None = None) -> Flask:
     store.close()
 
     app = Flask("bridge", static_folder=None)
+    app.url_map.merge_slashes = False  # "a//b" is a 404 like any unknown route, not a redirect to "a/b"
     gateway = Gateway(settings)
     app.extensions["bridge"] = gateway
     atexit.register(gateway.close)  # servers without gunicorn's worker_exit hook flush records too
+    # Records a stopped worker could only journal are written now, not when this one first records.
+    try:
+        gateway.recorder.recover()
+    except Exception as error:  # the store is busy or down: the writer retries once it records
+        logger.warning("could not replay journaled records at start: {}", type(error).__name__)
     app.register_blueprint(health_blueprint)
     app.register_blueprint(api_blueprint(gateway))
+    app.register_blueprint(dashboard_blueprint())
     if settings.enabled:
         for provider in gateway.providers.values():
             app.register_blueprint(provider_blueprint(provider, gateway))
@@ -53,14 +61,22 @@ def create_app(settings: Settings | None = None) -> Flask:
     for rule in (f"{AIBRIDGE_PREFIX}/<name>", f"{AIBRIDGE_PREFIX}/<name>/", f"{AIBRIDGE_PREFIX}/<name>/<path:rest>"):
         app.add_url_rule(rule, endpoint=f"{view.__name__}:{rule}", view_func=view, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
 
+    def shape_of_request() -> str:
+        """The shape of the provider the path names, for errors no provider view answered (e.g. a
+        405, or a path no route matches such as ``<provider>//x``); else the generic one."""
+        path = request.path
+        name = path[len(AIBRIDGE_PREFIX) + 1:].partition("/")[0] if path.startswith(f"{AIBRIDGE_PREFIX}/") else ""
+        provider = gateway.providers.get(name) if settings.enabled else None
+        return provider.shape if provider is not None else errors.ANTHROPIC
+
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:
-        return _generic_error(error.code or 500, error.description or error.name)
+        return error_response(shape_of_request(), GatewayError(error.code or 500, error.description or error.name))
 
     @app.errorhandler(Exception)
     def unexpected_error(error: Exception) -> Response:
         logger.opt(exception=error).error("unhandled error")
-        return _generic_error(500, "internal gateway error")
+        return error_response(shape_of_request(), GatewayError(500, "internal gateway error"))
 
     return app
 

@@ -230,9 +230,13 @@ def _add_record_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", metavar="N", help="page size, 1-1000 (default 100)")
     p.set_defaults(handler=_interceptions_list)
 
-    p = commands.add_parser("usage", parents=[common], help="interceptions and tokens per user, model or client")
+    p = commands.add_parser("usage", parents=[common], help="interceptions and tokens per user, model or client",
+                            description="Interceptions and tokens per user, model, client or provider, read from the"
+                                        " usage rollups (fast at any size).")
     p.add_argument("--by", required=True, choices=("user", "model", "client", "provider"), help="how to group")
-    p.add_argument("--since", metavar="DURATION", help="only interceptions started in the last DURATION, e.g. 7d")
+    p.add_argument("--since", metavar="DURATION",
+                   help="only interceptions started in the last DURATION, e.g. 7d; counted in whole hours, from the"
+                        " start of the hour DURATION ago")
     p.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
     p.set_defaults(handler=_usage)
 

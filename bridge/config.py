@@ -236,7 +236,7 @@ def _database_path(raw: str) -> str:
 
 _PROVIDER_NAME = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
 # Gateway routes that live next to the provider instances under /api/v2/aibridge/ (SPEC §8).
-_RESERVED_NAMES = ("interceptions", "clients")
+_RESERVED_NAMES = ("interceptions", "clients", "usage", "tools")  # the gateway's own routes under /api/v2/aibridge/
 
 
 def _provider_type(raw: str) -> str:

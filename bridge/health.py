@@ -1,20 +1,70 @@
-"""Liveness of the process (``/healthz``) and the metrics scrape (``/metrics``)."""
+"""Liveness (``/healthz``), readiness (``/readyz``) and the metrics scrape (``/metrics``)."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response
+import sqlite3
+
+from flask import Blueprint, Response, current_app
+from loguru import logger
 
 from bridge.metrics import exposition
+from bridge.store import Store
 
 health_blueprint = Blueprint("health", __name__)
+
+#: How long /readyz waits for the write lock (busy timeout), and for the whole check.
+READY_LOCK_WAIT = 1.0
+READY_TIMEOUT = 3.0
 
 
 @health_blueprint.get("/healthz")
 def healthz() -> tuple[dict, int]:
+    """The process answers: nothing else is checked."""
     return {"status": "ok"}, 200
+
+
+@health_blueprint.get("/readyz")
+def readyz() -> tuple[dict, int]:
+    """Ready to serve: the configuration is loaded and the store is writable.
+
+    The store check takes the write lock and releases it at once (``BEGIN IMMEDIATE; ROLLBACK``),
+    waiting at most READY_LOCK_WAIT for another writer, on the API's native store threads (never
+    on the hub). The detail names the problem without paths or settings values.
+    """
+    gateway = current_app.extensions.get("bridge")
+    if gateway is None or getattr(gateway, "settings", None) is None:
+        return _unavailable("the configuration is not loaded")
+    from bridge.api import QUERIES_EXTENSION
+
+    queries = current_app.extensions.get(QUERIES_EXTENSION)
+    if queries is None:
+        return _unavailable("the record store is not set up")
+    import gevent
+
+    try:
+        queries.run_within(READY_TIMEOUT, Store.check_writable, READY_LOCK_WAIT)
+    except gevent.Timeout:
+        return _unavailable(f"the record store did not answer within {READY_TIMEOUT:g}s")
+    except sqlite3.Error as exc:
+        # sqlite's messages ("database is locked", "disk I/O error", ...) carry no path.
+        return _unavailable(f"the record store is not writable: {_sqlite_reason(exc)}")
+    except Exception as exc:  # e.g. the file cannot be opened: its message may name the path
+        logger.bind(record_type="server").warning("readiness check failed: {}", type(exc).__name__)
+        return _unavailable("the record store cannot be opened")
+    return {"status": "ready"}, 200
 
 
 @health_blueprint.get("/metrics")
 def metrics() -> Response:
     body, content_type = exposition()
     return Response(body, content_type=content_type)
+
+
+def _unavailable(detail: str) -> tuple[dict, int]:
+    return {"status": "unavailable", "detail": detail}, 503
+
+
+def _sqlite_reason(exc: sqlite3.Error) -> str:
+    name = getattr(exc, "sqlite_errorname", None)
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"{text} ({name})" if name else text

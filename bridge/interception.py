@@ -6,6 +6,8 @@ import time
 from datetime import datetime, timezone
 from typing import Mapping
 
+from loguru import logger
+
 from bridge import auditlog, metrics
 from bridge.auth import Caller
 from bridge.clients import identify_client
@@ -34,8 +36,10 @@ class Interception:
         self._ended = False
         self.status: int | None = None
         self.error: str | None = None
+        self.attempts = 0  # upstream calls made (retries included; 0: refused before reaching it)
+        self.unreadable = 0  # upstream events (or a body) the interceptor could not read for the record
         client = identify_client(headers)
-        self._labels = (provider.name, interceptor.model, client.name)
+        self._labels = (provider.name, interceptor.model[:200], client.name)  # a client-chosen label: bounded
         credential = _client_credential(headers) if caller.byok else provider.settings.key
         self.row = INTERCEPTION_ROW.dump({
             "id": self.id,
@@ -67,8 +71,36 @@ class Interception:
             return
         self._ended = True
         interceptor = self.interceptor
-        interceptor.finish()
         now = datetime.now(timezone.utc)
+        try:
+            usage, prompt, token_usages, user_prompts, tool_usages, model_thoughts = self._children(now)
+        except Exception as exc:  # a response the interceptor cannot read: the interception is still ended
+            logger.bind(interception_id=self.id).warning("the response could not be read for the record ({})",
+                                                         type(exc).__name__)
+            self.unreadable += 1
+            usage, prompt, token_usages, user_prompts, tool_usages, model_thoughts = None, None, [], [], [], []
+        metadata = {"streaming": interceptor.streaming, "status": self.status, "stop_reason": interceptor.stop_reason,
+                    "attempts": self.attempts}
+        if self.error:
+            metadata["error"] = self.error
+        if self.unreadable:
+            metadata["unreadable_events"] = self.unreadable
+        ended_at = format_timestamp(now)
+        self._recorder.record(InterceptionEnd(self.id, ended_at, metadata, token_usages, user_prompts,
+                                              tool_usages, model_thoughts))
+        self._count(usage, prompt is not None)
+        if self._log:
+            for kind, rows in (("token_usage", token_usages), ("prompt_usage", user_prompts),
+                               ("tool_usage", tool_usages), ("model_thought", model_thoughts)):
+                for row in rows:
+                    auditlog.log_record(kind, row)
+            auditlog.log_record("interception_end", {"interception_id": self.id, "ended_at": ended_at,
+                                                     "metadata": metadata})
+
+    def _children(self, now: datetime) -> tuple:
+        """The usage, the prompt and the child rows of everything the interceptor saw."""
+        interceptor = self.interceptor
+        interceptor.finish()
         response_id = interceptor.response_id
         base = {"interception_id": self.id, "created_at": now}
         usage = interceptor.usage()
@@ -87,20 +119,7 @@ class Interception:
         model_thoughts = MODEL_THOUGHT_ROWS.dump([{
             **base, "id": new_id(), "content": thought.content, "metadata": {"source": thought.source},
         } for thought in interceptor.thoughts])
-        metadata = {"streaming": interceptor.streaming, "status": self.status, "stop_reason": interceptor.stop_reason}
-        if self.error:
-            metadata["error"] = self.error
-        ended_at = format_timestamp(now)
-        self._recorder.record(InterceptionEnd(self.id, ended_at, metadata, token_usages, user_prompts,
-                                              tool_usages, model_thoughts))
-        self._count(usage, prompt is not None)
-        if self._log:
-            for kind, rows in (("token_usage", token_usages), ("prompt_usage", user_prompts),
-                               ("tool_usage", tool_usages), ("model_thought", model_thoughts)):
-                for row in rows:
-                    auditlog.log_record(kind, row)
-            auditlog.log_record("interception_end", {"interception_id": self.id, "ended_at": ended_at,
-                                                     "metadata": metadata})
+        return usage, prompt, token_usages, user_prompts, tool_usages, model_thoughts
 
     def _count(self, usage, prompted: bool) -> None:
         labels = self._labels

@@ -23,6 +23,17 @@ TOKENS = Counter("tokens", "Tokens used, by kind (input, output, cache_read, cac
 TOOL_SELECTIONS = Counter("non_injected_tool_selections", "Tool calls made by the model (tools the client defined)",
                           (*LABELS, "tool"))
 
+BREAKER_LABELS = ("provider", "endpoint", "model")
+# Per worker process; across workers the scrape shows the worst state of a live worker.
+BREAKER_STATE = Gauge("circuit_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open", BREAKER_LABELS,
+                      multiprocess_mode="livemax")
+BREAKER_TRIPS = Counter("circuit_breaker_trips", "Times a circuit breaker opened", BREAKER_LABELS)
+BREAKER_REJECTS = Counter("circuit_breaker_rejects", "Requests refused by an open circuit breaker", BREAKER_LABELS)
+UPSTREAM_RETRIES = Counter("upstream_retries", "Upstream calls retried before the first byte, by the status "
+                           "that caused it (502/504: no answer)", ("provider", "status"))
+LIMIT_REJECTS = Counter("limit_rejects", "Intercepted requests refused by MAX_CONCURRENCY or RATE_LIMIT",
+                        ("provider", "limit"))
+
 
 def exposition() -> tuple[bytes, str]:
     """The scrape body and its content type."""

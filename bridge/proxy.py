@@ -10,14 +10,17 @@ from __future__ import annotations
 import uuid
 
 import orjson
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, g, request
+from loguru import logger
 
 from bridge import metrics
+from bridge.dump import Dumper
 from bridge.errors import GatewayError, error_body
 from bridge.gateway import Gateway
 from bridge.providers.base import InterceptorFactory, Provider
 from bridge.interception import Interception
 from bridge.relay import STREAM_HEADERS, StreamRelay, is_event_stream, read_whole, response_headers, upstream_headers
+from bridge.reliability import send_with_retries
 
 ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 INTERCEPTION_HEADER = "X-AIBridge-Interception-Id"
@@ -38,7 +41,7 @@ def provider_blueprint(provider: Provider, gateway: Gateway) -> Blueprint:
 
     for path, factory in provider.intercepted.items():
         blueprint.add_url_rule(f"/{path}", endpoint=f"intercept:{path}", methods=["POST"],
-                               view_func=_intercept_view(provider, path, factory, gateway))
+                               view_func=_holding_slot(_intercept_view(provider, path, factory, gateway)))
 
     def other_route(rest: str = "") -> Response:
         if _is_safe_path(rest) and provider.is_passthrough(rest):
@@ -51,44 +54,86 @@ def provider_blueprint(provider: Provider, gateway: Gateway) -> Blueprint:
 
 
 def _intercept_view(provider: Provider, path: str, factory: InterceptorFactory, gateway: Gateway):
+    dumper = Dumper.for_provider(provider.settings, gateway.settings)  # None unless DUMP_DIR is set
+
     def intercept() -> Response:
         shape = provider.shape
         try:
             caller = _authenticate(provider, gateway)
+            g.bridge_slot = gateway.limits.acquire(provider.name)  # before the body is read: 429 is cheap
             raw = read_body(gateway.settings.max_body_size)
             interceptor = factory(provider, parse_json_object(raw), raw)
+            credentials = _credentials(provider, caller.byok)  # refused before any record is made
         except GatewayError as error:
             return error_response(shape, error)
         interception = Interception(provider, interceptor, caller, request.headers, gateway.recorder,
                                     gateway.settings.structured_logging)
         interception.begin()
         id_header = (INTERCEPTION_HEADER, interception.id)
+        dump = None
         try:
-            headers = upstream_headers(request.headers.items(), _credentials(provider, caller.byok))
-            upstream = gateway.upstream.send("POST", provider.upstream_url(path, request.query_string),
-                                             headers, interceptor.upstream_body(), provider.name)
+            headers = upstream_headers(request.headers.items(), credentials)
+            url, payload = provider.upstream_url(path, request.query_string), interceptor.upstream_body()
+            if dumper is not None:
+                dump = dumper.begin(interception.id, "POST", url, headers, payload, request.headers.items())
+            upstream = send_with_retries(
+                lambda: gateway.upstream.send("POST", url, headers, payload, provider.name), provider=provider.name,
+                breaker=gateway.breakers.get(provider.name, path, interceptor.model),
+                max_retries=provider.settings.max_retries, tally=interception,
+                log=logger.bind(provider=provider.name, endpoint=path, model=interceptor.model,
+                                interception_id=interception.id))
             interception.status = upstream.status_code
             out_headers = response_headers(upstream)
             out_headers.append(id_header)
             if interceptor.streaming and upstream.status_code < 400 and is_event_stream(upstream):
                 out_headers.extend(STREAM_HEADERS)
-                return RelayResponse(StreamRelay(upstream, interception, shape, provider.name),
+                relay = StreamRelay(upstream, interception, shape, provider.name)
+                return RelayResponse(relay if dump is None else dump.stream(relay, upstream.status_code, out_headers),
                                      status=upstream.status_code, headers=out_headers)
             body = read_whole(upstream, provider.name)
         except GatewayError as error:
             interception.status, interception.error = error.status, error.message
             interception.end()
-            return error_response(shape, error, dict([id_header]))
+            response = error_response(shape, error, dict([id_header]))
+            if dump is not None:
+                dump.whole(response.status_code, response.headers.items(), response.get_data())
+            return response
         except Exception:
             interception.error = "internal gateway error"
             interception.end()
             raise
-        interceptor.observe_response(upstream.status_code, body)
+        try:
+            interceptor.observe_response(upstream.status_code, body)
+        except Exception as exc:  # a body the interceptor cannot read is still relayed (and the record says so)
+            interception.unreadable += 1
+            logger.bind(provider=provider.name, interception_id=interception.id).warning(
+                "the upstream's answer could not be read for the record ({}); relayed unchanged", type(exc).__name__)
         interception.end()
+        if dump is not None:
+            dump.whole(upstream.status_code, out_headers, body)
         return RelayResponse(body, status=upstream.status_code, headers=out_headers)
 
     intercept.__name__ = f"intercept_{provider.name}_{path}"
     return intercept
+
+
+def _holding_slot(view):
+    """Give back the view's place in MAX_CONCURRENCY (``g.bridge_slot``) when its response is closed:
+    after the last byte of a stream, or when the client went away."""
+    def holding() -> Response:
+        g.bridge_slot = None
+        try:
+            response = view()
+        except BaseException:
+            if g.bridge_slot is not None:
+                g.bridge_slot.release()
+            raise
+        if g.bridge_slot is not None:
+            response.call_on_close(g.bridge_slot.release)
+        return response
+
+    holding.__name__ = view.__name__
+    return holding
 
 
 def _passthrough(provider: Provider, path: str, gateway: Gateway) -> Response:

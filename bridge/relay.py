@@ -6,11 +6,13 @@ from http.cookiejar import DefaultCookiePolicy
 from typing import TYPE_CHECKING, Iterable, Iterator, Mapping
 
 import requests
+from loguru import logger
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
 from bridge.errors import GatewayError
 from bridge.intercept.sse import SSESplitter
+from bridge.reliability import UpstreamFailure
 
 if TYPE_CHECKING:
     from bridge.interception import Interception
@@ -41,7 +43,9 @@ def upstream_headers(incoming: Iterable[tuple[str, str]], credentials: Mapping[s
             dropped.update(token.strip().lower() for token in value.split(","))
     if credentials is not None:
         dropped |= _CLIENT_CREDENTIALS
-    headers = {name: value for name, value in items
+    # Non-ASCII values go as the bytes received: requests refuses a str one that starts with a
+    # character Python deems whitespace (e.g. \x85), which would fail the call with a 502.
+    headers = {name: value if value.isascii() else value.encode("latin-1") for name, value in items
                if name.lower() not in dropped and not name.lower().startswith("coder-")}
     if credentials:
         headers.update(credentials)
@@ -85,10 +89,18 @@ class Upstream:
             # settings and hooks that a gateway never uses, on every call.
             prepared = requests.Request(method, url, headers=headers, data=body).prepare()
             return self.session.send(prepared, stream=True, timeout=self._timeout, allow_redirects=False, proxies={})
-        except requests.Timeout:
-            raise GatewayError(504, f"upstream of provider {provider_name!r} did not answer in time") from None
-        except requests.RequestException as exc:
-            raise GatewayError(502, f"upstream of provider {provider_name!r} is unreachable ({_reason(exc)})") from None
+        except requests.ConnectTimeout:
+            raise UpstreamFailure(504, f"upstream of provider {provider_name!r} did not answer in time (connect)",
+                                  retryable=True, breaker_failure=True) from None
+        except requests.Timeout:  # it has the request, but no answer came within the read timeout
+            raise UpstreamFailure(504, f"upstream of provider {provider_name!r} did not answer in time",
+                                  retryable=False, breaker_failure=True) from None
+        except requests.ConnectionError as exc:  # refused, reset or closed before an answer
+            raise UpstreamFailure(502, f"upstream of provider {provider_name!r} is unreachable ({_reason(exc)})",
+                                  retryable=True, breaker_failure=True) from None
+        except requests.RequestException as exc:  # a request that cannot be sent (says nothing about the upstream)
+            raise UpstreamFailure(502, f"the request to the upstream of provider {provider_name!r} could not be sent "
+                                       f"({_reason(exc)})", retryable=False, breaker_failure=False) from None
 
 
 def read_whole(upstream: requests.Response, provider_name: str) -> bytes:
@@ -143,12 +155,12 @@ class StreamRelay:
                     break
                 events = splitter.feed(chunk)
                 if rewrite:
-                    out = b"".join([interceptor.relay_event(event) for event in events])
+                    out = b"".join([self._rewrite(event) for event in events])
                     if out:
                         yield out
                 else:
                     for event in events:
-                        interceptor.observe_event(event)
+                        self._observe(event)
                     yield chunk
             if rewrite:
                 rest = splitter.remainder()
@@ -159,6 +171,27 @@ class StreamRelay:
             raise
         finally:
             self._finish()
+
+    # The interceptor only reads along: an event it cannot make sense of (wrong types, a provider's
+    # new format) is relayed as it came and left out of the record, never a broken stream.
+    def _rewrite(self, event) -> bytes:
+        try:
+            return self._interception.interceptor.relay_event(event)
+        except Exception as exc:
+            self._unreadable(exc)
+            return event.raw
+
+    def _observe(self, event) -> None:
+        try:
+            self._interception.interceptor.observe_event(event)
+        except Exception as exc:
+            self._unreadable(exc)
+
+    def _unreadable(self, exc: Exception) -> None:
+        if not self._interception.unreadable:
+            logger.bind(provider=self._provider_name, interception_id=self._interception.id).warning(
+                "an upstream event could not be read for the record ({}); relayed unchanged", type(exc).__name__)
+        self._interception.unreadable += 1
 
     def _fail(self, status: int, message: str) -> bytes:
         self._interception.error = message

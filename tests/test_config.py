@@ -511,8 +511,9 @@ def test_bad_name(name):
     assert f"got {name!r}" in message
 
 
-def test_reserved_name():
-    assert "reserved" in config_error({P0 + "TYPE": "openai", P0 + "NAME": "interceptions"})
+@pytest.mark.parametrize("name", ["interceptions", "clients", "usage", "tools"])
+def test_reserved_name(name):
+    assert "reserved" in config_error({P0 + "TYPE": "openai", P0 + "NAME": name})
 
 
 def test_duplicate_explicit_name():

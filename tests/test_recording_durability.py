@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 import threading
@@ -102,7 +103,11 @@ def test_sigterm_during_load_loses_no_answered_request(start_gateway, upstream, 
     # A restarted gateway replays whatever a worker could only journal; then everything is there.
     start_gateway(env, workers=1)
     records = wait_for_records(database, answered)
-    assert sorted(records) == sorted(answered)
+    missing = sorted(set(answered) - set(records))
+    with sqlite3.connect(database) as reader:  # what became of them: never started, or never ended?
+        found = {row[0]: row[1] for row in reader.execute(
+            f"SELECT id, ended_at FROM aibridge_interceptions WHERE id IN ({','.join('?' * len(missing))})", missing)}
+    assert not missing, {interception_id: found.get(interception_id, "absent") for interception_id in missing[:10]}
 
 
 def test_locked_database_delays_no_request_and_loses_no_record(start_gateway, upstream, identities, database):
@@ -180,3 +185,25 @@ def test_structured_log_holds_no_secret(logged, identities):
     _, _, text = logged
     for secret in (ANTHROPIC_KEY, OPENAI_KEY, identities.alice):
         assert secret not in text
+
+
+def test_records_a_killed_worker_journaled_are_written_by_the_next_gateway_at_start(start_gateway, upstream, identities,
+                                                                                 database):
+    env = provider_env(upstream)
+    gateway = start_gateway(env, workers=1)
+    locker = sqlite3.connect(database, timeout=30, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        session = requests.Session()
+        ids = [_request(session, gateway, identities.alice, n)[0] for n in range(5)]
+        time.sleep(12)  # the writer gives up waiting (busy_timeout 10 s) and journals the records
+        workers = [int(pid) for pid in open(f"/proc/{gateway.process.pid}/task/{gateway.process.pid}/children").read().split()]
+        for pid in [gateway.process.pid, *workers]:  # no graceful stop: the journal is all there is
+            os.kill(pid, signal.SIGKILL)
+        gateway.process.wait(timeout=10)
+    finally:
+        locker.execute("COMMIT")
+        locker.close()
+    start_gateway(env, workers=1)  # serves no request: the replay must not wait for one
+    records = wait_for_records(database, ids)
+    assert sorted(records) == sorted(ids)

@@ -178,3 +178,16 @@ def test_read_helpers(store: Store) -> None:
     row = store.get_interception(batch.interceptions[0]["id"])
     assert row["client"] == "Claude Code"
     assert {name: len(row[name]) for name in CHILD_TABLES} == {name: 1 for name in CHILD_TABLES}
+
+
+def test_rollup_ranges_are_primary_key_searches(store: Store) -> None:
+    """The usage rollups are WITHOUT ROWID tables keyed (period, dimensions...): a time range is one
+    range of the primary key b-tree, whatever else the query asks."""
+    store.write_records(combined(*(interception(NOW - timedelta(hours=n)) for n in range(30))))
+    for period, table in (("hour", "aibridge_usage_hourly"), ("day", "aibridge_usage_daily"),
+                          ("hour", "aibridge_tool_usage_hourly"), ("day", "aibridge_tool_usage_daily")):
+        assert store.db[table].pks[0] == period
+        for extra in ("", " AND initiator_id = ?"):
+            plan = _plan(store, f"SELECT initiator_id, sum(1) FROM {table} WHERE {period} >= ? AND {period} < ?{extra}"
+                                " GROUP BY 1", ["a", "b", "u"][: 3 if extra else 2])
+            assert f"SEARCH {table} USING PRIMARY KEY ({period}>? AND {period}<?)" in plan, plan

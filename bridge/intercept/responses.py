@@ -151,4 +151,4 @@ class ResponsesInterceptor(Interceptor):
 
     def correlating_tool_call_id(self) -> str | None:
         last = self.last_message()
-        return last.get("call_id") if last and last.get("type") in _TOOL_OUTPUTS else None
+        return last.get("call_id") if last and isinstance(last.get("type"), str) and last["type"] in _TOOL_OUTPUTS else None

@@ -1,0 +1,93 @@
+// The JSON API with the gateway token the admin pasted (kept in sessionStorage for this tab only).
+
+const TOKEN_KEY = "bridge.dashboard.token";
+
+export const INTERCEPTIONS = "/api/v2/aibridge/interceptions";
+export const CLIENTS = "/api/v2/aibridge/clients";
+export const USAGE = "/api/v2/aibridge/usage";
+export const TOOLS = "/api/v2/aibridge/tools";
+export const USERS = "/api/v2/users";
+
+export class ApiError extends Error {
+  constructor(status, message, detail = null) {
+    super(message);
+    this.name = "ApiError";
+    this.status = status;
+    this.detail = detail;
+  }
+}
+
+export function getToken() {
+  return sessionStorage.getItem(TOKEN_KEY);
+}
+
+export function setToken(token) {
+  sessionStorage.setItem(TOKEN_KEY, token);
+}
+
+export function clearToken() {
+  sessionStorage.removeItem(TOKEN_KEY);
+}
+
+/** What a refusal means for the person at the keyboard. */
+export function explain(error) {
+  if (!(error instanceof ApiError)) return error?.message || String(error);
+  if (error.status === 401) return "The token was not accepted: it is unknown, expired or revoked.";
+  if (error.status === 403) return "This token does not belong to an administrator. The dashboard is for administrators only.";
+  return error.detail ? `${error.message} (${error.detail})` : error.message;
+}
+
+/**
+ * GET a JSON API path with query parameters (empty values left out). Throws ApiError with the API's
+ * message on a non-2xx answer; a 401 with the stored token also signs the tab out (the app listens).
+ */
+export async function apiGet(path, params = {}, { signal, token } = {}) {
+  const useToken = token ?? getToken();
+  const url = new URL(path, window.location.origin);
+  for (const [key, value] of Object.entries(params)) {
+    if (value !== null && value !== undefined && value !== "") url.searchParams.set(key, String(value));
+  }
+  let response;
+  try {
+    response = await fetch(url, {
+      headers: { Authorization: `Bearer ${useToken}`, Accept: "application/json" },
+      cache: "no-store",
+      credentials: "omit",
+      signal,
+    });
+  } catch (error) {
+    if (error?.name === "AbortError") throw error;
+    throw new ApiError(0, `The gateway could not be reached (${error?.message || error}).`);
+  }
+  let body = null;
+  try {
+    body = await response.json();
+  } catch (error) {
+    if (error?.name === "AbortError" || signal?.aborted) throw new DOMException("The view was left", "AbortError");
+    body = null;
+  }
+  if (response.ok && (body === null || typeof body !== "object")) {
+    throw new ApiError(response.status, `The gateway answered ${path} with something that is not a JSON object.`);
+  }
+  if (!response.ok) {
+    const message = body?.message || body?.error?.message || `${response.status} ${response.statusText}`;
+    const error = new ApiError(response.status, message, body?.detail ?? null);
+    if (response.status === 401 && token === undefined) {
+      window.dispatchEvent(new CustomEvent("bridge:unauthorized", { detail: explain(error) }));
+    }
+    throw error;
+  }
+  return body;
+}
+
+/** Quote a q filter value the way the API's shlex parser reads it back. */
+export function qValue(value) {
+  return `"${String(value).replace(/\\/g, "\\\\").replace(/"/g, '\\"')}"`;
+}
+
+export function buildQ(filters) {
+  return Object.entries(filters)
+    .filter(([, value]) => value !== null && value !== undefined && value !== "")
+    .map(([key, value]) => `${key}:${qValue(value)}`)
+    .join(" ");
+}

@@ -1,0 +1,208 @@
+// Overview: usage over time from the rollup-backed usage endpoint, totals, top tools.
+
+import { ApiError, TOOLS, USAGE, apiGet, explain } from "../api.js";
+import { OTHER_COLOR, PALETTE, bucketAxis, floorBucket, stackedBars } from "../charts.js";
+import { fmtInt, h, notice, replace, spinner } from "../dom.js";
+
+const HOUR = 3600 * 1000;
+const DAY = 24 * HOUR;
+
+export const RANGES = {
+  "24h": { label: "24 hours", ms: DAY, bucket: "hour" },
+  "7d": { label: "7 days", ms: 7 * DAY, bucket: "hour" },
+  "30d": { label: "30 days", ms: 30 * DAY, bucket: "day" },
+  "90d": { label: "90 days", ms: 90 * DAY, bucket: "day" },
+};
+export const GROUPS = { user: "User", model: "Model", client: "Client", provider: "Provider" };
+export const FIGURES = [
+  ["input_tokens", "Input"],
+  ["output_tokens", "Output"],
+  ["cache_read_input_tokens", "Cache read"],
+  ["cache_write_input_tokens", "Cache write"],
+];
+const KINDS = { all: "All kinds", ...Object.fromEntries(FIGURES.map(([key, label]) => [key, label])) };
+const KIND_COLORS = ["#3b5bdb", "#f08c00", "#2f9e44", "#ae3ec9"];
+const MAX_SERIES = 8;
+
+function link(params, changes) {
+  const next = new URLSearchParams(params);
+  for (const [key, value] of Object.entries(changes)) next.set(key, value);
+  return `#/overview?${next.toString()}`;
+}
+
+function segmented(label, name, options, current, params) {
+  return h("div", { class: "segmented", role: "group", "aria-label": label, dataset: { control: name } },
+    h("span", { class: "segmented-label" }, label),
+    Object.entries(options).map(([value, text]) => h("a", {
+      href: link(params, { [name]: value }), class: value === current ? "active" : "",
+      "aria-current": value === current ? "true" : null, dataset: { value },
+    }, text)));
+}
+
+function tokenSum(point, kind) {
+  if (kind !== "all") return Number(point[kind]) || 0;
+  return FIGURES.reduce((sum, [key]) => sum + (Number(point[key]) || 0), 0);
+}
+
+/** API series -> aligned arrays per series (missing buckets are zero), biggest first, the tail as "Other". */
+function alignSeries(usage, axis, bucket) {
+  const index = new Map(axis.map((t, i) => [t, i]));
+  const aligned = (usage.series || []).map((one) => {
+    const rows = axis.map(() => ({ interceptions: 0, input_tokens: 0, output_tokens: 0, cache_read_input_tokens: 0,
+      cache_write_input_tokens: 0 }));
+    for (const point of one.points || []) {
+      const at = Date.parse(point.t);
+      if (Number.isNaN(at)) continue;
+      const i = index.get(floorBucket(at, bucket));
+      if (i === undefined) continue;
+      for (const key of Object.keys(rows[i])) rows[i][key] += Number(point[key]) || 0;
+    }
+    const total = rows.reduce((acc, row) => {
+      for (const key of Object.keys(acc)) acc[key] += row[key];
+      return acc;
+    }, { interceptions: 0, input_tokens: 0, output_tokens: 0, cache_read_input_tokens: 0, cache_write_input_tokens: 0 });
+    const label = one.label ?? one.key ?? "(none)";
+    return { key: one.key, label: label === null || label === "" ? "(none)" : String(label), rows, total };
+  });
+  aligned.sort((a, b) => b.total.interceptions - a.total.interceptions || tokenSum(b.total, "all") - tokenSum(a.total, "all")
+    || a.label.localeCompare(b.label));
+  const ownColors = aligned.length > MAX_SERIES ? MAX_SERIES - 1 : aligned.length; // the rest is "Other"
+  aligned.forEach((one, i) => { one.color = i < ownColors ? PALETTE[i % PALETTE.length] : OTHER_COLOR; });
+  let shown = aligned;
+  if (aligned.length > MAX_SERIES) {
+    const rest = aligned.slice(MAX_SERIES - 1);
+    const rows = axis.map((_, i) => {
+      const row = {};
+      for (const key of Object.keys(rest[0].rows[i])) row[key] = rest.reduce((sum, one) => sum + one.rows[i][key], 0);
+      return row;
+    });
+    shown = [...aligned.slice(0, MAX_SERIES - 1), { key: null, label: `Other (${rest.length})`, rows, color: OTHER_COLOR }];
+  }
+  return { all: aligned, shown };
+}
+
+function totalsCards(totals) {
+  const cards = [["interceptions", "Requests"], ...FIGURES.map(([key, label]) => [key, `${label} tokens`])];
+  return h("section", { class: "cards", "aria-label": "Totals" }, cards.map(([key, label]) =>
+    h("div", { class: "card stat", dataset: { total: key, value: String(Number(totals?.[key]) || 0) } },
+      h("div", { class: "stat-label" }, label),
+      h("div", { class: "stat-value" }, fmtInt(totals?.[key])))));
+}
+
+function chartCard(title, subtitle, chart, extra = null) {
+  return h("section", { class: "card chart-card" },
+    h("header", { class: "card-header" }, h("div", {}, h("h2", {}, title), subtitle ? h("p", { class: "muted" }, subtitle) : null), extra),
+    chart);
+}
+
+function groupTable(groups, groupLabel) {
+  const rows = groups.slice(0, 25);
+  return h("section", { class: "card" },
+    h("header", { class: "card-header" }, h("h2", {}, `By ${groupLabel.toLowerCase()}`),
+      groups.length > rows.length ? h("span", { class: "muted" }, `top ${rows.length} of ${fmtInt(groups.length)}`) : null),
+    rows.length === 0 ? notice("empty", "No usage in this range.") :
+      h("div", { class: "table-wrap" }, h("table", { class: "data-table", dataset: { table: "groups" } },
+        h("thead", {}, h("tr", {}, h("th", {}, groupLabel), h("th", { class: "num" }, "Requests"),
+          FIGURES.map(([, label]) => h("th", { class: "num" }, label)))),
+        h("tbody", {}, rows.map((one) => h("tr", {},
+          h("td", {}, h("span", { class: "swatch inline", dataset: { color: one.color } }), one.label),
+          h("td", { class: "num" }, fmtInt(one.total.interceptions)),
+          FIGURES.map(([key]) => h("td", { class: "num" }, fmtInt(one.total[key])))))))));
+}
+
+function toolsTable(result) {
+  const tools = result?.tools || [];
+  const max = Math.max(1, ...tools.map((t) => Number(t.calls) || 0));
+  const table = tools.length === 0 ? notice("empty", "No tool calls in this range.") :
+    h("div", { class: "table-wrap" }, h("table", { class: "data-table", dataset: { table: "tools" } },
+      h("thead", {}, h("tr", {}, h("th", {}, "Tool"), h("th", { class: "num" }, "Calls"), h("th", { class: "bar-col" }, ""))),
+      h("tbody", {}, tools.map((tool) => {
+        const bar = h("span", { class: "meter-fill" });
+        bar.style.width = `${((Number(tool.calls) || 0) / max) * 100}%`;
+        return h("tr", {}, h("td", { class: "mono" }, tool.tool), h("td", { class: "num" }, fmtInt(tool.calls)),
+          h("td", { class: "bar-col" }, h("span", { class: "meter" }, bar)));
+      }))));
+  return table;
+}
+
+function colorSwatches(root) {
+  for (const swatch of root.querySelectorAll(".swatch[data-color]")) swatch.style.backgroundColor = swatch.dataset.color;
+}
+
+export async function renderOverview(main, params, { signal }) {
+  const range = RANGES[params.get("range")] ? params.get("range") : "7d";
+  const by = GROUPS[params.get("by")] ? params.get("by") : "user";
+  const kind = KINDS[params.get("kind")] ? params.get("kind") : "all";
+  const state = new URLSearchParams({ range, by, kind });
+  const { bucket, ms } = RANGES[range];
+  const until = new Date();
+  const since = new Date(until.getTime() - ms);
+
+  const body = h("div", { class: "overview-body" }, spinner("Loading usage…"));
+  const tools = h("div", {}, spinner("Loading tools…"));
+  replace(main, h("div", { class: "view", dataset: { view: "overview" } },
+    h("div", { class: "toolbar" },
+      h("h1", {}, "Overview"),
+      h("div", { class: "controls" },
+        segmented("Range", "range", Object.fromEntries(Object.entries(RANGES).map(([k, v]) => [k, k])), range, state),
+        segmented("Group by", "by", GROUPS, by, state))),
+    body,
+    h("section", { class: "card" }, h("header", { class: "card-header" }, h("h2", {}, "Top tools"),
+      h("span", { class: "muted" }, `last ${RANGES[range].label}`)), tools)));
+
+  const span = { since: since.toISOString(), until: until.toISOString() };
+  const usagePromise = apiGet(USAGE, { by, bucket, ...span }, { signal });
+  const toolsPromise = apiGet(TOOLS, { ...span, limit: 20 }, { signal });
+
+  const toolsShown = toolsPromise.then((result) => replace(tools, toolsTable(result)), (error) => {
+    if (error?.name !== "AbortError") replace(tools, notice("error", `Top tools could not be loaded: ${explain(error)}`));
+  });
+
+  let usage;
+  try {
+    usage = await usagePromise;
+  } catch (error) {
+    if (error?.name === "AbortError" || signal.aborted) return;
+    const hint = error instanceof ApiError && error.status === 404 ? " The gateway does not offer the usage endpoint." : "";
+    replace(body, notice("error", `Usage could not be loaded: ${explain(error)}${hint}`));
+    await toolsShown;
+    return;
+  }
+  if (signal.aborted) return;
+  const sinceMs = Date.parse(usage.since) || since.getTime();
+  const untilMs = Date.parse(usage.until) || until.getTime();
+  const axisBucket = usage.bucket === "day" || usage.bucket === "hour" ? usage.bucket : bucket;
+  const axis = bucketAxis(sinceMs, untilMs, axisBucket);
+  const { all, shown } = alignSeries(usage, axis, axisBucket);
+  const groupLabel = GROUPS[by];
+
+  const requests = stackedBars({
+    axis, bucket: axisBucket, unit: "requests", title: `Requests per ${axisBucket} by ${groupLabel.toLowerCase()}`,
+    series: shown.map((one) => ({ label: one.label, color: one.color, values: one.rows.map((r) => r.interceptions) })),
+  });
+  const tokens = stackedBars({
+    axis, bucket: axisBucket, unit: "tokens", title: `${KINDS[kind]} tokens per ${axisBucket} by ${groupLabel.toLowerCase()}`,
+    series: shown.map((one) => ({ label: one.label, color: one.color, values: one.rows.map((r) => tokenSum(r, kind)) })),
+  });
+  const kinds = stackedBars({
+    axis, bucket: axisBucket, unit: "tokens", title: `Tokens per ${axisBucket} by kind`,
+    series: FIGURES.map(([key, label], i) => ({
+      label, color: KIND_COLORS[i], values: axis.map((_, j) => all.reduce((sum, one) => sum + one.rows[j][key], 0)),
+    })),
+  });
+  const kindPicker = h("div", { class: "segmented small", role: "group", "aria-label": "Token kind", dataset: { control: "kind" } },
+    Object.entries(KINDS).map(([value, text]) => h("a", {
+      href: link(state, { kind: value }), class: value === kind ? "active" : "", "aria-current": value === kind ? "true" : null,
+      dataset: { value },
+    }, text)));
+
+  replace(body,
+    totalsCards(usage.totals),
+    h("div", { class: "chart-grid" },
+      chartCard("Requests", `per ${axisBucket}, stacked by ${groupLabel.toLowerCase()}`, requests),
+      chartCard("Tokens", `per ${axisBucket}, stacked by ${groupLabel.toLowerCase()}`, tokens, kindPicker),
+      chartCard("Tokens by kind", "input, output, cache read and cache write", kinds)),
+    groupTable(all, groupLabel));
+  colorSwatches(body);
+  await toolsShown;
+}
