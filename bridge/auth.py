@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Mapping
 
@@ -39,6 +39,8 @@ class Caller:
     token_id: str
     #: Bring-your-own-key: the client's own provider credentials go upstream.
     byok: bool
+    #: The gateway token itself: kept for the request only, to mask it wherever the user pasted it.
+    token: str = field(repr=False, default="")
 
 
 def read_gateway_token(headers: Mapping[str, str]) -> tuple[str | None, bool]:
@@ -126,4 +128,4 @@ class Authenticator:
             raise GatewayError(503, "the gateway cannot check tokens right now; try again shortly") from None
         if found is None:
             raise GatewayError(401, "invalid gateway token: unknown, expired or revoked")
-        return Caller(found["user_id"], found["username"], bool(found["is_admin"]), found["token_id"], byok)
+        return Caller(found["user_id"], found["username"], bool(found["is_admin"]), found["token_id"], byok, token)

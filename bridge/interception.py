@@ -41,6 +41,8 @@ class Interception:
         client = identify_client(headers)
         self._labels = (provider.name, interceptor.model[:200], client.name)  # a client-chosen label: bounded
         credential = _client_credential(headers) if caller.byok else provider.settings.key
+        # Secrets a user may paste into a conversation: never stored, logged or shown back as they are.
+        self._secrets = tuple(secret for secret in (caller.token, credential) if secret and len(secret) >= 8)
         self.row = INTERCEPTION_ROW.dump({
             "id": self.id,
             "initiator_id": caller.user_id,
@@ -107,19 +109,25 @@ class Interception:
         token_usages = TOKEN_USAGE_ROWS.dump([{
             **base, "id": new_id(), "provider_response_id": response_id, **usage.__dict__,
         }] if usage else [])
-        prompt = interceptor.prompt()
+        prompt = self._masked(interceptor.prompt())
         user_prompts = USER_PROMPT_ROWS.dump([{
             **base, "id": new_id(), "provider_response_id": response_id, "prompt": prompt, "metadata": {},
         }] if prompt is not None else [])
         tool_usages = TOOL_USAGE_ROWS.dump([{
             **base, "id": new_id(), "provider_response_id": response_id, "provider_tool_call_id": call.id,
-            "tool": call.name, "input": call.input, "server_url": None, "injected": False,
+            "tool": call.name, "input": self._masked(call.input), "server_url": None, "injected": False,
             "invocation_error": None, "metadata": {},
         } for call in interceptor.tool_calls])
         model_thoughts = MODEL_THOUGHT_ROWS.dump([{
-            **base, "id": new_id(), "content": thought.content, "metadata": {"source": thought.source},
+            **base, "id": new_id(), "content": self._masked(thought.content), "metadata": {"source": thought.source},
         } for thought in interceptor.thoughts])
         return usage, prompt, token_usages, user_prompts, tool_usages, model_thoughts
+
+    def _masked(self, text: str | None) -> str | None:
+        for secret in self._secrets:
+            if text and secret in text:
+                text = text.replace(secret, mask_secret(secret))
+        return text
 
     def _count(self, usage, prompted: bool) -> None:
         labels = self._labels

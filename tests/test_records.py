@@ -131,3 +131,17 @@ def test_tool_result_turn_links_to_the_call_it_answers(gateway, identities, data
     expected = [part["tool_use_id"] for part in last if part.get("type") == "tool_result"][-1]
     assert record["correlating_tool_call_id"] == expected
     assert record["user_prompts"] == []
+
+
+def test_secrets_pasted_into_a_conversation_are_masked_in_the_record(gateway, identities, database):
+    """A user who pastes their gateway token (or the provider key) into a prompt does not leave it in
+    the audit trail, the API or the logs."""
+    client = anthropic_client(gateway.base("anthropic"), identities.alice, "anthropic/simple_text")
+    prompt = f"my token is {identities.alice} and the key {ANTHROPIC_KEY}, keep them safe"
+    raw = client.messages.with_raw_response.create(model="claude-haiku-4-5", max_tokens=10,
+                                                   messages=[{"role": "user", "content": prompt}])
+    interception_id = raw.headers["X-AIBridge-Interception-Id"]
+    record = wait_for_records(database, [interception_id])[interception_id]
+    stored = record["user_prompts"][0]["prompt"]
+    assert stored == prompt.replace(identities.alice, mask_secret(identities.alice)).replace(ANTHROPIC_KEY, mask_secret(ANTHROPIC_KEY))
+    assert identities.alice not in orjson.dumps(record).decode() and ANTHROPIC_KEY not in stored
