@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from bridge.store import Store, StoreError
+from bridge.store import Store
 from bridge.timestamps import utc_now
 from bridge.units import parse_duration
 

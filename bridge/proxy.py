@@ -7,7 +7,6 @@ that names the route.
 
 from __future__ import annotations
 
-import uuid
 
 import orjson
 from flask import Blueprint, Response, g, request
@@ -159,8 +158,7 @@ def _credentials(provider: Provider, byok: bool) -> dict[str, str] | None:
     """The provider key for centralized mode; None to send the client's own credentials (BYOK)."""
     if byok:
         if not (request.headers.get("Authorization") or request.headers.get("X-Api-Key")):
-            what = "your GitHub token" if provider.type == "copilot" else "your provider key"
-            raise GatewayError(401, f"bring-your-own-key: send {what} in Authorization (or X-Api-Key)")
+            raise GatewayError(401, f"bring-your-own-key: send {provider.own_credential} in Authorization (or X-Api-Key)")
         return None
     credentials = provider.credential_headers()
     if not credentials:

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
@@ -99,3 +100,21 @@ def wait_for_records(database, ids: list[str]) -> dict[str, dict]:
         return found
     finally:
         store.close()
+
+
+@dataclass
+class ClientRun:
+    """One run of a real client CLI (Claude Code, Codex) against a gateway or the fake upstream."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    requests: list  # the fake upstream's RecordedRequests during the run
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    def describe(self) -> str:
+        sent = "\n".join(f"  {r.method} {r.path} stream={(r.json or {}).get('stream')}" for r in self.requests)
+        return f"exit {self.returncode}\nstdout:\n{self.stdout}\nstderr:\n{self.stderr}\nupstream saw:\n{sent}"

@@ -38,56 +38,33 @@ def openai_client(base_url: str, api_key: str, fixture: str | None = None, **hea
     return openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=30, default_headers=default_headers)
 
 
-def call_anthropic(client: anthropic.Anthropic, request: dict, stream: bool) -> dict[str, Any]:
-    """What the SDK gives: the message or the list of events, and the error it raised, if any."""
-    kwargs = _split_kwargs(client.messages.create, request)
-    events: list[dict] = []
+def _call(sdk, create, request: dict, stream: bool, whole: str, items: str) -> dict[str, Any]:
+    """What the SDK gives: the whole answer (``whole``) or the list of streamed ``items``, and the
+    error it raised, if any (its class, status and body; "transport" when the connection broke)."""
+    kwargs = _split_kwargs(create, request)
+    streamed: list[dict] = []
     try:
         if not stream:
-            return {"message": client.messages.create(**kwargs).model_dump()}
-        with client.messages.create(**kwargs, stream=True) as events_stream:
-            for event in events_stream:
-                events.append(event.model_dump())
-        return {"events": events}
-    except anthropic.APIStatusError as error:
-        return {"events": events, "error": (type(error).__name__, error.status_code, error.body)}
-    except anthropic.APIError as error:
-        return {"events": events, "error": (type(error).__name__, None, error.body)}
+            return {whole: create(**kwargs).model_dump()}
+        with create(**kwargs, stream=True) as events:
+            for event in events:
+                streamed.append(event.model_dump())
+        return {items: streamed}
+    except sdk.APIStatusError as error:
+        return {items: streamed, "error": (type(error).__name__, error.status_code, error.body)}
+    except sdk.APIError as error:
+        return {items: streamed, "error": (type(error).__name__, None, error.body)}
     except httpx.HTTPError as error:  # the connection itself broke (a cut stream, straight from upstream)
-        return {"events": events, "error": ("transport", type(error).__name__, None)}
+        return {items: streamed, "error": ("transport", type(error).__name__, None)}
+
+
+def call_anthropic(client: anthropic.Anthropic, request: dict, stream: bool) -> dict[str, Any]:
+    return _call(anthropic, client.messages.create, request, stream, "message", "events")
 
 
 def call_openai(client: openai.OpenAI, request: dict, stream: bool) -> dict[str, Any]:
-    kwargs = _split_kwargs(client.chat.completions.create, request)
-    chunks: list[dict] = []
-    try:
-        if not stream:
-            return {"completion": client.chat.completions.create(**kwargs).model_dump()}
-        with client.chat.completions.create(**kwargs, stream=True) as chunk_stream:
-            for chunk in chunk_stream:
-                chunks.append(chunk.model_dump())
-        return {"chunks": chunks}
-    except openai.APIStatusError as error:
-        return {"chunks": chunks, "error": (type(error).__name__, error.status_code, error.body)}
-    except openai.APIError as error:
-        return {"chunks": chunks, "error": (type(error).__name__, None, error.body)}
-    except httpx.HTTPError as error:
-        return {"chunks": chunks, "error": ("transport", type(error).__name__, None)}
+    return _call(openai, client.chat.completions.create, request, stream, "completion", "chunks")
 
 
 def call_responses(client: openai.OpenAI, request: dict, stream: bool) -> dict[str, Any]:
-    kwargs = _split_kwargs(client.responses.create, request)
-    events: list[dict] = []
-    try:
-        if not stream:
-            return {"response": client.responses.create(**kwargs).model_dump()}
-        with client.responses.create(**kwargs, stream=True) as event_stream:
-            for event in event_stream:
-                events.append(event.model_dump())
-        return {"events": events}
-    except openai.APIStatusError as error:
-        return {"events": events, "error": (type(error).__name__, error.status_code, error.body)}
-    except openai.APIError as error:
-        return {"events": events, "error": (type(error).__name__, None, error.body)}
-    except httpx.HTTPError as error:
-        return {"events": events, "error": ("transport", type(error).__name__, None)}
+    return _call(openai, client.responses.create, request, stream, "response", "events")

@@ -16,7 +16,6 @@ import re
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ import pytest
 from bridge.store import Store
 from tests.conftest import ANTHROPIC_KEY
 from tests.fakeupstream import FakeUpstream, RecordedRequest, load_fixtures
-from tests.harness import REPO
+from tests.harness import REPO, ClientRun
 
 E2E_DIR = REPO / "tests" / "e2e"
 CLAUDE_VERSION = "2.1.332"
@@ -87,20 +86,7 @@ def claude(tmp_path_factory) -> list[str]:
                 f"`{INSTALL}` (.ci/run does). Tried: " + "; ".join(problems))
 
 
-@dataclass
-class ClaudeRun:
-    returncode: int
-    stdout: str
-    stderr: str
-    requests: list[RecordedRequest]  # what the fake upstream received during the run
-
-    @property
-    def output(self) -> str:
-        return self.stdout + self.stderr
-
-    def describe(self) -> str:
-        sent = "\n".join(f"  {r.method} {r.path} stream={(r.json or {}).get('stream')}" for r in self.requests)
-        return f"exit {self.returncode}\nstdout:\n{self.stdout}\nstderr:\n{self.stderr}\nupstream saw:\n{sent}"
+ClaudeRun = ClientRun
 
 
 def run_claude(claude: list[str], tmp_path: Path, upstream: FakeUpstream, base_url: str, credentials: dict[str, str],

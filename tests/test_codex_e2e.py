@@ -49,7 +49,7 @@ from bridge.store import Store
 from tests.conftest import OPENAI_KEY, provider_env
 from tests.fakeupstream import FakeUpstream, RecordedRequest, load_fixtures
 from tests.fakeupstream import _Handler as _FakeHandler
-from tests.harness import RECORD_WAIT, REPO, wait_for_records
+from tests.harness import RECORD_WAIT, REPO, ClientRun, wait_for_records
 
 E2E_DIR = REPO / "tests" / "e2e"
 CODEX_VERSION = "0.171.0"
@@ -150,20 +150,8 @@ def codex(tmp_path_factory) -> list[str]:
 
 
 @dataclass
-class CodexRun:
-    returncode: int
-    stdout: str
-    stderr: str
-    requests: list[RecordedRequest]  # what the fake upstream received during the run
+class CodexRun(ClientRun):
     run_dir: Path
-
-    @property
-    def output(self) -> str:
-        return self.stdout + self.stderr
-
-    def describe(self) -> str:
-        sent = "\n".join(f"  {r.method} {r.path} stream={(r.json or {}).get('stream')}" for r in self.requests)
-        return f"exit {self.returncode}\nstdout:\n{self.stdout}\nstderr:\n{self.stderr}\nupstream saw:\n{sent}"
 
 
 def run_codex(codex: list[str], tmp_path: Path, upstream: FakeUpstream, base_url: str, token: str, fixture: str,

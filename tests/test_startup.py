@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-import requests
 import yaml
 
 from tests.conftest import ANTHROPIC_KEY, OPENAI_KEY

@@ -30,6 +30,8 @@ class Provider:
     key_header: ClassVar[tuple[str, str]]
     #: The user's own credentials always go upstream; the gateway token only comes in the governance header.
     always_byok: ClassVar[bool] = False
+    #: What a bring-your-own-key client sends in Authorization, as error messages name it.
+    own_credential: ClassVar[str] = "your provider key"
 
     def __init__(self, settings: ProviderSettings) -> None:
         self.settings = settings

@@ -13,5 +13,6 @@ class CopilotProvider(Provider):
     shape = errors.OPENAI
     key_header = ("Authorization", "Bearer ")
     always_byok = True
+    own_credential = "your GitHub token"
     intercepted = {"chat/completions": chat_completions, "responses": responses}
     passthrough = ("models", "models/*", "agents/*", ".well-known/*")
