@@ -20,6 +20,15 @@ _USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])|"usage"\s*:\s*null
 _REASONING_FIELDS = ("reasoning_content", "reasoning")
 
 
+def _plain_delta(data: bytes) -> bool:
+    """A chunk with nothing for the record (content text, no finish, no tool call, reasoning or
+    usage): most of a stream, and left unparsed. Keys are looked for as bytes; inside JSON strings
+    quotes are escaped, so text a model writes cannot look like one."""
+    return (b'"finish_reason":null' in data and data.count(b'"finish_reason"') == 1
+            and b'"tool_calls"' not in data and b'"reasoning' not in data
+            and (b'"usage"' not in data or b'"usage":null' in data))
+
+
 class ChatCompletionsInterceptor(Interceptor):
     usage_schema = OPENAI_USAGE
 
@@ -49,12 +58,16 @@ class ChatCompletionsInterceptor(Interceptor):
             return event.raw
         if isinstance(chunk, dict) and chunk.get("choices") == [] and chunk.get("usage") is not None:
             return b""  # the usage-only chunk the client did not ask for
-        return _USAGE_NULL.sub(b"", event.raw)
+        # The compact forms by plain replacement (most chunks), anything else by the pattern.
+        raw = event.raw.replace(b',"usage":null,', b",").replace(b',"usage":null}', b"}")
+        return _USAGE_NULL.sub(b"", raw) if b'"usage"' in raw else raw
 
     def observe_event(self, event: Event) -> None:
         self._observe(event)
 
     def _observe(self, event: Event) -> dict | None:
+        if self.response_id is not None and _plain_delta(event.data):
+            return None
         chunk = json_object(event.data) if event.data != b"[DONE]" else None
         if chunk is None:
             return None

@@ -17,9 +17,12 @@ class Event(NamedTuple):
 
 
 def parse_event(raw: bytes) -> Event:
+    lines = raw.splitlines()
+    if len(lines) == 1 and raw.startswith(b"data: "):  # most events of an OpenAI stream
+        return Event(raw, None, lines[0][6:])
     name = None
     data: list[bytes] = []
-    for line in raw.splitlines():
+    for line in lines:
         if line.startswith(b"data:"):
             data.append(line[6:] if line[5:6] == b" " else line[5:])
         elif line.startswith(b"event:"):
@@ -30,17 +33,18 @@ def parse_event(raw: bytes) -> Event:
 class SSESplitter:
     """Feed raw bytes, get back the events they complete."""
 
-    __slots__ = ("_buffer",)
+    __slots__ = ("_buffer", "_crlf")
 
     def __init__(self) -> None:
         self._buffer = b""
+        self._crlf = False  # the blank lines seen so far are \r\n\r\n
 
     def feed(self, chunk: bytes) -> list[Event]:
         buffer = self._buffer + chunk if self._buffer else chunk
         events = []
         start = 0
         while True:
-            end = _event_end(buffer, start)
+            end = self._event_end(buffer, start)
             if end < 0:
                 break
             raw = buffer[start:end]
@@ -55,11 +59,16 @@ class SSESplitter:
         rest, self._buffer = self._buffer, b""
         return rest
 
+    def _event_end(self, buffer: bytes, start: int) -> int:
+        """Index just past the first blank line (``\n\n`` or ``\r\n\r\n``) at or after ``start``, or -1.
 
-def _event_end(buffer: bytes, start: int) -> int:
-    """Index just past the first blank line at or after ``start``, or -1."""
-    lf = buffer.find(b"\n\n", start)
-    crlf = buffer.find(b"\r\n\r\n", start)
-    if crlf >= 0 and (lf < 0 or crlf < lf):
-        return crlf + 4
-    return lf + 2 if lf >= 0 else -1
+        The form the stream has used so far is looked for first, and the other only up to where that
+        one was found: two unbounded searches would each scan to the end of a read of many events.
+        """
+        usual, other = (b"\r\n\r\n", b"\n\n") if self._crlf else (b"\n\n", b"\r\n\r\n")
+        found = buffer.find(usual, start)
+        earlier = buffer.find(other, start, found + len(usual) if found >= 0 else len(buffer))
+        if earlier >= 0:
+            self._crlf = not self._crlf
+            return earlier + len(other)
+        return found + len(usual) if found >= 0 else -1
