@@ -21,7 +21,8 @@ Choices where SPEC §2 is silent:
 - A provider's DUMP_DIR defaults to CODER_AIBRIDGE_DUMP_DIR.
 - Bedrock: other BEDROCK_* without BEDROCK_REGION or BEDROCK_BASE_URL is an error; ACCESS_KEY and
   ACCESS_KEY_SECRET go in pairs (neither: botocore's default credential chain); without a region, the
-  region is read from an AWS BEDROCK_BASE_URL host (``bedrock-runtime.us-west-2.amazonaws.com``).
+  region is read from an AWS BEDROCK_BASE_URL host (``bedrock-runtime.us-west-2.amazonaws.com``); a
+  base URL that names none (a proxy) needs BEDROCK_REGION, since SigV4 signs for a region.
 - Provider names ``interceptions`` and ``clients`` are reserved: /api/v2/aibridge/ serves them (§8).
 - Provider indices are plain numbers: ``01`` is rejected rather than silently read as 1.
 - INCLUDE_USAGE on a non-openai provider, legacy variables that cannot take effect (e.g.
@@ -627,6 +628,11 @@ def _bedrock(source: _Source) -> BedrockSettings | None:
     if not region:  # SigV4 needs one; AWS endpoints name it in their host
         match = _AWS_REGION_IN_HOST.search(urlsplit(base_url).hostname or "")
         region = match.group(1) if match else None
+        if region is None:
+            raise ConfigError(
+                f"{source.variable('BEDROCK_REGION')}: required: {source.label('BEDROCK_BASE_URL')} does not "
+                f"name an AWS region, and requests to Bedrock are signed for one"
+            )
     return BedrockSettings(
         region=region,
         base_url=base_url,

@@ -57,7 +57,7 @@ class Interception:
             "correlating_tool_call_id": interceptor.correlating_tool_call_id(),
             "started_at": datetime.now(timezone.utc),
             "ended_at": None,
-            "metadata": {"streaming": interceptor.streaming},
+            "metadata": {"streaming": interceptor.streaming, **provider.interception_metadata(interceptor)},
         })
 
     def begin(self) -> None:

@@ -71,8 +71,8 @@ def _intercept_view(provider: Provider, path: str, factory: InterceptorFactory, 
         id_header = (INTERCEPTION_HEADER, interception.id)
         dump = None
         try:
-            headers = upstream_headers(request.headers.items(), credentials)
-            url, payload = provider.upstream_url(path, request.query_string), interceptor.upstream_body()
+            url, headers, payload = provider.upstream_request(path, request.query_string, request.headers.items(),
+                                                              credentials, interceptor)
             if dumper is not None:
                 dump = dumper.begin(interception.id, "POST", url, headers, payload, request.headers.items())
             upstream = send_with_retries(
@@ -82,14 +82,16 @@ def _intercept_view(provider: Provider, path: str, factory: InterceptorFactory, 
                 log=logger.bind(provider=provider.name, endpoint=path, model=interceptor.model,
                                 interception_id=interception.id))
             interception.status = upstream.status_code
-            out_headers = response_headers(upstream)
+            out_headers = provider.response_headers(upstream)
             out_headers.append(id_header)
-            if interceptor.streaming and upstream.status_code < 400 and is_event_stream(upstream):
+            decoder = provider.stream_decoder(upstream) if upstream.status_code < 400 else None
+            if interceptor.streaming and upstream.status_code < 400 and (decoder is not None or is_event_stream(upstream)):
                 out_headers.extend(STREAM_HEADERS)
-                relay = StreamRelay(upstream, interception, shape, provider.name)
+                relay = StreamRelay(upstream, interception, shape, provider.name, decoder)
                 return RelayResponse(relay if dump is None else dump.stream(relay, upstream.status_code, out_headers),
                                      status=upstream.status_code, headers=out_headers)
-            body = read_whole(upstream, provider.name)
+            status, body = provider.translate_response(upstream, read_whole(upstream, provider.name))
+            interception.status = status
         except GatewayError as error:
             interception.status, interception.error = error.status, error.message
             interception.end()
@@ -101,19 +103,26 @@ def _intercept_view(provider: Provider, path: str, factory: InterceptorFactory, 
             interception.error = "internal gateway error"
             interception.end()
             raise
-        try:
-            interceptor.observe_response(upstream.status_code, body)
-        except Exception as exc:  # a body the interceptor cannot read is still relayed (and the record says so)
-            interception.unreadable += 1
-            logger.bind(provider=provider.name, interception_id=interception.id).warning(
-                "the upstream's answer could not be read for the record ({}); relayed unchanged", type(exc).__name__)
-        interception.end()
         if dump is not None:
-            dump.whole(upstream.status_code, out_headers, body)
-        return RelayResponse(body, status=upstream.status_code, headers=out_headers)
+            dump.whole(status, out_headers, body)
+        response = RelayResponse(body, status=status, headers=out_headers)
+        # Recorded once the answer is out (the WSGI server closes the response after its last byte):
+        # the client does not wait for the record to be built.
+        response.call_on_close(lambda: _record_answer(interception, status, body))
+        return response
 
     intercept.__name__ = f"intercept_{provider.name}_{path}"
     return intercept
+
+
+def _record_answer(interception: Interception, status: int, body: bytes) -> None:
+    try:
+        interception.interceptor.observe_response(status, body)
+    except Exception as exc:  # a body the interceptor cannot read is still relayed (and the record says so)
+        interception.unreadable += 1
+        logger.bind(interception_id=interception.id).warning(
+            "the upstream's answer could not be read for the record ({}); relayed unchanged", type(exc).__name__)
+    interception.end()
 
 
 def _holding_slot(view):
@@ -138,6 +147,7 @@ def _holding_slot(view):
 def _passthrough(provider: Provider, path: str, gateway: Gateway) -> Response:
     try:
         caller = _authenticate(provider, gateway)
+        provider.check_passthrough(path)
         body = read_body(gateway.settings.max_body_size) if request.method not in ("GET", "HEAD") else None
         upstream = gateway.upstream.send(request.method, provider.upstream_url(path, request.query_string),
                                          upstream_headers(request.headers.items(), _credentials(provider, caller.byok)),
@@ -156,6 +166,8 @@ def _authenticate(provider: Provider, gateway: Gateway):
 
 def _credentials(provider: Provider, byok: bool) -> dict[str, str] | None:
     """The provider key for centralized mode; None to send the client's own credentials (BYOK)."""
+    if provider.signs_requests:  # Bedrock: the gateway's AWS credentials sign every call, BYOK or not
+        return {}
     if byok:
         if not (request.headers.get("Authorization") or request.headers.get("X-Api-Key")):
             raise GatewayError(401, f"bring-your-own-key: send {provider.own_credential} in Authorization (or X-Api-Key)")

@@ -81,6 +81,7 @@ def world(start_gateway, upstream, identities, database, session_dir) -> World:
         "CODER_AIBRIDGE_PROVIDER_3_NAME": "bedrock",
         "CODER_AIBRIDGE_PROVIDER_3_BASE_URL": f"{upstream.url}/",
         "CODER_AIBRIDGE_PROVIDER_3_BEDROCK_REGION": "us-east-1",
+        "CODER_AIBRIDGE_PROVIDER_3_BEDROCK_BASE_URL": f"{upstream.url}/bedrock",  # Bedrock calls stay on 127.0.0.1
         "CODER_AIBRIDGE_PROVIDER_3_BEDROCK_ACCESS_KEY": AWS_ACCESS_KEY,
         "CODER_AIBRIDGE_PROVIDER_3_BEDROCK_ACCESS_KEY_SECRET": AWS_SECRET,
         "CODER_AIBRIDGE_PROVIDER_3_BEDROCK_MODEL": "anthropic.claude-sonnet-4-5-v1:0",

@@ -580,6 +580,40 @@ def test_bedrock_credentials_come_in_pairs():
     assert message == f"{P0}BEDROCK_ACCESS_KEY: required when {P0}BEDROCK_ACCESS_KEY_SECRET is set"
 
 
+def test_bedrock_key_without_secret():
+    env = {P0 + "TYPE": "anthropic", P0 + "BEDROCK_REGION": "us-east-1", P0 + "BEDROCK_ACCESS_KEY": "AKIAIOSFODNN7EXAMPLE"}
+    assert config_error(env) == f"{P0}BEDROCK_ACCESS_KEY_SECRET: required when {P0}BEDROCK_ACCESS_KEY is set"
+
+
+def test_bedrock_without_keys_uses_the_aws_credential_chain():
+    (provider,) = load_settings(env={P0 + "TYPE": "anthropic", P0 + "BEDROCK_REGION": "us-east-1"}).providers
+    assert provider.bedrock == BedrockSettings(region="us-east-1")
+
+
+def test_bedrock_base_url_that_names_no_region_needs_one():
+    env = {P0 + "TYPE": "anthropic", P0 + "BEDROCK_BASE_URL": "https://bedrock-proxy.internal.example.com/aws"}
+    assert config_error(env).startswith(f"{P0}BEDROCK_REGION: required: {P0}BEDROCK_BASE_URL does not name an AWS region")
+    (provider,) = load_settings(env={**env, P0 + "BEDROCK_REGION": "eu-west-3"}).providers
+    assert provider.bedrock == BedrockSettings(region="eu-west-3", base_url="https://bedrock-proxy.internal.example.com/aws/")
+
+
+def test_legacy_bedrock_base_url_and_models():
+    (anthropic,) = load_settings(env={
+        "CODER_AIBRIDGE_BEDROCK_BASE_URL": "https://bedrock-runtime.ap-northeast-1.amazonaws.com",
+        "CODER_AIBRIDGE_BEDROCK_MODEL": "apac.anthropic.claude-sonnet-4-5-v1:0",
+        "CODER_AIBRIDGE_BEDROCK_SMALL_FAST_MODEL": "apac.anthropic.claude-haiku-4-5-v1:0",
+    }).providers
+    assert anthropic.bedrock == BedrockSettings(
+        region="ap-northeast-1", base_url="https://bedrock-runtime.ap-northeast-1.amazonaws.com/",
+        model="apac.anthropic.claude-sonnet-4-5-v1:0", small_fast_model="apac.anthropic.claude-haiku-4-5-v1:0")
+
+
+def test_legacy_bedrock_setting_without_region_or_base_url():
+    assert config_error({"CODER_AIBRIDGE_ANTHROPIC_KEY": "k", "CODER_AIBRIDGE_BEDROCK_MODEL": "m"}) == (
+        "CODER_AIBRIDGE_BEDROCK_MODEL: has no effect without CODER_AIBRIDGE_BEDROCK_REGION or "
+        "CODER_AIBRIDGE_BEDROCK_BASE_URL")
+
+
 def test_bedrock_setting_without_region_or_base_url():
     message = config_error({P0 + "TYPE": "anthropic", P0 + "BEDROCK_MODEL": "m"})
     assert message == f"{P0}BEDROCK_MODEL: has no effect without {P0}BEDROCK_REGION or {P0}BEDROCK_BASE_URL"

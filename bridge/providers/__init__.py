@@ -5,6 +5,7 @@ from __future__ import annotations
 from bridge.config import ProviderSettings
 from bridge.providers.anthropic import AnthropicProvider
 from bridge.providers.base import Provider
+from bridge.providers.bedrock import BedrockProvider
 from bridge.providers.copilot import CopilotProvider
 from bridge.providers.openai import OpenAIProvider
 
@@ -16,5 +17,7 @@ PROVIDER_TYPES: dict[str, type[Provider]] = {
 
 
 def build_provider(settings: ProviderSettings) -> Provider:
-    """The provider instance for one configured provider."""
+    """The provider instance for one configured provider (an anthropic one with Bedrock settings talks to Bedrock)."""
+    if settings.bedrock is not None:
+        return BedrockProvider(settings)
     return PROVIDER_TYPES[settings.type](settings)

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Callable, ClassVar
+from typing import TYPE_CHECKING, Callable, ClassVar, Iterable, Mapping, Protocol
 from urllib.parse import quote
 
 from bridge.config import ProviderSettings
 from bridge.intercept.base import Interceptor
+from bridge.relay import response_headers, upstream_headers
+
+if TYPE_CHECKING:
+    from bridge.relay import UpstreamResponse
 
 # Characters kept as they are when a decoded route path is put back into the upstream URL.
 _PATH_SAFE = "/-._~!$&'()*+,;=:@"
 
 InterceptorFactory = Callable[["Provider", dict, bytes], Interceptor]
+
+
+class StreamDecoder(Protocol):
+    """Turns an upstream's stream bytes into SSE bytes (e.g. AWS event stream frames)."""
+
+    def feed(self, data: bytes) -> bytes: ...
 
 
 class Provider:
@@ -32,6 +42,8 @@ class Provider:
     always_byok: ClassVar[bool] = False
     #: What a bring-your-own-key client sends in Authorization, as error messages name it.
     own_credential: ClassVar[str] = "your provider key"
+    #: The gateway signs each upstream request itself (Bedrock's SigV4): no key header, no client key.
+    signs_requests: ClassVar[bool] = False
 
     def __init__(self, settings: ProviderSettings) -> None:
         self.settings = settings
@@ -56,3 +68,29 @@ class Provider:
             return {}
         name, prefix = self.key_header
         return {name: prefix + self.settings.key}
+
+    # --- hooks for providers that do not speak their clients' API upstream (Bedrock) ---
+
+    def upstream_request(self, path: str, query: bytes, incoming: Iterable[tuple[str, str]],
+                         credentials: Mapping[str, str] | None, interceptor: Interceptor) -> tuple[str, dict, bytes]:
+        """URL, headers and body of the upstream call for an intercepted request."""
+        return (self.upstream_url(path, query), upstream_headers(incoming, credentials), interceptor.upstream_body())
+
+    def response_headers(self, upstream: UpstreamResponse) -> list[tuple[str, str]]:
+        """Headers the client gets with an intercepted response."""
+        return response_headers(upstream)
+
+    def stream_decoder(self, upstream: UpstreamResponse) -> StreamDecoder | None:
+        """A decoder for a stream the upstream does not send as SSE; None relays its bytes as they are."""
+        return None
+
+    def translate_response(self, upstream: UpstreamResponse, body: bytes) -> tuple[int, bytes]:
+        """Status and body the client gets for a whole (non-streamed) answer."""
+        return upstream.status_code, body
+
+    def check_passthrough(self, path: str) -> None:
+        """Raise a GatewayError for a passthrough route this provider cannot serve."""
+
+    def interception_metadata(self, interceptor: Interceptor) -> dict:
+        """Extra metadata of this provider's interceptions."""
+        return {}
