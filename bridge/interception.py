@@ -62,7 +62,7 @@ class Interception:
 
     def begin(self) -> None:
         self._started = time.monotonic()
-        metrics.INFLIGHT.labels(*self._labels).inc()
+        metrics.series(metrics.INFLIGHT, *self._labels).inc()
         self._recorder.record(InterceptionStart(self.row))
         if self._log:
             auditlog.log_record("interception_start", self.row)
@@ -131,16 +131,17 @@ class Interception:
 
     def _count(self, usage, prompted: bool) -> None:
         labels = self._labels
-        metrics.INFLIGHT.labels(*labels).dec()
-        metrics.INTERCEPTIONS.labels(*labels, str(self.status or "none")).inc()
-        metrics.DURATION.labels(*labels).observe(time.monotonic() - self._started)
+        series = metrics.series
+        series(metrics.INFLIGHT, *labels).dec()
+        series(metrics.INTERCEPTIONS, *labels, str(self.status or "none")).inc()
+        series(metrics.DURATION, *labels).observe(time.monotonic() - self._started)
         if prompted:
-            metrics.PROMPTS.labels(*labels).inc()
+            series(metrics.PROMPTS, *labels).inc()
         if usage:
             for kind, count in (("input", usage.input_tokens), ("output", usage.output_tokens),
                                 ("cache_read", usage.cache_read_input_tokens),
                                 ("cache_write", usage.cache_write_input_tokens)):
                 if count:
-                    metrics.TOKENS.labels(*labels, kind).inc(count)
+                    series(metrics.TOKENS, *labels, kind).inc(count)
         for call in self.interceptor.tool_calls:
-            metrics.TOOL_SELECTIONS.labels(*labels, call.name).inc()
+            series(metrics.TOOL_SELECTIONS, *labels, call.name).inc()

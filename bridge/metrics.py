@@ -35,6 +35,19 @@ LIMIT_REJECTS = Counter("limit_rejects", "Intercepted requests refused by MAX_CO
                         ("provider", "limit"))
 
 
+_SERIES: dict[tuple, object] = {}
+
+
+def series(metric, *labels: str):
+    """``metric.labels(*labels)``, remembered: each call of it validates and locks, several times per request.
+    The metric keeps every series it made anyway, so remembering them adds nothing that grows."""
+    key = (metric, labels)
+    child = _SERIES.get(key)
+    if child is None:
+        child = _SERIES[key] = metric.labels(*labels)
+    return child
+
+
 def exposition() -> tuple[bytes, str]:
     """The scrape body and its content type."""
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")

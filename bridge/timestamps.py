@@ -7,7 +7,8 @@ from datetime import datetime, timezone
 
 def format_timestamp(moment: datetime) -> str:
     """ISO-8601 UTC with a fixed width (``2026-01-02T03:04:05.000006Z``) so text order is time order."""
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat() is a third of strftime()'s cost, and this runs for every record.
+    return moment.astimezone(timezone.utc).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def utc_now() -> str:
