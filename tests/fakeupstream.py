@@ -30,6 +30,7 @@ import json
 import re
 import select
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -446,8 +447,10 @@ class _Handler(BaseHTTPRequestHandler):
 class FakeUpstream:
     """Replays the fixture corpus over real HTTP. Use as ``with FakeUpstream().start() as fake: ...``."""
 
-    def __init__(self, fixtures_dir: Path = FIXTURES_DIR, lockstep_timeout: float = 5.0) -> None:
+    def __init__(self, fixtures_dir: Path = FIXTURES_DIR, lockstep_timeout: float = 5.0,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.fixtures = load_fixtures(fixtures_dir)
+        self.tls = tls  # a server context: HTTPS instead of HTTP
         self.lockstep_timeout = lockstep_timeout
         self.url = ""
         self.requests: list[RecordedRequest] = []
@@ -464,7 +467,9 @@ class FakeUpstream:
     def start(self) -> FakeUpstream:
         self._stopping.clear()
         self._server = _Server(self)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        if self.tls is not None:
+            self._server.socket = self.tls.wrap_socket(self._server.socket, server_side=True)
+        self.url = f"{'https' if self.tls else 'http'}://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="fakeupstream", daemon=True)
         self._thread.start()
