@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import re
 import select
 from typing import TYPE_CHECKING, Iterable, Iterator, Mapping
 
+import requests
 import urllib3
 import urllib3.connection
 from gevent import monkey
 from loguru import logger
-from urllib3.exceptions import (ConnectTimeoutError, HTTPError, NewConnectionError, ProtocolError, ReadTimeoutError,
-                                SSLError)
-from urllib3.util import parse_url
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
 from bridge.errors import GatewayError
 from bridge.intercept.sse import SSESplitter
@@ -47,37 +49,22 @@ def upstream_headers(incoming: Iterable[tuple[str, str]], credentials: Mapping[s
             dropped.update(token.strip().lower() for token in value.split(","))
     if credentials is not None:
         dropped |= _CLIENT_CREDENTIALS
-    headers = {name: value for name, value in items if name.lower() not in dropped and not name.lower().startswith("coder-")}
+    # Non-ASCII values go as the bytes received: requests refuses a str one that starts with a
+    # character Python deems whitespace (e.g. \x85), which would fail the call with a 502.
+    headers = {name: value if value.isascii() else value.encode("latin-1") for name, value in items
+               if name.lower() not in dropped and not name.lower().startswith("coder-")}
     if credentials:
         headers.update(credentials)
     headers["Accept-Encoding"] = "identity"
     return headers
 
 
-def response_headers(upstream: UpstreamResponse) -> list[tuple[str, str]]:
+def response_headers(upstream: requests.Response) -> list[tuple[str, str]]:
     return [(name, value) for name, value in upstream.raw.headers.items() if name.lower() not in _RESPONSE_DROPPED]
 
 
-def is_event_stream(upstream: UpstreamResponse) -> bool:
+def is_event_stream(upstream: requests.Response) -> bool:
     return upstream.headers.get("content-type", "").startswith("text/event-stream")
-
-
-class UpstreamResponse:
-    """An upstream answer whose body is still to be read (``stream=True``): status, headers, and the
-    urllib3 response as ``raw`` for ``read1``/``read``."""
-
-    __slots__ = ("raw", "status_code", "headers")
-
-    def __init__(self, raw: urllib3.HTTPResponse) -> None:
-        self.raw = raw
-        self.status_code = raw.status
-        self.headers = raw.headers  # case-insensitive
-
-    def close(self) -> None:
-        """A body read to its end has already given its connection back to the pool; one that was
-        not (a client that went away) closes it, so no half-read answer is reused."""
-        self.raw.close()
-        self.raw.release_conn()
 
 
 class _LeanConnection:
@@ -135,54 +122,99 @@ class _HTTPSPool(urllib3.HTTPSConnectionPool):
     ConnectionCls = _HTTPSConnection
 
 
-class Upstream:
-    """The worker's HTTP client: urllib3's connection pools, no proxies, no cookies, bounded waits.
+class _LeanAdapter(HTTPAdapter):
+    """requests' transport adapter (its extension point for how connections are made) on the lean
+    connections, remembering each upstream's pool: requests works the pool out again on every call
+    (proxy selection, TLS settings, pool key), and the gateway's upstreams and TLS settings are fixed."""
 
-    urllib3 is the library requests itself sends with; called directly, because requests' Session
-    layer (request preparation, cookie extraction, adapter and response wrapping) measured about a
-    sixth of the gateway's CPU per relayed call, and the gateway uses none of it. One pool per
-    upstream host (the configured providers: a bounded set), created in the worker after fork.
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+        self._pools: dict[str, urllib3.HTTPConnectionPool] = {}
+
+    def get_connection_with_tls_context(self, request, verify, proxies=None, cert=None):
+        origin = request.url.split("/", 3)[2]  # host[:port] after "scheme://"
+        key = request.url[:request.url.index("//")] + origin
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = super().get_connection_with_tls_context(request, verify, proxies, cert)
+        return pool
+
+
+def _trusted_cas() -> str | bool:
+    """The CA bundle (or directory) upstream certificates are checked against: requests' own
+    (certifi) unless the operator names one the usual way."""
+    for name in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR"):
+        if os.environ.get(name):
+            return os.environ[name]
+    return True
+
+
+_UPSTREAM_HOSTS_MAX = 256
+# What the HTTP client would refuse in a request target; such a URL gets requests' full preparation (quoting).
+_UNSAFE_IN_URL = re.compile(r"[^\x21-\x7e]")
+
+
+def _prepare(method: str, url: str, headers: Mapping[str, str | bytes], body: bytes | None) -> requests.PreparedRequest:
+    """requests' PreparedRequest without what a gateway call never has (cookies, hooks) and, for a URL
+    that is already a valid request target (the gateway builds it: base URL + quoted path + the
+    client's query), without parsing it apart and together again."""
+    prepared = requests.PreparedRequest()
+    prepared.prepare_method(method)
+    full = _UNSAFE_IN_URL.search(url) or "@" in url.split("/", 3)[2]  # odd characters, or credentials in the URL
+    if full:
+        prepared.prepare_url(url, None)
+    else:
+        prepared.url = url
+    prepared.prepare_headers(headers)
+    prepared.prepare_body(body, None)
+    if full:
+        prepared.prepare_auth(None, prepared.url)
+    return prepared
+
+
+class Upstream:
+    """The worker's HTTP client: requests' transport adapter with its connection pools, no proxies,
+    no cookies kept, bounded waits.
+
+    Calls go to the adapter, not through a Session: Session.send adds cookie jars, hooks,
+    redirect and environment handling that a gateway never uses, on every call.
     """
 
     def __init__(self, connect_timeout: float, read_timeout: float, pool_size: int) -> None:
-        self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
+        self._timeout = (connect_timeout, read_timeout)
         self._pool_size = pool_size
-        self._pools: dict[tuple[str, str, int | None], urllib3.HTTPConnectionPool] = {}
+        self._adapter: HTTPAdapter | None = None
+        self._verify = _trusted_cas()
 
-    def _pool(self, scheme: str, host: str, port: int | None) -> urllib3.HTTPConnectionPool:
-        key = (scheme, host, port)
-        pool = self._pools.get(key)
-        if pool is None:
-            pool_class = _HTTPSPool if scheme == "https" else _HTTPPool
-            pool = self._pools[key] = pool_class(host, port, maxsize=self._pool_size, block=False)
-        return pool
+    @property
+    def adapter(self) -> HTTPAdapter:
+        if self._adapter is None:  # created in the worker, after fork and gevent's patching
+            # pool_connections: enough pools for every configured upstream host, so none is ever evicted.
+            self._adapter = _LeanAdapter(pool_connections=_UPSTREAM_HOSTS_MAX, pool_maxsize=self._pool_size,
+                                         pool_block=False, max_retries=0)
+        return self._adapter
 
-    def send(self, method: str, url: str, headers: Mapping[str, str], body: bytes | None,
-             provider_name: str) -> UpstreamResponse:
+    def send(self, method: str, url: str, headers: Mapping[str, str | bytes], body: bytes | None,
+             provider_name: str) -> requests.Response:
         try:
-            target = parse_url(url)
-            pool = self._pool(target.scheme or "http", target.host or "", target.port)
-            return UpstreamResponse(pool.urlopen(
-                method, target.request_uri, body=body, headers=headers, retries=False, redirect=False,
-                assert_same_host=False, timeout=self._timeout, preload_content=False, decode_content=True))
-        except NewConnectionError as exc:  # refused, or the name did not resolve (before ConnectTimeoutError: a subclass)
-            raise UpstreamFailure(502, f"upstream of provider {provider_name!r} is unreachable ({_reason(exc)})",
-                                  retryable=True, breaker_failure=True) from None
-        except ConnectTimeoutError:
+            prepared = _prepare(method, url, headers, body)
+            return self.adapter.send(prepared, stream=True, timeout=self._timeout, verify=self._verify, proxies={})
+        except requests.ConnectTimeout:
             raise UpstreamFailure(504, f"upstream of provider {provider_name!r} did not answer in time (connect)",
                                   retryable=True, breaker_failure=True) from None
-        except ReadTimeoutError:  # it has the request, but no answer came within the read timeout
+        except requests.Timeout:  # it has the request, but no answer came within the read timeout
             raise UpstreamFailure(504, f"upstream of provider {provider_name!r} did not answer in time",
                                   retryable=False, breaker_failure=True) from None
-        except (ProtocolError, SSLError, OSError) as exc:  # reset or closed before an answer
+        except requests.ConnectionError as exc:  # refused, reset or closed before an answer
             raise UpstreamFailure(502, f"upstream of provider {provider_name!r} is unreachable ({_reason(exc)})",
                                   retryable=True, breaker_failure=True) from None
-        except (HTTPError, ValueError) as exc:  # a request that cannot be sent (says nothing about the upstream)
+        except requests.RequestException as exc:  # a request that cannot be sent (says nothing about the upstream)
             raise UpstreamFailure(502, f"the request to the upstream of provider {provider_name!r} could not be sent "
                                        f"({_reason(exc)})", retryable=False, breaker_failure=False) from None
 
 
-def read_whole(upstream: UpstreamResponse, provider_name: str) -> bytes:
+def read_whole(upstream: requests.Response, provider_name: str) -> bytes:
     """The whole body of a non-streamed answer."""
     try:
         return upstream.raw.read(decode_content=True)
@@ -206,7 +238,7 @@ class StreamRelay:
     waiting for the end of its response while the gateway builds the record.
     """
 
-    def __init__(self, upstream: UpstreamResponse, interception: Interception, shape: str, provider_name: str,
+    def __init__(self, upstream: requests.Response, interception: Interception, shape: str, provider_name: str,
                  decoder: StreamDecoder | None = None) -> None:
         self._upstream = upstream
         self._decoder = decoder  # turns a non-SSE upstream stream (Bedrock's) into the SSE the client gets

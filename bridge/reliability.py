@@ -63,7 +63,7 @@ from bridge.config import CircuitBreakerSettings
 from bridge.errors import GatewayError
 
 if TYPE_CHECKING:
-    from bridge.relay import UpstreamResponse
+    import requests
 
 #: Upstream answers a breaker counts as failures (Anthropic's 529 "overloaded" included).
 BREAKER_FAILURE_STATUSES = frozenset({429, 503, 504, 529})
@@ -250,7 +250,7 @@ def retry_after(headers: Mapping[str, str], now: Callable[[], float] = time.time
         return None
 
 
-def should_retry(response: UpstreamResponse) -> bool:
+def should_retry(response: requests.Response) -> bool:
     hint = response.headers.get("x-should-retry", "").strip().lower()
     if hint in ("true", "false"):
         return hint == "true" and response.status_code >= 400
@@ -263,9 +263,9 @@ def backoff(retry: int) -> float:
     return min(BACKOFF_BASE * 2 ** (retry - 1), BACKOFF_MAX) * (1 - 0.25 * random.random())
 
 
-def send_with_retries(send: Callable[[], UpstreamResponse], *, provider: str, breaker: CircuitBreaker | None,
+def send_with_retries(send: Callable[[], requests.Response], *, provider: str, breaker: CircuitBreaker | None,
                       max_retries: int, tally: _Attempts, log=logger,
-                      sleep: Callable[[float], None] | None = None) -> UpstreamResponse:
+                      sleep: Callable[[float], None] | None = None) -> requests.Response:
     """Call ``send`` until it gives an answer worth relaying (see the module doc); ``tally.attempts``
     counts the upstream calls made. Raises CircuitOpen when the breaker refuses the first attempt
     (or a retry), and the last UpstreamFailure when no attempt got an answer."""

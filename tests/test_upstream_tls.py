@@ -1,6 +1,6 @@
-"""HTTPS upstreams: the gateway verifies the upstream's certificate against the system's CA store,
-which SSL_CERT_FILE can point at (a corporate CA); an upstream it cannot verify is a 502, never
-an unverified call."""
+"""HTTPS upstreams: the gateway verifies the upstream's certificate against requests' CA bundle, or
+the one SSL_CERT_FILE names (a corporate CA); an upstream it cannot verify is a 502, never an
+unverified call."""
 
 from __future__ import annotations
 
@@ -41,15 +41,19 @@ def tls_upstream(certificate):
 
 
 def _env(upstream: FakeUpstream, **extra: str) -> dict[str, str]:
+    # No CA setting inherited from the machine running the tests: only what a test names.
+    no_ca = {"REQUESTS_CA_BUNDLE": "", "SSL_CERT_FILE": "", "SSL_CERT_DIR": ""}
     return {"CODER_AIBRIDGE_ENABLED": "true", "CODER_AIBRIDGE_OPENAI_KEY": OPENAI_KEY,
-            "CODER_AIBRIDGE_OPENAI_BASE_URL": f"{upstream.url}/v1/", "CODER_AIBRIDGE_OPENAI_MAX_RETRIES": "0", **extra}
+            "CODER_AIBRIDGE_OPENAI_BASE_URL": f"{upstream.url}/v1/", "CODER_AIBRIDGE_OPENAI_MAX_RETRIES": "0",
+            **no_ca, **extra}
 
 
+@pytest.mark.parametrize("ca_setting", ["REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"])
 @pytest.mark.parametrize("stream", [False, True], ids=["blocking", "streaming"])
-def test_a_verified_https_upstream_answers_as_it_does_directly(stream, start_gateway, tls_upstream, certificate,
+def test_a_verified_https_upstream_answers_as_it_does_directly(stream, ca_setting, start_gateway, tls_upstream, certificate,
                                                                identities):
     cert = str(certificate[0])
-    gateway = start_gateway(_env(tls_upstream, SSL_CERT_FILE=cert), workers=1)
+    gateway = start_gateway(_env(tls_upstream, **{ca_setting: cert}), workers=1)
     relayed = call_openai(openai_client(f"{gateway.base('openai')}/v1", identities.alice, "openai_chat/simple_text"),
                           FIXTURE["request"], stream)
     direct_client = openai.OpenAI(base_url=f"{tls_upstream.url}/v1", api_key=OPENAI_KEY, max_retries=0, timeout=30,
@@ -62,7 +66,7 @@ def test_a_verified_https_upstream_answers_as_it_does_directly(stream, start_gat
 
 def test_an_upstream_certificate_the_gateway_cannot_verify_is_a_502(start_gateway, tls_upstream, identities):
     before = len(tls_upstream.requests)
-    gateway = start_gateway(_env(tls_upstream), workers=1)  # the self-signed CA is not in the system store
+    gateway = start_gateway(_env(tls_upstream), workers=1)  # the self-signed CA is in no default bundle
     client = openai_client(f"{gateway.base('openai')}/v1", identities.alice, "openai_chat/simple_text")
     with pytest.raises(openai.APIStatusError) as raised:
         client.chat.completions.create(**FIXTURE["request"])

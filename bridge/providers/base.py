@@ -10,7 +10,7 @@ from bridge.intercept.base import Interceptor
 from bridge.relay import response_headers, upstream_headers
 
 if TYPE_CHECKING:
-    from bridge.relay import UpstreamResponse
+    import requests
 
 # Characters kept as they are when a decoded route path is put back into the upstream URL.
 _PATH_SAFE = "/-._~!$&'()*+,;=:@"
@@ -76,15 +76,15 @@ class Provider:
         """URL, headers and body of the upstream call for an intercepted request."""
         return (self.upstream_url(path, query), upstream_headers(incoming, credentials), interceptor.upstream_body())
 
-    def response_headers(self, upstream: UpstreamResponse) -> list[tuple[str, str]]:
+    def response_headers(self, upstream: requests.Response) -> list[tuple[str, str]]:
         """Headers the client gets with an intercepted response."""
         return response_headers(upstream)
 
-    def stream_decoder(self, upstream: UpstreamResponse) -> StreamDecoder | None:
+    def stream_decoder(self, upstream: requests.Response) -> StreamDecoder | None:
         """A decoder for a stream the upstream does not send as SSE; None relays its bytes as they are."""
         return None
 
-    def translate_response(self, upstream: UpstreamResponse, body: bytes) -> tuple[int, bytes]:
+    def translate_response(self, upstream: requests.Response, body: bytes) -> tuple[int, bytes]:
         """Status and body the client gets for a whole (non-streamed) answer."""
         return upstream.status_code, body
 

@@ -43,7 +43,7 @@ from bridge.providers.anthropic import AnthropicProvider
 if TYPE_CHECKING:
     from botocore.credentials import ReadOnlyCredentials
 
-    from bridge.relay import UpstreamResponse
+    import requests
 
 ANTHROPIC_VERSION = "bedrock-2023-05-31"
 EVENT_STREAM = "application/vnd.amazon.eventstream"
@@ -134,7 +134,7 @@ class BedrockProvider(AnthropicProvider):
                                     "credential chain)")
         return self._credentials.get_frozen_credentials()  # refreshable ones renew themselves here
 
-    def response_headers(self, upstream: UpstreamResponse) -> list[tuple[str, str]]:
+    def response_headers(self, upstream: requests.Response) -> list[tuple[str, str]]:
         # AWS's own headers (x-amzn-*, the event-stream type) mean nothing to an Anthropic client.
         streamed = upstream.status_code < 400 and upstream.headers.get("content-type", "").startswith(EVENT_STREAM)
         headers = [("Content-Type", "text/event-stream" if streamed else "application/json")]
@@ -143,10 +143,10 @@ class BedrockProvider(AnthropicProvider):
             headers.append(("request-id", request_id))
         return headers
 
-    def stream_decoder(self, upstream: UpstreamResponse) -> EventStreamDecoder | None:
+    def stream_decoder(self, upstream: requests.Response) -> EventStreamDecoder | None:
         return EventStreamDecoder() if upstream.headers.get("content-type", "").startswith(EVENT_STREAM) else None
 
-    def translate_response(self, upstream: UpstreamResponse, body: bytes) -> tuple[int, bytes]:
+    def translate_response(self, upstream: requests.Response, body: bytes) -> tuple[int, bytes]:
         status = upstream.status_code
         if status < 400:
             return status, body
