@@ -8,7 +8,9 @@
   ``stream`` (they are in the URL), none of the first-party-only fields, only accepted betas;
   else 400 ValidationException. The model id must be one of ``models``.
 - The fixture is the one whose request equals the body (without the Bedrock additions and the
-  model), so the gateway needs no test hook. Streams go out as real binary event-stream frames
+  model), so the gateway needs no test hook. A real client's bodies (Claude Code's) equal no
+  fixture's: ``fixture_by_model`` names the fixture that answers them, per model id (a body that
+  matches a fixture is still answered from that one). Streams go out as real binary event-stream frames
   (``encode_frame``), one HTTP chunk per frame; the fixture's ``error`` event becomes an exception
   frame, ``abort`` drops the connection.
 - Error injection by the last user message: ``fakebedrock:throttle`` (429 ThrottlingException),
@@ -116,6 +118,13 @@ class FakeBedrock:
     requests: list[RecordedRequest] = field(default_factory=list)
     fixtures: dict[str, dict] = field(default_factory=lambda: {
         name: fixture for name, fixture in load_fixtures().items() if name.startswith("anthropic/")})
+    # Model id → the fixture that answers bodies matching no fixture (none: 400 ValidationException).
+    fixture_by_model: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = {name for name in self.fixture_by_model.values() if name not in self.fixtures}
+        if unknown:
+            raise ValueError(f"fakebedrock: no such fixture(s): {sorted(unknown)}")
 
     def start(self) -> FakeBedrock:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
@@ -212,7 +221,7 @@ class _Handler(BaseHTTPRequestHandler):
             events = fake.fixtures["anthropic/simple_text"]["streaming"]["events"][:2]
             frames = stream_frames(events) + [exception_frame(directive.split()[1], "injected by fakebedrock")]
             return self._stream(frames, abort=False)
-        name = fake.fixture_for(parsed)
+        name = fake.fixture_for(parsed) or fake.fixture_by_model.get(model)
         if name is None:
             return self._error(400, "ValidationException", "fakebedrock: no fixture has this request body")
         part = fake.fixtures[name]["streaming" if streaming else "blocking"]
