@@ -14,8 +14,7 @@ from bridge.clients import identify_client
 from bridge.intercept.base import Interceptor
 from bridge.masking import mask_secret
 from bridge.providers.base import Provider
-from bridge.records import (INTERCEPTION_ROW, MODEL_THOUGHT_ROWS, TOKEN_USAGE_ROWS, TOOL_USAGE_ROWS,
-                            USER_PROMPT_ROWS, new_id)
+from bridge.records import json_text, new_id, text
 from bridge.timestamps import format_timestamp
 from bridge.recorder import InterceptionEnd, InterceptionStart, Recorder
 
@@ -43,7 +42,7 @@ class Interception:
         credential = _client_credential(headers) if caller.byok else provider.settings.key
         # Secrets a user may paste into a conversation: never stored, logged or shown back as they are.
         self._secrets = tuple(secret for secret in (caller.token, credential) if secret and len(secret) >= 8)
-        self.row = INTERCEPTION_ROW.dump({
+        self.row = {
             "id": self.id,
             "initiator_id": caller.user_id,
             "provider": provider.type,
@@ -54,11 +53,11 @@ class Interception:
             "user_agent": headers.get("User-Agent"),
             "credential_kind": "byok" if caller.byok else "centralized",
             "credential_hint": mask_secret(credential),
-            "correlating_tool_call_id": interceptor.correlating_tool_call_id(),
-            "started_at": datetime.now(timezone.utc),
+            "correlating_tool_call_id": text(interceptor.correlating_tool_call_id()),
+            "started_at": format_timestamp(datetime.now(timezone.utc)),
             "ended_at": None,
-            "metadata": {"streaming": interceptor.streaming, **provider.interception_metadata(interceptor)},
-        })
+            "metadata": json_text({"streaming": interceptor.streaming, **provider.interception_metadata(interceptor)}),
+        }
 
     def begin(self) -> None:
         self._started = time.monotonic()
@@ -104,23 +103,27 @@ class Interception:
         interceptor = self.interceptor
         interceptor.finish()
         response_id = interceptor.response_id
-        base = {"interception_id": self.id, "created_at": now}
+        base = {"interception_id": self.id, "created_at": format_timestamp(now)}
+        response_id = text(response_id)
         usage = interceptor.usage()
-        token_usages = TOKEN_USAGE_ROWS.dump([{
-            **base, "id": new_id(), "provider_response_id": response_id, **usage.__dict__,
-        }] if usage else [])
+        token_usages = [{
+            **base, "id": new_id(), "provider_response_id": response_id, "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens, "cache_read_input_tokens": usage.cache_read_input_tokens,
+            "cache_write_input_tokens": usage.cache_write_input_tokens, "metadata": json_text(usage.metadata),
+        }] if usage else []
         prompt = self._masked(interceptor.prompt())
-        user_prompts = USER_PROMPT_ROWS.dump([{
-            **base, "id": new_id(), "provider_response_id": response_id, "prompt": prompt, "metadata": {},
-        }] if prompt is not None else [])
-        tool_usages = TOOL_USAGE_ROWS.dump([{
-            **base, "id": new_id(), "provider_response_id": response_id, "provider_tool_call_id": call.id,
-            "tool": call.name, "input": self._masked(call.input), "server_url": None, "injected": False,
-            "invocation_error": None, "metadata": {},
-        } for call in interceptor.tool_calls])
-        model_thoughts = MODEL_THOUGHT_ROWS.dump([{
-            **base, "id": new_id(), "content": self._masked(thought.content), "metadata": {"source": thought.source},
-        } for thought in interceptor.thoughts])
+        user_prompts = [{
+            **base, "id": new_id(), "provider_response_id": response_id, "prompt": prompt, "metadata": "{}",
+        }] if prompt is not None else []
+        tool_usages = [{
+            **base, "id": new_id(), "provider_response_id": response_id, "provider_tool_call_id": text(call.id),
+            "tool": text(call.name), "input": self._masked(json_text(call.input)), "server_url": None,
+            "injected": False, "invocation_error": None, "metadata": "{}",
+        } for call in interceptor.tool_calls]
+        model_thoughts = [{
+            **base, "id": new_id(), "content": self._masked(text(thought.content)),
+            "metadata": json_text({"source": thought.source}),
+        } for thought in interceptor.thoughts]
         return usage, prompt, token_usages, user_prompts, tool_usages, model_thoughts
 
     def _masked(self, text: str | None) -> str | None:

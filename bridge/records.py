@@ -1,21 +1,18 @@
-"""The five kinds of audit record (SPEC §6) and the marshmallow schemas that produce them.
+"""What the five kinds of audit record (SPEC §6) are made of, and the marshmallow schemas that
+normalize each provider's usage into them.
 
-Two jobs, each run once per response (never per stream chunk):
-- normalize each provider's usage payload into one ``TokenUsage``;
-- dump records into the rows the store writes and the fields structured logs carry.
+marshmallow normalizes each provider's usage payload into one ``TokenUsage``, once per response
+(never per stream chunk); the rows the store writes and structured logs carry are plain dicts.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import orjson
 from marshmallow import INCLUDE, Schema, fields, post_load
-
-from bridge.timestamps import format_timestamp
 
 
 def new_id() -> str:
@@ -130,75 +127,17 @@ OPENAI_USAGE = OpenAIUsageSchema()
 
 
 # --- Rows ----------------------------------------------------------------------------------------
+# Built as plain dicts (bridge.interception): the columns are text, integers and JSON text, and a
+# marshmallow dump per row cost more than the rest of the record together.
 
 
-class Timestamp(fields.Field):
-    def _serialize(self, value: datetime | None, attr: Any, obj: Any, **kwargs: Any) -> str | None:
-        return None if value is None else format_timestamp(value)
-
-
-class JSONText(fields.Field):
+def json_text(value: Any) -> str | None:
     """A JSON column: dicts and lists become JSON text; text is kept as it is."""
-
-    def _serialize(self, value: Any, attr: Any, obj: Any, **kwargs: Any) -> str | None:
-        if value is None or isinstance(value, str):
-            return value
-        return orjson.dumps(value).decode()
+    if value is None or isinstance(value, str):
+        return value
+    return orjson.dumps(value).decode()
 
 
-class InterceptionSchema(Schema):
-    id = fields.String()
-    initiator_id = fields.String()
-    provider = fields.String()
-    provider_name = fields.String()
-    model = fields.String()
-    client = fields.String()
-    client_session_id = fields.String(allow_none=True)
-    user_agent = fields.String(allow_none=True)
-    credential_kind = fields.String()
-    credential_hint = fields.String()
-    correlating_tool_call_id = fields.String(allow_none=True)
-    started_at = Timestamp()
-    ended_at = Timestamp(allow_none=True)
-    metadata = JSONText()
-
-
-class _ChildSchema(Schema):
-    id = fields.String()
-    interception_id = fields.String()
-    metadata = JSONText()
-    created_at = Timestamp()
-
-
-class TokenUsageSchema(_ChildSchema):
-    provider_response_id = fields.String(allow_none=True)
-    input_tokens = fields.Integer()
-    output_tokens = fields.Integer()
-    cache_read_input_tokens = fields.Integer()
-    cache_write_input_tokens = fields.Integer()
-
-
-class UserPromptSchema(_ChildSchema):
-    provider_response_id = fields.String(allow_none=True)
-    prompt = fields.String()
-
-
-class ToolUsageSchema(_ChildSchema):
-    provider_response_id = fields.String(allow_none=True)
-    provider_tool_call_id = fields.String(allow_none=True)
-    tool = fields.String()
-    input = JSONText()
-    server_url = fields.String(allow_none=True)
-    injected = fields.Boolean()
-    invocation_error = fields.String(allow_none=True)
-
-
-class ModelThoughtSchema(_ChildSchema):
-    content = fields.String()
-
-
-INTERCEPTION_ROW = InterceptionSchema()
-TOKEN_USAGE_ROWS = TokenUsageSchema(many=True)
-USER_PROMPT_ROWS = UserPromptSchema(many=True)
-TOOL_USAGE_ROWS = ToolUsageSchema(many=True)
-MODEL_THOUGHT_ROWS = ModelThoughtSchema(many=True)
+def text(value: Any) -> str | None:
+    """A text column from a provider's or client's JSON, which may hold any type where text belongs."""
+    return value if value is None or isinstance(value, str) else str(value)
