@@ -11,7 +11,6 @@ the hub, so a slow query never freezes the streams of the worker.
 from __future__ import annotations
 
 import shlex
-import sqlite3
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Mapping, TypeVar
 
@@ -20,7 +19,7 @@ from flask import Blueprint, Response, request
 from loguru import logger
 from werkzeug.exceptions import HTTPException
 
-from bridge.store import InterceptionFilter, Store, StoreError, UnknownCursor
+from bridge.store import InterceptionFilter, Store, StoreError, UnknownCursor, database_errors, mask_url
 from bridge.timestamps import format_timestamp
 from bridge.units import parse_duration
 
@@ -292,7 +291,7 @@ class _Queries:
                 store.tune_for_queries()
                 self._stores[ident] = store
             return False, fn(store, *args, **kwargs)
-        except sqlite3.DatabaseError as exc:
+        except database_errors() as exc:
             self._stores.pop(ident, None)  # a fresh connection next time (e.g. the file was replaced)
             if store is not None:
                 store.close()
@@ -311,8 +310,8 @@ def api_blueprint(gateway: Any) -> Blueprint:
     def run(fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         try:
             return queries.run(fn, *args, **kwargs)
-        except sqlite3.Error as exc:
-            logger.bind(record_type="server").error("API store query failed: {}", exc)
+        except database_errors() as exc:
+            logger.bind(record_type="server").error("API store query failed: {}", mask_url(str(exc)))
             raise ApiError(503, "the record store is unavailable right now; try again shortly") from None
 
     def caller() -> dict[str, Any]:

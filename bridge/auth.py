@@ -12,7 +12,7 @@ from typing import Mapping
 from loguru import logger
 
 from bridge.errors import GatewayError
-from bridge.store import Store, auth_stamp_path
+from bridge.store import Store, auth_stamp_path, is_postgres_url
 
 GOVERNANCE_HEADER = "X-Coder-AI-Governance-Token"
 _MISSING = ("missing gateway token: send it as Authorization: Bearer <token>, X-Api-Key, "
@@ -20,15 +20,19 @@ _MISSING = ("missing gateway token: send it as Authorization: Bearer <token>, X-
 
 
 _CACHE_SECONDS = 60.0
+#: PostgreSQL serves several instances on several machines, which share no stamp file: a cached
+#: lookup is trusted this long, so a revocation (or a deleted user) takes effect everywhere
+#: within this delay. It costs one indexed read per token, worker and period.
+POSTGRES_CACHE_SECONDS = 2.0
 _CACHE_ENTRIES = 10_000
 
 
-def _seconds_valid(expires_at: str | None) -> float:
-    """How long a looked-up token may be taken from the cache: a minute, or until it expires."""
+def _seconds_valid(expires_at: str | None, limit: float = _CACHE_SECONDS) -> float:
+    """How long a looked-up token may be taken from the cache: ``limit``, or until it expires."""
     if expires_at is None:
-        return _CACHE_SECONDS
+        return limit
     remaining = (datetime.fromisoformat(expires_at.replace("Z", "+00:00")) - datetime.now(timezone.utc)).total_seconds()
-    return max(0.0, min(_CACHE_SECONDS, remaining))
+    return max(0.0, min(limit, remaining))
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,11 +71,17 @@ class Authenticator:
     A valid token is then remembered (by its hash) for up to a minute, until it expires, or until
     any process revokes a token or deletes a user, which replaces the store's auth stamp file:
     one stat() per request keeps revocation immediate without a database read.
+
+    On PostgreSQL (several machines, no shared file) a valid token is remembered for
+    POSTGRES_CACHE_SECONDS instead: the revocation delay. Unknown tokens are never cached, so a
+    token created through any instance works at once on every other.
     """
 
     def __init__(self, database_path: str) -> None:
         self._database_path = database_path
-        self._stamp_path = auth_stamp_path(database_path)
+        postgres = is_postgres_url(database_path)
+        self._stamp_path = None if postgres else auth_stamp_path(database_path)
+        self._cache_seconds = POSTGRES_CACHE_SECONDS if postgres else _CACHE_SECONDS
         self._pool = None
         self._store = None
         self._cache: dict[bytes, tuple[dict, tuple | None, float]] = {}
@@ -82,6 +92,8 @@ class Authenticator:
         return self._store.authenticate(token)
 
     def _stamp(self) -> tuple | None:
+        if self._stamp_path is None:
+            return None
         try:
             stat = os.stat(self._stamp_path)
         except FileNotFoundError:
@@ -103,7 +115,7 @@ class Authenticator:
         if found is not None:
             if len(self._cache) >= _CACHE_ENTRIES:
                 self._cache.clear()
-            self._cache[key] = (found, stamp, now + _seconds_valid(found["expires_at"]))
+            self._cache[key] = (found, stamp, now + _seconds_valid(found["expires_at"], self._cache_seconds))
         return found
 
     def authenticate(self, headers: Mapping[str, str], allow_byok: bool, *, byok_only: bool = False) -> Caller:

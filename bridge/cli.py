@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from bridge.store import Store
+from bridge.store import Store, database_errors, mask_url
 from bridge.timestamps import utc_now
 from bridge.units import parse_duration
 
@@ -26,8 +25,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args) or 0
-    except (CommandError, ValueError, sqlite3.Error, OSError) as exc:  # StoreError is a ValueError
-        print(f"error: {exc}", file=sys.stderr)
+    except (CommandError, ValueError, OSError, *database_errors()) as exc:  # StoreError is a ValueError
+        print(f"error: {mask_url(str(exc))}", file=sys.stderr)
         return 1
 
 
@@ -110,8 +109,8 @@ def _open_store(args: argparse.Namespace) -> Store:
     path = resolve_database_path(flags=flags, config_path=args.config)
     try:
         return Store.from_path(path)
-    except sqlite3.Error as exc:
-        raise CommandError(f"cannot open database {path}: {exc}") from None
+    except database_errors() as exc:
+        raise CommandError(f"cannot open database {mask_url(path)}: {mask_url(str(exc))}") from None
 
 
 def _users_create(args: argparse.Namespace) -> None:
@@ -189,8 +188,8 @@ def _retention_purge(args: argparse.Namespace) -> None:
     path = resolve_database_path(flags=flags, config_path=args.config)
     try:
         deleted = purge(path, retention)
-    except sqlite3.Error as exc:
-        raise CommandError(f"cannot purge records in {path}: {exc}") from None
+    except database_errors() as exc:
+        raise CommandError(f"cannot purge records in {mask_url(path)}: {mask_url(str(exc))}") from None
     print(f"purged {deleted} interception(s) older than {label}")
 
 

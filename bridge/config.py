@@ -227,9 +227,14 @@ def _database_path(raw: str) -> str:
     scheme = scheme.lower()
     # The scheme alone is named, never the URL: a postgres URL carries a password.
     if scheme in ("postgres", "postgresql"):
-        raise ValueError("PostgreSQL is not supported yet (use sqlite:///PATH or a file path)")
+        try:
+            urlsplit(raw).port  # noqa: B018  (raises on a port that is not a number)
+        except ValueError:
+            raise ValueError("invalid PostgreSQL URL: the port is not a number "
+                             "(use postgres://USER:PASSWORD@HOST:PORT/DATABASE)") from None
+        return raw  # the URL itself: the store (bridge.store.postgres) connects with it
     if scheme != "sqlite":
-        raise ValueError(f"unsupported database scheme {scheme!r} (use sqlite:///PATH or a file path)")
+        raise ValueError(f"unsupported database scheme {scheme!r} (use sqlite:///PATH, a file path or postgres://...)")
     if not rest.startswith("/") or rest == "/":
         raise ValueError("expected sqlite:///relative/path.db or sqlite:////absolute/path.db")
     return os.path.expanduser(rest[1:])
@@ -740,7 +745,8 @@ def load_settings(
 
 
 def database_path_from_url(url: str) -> str:
-    """``sqlite:///aibridge.db`` -> ``aibridge.db``, ``sqlite:////abs/x.db`` -> ``/abs/x.db``, a path -> itself."""
+    """``sqlite:///aibridge.db`` -> ``aibridge.db``, ``sqlite:////abs/x.db`` -> ``/abs/x.db``, a path or a
+    ``postgres://`` / ``postgresql://`` URL -> itself."""
     try:
         return _database_path(url.strip())
     except ValueError as err:

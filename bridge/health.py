@@ -8,7 +8,7 @@ from flask import Blueprint, Response, current_app
 from loguru import logger
 
 from bridge.metrics import exposition
-from bridge.store import Store
+from bridge.store import Store, postgres_error_reason
 
 health_blueprint = Blueprint("health", __name__)
 
@@ -28,8 +28,9 @@ def readyz() -> tuple[dict, int]:
     """Ready to serve: the configuration is loaded and the store is writable.
 
     The store check takes the write lock and releases it at once (``BEGIN IMMEDIATE; ROLLBACK``),
-    waiting at most READY_LOCK_WAIT for another writer, on the API's native store threads (never
-    on the hub). The detail names the problem without paths or settings values.
+    waiting at most READY_LOCK_WAIT for another writer (PostgreSQL: the server answers within
+    READY_LOCK_WAIT and takes writes), on the API's native store threads (never on the hub). The
+    detail names the problem without paths or settings values.
     """
     gateway = current_app.extensions.get("bridge")
     if gateway is None or getattr(gateway, "settings", None) is None:
@@ -49,6 +50,9 @@ def readyz() -> tuple[dict, int]:
         # sqlite's messages ("database is locked", "disk I/O error", ...) carry no path.
         return _unavailable(f"the record store is not writable: {_sqlite_reason(exc)}")
     except Exception as exc:  # e.g. the file cannot be opened: its message may name the path
+        reason = postgres_error_reason(exc)
+        if reason is not None:
+            return _unavailable(f"the record store is not writable: {reason}")
         logger.bind(record_type="server").warning("readiness check failed: {}", type(exc).__name__)
         return _unavailable("the record store cannot be opened")
     return {"status": "ready"}, 200

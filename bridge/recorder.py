@@ -6,8 +6,11 @@ gevent ThreadPool: sqlite is C code that would otherwise run on the hub and free
 of the worker while it waits for the write lock or an fsync (notes/stack.md §3).
 
 No record is lost: when the store cannot be written (locked beyond busy_timeout, disk full,
-read-only, file removed), batches are appended to an fsync'd journal next to the database,
-``<db>.records-<pid>.jsonl`` (exclusively flock'd while its process lives), and replayed in
+read-only, file removed; for PostgreSQL: the server unreachable or refusing writes), batches are
+appended to an fsync'd journal next to the database, ``<db>.records-<pid>.jsonl`` (for
+PostgreSQL in ``journal_dir``, by default the working directory:
+``aibridge-postgres-<database>-<hash>.records-<pid>.jsonl``), exclusively flock'd while its
+process lives, and replayed in
 order, before any newer batch, once the store is writable again. Journals left by dead processes
 are replayed by the next recorder that starts. If the journal cannot be written either, batches
 stay in memory and are retried. Writes are idempotent (rows keyed by uuid), so replaying a batch
@@ -21,9 +24,9 @@ from __future__ import annotations
 
 import fcntl
 import glob
+import hashlib
 import os
 import re
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import suppress
@@ -38,7 +41,7 @@ from gevent import monkey
 from loguru import logger
 
 from bridge.retention import retention_cutoff
-from bridge.store import CHILD_TABLES, RecordBatch, Store, StoreError
+from bridge.store import CHILD_TABLES, RecordBatch, SqliteStore, Store, is_postgres_url, mask_url, refused
 
 # A real OS lock even after monkey-patching: it guards the writer state against close()'s
 # fallback, which runs in the caller's thread while the pool thread may still be busy.
@@ -50,11 +53,6 @@ _RETRY_MIN, _RETRY_MAX = 0.5, 30.0
 _PURGE_CHUNK = 5000
 _PURGE_CHUNKS_PER_STEP = 20  # ~100k interceptions, then the writer takes the next batch
 _JOURNAL_RE = re.compile(r"\.records-\d+\.jsonl$")
-# Errors of the store that retrying cannot fix: the rows themselves are refused.
-_REFUSED_ERRORS = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError, sqlite3.DataError,
-                   StoreError, TypeError)
-_REFUSED_CODES = {sqlite3.SQLITE_ERROR, sqlite3.SQLITE_TOOBIG, sqlite3.SQLITE_MISMATCH, sqlite3.SQLITE_RANGE,
-                  sqlite3.SQLITE_CONSTRAINT}
 
 
 @dataclass
@@ -102,8 +100,9 @@ class Recorder:
         self.retention = retention
         self.purge_interval = purge_interval
         self.busy_timeout = busy_timeout
-        directory = journal_dir or os.path.dirname(os.path.abspath(database_path))
-        self._journal_base = os.path.join(directory, os.path.basename(database_path))
+        self._postgres = is_postgres_url(database_path)
+        self._store_name = mask_url(database_path)  # for logs: no password
+        self._journal_base = _journal_base(database_path, journal_dir)
         self._closed = False
         # Hub side, created on first use (in the worker, after fork).
         self._queue: gevent.queue.Queue | None = None
@@ -305,19 +304,20 @@ class Recorder:
 
     def _open_store(self) -> Store:
         """The writer's connection, reopened (and migrated) if the file was removed or replaced."""
-        current = _file_id(self.database_path)
+        current = None if self._postgres else _file_id(self.database_path)
         if self._store is not None and current != self._store_file:
             logger.warning("database file {} was removed or replaced; reopening it", self.database_path)
             self._drop_store()
         if self._store is None:
             store = Store(self.database_path)
             try:
-                store.db.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+                if isinstance(store, SqliteStore):
+                    store.db.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
                 store.migrate()
             except BaseException:
                 store.close()
                 raise
-            self._store, self._store_file = store, _file_id(self.database_path)
+            self._store, self._store_file = store, None if self._postgres else _file_id(self.database_path)
         return self._store
 
     def _drop_store(self) -> None:
@@ -336,7 +336,7 @@ class Recorder:
         try:
             store.write_records(batch)
         except Exception as exc:
-            if not _refused(exc):
+            if not refused(exc):
                 self._drop_store()  # a fresh connection on the next attempt
                 raise _Unavailable(str(exc)) from exc
             parts = batch.split()
@@ -358,7 +358,7 @@ class Recorder:
     def _schedule_retry(self, exc: BaseException) -> None:
         if self._retry_delay == _RETRY_MIN:
             logger.warning("cannot write records to {} ({}); journaling them until it is writable",
-                           self.database_path, exc)
+                           self._store_name, mask_url(str(exc)))
         self._retry_at = time.monotonic() + self._retry_delay
         self._retry_delay = min(self._retry_delay * 2, _RETRY_MAX)
 
@@ -421,7 +421,7 @@ class Recorder:
         except (_Unavailable, OSError) as exc:
             self._schedule_retry(exc)
             return
-        logger.info("records store {} is writable again; the journaled records are written", self.database_path)
+        logger.info("records store {} is writable again; the journaled records are written", self._store_name)
         self._retry_delay, self._retry_at = _RETRY_MIN, 0.0
 
     def _write_line(self, line: bytes) -> None:
@@ -512,10 +512,15 @@ def _to_batch(items: list[InterceptionStart | InterceptionEnd]) -> RecordBatch:
     return batch
 
 
-def _refused(exc: BaseException) -> bool:
-    if isinstance(exc, _REFUSED_ERRORS):
-        return True
-    return isinstance(exc, sqlite3.Error) and (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _REFUSED_CODES
+def _journal_base(database_path: str, journal_dir: str | None) -> str:
+    """Journal files are ``<base>.records-<pid>.jsonl``: next to a SQLite file; for PostgreSQL in
+    ``journal_dir`` (default: the working directory), named after the database (not the password)."""
+    if is_postgres_url(database_path):
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", database_path.rsplit("/", 1)[-1].split("?", 1)[0]) or "postgres"
+        digest = hashlib.sha256(mask_url(database_path).encode()).hexdigest()[:8]
+        return os.path.join(journal_dir or os.getcwd(), f"aibridge-postgres-{name}-{digest}")
+    directory = journal_dir or os.path.dirname(os.path.abspath(database_path))
+    return os.path.join(directory, os.path.basename(database_path))
 
 
 def _file_id(path: str) -> tuple[int, int] | None:

@@ -10,6 +10,7 @@ import pytest
 from bridge.store import Store
 from tests.fakeupstream import FakeUpstream
 from tests.harness import GatewayProcess
+from tests.pg import PostgresServer
 
 OPENAI_KEY = "sk-openai-test-5f0c2a9d8e7b6a5c4d3e"
 ANTHROPIC_KEY = "sk-ant-test-9a8b7c6d5e4f3a2b1c0d"
@@ -36,6 +37,27 @@ def upstream() -> Iterator[FakeUpstream]:
     fake = FakeUpstream().start()
     yield fake
     fake.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of the session's own (fails, not skips, without the binaries)."""
+    server = PostgresServer()
+    try:
+        yield server.start()
+    finally:
+        server.remove()
+
+
+_databases = iter(range(1, 1_000_000))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request, tmp_path: Path) -> str:
+    """An empty store of each backend: a fresh SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "bridge.db")
+    return request.getfixturevalue("postgres").create_database(f"store_{next(_databases)}")
 
 
 @pytest.fixture(scope="session")

@@ -42,11 +42,13 @@ class GatewayProcess:
         return f"{self.url}/api/v2/aibridge/{provider}"
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "bridge.wsgi:app",
+        return [sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py"), "bridge.wsgi:app",
                 "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers)]
 
     def process_env(self) -> dict[str, str]:
         env = {key: value for key, value in os.environ.items() if not key.startswith("CODER_")}
+        # The app imports from the repository even when run in another directory (self.cwd).
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         env.update(self.env)
         return env
 

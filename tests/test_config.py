@@ -708,14 +708,15 @@ def test_secret_with_inner_whitespace_is_rejected_without_echo():
     ("SQLITE:////abs/x.db", "/abs/x.db"),
     ("/var/lib/bridge/store.db", "/var/lib/bridge/store.db"),
     ("store.db", "store.db"),
+    ("postgres://bridge:hunter2@db/bridge", "postgres://bridge:hunter2@db/bridge"),
+    ("postgresql://db:5433/bridge", "postgresql://db:5433/bridge"),
 ])
 def test_database_path_from_url(url, path):
     assert database_path_from_url(url) == path
 
 
 @pytest.mark.parametrize(("url", "problem"), [
-    ("postgres://bridge:hunter2@db/bridge", "PostgreSQL is not supported yet"),
-    ("postgresql://db/bridge", "PostgreSQL is not supported yet"),
+    ("postgres://bridge:hunter2@db:port/bridge", "invalid PostgreSQL URL: the port is not a number"),
     ("mysql://db/bridge", "unsupported database scheme 'mysql'"),
     ("sqlite://", "expected sqlite:///relative/path.db"),
     ("sqlite://x.db", "expected sqlite:///relative/path.db"),
@@ -730,8 +731,10 @@ def test_bad_database_urls(url, problem):
 
 def test_database_url_setting():
     assert load_settings(env={"CODER_AIBRIDGE_DATABASE_URL": "sqlite:////srv/a.db"}).database_path == "/srv/a.db"
-    message = config_error({"CODER_AIBRIDGE_DATABASE_URL": "postgres://bridge:hunter2@db/bridge"})
-    assert message.startswith("CODER_AIBRIDGE_DATABASE_URL: PostgreSQL is not supported yet")
+    url = "postgresql://bridge:hunter2@db/bridge"
+    assert load_settings(env={"CODER_AIBRIDGE_DATABASE_URL": url}).database_path == url
+    message = config_error({"CODER_AIBRIDGE_DATABASE_URL": "postgres://bridge:hunter2@db:x/bridge"})
+    assert message.startswith("CODER_AIBRIDGE_DATABASE_URL: invalid PostgreSQL URL")
     assert "hunter2" not in message
 
 
