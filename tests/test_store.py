@@ -152,6 +152,17 @@ def test_user_lifecycle(store: Store) -> None:
     _parse_time(row[0])
 
 
+def test_a_name_taken_between_the_check_and_the_insert_is_refused_the_same_way(store: Store, monkeypatch) -> None:
+    """Two instances creating one name at once both pass the check; the unique index refuses the
+    second, and its caller gets the same error as for any taken name (not a database error)."""
+    store.create_user("carol")
+    monkeypatch.setattr(store, "_live_user_row", lambda key, by_id: None)  # the other row not seen yet
+    with pytest.raises(StoreError, match="already exists"):
+        store.create_user("carol")
+    monkeypatch.undo()
+    assert [user["username"] for user in store.list_users()].count("carol") == 1
+
+
 def test_duplicate_username_is_refused_while_the_user_lives(store: Store) -> None:
     first = store.create_user("alice")
     with pytest.raises(StoreError, match="already exists"):

@@ -107,6 +107,16 @@ def test_end_sets_ended_at_and_merges_metadata(store: Store) -> None:
     assert json.loads(row["model_thoughts"][0]["metadata"]) == {"source": "thinking"}
 
 
+def test_end_metadata_is_a_merge_patch_on_both_backends(store: Store) -> None:
+    """An end's null member removes the start's (RFC 7396, as SQLite's json_patch does): a record
+    reads the same whichever database holds it."""
+    batch = interception(NOW, metadata='{"streaming": true, "stop_reason": "x", "kept": 1}')
+    iid = batch.interceptions[0]["id"]
+    batch.ends = [{"id": iid, "ended_at": format_timestamp(NOW), "metadata": {"stop_reason": None, "status": 200}}]
+    store.write_records(batch)
+    assert json.loads(store.get_interception(iid)["metadata"]) == {"streaming": True, "kept": 1, "status": 200}
+
+
 def test_a_refused_batch_writes_nothing(store: Store) -> None:
     good = interception(NOW)
     orphan_end = RecordBatch(ends=[{"id": "missing", "ended_at": format_timestamp(NOW), "metadata": None}])

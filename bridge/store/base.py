@@ -300,6 +300,10 @@ class Store:
 
     # -- users -----------------------------------------------------------------------------
 
+    def _is_unique_violation(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is this database refusing a row that a unique index already holds."""
+        raise NotImplementedError
+
     def _insert(self, table: str, row: dict[str, Any]) -> None:
         self.db.execute(f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})", list(row.values()))
 
@@ -315,10 +319,17 @@ class Store:
             "created_at": utc_now(),
             "deleted_at": None,
         }
-        with self.write():
-            if self._live_user_row(username, by_id=False) is not None:
-                raise StoreError(f"user {username!r} already exists")
-            self._insert("users", row)
+        taken = StoreError(f"user {username!r} already exists")
+        try:
+            with self.write():
+                if self._live_user_row(username, by_id=False) is not None:
+                    raise taken
+                self._insert("users", row)
+        except Exception as exc:
+            # Two instances creating the same name at once both pass the check: the unique index decides.
+            if exc is not taken and self._is_unique_violation(exc):
+                raise taken from None
+            raise
         return _user_dict(row)
 
     def list_users(self) -> list[dict[str, Any]]:

@@ -456,12 +456,17 @@ class PostgresStore(Store):
                 new.append(row)
         return new
 
+    def _is_unique_violation(self, exc: BaseException) -> bool:
+        return isinstance(exc, psycopg.errors.UniqueViolation)
+
     def _end_interceptions(self, ends: list[dict[str, Any]]) -> None:
-        # One statement for all ends; metadata is merged key by key (jsonb ||), kept as text.
+        # One statement for all ends; metadata is merged as SQLite's json_patch() merges it (RFC 7396,
+        # one level: ours is flat): key by key, and a null member removes the key. Kept as text.
         found = {row[0] for row in self.db.execute(
             "UPDATE aibridge_interceptions AS i SET ended_at = e.ended_at,"
             " metadata = CASE WHEN e.metadata IS NULL THEN i.metadata"
-            " ELSE (COALESCE(i.metadata, '{}')::jsonb || e.metadata::jsonb)::text END"
+            " ELSE ((COALESCE(i.metadata, '{}')::jsonb || e.metadata::jsonb)"
+            " - ARRAY(SELECT key FROM jsonb_each(e.metadata::jsonb) WHERE value = 'null'::jsonb))::text END"
             " FROM unnest(?::text[], ?::text[], ?::text[]) AS e(id, ended_at, metadata)"
             " WHERE i.id = e.id RETURNING i.id",
             [[str(end["id"]) for end in ends], [end["ended_at"] for end in ends],

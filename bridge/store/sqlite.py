@@ -308,6 +308,9 @@ class SqliteStore(Store):
         return [row for row, values in zip(rows, check_columns(table, rows))
                 if cursor.execute(sql, values).rowcount == 1]
 
+    def _is_unique_violation(self, exc: BaseException) -> bool:
+        return isinstance(exc, sqlite3.IntegrityError) and "UNIQUE" in str(exc)
+
     def _end_interceptions(self, ends: list[dict[str, Any]]) -> None:
         conn = self.db.conn
         for end in ends:
