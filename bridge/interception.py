@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
 from typing import Mapping
 
 from loguru import logger
@@ -15,7 +14,7 @@ from bridge.intercept.base import Interceptor
 from bridge.masking import mask_secret
 from bridge.providers.base import Provider
 from bridge.records import json_text, new_id, text
-from bridge.timestamps import format_timestamp
+from bridge.timestamps import utc_now
 from bridge.recorder import InterceptionEnd, InterceptionStart, Recorder
 
 
@@ -54,7 +53,7 @@ class Interception:
             "credential_kind": "byok" if caller.byok else "centralized",
             "credential_hint": mask_secret(credential),
             "correlating_tool_call_id": text(interceptor.correlating_tool_call_id()),
-            "started_at": format_timestamp(datetime.now(timezone.utc)),
+            "started_at": utc_now(),
             "ended_at": None,
             "metadata": json_text({"streaming": interceptor.streaming, **provider.interception_metadata(interceptor)}),
         }
@@ -72,9 +71,9 @@ class Interception:
             return
         self._ended = True
         interceptor = self.interceptor
-        now = datetime.now(timezone.utc)
+        ended_at = utc_now()
         try:
-            usage, prompt, token_usages, user_prompts, tool_usages, model_thoughts = self._children(now)
+            usage, prompt, token_usages, user_prompts, tool_usages, model_thoughts = self._children(ended_at)
         except Exception as exc:  # a response the interceptor cannot read: the interception is still ended
             logger.bind(interception_id=self.id).warning("the response could not be read for the record ({})",
                                                          type(exc).__name__)
@@ -86,7 +85,6 @@ class Interception:
             metadata["error"] = self.error
         if self.unreadable:
             metadata["unreadable_events"] = self.unreadable
-        ended_at = format_timestamp(now)
         self._recorder.record(InterceptionEnd(self.id, ended_at, metadata, token_usages, user_prompts,
                                               tool_usages, model_thoughts))
         self._count(usage, prompt is not None)
@@ -98,12 +96,12 @@ class Interception:
             auditlog.log_record("interception_end", {"interception_id": self.id, "ended_at": ended_at,
                                                      "metadata": metadata})
 
-    def _children(self, now: datetime) -> tuple:
+    def _children(self, created_at: str) -> tuple:
         """The usage, the prompt and the child rows of everything the interceptor saw."""
         interceptor = self.interceptor
         interceptor.finish()
         response_id = interceptor.response_id
-        base = {"interception_id": self.id, "created_at": format_timestamp(now)}
+        base = {"interception_id": self.id, "created_at": created_at}
         response_id = text(response_id)
         usage = interceptor.usage()
         token_usages = [{

@@ -18,7 +18,7 @@ from bridge.errors import GatewayError, error_body
 from bridge.gateway import Gateway
 from bridge.providers.base import InterceptorFactory, Provider
 from bridge.interception import Interception
-from bridge.relay import STREAM_HEADERS, StreamRelay, is_event_stream, read_whole, response_headers, upstream_headers
+from bridge.relay import STREAM_HEADERS, StreamRelay, read_whole, response_headers, upstream_headers
 from bridge.reliability import send_with_retries
 
 ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
@@ -84,10 +84,9 @@ def _intercept_view(provider: Provider, path: str, factory: InterceptorFactory, 
             interception.status = upstream.status_code
             out_headers = provider.response_headers(upstream)
             out_headers.append(id_header)
-            decoder = provider.stream_decoder(upstream) if upstream.status_code < 400 else None
-            if interceptor.streaming and upstream.status_code < 400 and (decoder is not None or is_event_stream(upstream)):
+            if interceptor.streaming and provider.is_stream(upstream):
                 out_headers.extend(STREAM_HEADERS)
-                relay = StreamRelay(upstream, interception, shape, provider.name, decoder)
+                relay = StreamRelay(upstream, interception, shape, provider.name, provider.stream_decoder())
                 return RelayResponse(relay if dump is None else dump.stream(relay, upstream.status_code, out_headers),
                                      status=upstream.status_code, headers=out_headers)
             status, body = provider.translate_response(upstream, read_whole(upstream, provider.name))

@@ -63,10 +63,6 @@ def response_headers(upstream: requests.Response) -> list[tuple[str, str]]:
     return [(name, value) for name, value in upstream.raw.headers.items() if name.lower() not in _RESPONSE_DROPPED]
 
 
-def is_event_stream(upstream: requests.Response) -> bool:
-    return upstream.headers.get("content-type", "").startswith("text/event-stream")
-
-
 class _LeanConnection:
     """urllib3's connection, minus two costs that showed in profiles of every relayed call:
 
@@ -133,8 +129,7 @@ class _LeanAdapter(HTTPAdapter):
         self._pools: dict[str, urllib3.HTTPConnectionPool] = {}
 
     def get_connection_with_tls_context(self, request, verify, proxies=None, cert=None):
-        origin = request.url.split("/", 3)[2]  # host[:port] after "scheme://"
-        key = request.url[:request.url.index("//")] + origin
+        key = "/".join(request.url.split("/", 3)[:3])  # scheme://host[:port]
         pool = self._pools.get(key)
         if pool is None:
             pool = self._pools[key] = super().get_connection_with_tls_context(request, verify, proxies, cert)

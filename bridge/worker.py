@@ -55,19 +55,17 @@ class OneWriteResponse(wsgi.Response):
         head = self._take_head()
         self.sock.sendall(head + data if head else data)
 
-    def close(self) -> None:
+    def _flush_head(self, tail: bytes = b"") -> None:
         self.send_headers()
-        head = self._take_head()
-        if self.chunked:
-            self.sock.sendall(head + b"0\r\n\r\n")
-        elif head:
-            self.sock.sendall(head)
+        data = self._take_head() + tail
+        if data:
+            self.sock.sendall(data)
+
+    def close(self) -> None:
+        self._flush_head(b"0\r\n\r\n" if self.chunked else b"")
 
     def sendfile(self, respiter) -> bool:
-        self.send_headers()
-        head = self._take_head()
-        if head:
-            self.sock.sendall(head)
+        self._flush_head()
         return super().sendfile(respiter)
 
 

@@ -248,6 +248,6 @@ def test_success_passes_through_and_aws_headers_stay_behind():
     streamed = Upstream(200, content_type="application/vnd.amazon.eventstream", x_amzn_RequestId="r-1",
                         x_amzn_bedrock_content_type="application/json")
     assert bedrock.response_headers(streamed) == [("Content-Type", "text/event-stream"), ("request-id", "r-1")]
-    assert isinstance(bedrock.stream_decoder(streamed), EventStreamDecoder)
+    assert bedrock.is_stream(streamed) and isinstance(bedrock.stream_decoder(), EventStreamDecoder)
     assert bedrock.response_headers(Upstream(429, content_type="application/json")) == [("Content-Type", "application/json")]
-    assert bedrock.stream_decoder(Upstream(200, content_type="application/json")) is None
+    assert not bedrock.is_stream(Upstream(200, content_type="application/json"))

@@ -42,6 +42,8 @@ class Provider:
     always_byok: ClassVar[bool] = False
     #: What a bring-your-own-key client sends in Authorization, as error messages name it.
     own_credential: ClassVar[str] = "your provider key"
+    #: Content type of the upstream's streamed answers (relayed as SSE, decoded by ``stream_decoder``).
+    stream_content_type: ClassVar[str] = "text/event-stream"
     #: The gateway signs each upstream request itself (Bedrock's SigV4): no key header, no client key.
     signs_requests: ClassVar[bool] = False
 
@@ -80,7 +82,11 @@ class Provider:
         """Headers the client gets with an intercepted response."""
         return response_headers(upstream)
 
-    def stream_decoder(self, upstream: requests.Response) -> StreamDecoder | None:
+    def is_stream(self, upstream: requests.Response) -> bool:
+        """Whether the upstream answered with a stream (an error answer never is)."""
+        return upstream.status_code < 400 and upstream.headers.get("content-type", "").startswith(self.stream_content_type)
+
+    def stream_decoder(self) -> StreamDecoder | None:
         """A decoder for a stream the upstream does not send as SSE; None relays its bytes as they are."""
         return None
 

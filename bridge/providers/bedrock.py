@@ -88,6 +88,7 @@ def bedrock_body(body: dict, beta_header: str | None) -> bytes:
 
 class BedrockProvider(AnthropicProvider):
     signs_requests = True
+    stream_content_type = EVENT_STREAM
     intercepted = {"v1/messages": _messages}
 
     def __init__(self, settings: ProviderSettings) -> None:
@@ -136,15 +137,14 @@ class BedrockProvider(AnthropicProvider):
 
     def response_headers(self, upstream: requests.Response) -> list[tuple[str, str]]:
         # AWS's own headers (x-amzn-*, the event-stream type) mean nothing to an Anthropic client.
-        streamed = upstream.status_code < 400 and upstream.headers.get("content-type", "").startswith(EVENT_STREAM)
-        headers = [("Content-Type", "text/event-stream" if streamed else "application/json")]
+        headers = [("Content-Type", "text/event-stream" if self.is_stream(upstream) else "application/json")]
         request_id = upstream.headers.get("x-amzn-requestid")
         if request_id:
             headers.append(("request-id", request_id))
         return headers
 
-    def stream_decoder(self, upstream: requests.Response) -> EventStreamDecoder | None:
-        return EventStreamDecoder() if upstream.headers.get("content-type", "").startswith(EVENT_STREAM) else None
+    def stream_decoder(self) -> EventStreamDecoder:
+        return EventStreamDecoder()
 
     def translate_response(self, upstream: requests.Response, body: bytes) -> tuple[int, bytes]:
         status = upstream.status_code
