@@ -35,6 +35,9 @@ class ResponsesInterceptor(Interceptor):
     def __init__(self, body: dict, raw_body: bytes) -> None:
         super().__init__(body, raw_body)
         self._items: dict[int, dict] = {}
+        # Streamed pieces of an item's text fields, joined once when read: concatenating each delta
+        # would copy the text so far every time (quadratic in a long tool call's arguments).
+        self._growing: dict[tuple[int, str], tuple[dict, str, list[str]]] = {}
         self._events_seen = 0  # sequence numbers count the events from 0
 
     def validate(self) -> None:
@@ -61,16 +64,16 @@ class ResponsesInterceptor(Interceptor):
         elif kind in _DELTAS:
             item = self._items.get(payload.get("output_index"))
             if item is not None and isinstance(payload.get("delta"), str):
-                item[_DELTAS[kind]] = (item.get(_DELTAS[kind]) or "") + payload["delta"]
+                self._grow(item, _DELTAS[kind], payload["delta"])
         elif kind in _DONES:
             item = self._items.get(payload.get("output_index"))
             field, source = _DONES[kind]
             if item is not None and isinstance(payload.get(source), str):
-                item[field] = payload[source]
+                self._set(item, field, payload[source])
         elif kind == "response.reasoning_summary_text.delta":
-            self._summary(payload)["text"] += payload.get("delta") or ""
+            self._grow(self._summary(payload), "text", payload.get("delta") or "")
         elif kind == "response.reasoning_summary_text.done":
-            self._summary(payload)["text"] = payload.get("text") or ""
+            self._set(self._summary(payload), "text", payload.get("text") or "")
         elif kind == "response.output_text.delta":
             self._commentary_text(payload, payload.get("delta") or "", append=True)
         elif kind == "response.output_text.done":
@@ -104,7 +107,22 @@ class ResponsesInterceptor(Interceptor):
         index = payload.get("content_index", 0)
         while len(content) <= index:
             content.append({"type": "output_text", "text": ""})
-        content[index]["text"] = (content[index].get("text") or "") + text if append else text
+        (self._grow if append else self._set)(content[index], "text", text)
+
+    def _grow(self, target: dict, field: str, piece: str) -> None:
+        entry = self._growing.get((id(target), field))
+        if entry is None:
+            entry = self._growing[(id(target), field)] = (target, field, [target.get(field) or ""])
+        entry[2].append(piece)
+
+    def _set(self, target: dict, field: str, value: str) -> None:
+        self._growing.pop((id(target), field), None)
+        target[field] = value
+
+    def _settle(self) -> None:
+        for target, field, pieces in self._growing.values():
+            target[field] = "".join(pieces)
+        self._growing.clear()
 
     def _take_response(self, response: dict) -> None:
         self.response_id = response.get("id") or self.response_id
@@ -114,6 +132,7 @@ class ResponsesInterceptor(Interceptor):
         output = response.get("output")
         if output:  # the whole output, settled: it replaces what the deltas built
             self._items = {index: item for index, item in enumerate(output) if isinstance(item, dict)}
+            self._growing.clear()
 
     def observe_response(self, status: int, body: bytes) -> None:
         response = json_object(body) if status < 400 else None
@@ -121,6 +140,7 @@ class ResponsesInterceptor(Interceptor):
             self._take_response(response)
 
     def finish(self) -> None:
+        self._settle()
         for _, item in sorted(self._items.items()):
             kind = item.get("type")
             if kind == "function_call":
