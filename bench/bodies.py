@@ -39,6 +39,11 @@ def _compact(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
+def _streaming(request: dict[str, Any], stream: bool) -> dict[str, Any]:
+    """A copy of the request body, with ``stream: true`` when streaming."""
+    return {**request, "stream": True} if stream else dict(request)
+
+
 def _sse_json(event: str) -> Any:
     for line in event.split("\n"):
         if line.startswith("data: "):
@@ -49,10 +54,7 @@ def _sse_json(event: str) -> Any:
 # ---------------------------------------------------------------- OpenAI chat completions
 
 def openai_request(stream: bool) -> dict[str, Any]:
-    body = dict(_fixture("openai_chat/simple_text")["request"])
-    if stream:
-        body["stream"] = True
-    return body
+    return _streaming(_fixture("openai_chat/simple_text")["request"], stream)
 
 
 def openai_blocking() -> bytes:
@@ -82,10 +84,7 @@ def openai_stream_events(n: int = STREAM_EVENTS, stamp: bool = False) -> list[by
 # ---------------------------------------------------------------- Anthropic messages
 
 def anthropic_request(stream: bool) -> dict[str, Any]:
-    body = dict(_fixture("anthropic/simple_text")["request"])
-    if stream:
-        body["stream"] = True
-    return body
+    return _streaming(_fixture("anthropic/simple_text")["request"], stream)
 
 
 def anthropic_blocking() -> bytes:
@@ -125,10 +124,7 @@ _RESP_MODEL = "gpt-4.1-2025-04-14"
 
 
 def responses_request(stream: bool) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": "gpt-4.1", "input": "Write a haiku about the sea."}
-    if stream:
-        body["stream"] = True
-    return body
+    return _streaming({"model": "gpt-4.1", "input": "Write a haiku about the sea."}, stream)
 
 
 def _response_object(status: str, text: str | None, output_tokens: int) -> dict[str, Any]:

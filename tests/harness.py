@@ -104,6 +104,25 @@ def wait_for_records(database, ids: list[str]) -> dict[str, dict]:
         store.close()
 
 
+def wait_for_session(database, session_id: str, count: int) -> list[dict]:
+    """The interceptions of one client session (its ``client_session_id``), in order, once the gateway's
+    writer stored them ended; waits for at least ``count`` of them."""
+    store = Store(str(database))
+    try:
+        deadline = time.monotonic() + RECORD_WAIT
+        while True:
+            ids = [row["id"] for row in store.db.query(
+                "SELECT id FROM aibridge_interceptions WHERE client_session_id = ? ORDER BY started_at, rowid",
+                [session_id])]
+            if len(ids) >= count or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    finally:
+        store.close()
+    found = wait_for_records(database, ids)
+    return [found[i] for i in ids if i in found]
+
+
 @dataclass
 class ClientRun:
     """One run of a real client CLI (Claude Code, Codex) against a gateway or the fake upstream."""

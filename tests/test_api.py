@@ -8,6 +8,7 @@ tests go through the real gateway under gunicorn, reading back a call it recorde
 from __future__ import annotations
 
 import random
+import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -350,18 +351,22 @@ def test_every_query_reads_one_index_and_children_in_one_query_each(data: Datase
     assert len(plans) <= 7 + 3 + 1  # count, ids, rows, 4 children + resolving an initiator + the cursor
 
 
-def test_queries_run_on_a_native_thread_not_the_callers(client, data: Dataset, monkeypatch) -> None:
-    """sqlite would block the gevent hub (every stream of the worker) while it reads."""
-    import threading
-
+def spy_store_threads(monkeypatch, method: str) -> list[int]:
+    """Wrap ``Store.<method>``: the returned list collects the id of the thread of every call."""
     threads: list[int] = []
-    original = Store.query_interceptions
+    original = getattr(Store, method)
 
     def spy(self, *args, **kwargs):
         threads.append(threading.get_ident())
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(Store, "query_interceptions", spy)
+    monkeypatch.setattr(Store, method, spy)
+    return threads
+
+
+def test_queries_run_on_a_native_thread_not_the_callers(client, data: Dataset, monkeypatch) -> None:
+    """sqlite would block the gevent hub (every stream of the worker) while it reads."""
+    threads = spy_store_threads(monkeypatch, "query_interceptions")
     ok(get(client, "alice", limit=1))
     assert threads and threading.get_ident() not in threads
 

@@ -18,8 +18,9 @@ import pytest
 
 from tests.conftest import ANTHROPIC_KEY
 from tests.fakebedrock import ANTHROPIC_VERSION, FakeBedrock
+from tests.harness import wait_for_session
 from tests.test_clients_e2e import (  # noqa: F401  (``claude`` is the session fixture that finds Claude Code)
-    ANSWER, FIXTURES, PROMPT, ClaudeRun, _recorded, claude, run_claude)
+    ANSWER, FIXTURES, PROMPT, ClaudeRun, claude, run_claude)
 
 ACCESS_KEY = "AKIAFAKEBEDROCKE2E001"
 SECRET = "fAkE/bedrock+e2e+secret/0123456789abcdefgh"
@@ -127,7 +128,7 @@ def test_bedrock_gets_signed_invoke_calls_without_client_headers(fixture, runs, 
 def test_claude_code_calls_through_bedrock_are_recorded(fixture, runs, database, identities):
     direct, direct_session, through, session = runs[fixture]
     assert _messages(direct)[0].headers["x-claude-code-session-id"] == direct_session  # --session-id is what it sends
-    records = _recorded(database, session, len(through.requests))
+    records = wait_for_session(database, session, len(through.requests))
     assert len(records) == len(through.requests), f"{len(through.requests)} interception(s) expected: {records}"
     alice = identities.store.get_user("alice")
     requested = _messages(direct)[0].json["model"]  # Claude Code's own model name, the same in both runs

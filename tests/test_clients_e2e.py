@@ -15,15 +15,13 @@ import os
 import re
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from bridge.store import Store
 from tests.conftest import ANTHROPIC_KEY
 from tests.fakeupstream import FakeUpstream, RecordedRequest, load_fixtures
-from tests.harness import REPO, ClientRun
+from tests.harness import REPO, ClientRun, wait_for_session
 
 E2E_DIR = REPO / "tests" / "e2e"
 CLAUDE_VERSION = "2.1.332"
@@ -206,21 +204,6 @@ def test_invalid_gateway_token_is_an_authentication_error(kind, case, claude, tm
     assert run.requests == [], "a request with a bad gateway token must not reach the upstream"
 
 
-def _recorded(database: Path, session_id: str, count: int, timeout: float = 20.0) -> list[dict]:
-    """The ended interceptions of one Claude Code session, once the gateway's writer stored them."""
-    store = Store(str(database))
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            ids = [row["id"] for row in store.db.query(
-                "SELECT id FROM aibridge_interceptions WHERE client_session_id = ? AND ended_at IS NOT NULL "
-                "ORDER BY started_at", [session_id])]
-            if len(ids) >= count or time.monotonic() > deadline:
-                return [store.get_interception(i) for i in ids]
-            time.sleep(0.2)
-    finally:
-        store.close()
-
 
 def test_claude_code_calls_are_recorded(claude, tmp_path, gateway, upstream, identities, database):
     run = run_claude(claude, tmp_path, upstream, gateway.base("anthropic"), _credentials("api_key", identities.alice),
@@ -228,7 +211,7 @@ def test_claude_code_calls_are_recorded(claude, tmp_path, gateway, upstream, ide
     assert run.returncode == 0, run.describe()
     messages = [r for r in run.requests if _path(r) == "/v1/messages"]
     session_id = messages[0].headers["x-claude-code-session-id"]
-    records = _recorded(database, session_id, len(messages))
+    records = wait_for_session(database, session_id, len(messages))
     assert len(records) == len(messages), f"{len(messages)} interception(s) expected for session {session_id}: {records}"
     record = records[0]
     alice = identities.store.get_user("alice")
@@ -251,7 +234,7 @@ def test_claude_code_prompt_is_recorded(claude, tmp_path, gateway, upstream, ide
                      "anthropic/simple_text")
     assert run.returncode == 0, run.describe()
     messages = [r for r in run.requests if _path(r) == "/v1/messages"]
-    records = _recorded(database, messages[0].headers["x-claude-code-session-id"], len(messages))
+    records = wait_for_session(database, messages[0].headers["x-claude-code-session-id"], len(messages))
     assert records, run.describe()
     prompts = [p["prompt"] for p in records[0]["user_prompts"]]
     assert prompts == [PROMPT]  # what the user typed, without the client's system reminders

@@ -38,18 +38,16 @@ import os
 import re
 import signal
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from bridge.store import Store
 from tests.conftest import OPENAI_KEY, provider_env
 from tests.fakeupstream import FakeUpstream, RecordedRequest, load_fixtures
 from tests.fakeupstream import _Handler as _FakeHandler
-from tests.harness import RECORD_WAIT, REPO, ClientRun, wait_for_records
+from tests.harness import REPO, ClientRun, wait_for_session
 
 E2E_DIR = REPO / "tests" / "e2e"
 CODEX_VERSION = "0.171.0"
@@ -203,24 +201,6 @@ def assert_centralized(run: CodexRun, token: str, fixture: str) -> None:
         assert token.encode() not in request.body
 
 
-def _recorded(database: Path, session_id: str, count: int) -> list[dict]:
-    """The interceptions of one Codex session (its ``session-id``), in order, once the gateway's writer
-    stored them ended; waits for at least ``count`` of them."""
-    deadline = time.monotonic() + RECORD_WAIT
-    store = Store(str(database))
-    try:
-        while True:
-            ids = [row["id"] for row in store.db.query(
-                "SELECT id FROM aibridge_interceptions WHERE client_session_id = ? ORDER BY started_at, rowid",
-                [session_id])]
-            if len(ids) >= count or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
-    finally:
-        store.close()
-    found = wait_for_records(database, ids)
-    return [found[i] for i in ids if i in found]
-
 
 def _session_id(request: RecordedRequest) -> str:
     """Codex 0.171.0 names its session in `session-id` (hyphen); `thread-id` and `x-client-request-id` carry the same id."""
@@ -295,7 +275,7 @@ def test_codex_calls_are_recorded(name, codex, tmp_path, gateway, upstream, iden
     assert_centralized(run, identities.bob, fixture)
 
     [request] = _responses(run)
-    records = _recorded(database, _session_id(request), 1)
+    records = wait_for_session(database, _session_id(request), 1)
     assert len(records) == 1, f"one interception expected for session {_session_id(request)}: {records}"
     record = records[0]
     assert record["initiator_id"] == identities.store.get_user("bob")["id"]
@@ -339,7 +319,7 @@ def test_codex_tool_turns_go_through_the_gateway(name, codex, tmp_path, tool_gat
     assert [o["call_id"] for o in outputs] == [c["id"] for c in calls], json.dumps(requests[1].json["input"])[-3000:]
     assert {_session_id(r) for r in requests} == {_session_id(requests[0])}
 
-    records = _recorded(database, _session_id(requests[0]), 2)
+    records = wait_for_session(database, _session_id(requests[0]), 2)
     assert len(records) == 2, records
     first, second = records
     assert [(t["provider_tool_call_id"], t["tool"], t["input"]) for t in first["tool_usages"]] == \

@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from bridge.errors import GatewayError
 from bridge.intercept.chat_completions import ChatCompletionsInterceptor
 from bridge.intercept.messages import MessagesInterceptor
 from bridge.intercept.responses import ResponsesInterceptor
@@ -117,7 +118,6 @@ def test_openai_prompt_rule(messages, prompt, correlating):
 
 
 def test_background_responses_are_refused_with_501():
-    from bridge.errors import GatewayError
     with pytest.raises(GatewayError) as raised:
         ResponsesInterceptor({"model": "gpt-5", "input": "hi", "background": True}, b"{}")
     assert raised.value.status == 501 and raised.value.param == "background"
@@ -129,7 +129,6 @@ def test_background_responses_are_refused_with_501():
     ({"input": "x"}, "model"),
 ])
 def test_responses_field_checks(body, field):
-    from bridge.errors import GatewayError
     with pytest.raises(GatewayError) as raised:
         ResponsesInterceptor(body, b"{}")
     assert raised.value.status == 400 and raised.value.param == field

@@ -12,8 +12,7 @@ from typing import Iterator
 
 import requests
 
-from bridge.store import Store
-from tests.test_api import make_client, seed_dataset
+from tests.test_api import make_client, seed_dataset, spy_store_threads
 
 LOCK_WAIT = 10.0  # for the test's own BEGIN EXCLUSIVE, while a gateway may be writing
 
@@ -52,14 +51,7 @@ def test_readyz_is_ready_when_the_store_is_writable_and_not_while_it_is_locked(t
 def test_readyz_checks_on_a_store_thread_not_the_callers(tmp_path: Path, monkeypatch) -> None:
     data = seed_dataset(tmp_path / "threads.db", count=1)
     client = make_client(data.path)
-    threads = []
-    original = Store.check_writable
-
-    def spy(self, *args, **kwargs):
-        threads.append(threading.get_ident())
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Store, "check_writable", spy)
+    threads = spy_store_threads(monkeypatch, "check_writable")
     assert client.get("/readyz").status_code == 200
     assert threads and threading.get_ident() not in threads
 

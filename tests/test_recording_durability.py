@@ -27,7 +27,7 @@ CALLS = [  # (route, fixture, stream)
 ]
 
 
-def _request(session: requests.Session, gateway, token: str, n: int, **headers) -> tuple[str, bool]:
+def _request(session: requests.Session, gateway, token: str, n: int, **headers) -> tuple[str, bool | str]:
     """One call; returns (interception id, whether the whole answer arrived, or what came instead)."""
     route, name, stream = CALLS[n % len(CALLS)]
     fixture = (ANTHROPIC if name.startswith("anthropic/") else OPENAI)[name]

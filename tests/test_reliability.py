@@ -617,7 +617,7 @@ def test_failed_probe_reopens_the_breaker(breaker_gateway, faulty, identities, d
     assert raised.value.body["error"]["type"] == "overloaded_error"
     assert "circuit breaker open" in raised.value.body["error"]["message"]
     retry_in = int(raised.value.response.headers["Retry-After"])
-    assert 1 <= retry_in <= 1
+    assert retry_in == 1
     time.sleep(retry_in + 0.2)
     faulty.plan(Status(529, headers=no_retry))
     with pytest.raises(anthropic.OverloadedError):  # the probe reaches the upstream and fails
@@ -636,16 +636,22 @@ def test_failed_probe_reopens_the_breaker(breaker_gateway, faulty, identities, d
     assert _metric(_metrics(breaker_gateway), "circuit_breaker_state", **labels) == 0
 
 
-def test_unreachable_upstream_trips_the_breaker(breaker_gateway, identities, database):
-    client = _openai(breaker_gateway, identities, "dead")
+def _trip_openai_breaker(client: openai.OpenAI, body: dict, status: int) -> openai.InternalServerError:
+    """Three chat calls failing with `status` (the breaker's threshold), then the fourth refused by
+    the open breaker: returns that refusal."""
     for _ in range(3):
         with pytest.raises(openai.InternalServerError) as raised:
-            client.chat.completions.create(**OPENAI_BODY)
-        assert raised.value.status_code == 502
+            client.chat.completions.create(**body)
+        assert raised.value.status_code == status
     with pytest.raises(openai.InternalServerError) as raised:
-        client.chat.completions.create(**OPENAI_BODY)
+        client.chat.completions.create(**body)
     assert raised.value.status_code == 503 and "circuit breaker open" in raised.value.message
-    record = _record(database, _interception_id(raised.value))
+    return raised.value
+
+
+def test_unreachable_upstream_trips_the_breaker(breaker_gateway, identities, database):
+    refused = _trip_openai_breaker(_openai(breaker_gateway, identities, "dead"), OPENAI_BODY, 502)
+    record = _record(database, _interception_id(refused))
     assert record["metadata"]["attempts"] == 0
 
 
@@ -659,15 +665,8 @@ def test_timeouts_trip_the_breaker_and_500s_do_not(breaker_gateway, faulty, iden
         assert raised.value.status_code == 500
     assert faulty.count == 4  # a 500 is the upstream answering, not overload: no breaker
 
-    body = {**OPENAI_BODY, "model": "gpt-breaker-stall"}
     faulty.plan(Stall(3), Stall(3), Stall(3))
-    for _ in range(3):
-        with pytest.raises(openai.InternalServerError) as raised:
-            client.chat.completions.create(**body)
-        assert raised.value.status_code == 504
-    with pytest.raises(openai.InternalServerError) as raised:
-        client.chat.completions.create(**body)
-    assert raised.value.status_code == 503
+    _trip_openai_breaker(client, {**OPENAI_BODY, "model": "gpt-breaker-stall"}, 504)
     assert faulty.count == 7
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 import sqlite3
+import threading
 import uuid
 from collections import defaultdict
 from datetime import datetime, timedelta, timezone
@@ -31,7 +32,7 @@ from bridge.store import (
     StoreError,
 )
 from bridge.timestamps import format_timestamp
-from tests.test_api import Dataset, make_client, seed_dataset
+from tests.test_api import Dataset, make_client, seed_dataset, spy_store_threads
 
 FIGURES = ("interceptions", "input_tokens", "output_tokens", "cache_read_input_tokens", "cache_write_input_tokens")
 TOKENS = FIGURES[1:]
@@ -592,15 +593,6 @@ def test_no_token_is_a_401(client, data: Dataset, path: str) -> None:
 
 
 def test_queries_run_off_the_calling_thread(client, data: Dataset, monkeypatch) -> None:
-    import threading
-
-    threads = []
-    original = Store.usage_series
-
-    def spy(self, *args, **kwargs):
-        threads.append(threading.get_ident())
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Store, "usage_series", spy)
+    threads = spy_store_threads(monkeypatch, "usage_series")
     ok(call(client, data, "alice"))
     assert threads and threading.get_ident() not in threads
