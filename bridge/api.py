@@ -137,15 +137,15 @@ def build_filter(values: Mapping[str, str | None], me: str | None = None) -> Int
     )
 
 
-def parse_limit(text: str | None) -> int:
+def parse_limit(text: str | None, default: int = DEFAULT_LIMIT, maximum: int = MAX_LIMIT) -> int:
     if text is None:
-        return DEFAULT_LIMIT
+        return default
     try:
         limit = int(text.strip())
     except ValueError:
-        raise QueryError(f"invalid limit {text!r}: not a number", f"use a whole number from 1 to {MAX_LIMIT}") from None
-    if not 1 <= limit <= MAX_LIMIT:
-        raise QueryError(f"invalid limit {limit}: out of range", f"use a whole number from 1 to {MAX_LIMIT}")
+        raise QueryError(f"invalid limit {text!r}: not a number", f"use a whole number from 1 to {maximum}") from None
+    if not 1 <= limit <= maximum:
+        raise QueryError(f"invalid limit {limit}: out of range", f"use a whole number from 1 to {maximum}")
     return limit
 
 
@@ -224,19 +224,6 @@ def parse_range(since: str | None, until: str | None, now: datetime | None = Non
 def rfc3339(timestamp: str) -> str:
     """A store timestamp (or rollup hour) in the API's form, to the second: ``2026-11-20T10:00:00Z``."""
     return f"{timestamp[:19]}Z"
-
-
-def parse_tools_limit(text: str | None) -> int:
-    if text is None:
-        return DEFAULT_TOOLS_LIMIT
-    try:
-        limit = int(text.strip())
-    except ValueError:
-        raise QueryError(f"invalid limit {text!r}: not a number",
-                         f"use a whole number from 1 to {MAX_TOOLS_LIMIT}") from None
-    if not 1 <= limit <= MAX_TOOLS_LIMIT:
-        raise QueryError(f"invalid limit {limit}: out of range", f"use a whole number from 1 to {MAX_TOOLS_LIMIT}")
-    return limit
 
 
 def usage_over_time(store: Store, by: str, bucket: str, since: str, until: str,
@@ -343,7 +330,7 @@ def api_blueprint(gateway: Any) -> Blueprint:
             search = build_filter(parse_search(args.get("q")), me=who["user_id"])
             limit = parse_limit(args.get("limit"))
             after_id, offset = parse_page(args.get("after_id"), args.get("offset"))
-            viewer = None if who["is_admin"] else who["user_id"]
+            viewer = _viewer_id(who)
             return _json(run(query_interceptions, search, limit, after_id, offset, viewer))
         except QueryError as exc:
             raise ApiError(400, exc.message, exc.detail) from None
@@ -351,7 +338,7 @@ def api_blueprint(gateway: Any) -> Blueprint:
     @bp.get("/api/v2/aibridge/clients")
     def list_clients() -> Response:
         who = caller()
-        return _json(run(Store.interception_clients, None if who["is_admin"] else who["user_id"]))
+        return _json(run(Store.interception_clients, _viewer_id(who)))
 
     @bp.get("/api/v2/aibridge/usage")
     def usage() -> Response:
@@ -363,7 +350,7 @@ def api_blueprint(gateway: Any) -> Blueprint:
             since, until = parse_range(args.get("since"), args.get("until"))
         except QueryError as exc:
             raise ApiError(400, exc.message, exc.detail) from None
-        viewer = None if who["is_admin"] else who["user_id"]
+        viewer = _viewer_id(who)
         return _json(run(usage_over_time, by, bucket, since, until, viewer))
 
     @bp.get("/api/v2/aibridge/tools")
@@ -372,10 +359,10 @@ def api_blueprint(gateway: Any) -> Blueprint:
         try:
             args = _single_args(TOOLS_PARAMETERS, filters_hint=False)
             since, until = parse_range(args.get("since"), args.get("until"))
-            limit = parse_tools_limit(args.get("limit"))
+            limit = parse_limit(args.get("limit"), DEFAULT_TOOLS_LIMIT, MAX_TOOLS_LIMIT)
         except QueryError as exc:
             raise ApiError(400, exc.message, exc.detail) from None
-        viewer = None if who["is_admin"] else who["user_id"]
+        viewer = _viewer_id(who)
         return _json({"tools": run(Store.top_tools, since, until, limit, viewer_id=viewer)})
 
     @bp.get("/api/v2/users")
@@ -452,6 +439,11 @@ def api_blueprint(gateway: Any) -> Blueprint:
         return _json({"message": "internal gateway error"}, 500)
 
     return bp
+
+
+def _viewer_id(who: Mapping[str, Any]) -> str | None:
+    """Whose records a caller sees: everyone's (None) for an admin, else their own."""
+    return None if who["is_admin"] else who["user_id"]
 
 
 def _session_token(headers: Mapping[str, str]) -> str | None:

@@ -27,7 +27,7 @@ POSTGRES_CACHE_SECONDS = 2.0
 _CACHE_ENTRIES = 10_000
 
 
-def _seconds_valid(expires_at: str | None, limit: float = _CACHE_SECONDS) -> float:
+def _seconds_valid(expires_at: str | None, limit: float) -> float:
     """How long a looked-up token may be taken from the cache: ``limit``, or until it expires."""
     if expires_at is None:
         return limit

@@ -58,9 +58,7 @@ def request_secrets(headers: Iterable[tuple[str, str]]) -> list[str]:
     for name, value in headers:
         lower = name.lower()
         if lower in SECRET_HEADERS and lower not in ("cookie", "set-cookie"):
-            value = value.strip()
-            scheme, _, rest = value.partition(" ")
-            found.append(rest.strip() if rest and scheme.lower() in _AUTH_SCHEMES else value)
+            found.append(_split_scheme(value)[1])
     return [secret for secret in found if secret]
 
 
@@ -76,10 +74,16 @@ def mask_header(name: str, value: str | bytes) -> str:
     if lower == "set-cookie":
         first, sep, attributes = value.partition(";")
         return _mask_cookie(first) + sep + attributes
+    prefix, secret = _split_scheme(value)
+    return prefix + mask_secret(secret)
+
+
+def _split_scheme(value: str) -> tuple[str, str]:
+    """A credential header value as ``("Bearer ", secret)`` when it names an auth scheme, else ``("", value)``."""
     scheme, _, rest = value.strip().partition(" ")
     if rest and scheme.lower() in _AUTH_SCHEMES:
-        return f"{scheme} {mask_secret(rest.strip())}"
-    return mask_secret(value.strip())
+        return f"{scheme} ", rest.strip()
+    return "", value.strip()
 
 
 def _mask_cookie(pair: str) -> str:

@@ -304,7 +304,7 @@ class Recorder:
 
     def _open_store(self) -> Store:
         """The writer's connection, reopened (and migrated) if the file was removed or replaced."""
-        current = None if self._postgres else _file_id(self.database_path)
+        current = self._database_file()
         if self._store is not None and current != self._store_file:
             logger.warning("database file {} was removed or replaced; reopening it", self.database_path)
             self._drop_store()
@@ -317,8 +317,12 @@ class Recorder:
             except BaseException:
                 store.close()
                 raise
-            self._store, self._store_file = store, None if self._postgres else _file_id(self.database_path)
+            self._store, self._store_file = store, self._database_file()
         return self._store
+
+    def _database_file(self) -> tuple[int, int] | None:
+        """The database file's identity; None for PostgreSQL (no file to be removed or replaced)."""
+        return None if self._postgres else _file_id(self.database_path)
 
     def _drop_store(self) -> None:
         if self._store is not None:

@@ -1,6 +1,6 @@
 """The store: the only package that speaks SQL. SQLite by default, PostgreSQL for several instances.
 
-``Store(target)`` (or ``open_store``) opens the backend ``target`` names: a path or
+``Store(target)`` (``Store.from_path`` also migrates) opens the backend ``target`` names: a path or
 ``sqlite:///PATH`` -> ``sqlite.SqliteStore``; ``postgres://`` / ``postgresql://`` ->
 ``postgres.PostgresStore``. Layout:
 
@@ -30,14 +30,9 @@ __all__ = [
     "CHILD_TABLES", "MIGRATIONS", "RECORD_COLUMNS", "ROLLUP_TABLES", "TOKEN_ID_LENGTH", "TOOL_DAILY_DIMENSIONS",
     "TOOL_DIMENSIONS", "TOOL_ROLLUPS", "USAGE_DIMENSIONS", "USAGE_GROUPS", "USAGE_ROLLUPS", "USERNAME_RE",
     "InterceptionFilter", "PostgresStore", "RecordBatch", "SqliteStore", "Store", "StoreError", "UnknownCursor",
-    "auth_stamp_path", "database_errors", "format_timestamp", "is_postgres_url", "mask_url", "open_store", "postgres_error_reason", "refused", "touch_auth_stamp",
+    "auth_stamp_path", "database_errors", "format_timestamp", "is_postgres_url", "mask_url", "postgres_error_reason", "refused", "touch_auth_stamp",
     "utc_now",
 ]
-
-
-def open_store(target: str) -> Store:
-    """Open the store ``target`` names and bring its schema up to date."""
-    return Store.from_path(target)
 
 
 def database_errors() -> tuple[type[BaseException], ...]:

@@ -177,9 +177,6 @@ class Store:
     def _end_interceptions(self, ends: list[dict[str, Any]]) -> None:
         raise NotImplementedError
 
-    def _executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
-        raise NotImplementedError
-
     def _auth_changed(self) -> None:
         """A token was revoked or a user deleted: tell the token caches of every process."""
 
@@ -229,7 +226,7 @@ class Store:
             for found in self.db.execute(f"SELECT id, {_KEY_SQL} FROM aibridge_interceptions WHERE {condition}", [param]):
                 keys[found[0]] = _rollup_key(found[1], found[2:])
         for table, rows in rollup_additions(keys, interceptions, token_usages, tool_usages).items():
-            self._executemany(UPSERTS[table], rows)
+            self.db.conn.executemany(UPSERTS[table], rows)  # sqlite3's; PgDatabase is its own ``conn``
 
     def purge_records(self, cutoff_iso: str, chunk: int = 5000, *, max_chunks: int | None = None) -> int:
         """Delete interceptions started before ``cutoff_iso`` with their children; returns how many.

@@ -157,9 +157,9 @@ TOOL_DIMENSIONS = ("initiator_id", "provider_name", "model", "client")
 TOOL_DAILY_DIMENSIONS = ("initiator_id",)
 _TOKEN_FIGURES = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_write_input_tokens")
 _USAGE_FIGURES = ("interceptions", *_TOKEN_FIGURES)
-_ROLLUP_CHILDREN = ("token_usages", "tool_usages")
 _TOOL_POSITIONS = tuple(1 + USAGE_DIMENSIONS.index(c) for c in TOOL_DIMENSIONS)  # in a usage key
 _TOOL_DAILY_POSITIONS = tuple(1 + TOOL_DIMENSIONS.index(c) for c in TOOL_DAILY_DIMENSIONS)  # in an hourly tool key
+
 
 def _hour(timestamp: Any) -> str:
     """The rollup hour of a store timestamp: ``2026-11-20T10:42:07.123456Z`` -> ``2026-11-20T10:00:00Z``.
@@ -188,7 +188,6 @@ def _rollup_key(hour: str, values: Any) -> tuple[str, ...]:
     return (hour, *["" if v is None else str(v) for v in values])
 
 
-
 def _user_dict(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": row["id"],
@@ -210,7 +209,6 @@ def _token_dict(row: dict[str, Any]) -> dict[str, Any]:
 _FILTER_COLUMNS = ("initiator_id", "model", "client", "provider_name", "provider")
 #: usage_summary() groups -> interception column.
 USAGE_GROUPS = {"user": "initiator_id", "model": "model", "client": "client", "provider": "provider_name"}
-_SUM_FIGURES = ", ".join(f"sum({c})" for c in _USAGE_FIGURES)
 
 
 def _usage_column(by: str) -> str:
@@ -301,7 +299,6 @@ def _interception_result(row: dict[str, Any], children: dict[str, list[dict[str,
     return result
 
 
-
 def rollup_additions(keys: dict[Any, tuple[str, ...]], interceptions: list[dict[str, Any]],
                      token_usages: list[dict[str, Any]], tool_usages: list[dict[str, Any]]
                      ) -> dict[str, list[tuple[Any, ...]]]:
@@ -351,7 +348,7 @@ def rollup_additions(keys: dict[Any, tuple[str, ...]], interceptions: list[dict[
             continue
         per_day: dict[tuple[str, ...], list[int]] = {}
         for key, figures in per_hour.items():
-            day_key = (f"{key[0][:10]}T00:00:00Z", *[key[i] for i in day_positions])
+            day_key = (_day(key[0]), *[key[i] for i in day_positions])
             total = per_day.get(day_key)
             if total is None:
                 per_day[day_key] = list(figures)

@@ -428,9 +428,6 @@ class PostgresStore(Store):
     def _in(self, column: str, values: list[Any]) -> tuple[str, Any]:
         return f"{column} = ANY(?)", list(values)
 
-    def _executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
-        self.db.executemany(sql, rows)
-
     def _inserted(self, table: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Multi-row ``INSERT ... ON CONFLICT (id) DO NOTHING RETURNING id``: one round trip per
         1000 rows, and the ids tell which rows are new (the first of their id, not stored before)."""
@@ -438,11 +435,11 @@ class PostgresStore(Store):
             return []
         columns = RECORD_COLUMNS[table]
         values = check_columns(table, rows)
+        row_sql = f"({', '.join(['%s'] * len(columns))})"
         new_ids: set[Any] = set()
         with self.db.connection() as conn:
             for start in range(0, len(values), _INSERT_ROWS):
                 part = values[start:start + _INSERT_ROWS]
-                row_sql = f"({', '.join(['%s'] * len(columns))})"
                 cursor = conn.execute(
                     f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([row_sql] * len(part))}"
                     " ON CONFLICT (id) DO NOTHING RETURNING id",

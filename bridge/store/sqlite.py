@@ -56,8 +56,6 @@ def _enable_wal(conn: sqlite3.Connection, wait: float = 10.0) -> None:
             time.sleep(0.01)
 
 
-
-
 # Schema versions, applied in order by Store.migrate(). Append new migrations; never edit old ones.
 MIGRATIONS = Migrations("bridge")
 
@@ -89,7 +87,6 @@ def _m0001_users_and_tokens(db: Database) -> None:
         )"""
     )
     db.execute("CREATE INDEX api_tokens_user_id ON api_tokens (user_id)")
-
 
 
 @MIGRATIONS(name="0002_records")
@@ -196,7 +193,6 @@ def _m0004_usage_rollups(db: Database) -> None:
         db.execute(statement)
 
 
-
 class SqliteStore(Store):
     """Users, API tokens and interception records in one SQLite file."""
 
@@ -281,19 +277,10 @@ class SqliteStore(Store):
     def _hint(self, column: str) -> str:
         return f"+{column}"  # unary plus: the planner does not use an index for this column
 
-    def _executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
-        self.db.conn.executemany(sql, rows)
-
     def _insert_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
-        columns = RECORD_COLUMNS[table]
-        # Rows are keyed by their uuid, so replaying a batch (journal) changes nothing. Not "OR IGNORE":
-        # that would also silently skip rows violating NOT NULL.
-        self.db.conn.executemany(
-            f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
-            " ON CONFLICT (id) DO NOTHING", check_columns(table, rows)
-        )
+        self.db.conn.executemany(_insert_sql(table), check_columns(table, rows))
 
     def _inserted(self, table: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """One statement per row, keeping those with ``changes()`` = 1 (not stored before, and the first
@@ -301,9 +288,7 @@ class SqliteStore(Store):
         than executemany(), half the cost of checking the ids first."""
         if not rows:
             return []
-        columns = RECORD_COLUMNS[table]
-        sql = (f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
-               " ON CONFLICT (id) DO NOTHING")
+        sql = _insert_sql(table)
         cursor = self.db.conn.cursor()
         return [row for row, values in zip(rows, check_columns(table, rows))
                 if cursor.execute(sql, values).rowcount == 1]
@@ -325,6 +310,14 @@ class SqliteStore(Store):
 
     def _auth_changed(self) -> None:
         touch_auth_stamp(self.path)
+
+
+def _insert_sql(table: str) -> str:
+    """Insert a record row. Rows are keyed by their uuid, so replaying a batch (journal) changes
+    nothing. Not "OR IGNORE": that would also silently skip rows violating NOT NULL."""
+    columns = RECORD_COLUMNS[table]
+    return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
+            " ON CONFLICT (id) DO NOTHING")
 
 
 def _sqlite_path(target: str) -> str:
