@@ -135,6 +135,42 @@ def test_a_refused_batch_writes_nothing(store: Store) -> None:
     assert not store.db.conn.in_transaction
 
 
+def test_every_value_is_stored_exactly_whatever_the_batch_holds(store: Store) -> None:
+    """Texts JSON handles badly (NUL, lone surrogates are refused elsewhere; line separators, emoji,
+    quotes) come back as written; a row repeated in one batch is stored and counted once; an
+    interception ended twice in one batch gets both ends' metadata, in order. PostgreSQL's text cannot
+    hold NUL: there it becomes U+FFFD rather than the record being refused."""
+    odd = "nul\x00inside \u2028 \U0001f600 \"quoted\" \\ back"
+    stored = odd.replace("\x00", "\ufffd") if isinstance(store, PostgresStore) else odd
+    plain, with_nul = interception(NOW, model=odd), interception(NOW)
+    with_nul.user_prompts[0]["prompt"] = odd
+    with_nul.model_thoughts[0]["content"] = odd
+    repeated = combined(plain, plain, with_nul)
+    iid = plain.interceptions[0]["id"]
+    repeated.ends.append({"id": iid, "ended_at": format_timestamp(NOW + timedelta(seconds=1)),
+                          "metadata": '{"c": 3, "b": null}'})
+    store.write_records(repeated)
+    assert store.count_records() == {table: 2 for table in RECORD_COLUMNS}
+    first = store.get_interception(iid)
+    assert first["model"] == stored
+    assert first["ended_at"] == format_timestamp(NOW + timedelta(seconds=1))
+    assert json.loads(first["metadata"]) == {"a": 1, "c": 3}
+    second = store.get_interception(with_nul.interceptions[0]["id"])
+    assert [r["prompt"] for r in second["user_prompts"]] == [stored]
+    assert [r["content"] for r in second["model_thoughts"]] == [stored]
+    totals = {row["group"]: row for row in store.usage_summary("model")}
+    assert totals[stored]["interceptions"] == 1 and totals[stored]["input_tokens"] == 10
+    assert totals["claude"]["interceptions"] == 1
+
+
+def test_ending_several_missing_interceptions_names_the_first(store: Store) -> None:
+    good = interception(NOW)
+    ends = [{"id": name, "ended_at": format_timestamp(NOW), "metadata": None} for name in ("gone-1", "gone-2")]
+    with pytest.raises(StoreError, match="cannot end interception 'gone-1'"):
+        store.write_records(combined(good, RecordBatch(ends=ends)))
+    assert store.count_records() == {table: 0 for table in RECORD_COLUMNS}
+
+
 def test_split_isolates_each_interception() -> None:
     a, b = interception(NOW), interception(NOW)
     parts = combined(a, b).split()

@@ -42,7 +42,7 @@ from psycopg_pool import ConnectionPool
 from bridge.store.base import Store
 from bridge.store.common import (
     _FILTER_COLUMNS, _USAGE_FIGURES, CHILD_TABLES, RECORD_COLUMNS, TOOL_DAILY_DIMENSIONS, TOOL_DIMENSIONS,
-    TOOL_ROLLUPS, USAGE_DIMENSIONS, USAGE_ROLLUPS, StoreError, _json_text, check_columns, mask_url,
+    TOOL_ROLLUPS, USAGE_DIMENSIONS, USAGE_ROLLUPS, RecordBatch, StoreError, _json_text, check_columns, mask_url,
 )
 
 #: Connections per process (recorder + token lookups + API threads, and one to spare).
@@ -428,6 +428,9 @@ class PostgresStore(Store):
     def _in(self, column: str, values: list[Any]) -> tuple[str, Any]:
         return f"{column} = ANY(?)", list(values)
 
+    def write_records(self, batch: RecordBatch) -> None:
+        super().write_records(_without_nul(batch))
+
     def _inserted(self, table: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Multi-row ``INSERT ... ON CONFLICT (id) DO NOTHING RETURNING id``: one round trip per
         1000 rows, and the ids tell which rows are new (the first of their id, not stored before)."""
@@ -472,3 +475,13 @@ class PostgresStore(Store):
         for end in ends:
             if end["id"] not in found:
                 raise StoreError(f"cannot end interception {end['id']!r}: it does not exist")
+
+
+def _without_nul(batch: RecordBatch) -> RecordBatch:
+    """The batch with every NUL in a text replaced by U+FFFD (the replacement character): PostgreSQL's
+    text cannot hold NUL, and a prompt may carry one; the record is kept rather than refused."""
+    def clean(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{name: value.replace("\x00", "\ufffd") if type(value) is str else value for name, value in row.items()}
+                for row in rows]
+
+    return RecordBatch(**{name: clean(getattr(batch, name)) for name in ("interceptions", "ends", *CHILD_TABLES)})
