@@ -10,6 +10,21 @@ from __future__ import annotations
 import os
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import values
+
+_process_id = os.getpid()
+
+
+def _forked() -> None:
+    global _process_id
+    _process_id = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    # Each process's values go to files named by its pid, which prometheus_client asks the kernel for
+    # on every increment (a dozen getpid() syscalls per request); the pid changes only at a fork.
+    values.ValueClass = values.MultiProcessValue(process_identifier=lambda: _process_id)
 
 LABELS = ("provider", "model", "client")
 

@@ -13,11 +13,14 @@ import urllib3.connection
 from gevent import monkey
 from loguru import logger
 from requests.adapters import HTTPAdapter
+from requests.structures import CaseInsensitiveDict
 from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
+from bridge import response_head
 from bridge.errors import GatewayError
 from bridge.intercept.sse import SSESplitter
 from bridge.reliability import UpstreamFailure
+from bridge.sockets import send_all
 
 if TYPE_CHECKING:
     from bridge.interception import Interception
@@ -81,7 +84,10 @@ class _LeanConnection:
             data = b"".join(self._outgoing)
         finally:
             self._outgoing = None
-        super().send(data)
+        if self.sock is None:
+            super().send(data)  # connects first
+        else:
+            send_all(self.sock, data)
 
     def send(self, data) -> None:
         if self._outgoing is not None:
@@ -135,6 +141,19 @@ class _LeanAdapter(HTTPAdapter):
             pool = self._pools[key] = super().get_connection_with_tls_context(request, verify, proxies, cert)
         return pool
 
+    def build_response(self, req: requests.PreparedRequest, resp: urllib3.BaseHTTPResponse) -> requests.Response:
+        """requests' Response, minus what the gateway never reads: cookies for a jar it does not keep
+        (parsing them took a URL parse per call) and a text encoding for bodies it relays as bytes."""
+        response = requests.Response()
+        response.status_code = resp.status
+        response.headers = CaseInsensitiveDict(resp.headers)
+        response.raw = resp
+        response.reason = resp.reason
+        response.url = req.url
+        response.request = req
+        response.connection = self
+        return response
+
 
 def _trusted_cas() -> str | bool:
     """The CA bundle (or directory) upstream certificates are checked against: requests' own
@@ -185,6 +204,7 @@ class Upstream:
     @property
     def adapter(self) -> HTTPAdapter:
         if self._adapter is None:  # created in the worker, after fork and gevent's patching
+            response_head.install()
             # pool_connections: enough pools for every configured upstream host, so none is ever evicted.
             self._adapter = _LeanAdapter(pool_connections=_UPSTREAM_HOSTS_MAX, pool_maxsize=self._pool_size,
                                          pool_block=False, max_retries=0)

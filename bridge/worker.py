@@ -15,6 +15,8 @@ from gunicorn.glogging import Logger
 from gunicorn.http import wsgi
 from gunicorn.workers.ggevent import GeventWorker as _StockGeventWorker
 
+from bridge.sockets import send_all
+
 
 class GunicornLogger(Logger):
     """gunicorn's logger, minus the access-log line it formats for every request whenever a
@@ -53,13 +55,13 @@ class OneWriteResponse(wsgi.Response):
         if self.chunked:
             data = b"%X\r\n%s\r\n" % (len(data), data)
         head = self._take_head()
-        self.sock.sendall(head + data if head else data)
+        send_all(self.sock, head + data if head else data)
 
     def _flush_head(self, tail: bytes = b"") -> None:
         self.send_headers()
         data = self._take_head() + tail
         if data:
-            self.sock.sendall(data)
+            send_all(self.sock, data)
 
     def close(self) -> None:
         self._flush_head(b"0\r\n\r\n" if self.chunked else b"")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import orjson
 import pytest
 
@@ -10,6 +12,7 @@ from bridge.intercept.chat_completions import ChatCompletionsInterceptor
 from bridge.intercept.messages import MessagesInterceptor
 from bridge.intercept.responses import ResponsesInterceptor
 from bridge.intercept.sse import SSESplitter
+from bridge.records import new_id
 from tests.sdk_calls import load_fixtures
 
 CASES = [
@@ -132,3 +135,14 @@ def test_responses_field_checks(body, field):
     with pytest.raises(GatewayError) as raised:
         ResponsesInterceptor(body, b"{}")
     assert raised.value.status == 400 and raised.value.param == field
+
+
+def test_record_ids_are_distinct_random_uuids_in_canonical_text():
+    ids = [new_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, text)
+    # every hex digit of the random part shows up, so no position is stuck
+    assert {text[0] for text in ids} == set("0123456789abcdef")
+    assert {text[19] for text in ids} == set("89ab")
