@@ -40,6 +40,7 @@ _CLIENT_CREDENTIALS = frozenset({"authorization", "x-api-key"})
 _RESPONSE_DROPPED = HOP_BY_HOP | {"content-length", "content-encoding", "set-cookie"}
 STREAM_HEADERS = (("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no"))
 _READ_SIZE = 65536
+_UNSEEN_READS_MAX = 16  # reads relayed ahead of the interceptor at most, when the upstream sends faster than it reads
 
 
 def upstream_headers(incoming: Iterable[tuple[str, str]], credentials: Mapping[str, str] | None) -> dict[str, str]:
@@ -261,6 +262,8 @@ class StreamRelay:
         self._shape = shape
         self._provider_name = provider_name
         self._events: Iterator[bytes] | None = None
+        self._splitter = SSESplitter()
+        self._unseen: list[tuple[bytes, list | None]] = []  # relayed, not yet read for the record: (read, its events)
 
     def __iter__(self) -> Iterator[bytes]:
         self._events = self._relay()
@@ -268,11 +271,10 @@ class StreamRelay:
 
     def _relay(self) -> Iterator[bytes]:
         interceptor = self._interception.interceptor
-        splitter = SSESplitter()
+        splitter = self._splitter
         read1 = self._upstream.raw.read1
         rewrite = interceptor.rewrites_stream
         decoder = self._decoder
-        unseen: bytes | None = None  # relayed, not yet shown to the interceptor
         try:
             while True:
                 try:
@@ -289,36 +291,55 @@ class StreamRelay:
                     chunk = decoder.feed(chunk)
                     if not chunk:  # no whole frame yet
                         continue
+                events = None
+                out = chunk
                 if rewrite:
-                    out = b"".join([self._rewrite(event) for event in splitter.feed(chunk)])
-                    if out:
-                        yield out
-                else:
-                    # The bytes go out first; reading them for the record can wait until they are sent.
-                    unseen = chunk
-                    yield chunk
-                    unseen = None
-                    self._observe_all(splitter.feed(chunk))
+                    events = splitter.feed(chunk)
+                    out = self._rewrite(events) if events else b""
+                # The bytes go out first; reading them for the record waits until the upstream makes
+                # the gateway wait, so the end of a stream that came at once is not held up by it.
+                self._unseen.append((chunk, events))
+                if out:
+                    yield out
+                if len(self._unseen) >= _UNSEEN_READS_MAX or not self._next_read_ready():
+                    self._observe_unseen()
             if rewrite:
                 rest = splitter.remainder()
                 if rest:
                     yield rest
         except GeneratorExit:
             self._interception.error = "client disconnected"
-            if unseen is not None:
-                self._observe_all(splitter.feed(unseen))
             raise
         finally:
             self._upstream.close()
 
+    def _next_read_ready(self) -> bool:
+        """Whether the next read returns at once: the answer's whole length is read, or bytes (or the
+        connection's end) wait on the socket."""
+        raw = self._upstream.raw
+        if raw.length_remaining == 0:
+            return True
+        sock = getattr(raw.connection, "sock", None)
+        if sock is None:
+            return False
+        poller = _native_poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+
+    def _observe_unseen(self) -> None:
+        """Show the interceptor every read relayed but not yet read for the record, in order."""
+        unseen, self._unseen = self._unseen, []
+        for chunk, events in unseen:
+            self._observe_all(self._splitter.feed(chunk) if events is None else events)
+
     # The interceptor only reads along: an event it cannot make sense of (wrong types, a provider's
     # new format) is relayed as it came and left out of the record, never a broken stream.
-    def _rewrite(self, event) -> bytes:
+    def _rewrite(self, events: list) -> bytes:
         try:
-            return self._interception.interceptor.relay_event(event)
+            return self._interception.interceptor.rewrite(events)
         except Exception as exc:
             self._unreadable(exc)
-            return event.raw
+            return b"".join([event.raw for event in events])
 
     def _observe_all(self, events) -> None:
         observe = self._interception.interceptor.observe_event
@@ -345,7 +366,10 @@ class StreamRelay:
                 events.close()
         finally:
             self._upstream.close()
-            self._interception.end()
+            try:
+                self._observe_unseen()
+            finally:
+                self._interception.end()
 
 
 def _reason(exc: BaseException) -> str:

@@ -46,10 +46,7 @@ def test_interceptor_reads_what_the_auditor_expects(name, fixture, mode):
         wire = "".join(fixture["streaming"]["events"]).encode()
         for start in range(0, len(wire), 97):  # reads that never line up with events
             for event in splitter.feed(wire[start:start + 97]):
-                if interceptor.rewrites_stream:
-                    interceptor.relay_event(event)
-                else:
-                    interceptor.observe_event(event)
+                interceptor.observe_event(event)
     else:
         interceptor.observe_response(200, orjson.dumps(fixture["blocking"]["body"]))
     interceptor.finish()

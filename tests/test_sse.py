@@ -54,9 +54,12 @@ def test_usage_is_requested_upstream_and_hidden_from_the_client():
         b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"\\"usage\\":null"}}],"usage":null}\n\n'
         + _chunk(usage={"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3})
         + b"data: [DONE]\n\n")
-    out = [interceptor.relay_event(event) for event in events]
     # the escaped look-alike inside content stays; the real member goes; the usage-only chunk is dropped
-    assert out == [b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"\\"usage\\":null"}}]}\n\n', b"", b"data: [DONE]\n\n"]
+    expected = [b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"\\"usage\\":null"}}]}\n\n', b"", b"data: [DONE]\n\n"]
+    assert [interceptor.rewrite([event]) for event in events] == expected
+    assert interceptor.rewrite(events) == b"".join(expected)  # a read of several events at once
+    deltas_only = SSESplitter().feed(events[0].raw * 3 + b"data: [DONE]\n\n")  # the whole read in one pass
+    assert interceptor.rewrite(deltas_only) == expected[0] * 3 + b"data: [DONE]\n\n"
 
 
 @pytest.mark.parametrize("body", [

@@ -68,7 +68,7 @@ class Interceptor:
     gathers (response id, usage, tool calls, thoughts) becomes the audit record.
     """
 
-    #: Streams this interceptor changes (rather than only reads) are relayed as whole events.
+    #: Streams this interceptor changes (rather than only reads) are relayed as whole events, through rewrite().
     rewrites_stream = False
     #: Normalizes this API's usage payload into a TokenUsage.
     usage_schema: Schema
@@ -92,10 +92,10 @@ class Interceptor:
         """The request body sent upstream: the client's bytes, unless the interceptor must add something."""
         return self.raw_body
 
-    def relay_event(self, event: Event) -> bytes:
-        """For rewriting interceptors: the bytes the client gets for this upstream event."""
-        self.observe_event(event)
-        return event.raw
+    def rewrite(self, events: list[Event]) -> bytes:
+        """For rewriting interceptors: the bytes the client gets for these whole upstream events. The
+        relay shows the events to observe_event() once these bytes are sent."""
+        return b"".join([event.raw for event in events])
 
     def observe_event(self, event: Event) -> None:
         """See one upstream SSE event."""

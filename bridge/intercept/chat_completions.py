@@ -29,6 +29,17 @@ def _plain_delta(data: bytes) -> bool:
             and (b'"usage"' not in data or b'"usage":null' in data))
 
 
+def _without_usage(event: Event) -> bytes:
+    """The event without the ``"usage":null`` member, or nothing for the usage-only chunk."""
+    if b'"usage"' not in event.data:
+        return event.raw
+    chunk = json_object(event.data)
+    if isinstance(chunk, dict) and chunk.get("choices") == [] and chunk.get("usage") is not None:
+        return b""  # the usage-only chunk the client did not ask for
+    raw = event.raw.replace(b',"usage":null,', b",").replace(b',"usage":null}', b"}")
+    return _USAGE_NULL.sub(b"", raw) if b'"usage"' in raw else raw
+
+
 class ChatCompletionsInterceptor(Interceptor):
     usage_schema = OPENAI_USAGE
 
@@ -52,25 +63,23 @@ class ChatCompletionsInterceptor(Interceptor):
         body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         return orjson.dumps(body)
 
-    def relay_event(self, event: Event) -> bytes:
-        chunk = self._observe(event)
-        if b'"usage"' not in event.data:
-            return event.raw
-        if isinstance(chunk, dict) and chunk.get("choices") == [] and chunk.get("usage") is not None:
-            return b""  # the usage-only chunk the client did not ask for
-        # The compact forms by plain replacement (most chunks), anything else by the pattern.
-        raw = event.raw.replace(b',"usage":null,', b",").replace(b',"usage":null}', b"}")
-        return _USAGE_NULL.sub(b"", raw) if b'"usage"' in raw else raw
+    def rewrite(self, events: list[Event]) -> bytes:
+        # The compact forms, in every event of a read at once (quotes inside JSON strings are escaped,
+        # so no text a model writes can match); events with anything else one by one.
+        raw = b"".join([event.raw for event in events])
+        if b'"usage"' not in raw:
+            return raw
+        out = raw.replace(b',"usage":null,', b",").replace(b',"usage":null}', b"}")
+        if b'"usage"' not in out:
+            return out
+        return b"".join([_without_usage(event) for event in events])
 
     def observe_event(self, event: Event) -> None:
-        self._observe(event)
-
-    def _observe(self, event: Event) -> dict | None:
         if self.response_id is not None and _plain_delta(event.data):
-            return None
+            return
         chunk = json_object(event.data) if event.data != b"[DONE]" else None
         if chunk is None:
-            return None
+            return
         self.response_id = self.response_id or chunk.get("id")
         if chunk.get("usage"):
             self.usage_payload = chunk["usage"]
@@ -92,7 +101,6 @@ class ChatCompletionsInterceptor(Interceptor):
                     break
             if choice.get("finish_reason"):
                 self.stop_reason = choice["finish_reason"]
-        return chunk
 
     def finish(self) -> None:
         for (_, _), (call_id, name, parts) in sorted(self._calls.items()):
