@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 import select
@@ -142,10 +143,15 @@ class _LeanAdapter(HTTPAdapter):
             pool = self._pools[key] = super().get_connection_with_tls_context(request, verify, proxies, cert)
         return pool
 
+    def request_url(self, request: requests.PreparedRequest, proxies: Mapping[str, str]) -> str:
+        """The request target (requests first looks for a proxy in ``proxies``: the gateway uses none)."""
+        url = request.path_url
+        return "/" + url.lstrip("/") if url.startswith("//") else url
+
     def build_response(self, req: requests.PreparedRequest, resp: urllib3.BaseHTTPResponse) -> requests.Response:
         """requests' Response, minus what the gateway never reads: cookies for a jar it does not keep
         (parsing them took a URL parse per call) and a text encoding for bodies it relays as bytes."""
-        response = requests.Response()
+        response = _UpstreamResponse()
         response.status_code = resp.status
         response.headers = CaseInsensitiveDict(resp.headers)
         response.raw = resp
@@ -154,6 +160,24 @@ class _LeanAdapter(HTTPAdapter):
         response.request = req
         response.connection = self
         return response
+
+
+class _UpstreamResponse(requests.Response):
+    """requests' Response without a cookie jar of its own: a new jar (with its lock) cost as much as
+    the rest of the Response, and the gateway keeps no cookies (it never fills or reads this one)."""
+
+    def __init__(self) -> None:
+        self._content = False
+        self._content_consumed = False
+        self._next = None
+        self.headers = CaseInsensitiveDict()
+        self.encoding = None
+        self.history = []
+        self.cookies = _NO_COOKIES
+        self.elapsed = datetime.timedelta(0)
+
+
+_NO_COOKIES = requests.cookies.RequestsCookieJar()
 
 
 def _trusted_cas() -> str | bool:
@@ -263,7 +287,7 @@ class StreamRelay:
         self._provider_name = provider_name
         self._events: Iterator[bytes] | None = None
         self._splitter = SSESplitter()
-        self._unseen: list[tuple[bytes, list | None]] = []  # relayed, not yet read for the record: (read, its events)
+        self._unseen: list[bytes] = []  # relayed, not yet read for the record
 
     def __iter__(self) -> Iterator[bytes]:
         self._events = self._relay()
@@ -271,7 +295,7 @@ class StreamRelay:
 
     def _relay(self) -> Iterator[bytes]:
         interceptor = self._interception.interceptor
-        splitter = self._splitter
+        framer = SSESplitter()  # cuts a rewritten stream at event boundaries
         read1 = self._upstream.raw.read1
         rewrite = interceptor.rewrites_stream
         decoder = self._decoder
@@ -291,20 +315,21 @@ class StreamRelay:
                     chunk = decoder.feed(chunk)
                     if not chunk:  # no whole frame yet
                         continue
-                events = None
-                out = chunk
-                if rewrite:
-                    events = splitter.feed(chunk)
-                    out = self._rewrite(events) if events else b""
+                if rewrite:  # whole events only, rewritten as one run
+                    chunk = framer.feed_whole(chunk)
+                    out = self._rewrite(chunk) if chunk else b""
+                else:
+                    out = chunk
                 # The bytes go out first; reading them for the record waits until the upstream makes
                 # the gateway wait, so the end of a stream that came at once is not held up by it.
-                self._unseen.append((chunk, events))
+                if chunk:
+                    self._unseen.append(chunk)
                 if out:
                     yield out
                 if len(self._unseen) >= _UNSEEN_READS_MAX or not self._next_read_ready():
                     self._observe_unseen()
             if rewrite:
-                rest = splitter.remainder()
+                rest = framer.remainder()
                 if rest:
                     yield rest
         except GeneratorExit:
@@ -329,17 +354,17 @@ class StreamRelay:
     def _observe_unseen(self) -> None:
         """Show the interceptor every read relayed but not yet read for the record, in order."""
         unseen, self._unseen = self._unseen, []
-        for chunk, events in unseen:
-            self._observe_all(self._splitter.feed(chunk) if events is None else events)
+        for chunk in unseen:
+            self._observe_all(self._splitter.feed(chunk))
 
     # The interceptor only reads along: an event it cannot make sense of (wrong types, a provider's
     # new format) is relayed as it came and left out of the record, never a broken stream.
-    def _rewrite(self, events: list) -> bytes:
+    def _rewrite(self, events: bytes) -> bytes:
         try:
             return self._interception.interceptor.rewrite(events)
         except Exception as exc:
             self._unreadable(exc)
-            return b"".join([event.raw for event in events])
+            return events
 
     def _observe_all(self, events) -> None:
         observe = self._interception.interceptor.observe_event

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import orjson
 import pytest
 
@@ -56,10 +58,23 @@ def test_usage_is_requested_upstream_and_hidden_from_the_client():
         + b"data: [DONE]\n\n")
     # the escaped look-alike inside content stays; the real member goes; the usage-only chunk is dropped
     expected = [b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"\\"usage\\":null"}}]}\n\n', b"", b"data: [DONE]\n\n"]
-    assert [interceptor.rewrite([event]) for event in events] == expected
-    assert interceptor.rewrite(events) == b"".join(expected)  # a read of several events at once
-    deltas_only = SSESplitter().feed(events[0].raw * 3 + b"data: [DONE]\n\n")  # the whole read in one pass
+    assert [interceptor.rewrite(event.raw) for event in events] == expected
+    assert interceptor.rewrite(b"".join(event.raw for event in events)) == b"".join(expected)  # a run of events
+    deltas_only = events[0].raw * 3 + b"data: [DONE]\n\n"  # the whole run in one pass
     assert interceptor.rewrite(deltas_only) == expected[0] * 3 + b"data: [DONE]\n\n"
+
+
+@pytest.mark.parametrize("delimiter", [b"\n\n", b"\r\n\r\n"])
+def test_whole_events_are_cut_at_the_last_boundary_of_every_read(delimiter):
+    stream = b"".join(b"data: " + str(n).encode() + delimiter for n in range(5))
+    for size in (1, 3, 7, len(stream)):
+        splitter, runs = SSESplitter(), []
+        for start in range(0, len(stream), size):
+            run = splitter.feed_whole(stream[start:start + size])
+            assert run == b"" or run.endswith(delimiter)
+            runs.append(run)
+        assert b"".join(runs) == stream and splitter.remainder() == b""
+        assert [event.data for event in SSESplitter().feed(b"".join(runs))] == [str(n).encode() for n in range(5)]
 
 
 @pytest.mark.parametrize("body", [
@@ -75,3 +90,40 @@ def test_usage_request_left_alone(body):
 def test_include_usage_opt_out_per_provider():
     body = {"model": "gpt-4o", "messages": [], "stream": True}
     assert not ChatCompletionsInterceptor(body, orjson.dumps(body), include_usage=False).rewrites_stream
+
+
+@pytest.mark.parametrize("delimiter", [b"\n\n", b"\r\n\r\n"])
+def test_a_run_is_rewritten_as_its_events_one_by_one(delimiter):
+    interceptor = _interceptor()
+    events = [
+        b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"a"}}],"usage":null}',
+        b'data: {"id":"c","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}',
+        b'data: {"id":"c", "choices":[{"index":0,"delta":{}}], "usage": null}',  # spaced: the pattern's work
+        b'data: {"id":"c","usage":null,"choices":[{"index":0,"delta":{"content":"b"}}]}',
+        b"data: [DONE]",
+    ]
+    run = b"".join(event + delimiter for event in events)
+    one_by_one = b"".join(interceptor.rewrite(event + delimiter) for event in events)
+    assert interceptor.rewrite(run) == one_by_one
+    assert b'"usage"' not in one_by_one and one_by_one.count(b"data:") == 4
+
+
+def _read_fields(raw: bytes) -> tuple[bytes | None, bytes]:
+    """The event's name and data, line by line as the SSE format reads them (the reference)."""
+    name, data = None, []
+    for line in raw.splitlines():
+        if line.startswith(b"data:"):
+            data.append(line[6:] if line[5:6] == b" " else line[5:])
+        elif line.startswith(b"event:"):
+            name = line[6:].strip()
+    return name, b"\n".join(data)
+
+
+def test_every_event_form_parses_as_its_lines_read():
+    pieces = [b"data: ", b"data:", b"event: ", b"event:", b"x", b" y ", b"\n", b"\r", b"\r\n", b":c", b"id: 1"]
+    for count in range(1, 4):
+        for combination in itertools.product(pieces, repeat=count):
+            for end in (b"\n\n", b"\r\n\r\n", b"\n"):
+                raw = b"".join(combination) + end
+                event = parse_event(raw)
+                assert (event.raw, event.name, event.data) == (raw, *_read_fields(raw)), raw

@@ -92,10 +92,10 @@ class Interceptor:
         """The request body sent upstream: the client's bytes, unless the interceptor must add something."""
         return self.raw_body
 
-    def rewrite(self, events: list[Event]) -> bytes:
-        """For rewriting interceptors: the bytes the client gets for these whole upstream events. The
-        relay shows the events to observe_event() once these bytes are sent."""
-        return b"".join([event.raw for event in events])
+    def rewrite(self, events: bytes) -> bytes:
+        """For rewriting interceptors: the bytes the client gets for a run of whole upstream events.
+        The relay shows the events to observe_event() once these bytes are sent."""
+        return events
 
     def observe_event(self, event: Event) -> None:
         """See one upstream SSE event."""

@@ -12,7 +12,7 @@ import re
 import orjson
 
 from bridge.intercept.base import Interceptor, check_field, json_object, text_of
-from bridge.intercept.sse import Event
+from bridge.intercept.sse import Event, parse_event
 from bridge.records import OPENAI_USAGE, Thought, ToolCall
 
 _USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])|"usage"\s*:\s*null\s*,')
@@ -29,15 +29,26 @@ def _plain_delta(data: bytes) -> bool:
             and (b'"usage"' not in data or b'"usage":null' in data))
 
 
+def _event_around(run: bytes, index: int, low: int) -> tuple[int, int]:
+    """Where the event holding ``run[index]`` starts (not before ``low``) and ends, in a run of whole events."""
+    start = low
+    for delimiter in (b"\n\n", b"\r\n\r\n"):
+        found = run.rfind(delimiter, low, index)
+        if found >= 0:
+            start = max(start, found + len(delimiter))
+    ends = [found + len(delimiter) for delimiter in (b"\n\n", b"\r\n\r\n") if (found := run.find(delimiter, index)) >= 0]
+    return start, min(ends, default=len(run))
+
+
 def _without_usage(event: Event) -> bytes:
     """The event without the ``"usage":null`` member, or nothing for the usage-only chunk."""
-    if b'"usage"' not in event.data:
-        return event.raw
+    raw = event.raw.replace(b',"usage":null,', b",").replace(b',"usage":null}', b"}")
+    if b'"usage"' not in raw:
+        return raw
     chunk = json_object(event.data)
     if isinstance(chunk, dict) and chunk.get("choices") == [] and chunk.get("usage") is not None:
         return b""  # the usage-only chunk the client did not ask for
-    raw = event.raw.replace(b',"usage":null,', b",").replace(b',"usage":null}', b"}")
-    return _USAGE_NULL.sub(b"", raw) if b'"usage"' in raw else raw
+    return _USAGE_NULL.sub(b"", raw)
 
 
 class ChatCompletionsInterceptor(Interceptor):
@@ -63,16 +74,18 @@ class ChatCompletionsInterceptor(Interceptor):
         body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         return orjson.dumps(body)
 
-    def rewrite(self, events: list[Event]) -> bytes:
-        # The compact forms, in every event of a read at once (quotes inside JSON strings are escaped,
-        # so no text a model writes can match); events with anything else one by one.
-        raw = b"".join([event.raw for event in events])
-        if b'"usage"' not in raw:
-            return raw
-        out = raw.replace(b',"usage":null,', b",").replace(b',"usage":null}', b"}")
-        if b'"usage"' not in out:
-            return out
-        return b"".join([_without_usage(event) for event in events])
+    def rewrite(self, events: bytes) -> bytes:
+        # The compact forms, in every event of the run at once (quotes inside JSON strings are escaped,
+        # so no text a model writes can match); if a usage member is left, event by event.
+        if b'"usage"' not in events:
+            return events
+        out = events.replace(b',"usage":null,', b",").replace(b',"usage":null}', b"}")
+        parts, done = [], 0
+        while (hit := out.find(b'"usage"', done)) >= 0:  # the events still holding one (the usage-only chunk)
+            start, end = _event_around(out, hit, done)
+            parts += [out[done:start], _without_usage(parse_event(out[start:end]))]
+            done = end
+        return b"".join([*parts, out[done:]]) if parts else out
 
     def observe_event(self, event: Event) -> None:
         if self.response_id is not None and _plain_delta(event.data):

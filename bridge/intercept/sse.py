@@ -17,9 +17,16 @@ class Event(NamedTuple):
 
 
 def parse_event(raw: bytes) -> Event:
+    # The usual forms first: one data line (OpenAI), or an event line and one data line (Anthropic).
+    end = len(raw) - 2
+    if raw.find(b"\r") < 0 and raw.endswith(b"\n\n"):
+        if raw.startswith(b"data: ") and raw.find(b"\n") == end:
+            return Event(raw, None, raw[6:end])
+        if raw.startswith(b"event:"):
+            line_end = raw.find(b"\n")
+            if raw.startswith(b"data: ", line_end + 1) and raw.find(b"\n", line_end + 1) == end:
+                return Event(raw, raw[6:line_end].strip(), raw[line_end + 7:end])
     lines = raw.splitlines()
-    if len(lines) == 1 and raw.startswith(b"data: "):  # most events of an OpenAI stream
-        return Event(raw, None, lines[0][6:])
     name = None
     data: list[bytes] = []
     for line in lines:
@@ -48,11 +55,19 @@ class SSESplitter:
             if end < 0:
                 break
             raw = buffer[start:end]
-            if raw.strip():
+            if not raw.isspace():
                 events.append(parse_event(raw))
             start = end
         self._buffer = buffer[start:]
         return events
+
+    def feed_whole(self, chunk: bytes) -> bytes:
+        """Feed raw bytes, get back the bytes of every event they complete, as one run (unparsed)."""
+        buffer = self._buffer + chunk if self._buffer else chunk
+        lf, crlf = buffer.rfind(b"\n\n"), buffer.rfind(b"\r\n\r\n")
+        end = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+        self._buffer = buffer[end:]
+        return buffer[:end]
 
     def remainder(self) -> bytes:
         """Bytes of an unfinished last event (a stream cut mid-event)."""
