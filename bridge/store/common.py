@@ -114,15 +114,10 @@ class RecordBatch:
 def _json_text(value: Any) -> Any:
     if value is None or isinstance(value, str):
         return value
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
-
-
-def _column_value(column: str, value: Any) -> Any:
-    if value is None:
-        return _COLUMN_DEFAULTS.get(column)
-    if isinstance(value, bool):
-        return int(value)  # booleans are integers in both schemas (SQLite stores True as 1 anyway)
-    return _json_text(value) if column in _JSON_COLUMNS else value
+    try:
+        return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:  # what orjson cannot write (integers beyond 64 bits): the standard library can
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
 def auth_stamp_path(database_path: str) -> str:
@@ -361,16 +356,30 @@ def rollup_additions(keys: dict[Any, tuple[str, ...]], interceptions: list[dict[
 
 
 def check_columns(table: str, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
-    """Rows as value tuples in RECORD_COLUMNS order (defaults filled in, JSON as text); a key that
-    is not a column raises StoreError, so a misspelt column fails loudly instead of storing NULL."""
-    columns = RECORD_COLUMNS[table]
-    allowed = set(columns)
+    """Rows as value tuples in RECORD_COLUMNS order (defaults filled in, JSON as text, booleans as
+    integers); a key that is not a column raises StoreError, so a misspelt column fails loudly
+    instead of storing NULL. (The record writer runs this for every row: kept to one pass.)"""
+    allowed, plan = _COLUMN_PLANS[table]
     values = []
     for row in rows:
         if not row.keys() <= allowed:
             raise StoreError(f"{table}: unknown column(s) {', '.join(sorted(row.keys() - allowed))}")
-        values.append(tuple(_column_value(column, row.get(column)) for column in columns))
+        get = row.get
+        values.append(tuple([
+            default if (value := get(column)) is None
+            else _json_text(value) if is_json
+            else int(value) if value.__class__ is bool  # booleans are integers in both schemas
+            else value
+            for column, default, is_json in plan
+        ]))
     return values
+
+
+# Per record table: its columns, and for each one its default and whether it holds JSON text.
+_COLUMN_PLANS: dict[str, tuple[frozenset[str], tuple[tuple[str, Any, bool], ...]]] = {
+    table: (frozenset(columns), tuple((c, _COLUMN_DEFAULTS.get(c), c in _JSON_COLUMNS) for c in columns))
+    for table, columns in RECORD_COLUMNS.items()
+}
 
 
 def mask_url(target: str) -> str:
