@@ -100,9 +100,8 @@ class Interception:
         """The usage, the prompt and the child rows of everything the interceptor saw."""
         interceptor = self.interceptor
         interceptor.finish()
-        response_id = interceptor.response_id
         base = {"interception_id": self.id, "created_at": created_at}
-        response_id = text(response_id)
+        response_id = text(interceptor.response_id)
         usage = interceptor.usage()
         token_usages = [{
             **base, "id": new_id(), "provider_response_id": response_id, "input_tokens": usage.input_tokens,

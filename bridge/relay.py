@@ -5,13 +5,11 @@ from __future__ import annotations
 import datetime
 import os
 import re
-import select
 from typing import TYPE_CHECKING, Iterable, Iterator, Mapping
 
 import requests
 import urllib3
 import urllib3.connection
-from gevent import monkey
 from loguru import logger
 from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
@@ -21,7 +19,7 @@ from bridge import response_head
 from bridge.errors import GatewayError
 from bridge.intercept.sse import SSESplitter
 from bridge.reliability import UpstreamFailure
-from bridge.sockets import send_all
+from bridge.sockets import readable_now, send_all
 
 if TYPE_CHECKING:
     from bridge.interception import Interception
@@ -99,15 +97,8 @@ class _LeanConnection:
 
     @property
     def is_connected(self) -> bool:
-        if self.sock is None:
-            return False
         # Readable while idle in the pool: closed by the peer (or stray bytes); either way not reusable.
-        poller = _native_poll()
-        poller.register(self.sock.fileno(), select.POLLIN)
-        return not poller.poll(0)
-
-
-_native_poll = monkey.get_original("select", "poll")
+        return self.sock is not None and not readable_now(self.sock)
 
 
 class _HTTPConnection(_LeanConnection, urllib3.connection.HTTPConnection):
@@ -151,30 +142,29 @@ class _LeanAdapter(HTTPAdapter):
     def build_response(self, req: requests.PreparedRequest, resp: urllib3.BaseHTTPResponse) -> requests.Response:
         """requests' Response, minus what the gateway never reads: cookies for a jar it does not keep
         (parsing them took a URL parse per call) and a text encoding for bodies it relays as bytes."""
-        response = _UpstreamResponse()
-        response.status_code = resp.status
-        response.headers = CaseInsensitiveDict(resp.headers)
-        response.raw = resp
-        response.reason = resp.reason
-        response.url = req.url
-        response.request = req
-        response.connection = self
-        return response
+        return _UpstreamResponse(req, resp, self)
 
 
 class _UpstreamResponse(requests.Response):
-    """requests' Response without a cookie jar of its own: a new jar (with its lock) cost as much as
-    the rest of the Response, and the gateway keeps no cookies (it never fills or reads this one)."""
+    """requests' Response made in one step, without a cookie jar of its own: a new jar (with its lock)
+    cost as much as the rest of the Response, and the gateway keeps no cookies (it never fills or
+    reads this one)."""
 
-    def __init__(self) -> None:
+    def __init__(self, req: requests.PreparedRequest, resp: urllib3.BaseHTTPResponse, adapter: HTTPAdapter) -> None:
         self._content = False
         self._content_consumed = False
         self._next = None
-        self.headers = CaseInsensitiveDict()
+        self.status_code = resp.status
+        self.headers = CaseInsensitiveDict(resp.headers)
+        self.raw = resp
+        self.url = req.url
         self.encoding = None
         self.history = []
+        self.reason = resp.reason
         self.cookies = _NO_COOKIES
         self.elapsed = datetime.timedelta(0)
+        self.request = req
+        self.connection = adapter
 
 
 _NO_COOKIES = requests.cookies.RequestsCookieJar()
@@ -345,11 +335,7 @@ class StreamRelay:
         if raw.length_remaining == 0:
             return True
         sock = getattr(raw.connection, "sock", None)
-        if sock is None:
-            return False
-        poller = _native_poll()
-        poller.register(sock.fileno(), select.POLLIN)
-        return bool(poller.poll(0))
+        return sock is not None and readable_now(sock)
 
     def _observe_unseen(self) -> None:
         """Show the interceptor every read relayed but not yet read for the record, in order."""

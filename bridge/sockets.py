@@ -1,8 +1,13 @@
-"""Socket writes on the hot path."""
+"""Socket calls on the hot path."""
 
 from __future__ import annotations
 
+import select
 import socket
+
+from gevent import monkey
+
+_native_poll = monkey.get_original("select", "poll")
 
 
 def send_all(sock: socket.socket, data: bytes) -> None:
@@ -11,3 +16,11 @@ def send_all(sock: socket.socket, data: bytes) -> None:
     sent = sock.send(data)
     if sent < len(data):
         sock.sendall(memoryview(data)[sent:])
+
+
+def readable_now(sock: socket.socket) -> bool:
+    """Whether bytes (or the peer's end) wait on ``sock``: one zero-timeout poll() on the real
+    descriptor, not gevent's Python-level one."""
+    poller = _native_poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    return bool(poller.poll(0))

@@ -12,7 +12,7 @@ import re
 import orjson
 
 from bridge.intercept.base import Interceptor, check_field, json_object, text_of
-from bridge.intercept.sse import Event, parse_event
+from bridge.intercept.sse import Event, event_around, parse_event
 from bridge.records import OPENAI_USAGE, Thought, ToolCall
 
 _USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])|"usage"\s*:\s*null\s*,')
@@ -29,20 +29,15 @@ def _plain_delta(data: bytes) -> bool:
             and (b'"usage"' not in data or b'"usage":null' in data))
 
 
-def _event_around(run: bytes, index: int, low: int) -> tuple[int, int]:
-    """Where the event holding ``run[index]`` starts (not before ``low``) and ends, in a run of whole events."""
-    start = low
-    for delimiter in (b"\n\n", b"\r\n\r\n"):
-        found = run.rfind(delimiter, low, index)
-        if found >= 0:
-            start = max(start, found + len(delimiter))
-    ends = [found + len(delimiter) for delimiter in (b"\n\n", b"\r\n\r\n") if (found := run.find(delimiter, index)) >= 0]
-    return start, min(ends, default=len(run))
+def _without_null_usage(raw: bytes) -> bytes:
+    """``raw`` without its compact ``"usage":null`` members (quotes inside JSON strings are escaped,
+    so no text a model writes can match)."""
+    return raw.replace(b',"usage":null,', b",").replace(b',"usage":null}', b"}")
 
 
 def _without_usage(event: Event) -> bytes:
     """The event without the ``"usage":null`` member, or nothing for the usage-only chunk."""
-    raw = event.raw.replace(b',"usage":null,', b",").replace(b',"usage":null}', b"}")
+    raw = _without_null_usage(event.raw)
     if b'"usage"' not in raw:
         return raw
     chunk = json_object(event.data)
@@ -75,14 +70,14 @@ class ChatCompletionsInterceptor(Interceptor):
         return orjson.dumps(body)
 
     def rewrite(self, events: bytes) -> bytes:
-        # The compact forms, in every event of the run at once (quotes inside JSON strings are escaped,
-        # so no text a model writes can match); if a usage member is left, event by event.
+        # The compact forms in every event of the run at once; an event still holding a usage member
+        # (the usage-only chunk) on its own.
         if b'"usage"' not in events:
             return events
-        out = events.replace(b',"usage":null,', b",").replace(b',"usage":null}', b"}")
+        out = _without_null_usage(events)
         parts, done = [], 0
-        while (hit := out.find(b'"usage"', done)) >= 0:  # the events still holding one (the usage-only chunk)
-            start, end = _event_around(out, hit, done)
+        while (hit := out.find(b'"usage"', done)) >= 0:
+            start, end = event_around(out, hit, done)
             parts += [out[done:start], _without_usage(parse_event(out[start:end]))]
             done = end
         return b"".join([*parts, out[done:]]) if parts else out

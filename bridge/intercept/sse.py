@@ -37,6 +37,21 @@ def parse_event(raw: bytes) -> Event:
     return Event(raw, name, b"\n".join(data))
 
 
+_BLANK_LINES = (b"\n\n", b"\r\n\r\n")  # either ends an event
+
+
+def _after_last_blank_line(run: bytes, low: int, high: int) -> int:
+    """Index just past the last blank line within ``run[low:high]``, or ``low`` if there is none."""
+    return max([found + len(blank) for blank in _BLANK_LINES if (found := run.rfind(blank, low, high)) >= 0],
+               default=low)
+
+
+def event_around(run: bytes, index: int, low: int = 0) -> tuple[int, int]:
+    """Start (not before ``low``) and end of the event holding ``run[index]``, in a run of whole events."""
+    ends = [found + len(blank) for blank in _BLANK_LINES if (found := run.find(blank, index)) >= 0]
+    return _after_last_blank_line(run, low, index), min(ends, default=len(run))
+
+
 class SSESplitter:
     """Feed raw bytes, get back the events they complete."""
 
@@ -64,8 +79,7 @@ class SSESplitter:
     def feed_whole(self, chunk: bytes) -> bytes:
         """Feed raw bytes, get back the bytes of every event they complete, as one run (unparsed)."""
         buffer = self._buffer + chunk if self._buffer else chunk
-        lf, crlf = buffer.rfind(b"\n\n"), buffer.rfind(b"\r\n\r\n")
-        end = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+        end = _after_last_blank_line(buffer, 0, len(buffer))
         self._buffer = buffer[end:]
         return buffer[:end]
 

@@ -174,6 +174,17 @@ class Store:
     def _insert_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
         self._inserted(table, rows)
 
+    @staticmethod
+    def _first_of_each(rows: list[dict[str, Any]], new_ids: set[Any]) -> list[dict[str, Any]]:
+        """The rows whose id is in ``new_ids`` (the ids an insert stored), the first row of each id."""
+        new_ids = set(new_ids)
+        new = []
+        for row in rows:
+            if row.get("id") in new_ids:
+                new_ids.discard(row["id"])
+                new.append(row)
+        return new
+
     def _end_interceptions(self, ends: list[dict[str, Any]]) -> None:
         raise NotImplementedError
 

@@ -449,12 +449,7 @@ class PostgresStore(Store):
                     [value for row in part for value in row],
                 )
                 new_ids.update(row[0] for row in cursor.fetchall())
-        new = []
-        for row in rows:
-            if row.get("id") in new_ids:
-                new_ids.discard(row["id"])
-                new.append(row)
-        return new
+        return self._first_of_each(rows, new_ids)
 
     def _is_unique_violation(self, exc: BaseException) -> bool:
         return isinstance(exc, psycopg.errors.UniqueViolation)

@@ -295,29 +295,22 @@ class SqliteStore(Store):
             return []
         values = check_columns(table, rows)
         (unstored,) = self.db.conn.execute(  # the record tables' first column is their id
-            f"SELECT json_group_array(key) FROM json_each(?) WHERE NOT EXISTS"
+            f"SELECT json_group_array(value) FROM json_each(?) WHERE NOT EXISTS"
             f" (SELECT 1 FROM {table} AS stored WHERE stored.id = value)", [json.dumps([row[0] for row in values])],
         ).fetchone()
         self._insert_values(table, values)
-        new, ids = [], set()
-        for index in json.loads(unstored):
-            if values[index][0] not in ids:
-                ids.add(values[index][0])
-                new.append(rows[index])
-        return new
+        return self._first_of_each(rows, set(json.loads(unstored)))
 
     def _insert_values(self, table: str, values: list[tuple[Any, ...]]) -> None:
-        width = len(RECORD_COLUMNS[table])
-        step = self._rows_per_statement(width)
-        conn = self.db.conn
-        for start in range(0, len(values), step):
-            part = values[start:start + step]
-            conn.execute(_insert_sql(table, len(part)), [value for row in part for value in row])
+        for part in self._statement_parts(values):
+            self.db.conn.execute(_insert_sql(table, len(part)), [value for row in part for value in row])
 
-    def _rows_per_statement(self, width: int) -> int:
+    def _statement_parts(self, values: list[tuple[Any, ...]]) -> list[list[tuple[Any, ...]]]:
+        """``values`` in slices of as many rows as one statement takes (SQLite caps its parameters)."""
         if self._max_variables is None:
             self._max_variables = self.db.conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-        return max(1, min(_ROWS_PER_STATEMENT, self._max_variables // width))
+        step = max(1, min(_ROWS_PER_STATEMENT, self._max_variables // len(values[0]))) if values else 1
+        return [values[start:start + step] for start in range(0, len(values), step)]
 
     def _is_unique_violation(self, exc: BaseException) -> bool:
         return isinstance(exc, sqlite3.IntegrityError) and "UNIQUE" in str(exc)
@@ -329,8 +322,7 @@ class SqliteStore(Store):
             # One by one, in order, where an interception is ended twice in a batch: each end's metadata is merged.
             parts = [[row] for row in values]
         else:
-            step = self._rows_per_statement(3)
-            parts = [values[start:start + step] for start in range(0, len(values), step)]
+            parts = self._statement_parts(values)
         for part in parts:
             changed = conn.execute(
                 "UPDATE aibridge_interceptions SET ended_at = e.column2,"
