@@ -338,10 +338,11 @@ class StreamRelay:
         return sock is not None and readable_now(sock)
 
     def _observe_unseen(self) -> None:
-        """Show the interceptor every read relayed but not yet read for the record, in order."""
+        """Show the interceptor the events of every read relayed but not yet read for the record, in order."""
         unseen, self._unseen = self._unseen, []
-        for chunk in unseen:
-            self._observe_all(self._splitter.feed(chunk))
+        run = self._splitter.feed_whole(b"".join(unseen))
+        if run:
+            self._observe_all(self._interception.interceptor.events_for_record(run))
 
     # The interceptor only reads along: an event it cannot make sense of (wrong types, a provider's
     # new format) is relayed as it came and left out of the record, never a broken stream.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import orjson
@@ -38,15 +39,63 @@ def _tool_input(name: str, expected):
     return orjson.dumps(expected).decode() if name.startswith("anthropic/") else expected
 
 
+def _observe_as_relayed(wire: bytes, interceptor, read_size: int) -> None:
+    """What the relay does: whole events of each read, shown as the interceptor picks them."""
+    splitter = SSESplitter()
+    for start in range(0, len(wire), read_size):
+        run = splitter.feed_whole(wire[start:start + read_size])
+        for event in interceptor.events_for_record(run) if run else ():
+            interceptor.observe_event(event)
+
+
+def _seen(interceptor) -> tuple:
+    interceptor.finish()
+    return (interceptor.response_id, interceptor.usage_payload, interceptor.stop_reason,
+            [(call.id, call.name, call.input) for call in interceptor.tool_calls],
+            [(thought.content, thought.source) for thought in interceptor.thoughts])
+
+
+def _spaced(wire: bytes) -> bytes:
+    """The stream with its JSON written with spaces (``"key" : value``), as some compatible servers send it."""
+    out = []
+    for event in SSESplitter().feed(wire):
+        try:
+            data = json.dumps(json.loads(event.data), separators=(" , ", " : "))
+        except ValueError:
+            out.append(event.raw)
+            continue
+        out.append(event.raw.replace(event.data, data.encode()))
+    return b"".join(out)
+
+
+STREAMS = [pytest.param(name, fixture, id=name) for name, fixture, mode in (case.values for case in CASES)
+           if mode == "streaming"]
+
+
+@pytest.mark.parametrize("name, fixture", STREAMS)
+@pytest.mark.parametrize("spacing", ["compact", "spaced"])
+def test_events_left_unparsed_hold_nothing_for_the_record(name, fixture, spacing):
+    """Reading only the events the interceptor picks gives the record that reading every event gives,
+    however the stream is cut into reads and however its JSON is spaced."""
+    wire = "".join(fixture["streaming"]["events"]).encode()
+    if spacing == "spaced":
+        wire = _spaced(wire)
+    every = _interceptor(name, fixture["request"], True)
+    for event in SSESplitter().feed(wire):
+        every.observe_event(event)
+    expected = _seen(every)
+    assert expected[0] is not None
+    for read_size in (1, 13, 97, 1024, len(wire)):
+        picked = _interceptor(name, fixture["request"], True)
+        _observe_as_relayed(wire, picked, read_size)
+        assert _seen(picked) == expected, read_size
+
+
 @pytest.mark.parametrize("name, fixture, mode", CASES)
 def test_interceptor_reads_what_the_auditor_expects(name, fixture, mode):
     interceptor = _interceptor(name, fixture["request"], mode == "streaming")
     if mode == "streaming":
-        splitter = SSESplitter()
-        wire = "".join(fixture["streaming"]["events"]).encode()
-        for start in range(0, len(wire), 97):  # reads that never line up with events
-            for event in splitter.feed(wire[start:start + 97]):
-                interceptor.observe_event(event)
+        _observe_as_relayed("".join(fixture["streaming"]["events"]).encode(), interceptor, 97)
     else:
         interceptor.observe_response(200, orjson.dumps(fixture["blocking"]["body"]))
     interceptor.finish()

@@ -3,13 +3,13 @@ the audit record needs from one request and its response."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import orjson
 from marshmallow import Schema
 
 from bridge.errors import GatewayError, stream_error_event
-from bridge.intercept.sse import Event
+from bridge.intercept.sse import Event, SSESplitter
 from bridge.records import Thought, TokenUsage, ToolCall
 
 _TYPE_NAMES = {str: "a string", bool: "a boolean", list: "an array", dict: "an object"}
@@ -96,6 +96,11 @@ class Interceptor:
         """For rewriting interceptors: the bytes the client gets for a run of whole upstream events.
         The relay shows the events to observe_event() once these bytes are sent."""
         return events
+
+    def events_for_record(self, run: bytes) -> Iterable[Event]:
+        """The events of a run of whole upstream events that observe_event() must see, in order: all
+        of them, unless the interceptor can tell from the bytes which ones hold nothing for the record."""
+        return SSESplitter().feed(run)
 
     def observe_event(self, event: Event) -> None:
         """See one upstream SSE event."""

@@ -8,25 +8,22 @@ usage-only chunk, and the ``"usage":null`` member the provider then adds to ever
 from __future__ import annotations
 
 import re
+from itertools import chain
+from typing import Iterator
 
 import orjson
 
 from bridge.intercept.base import Interceptor, check_field, json_object, text_of
-from bridge.intercept.sse import Event, event_around, parse_event
+from bridge.intercept.sse import Event, event_around, events_holding, parse_event
 from bridge.records import OPENAI_USAGE, Thought, ToolCall
 
+#: Where an event holds something for the record: a finish, a usage, a tool call or reasoning. Keys are
+#: looked for as bytes; inside JSON strings quotes are escaped, so no text a model writes can match.
+#: Content deltas (most of a stream) have none and are never parsed.
+_NOTEWORTHY = re.compile(rb'"(?:finish_reason|usage)"\s*+:\s*+(?!null\s*+[,}])|"tool_calls"|"reasoning')
 _USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])|"usage"\s*:\s*null\s*,')
 #: Compatible providers (DeepSeek, vLLM, OpenRouter, ...) stream the model's reasoning under these names.
 _REASONING_FIELDS = ("reasoning_content", "reasoning")
-
-
-def _plain_delta(data: bytes) -> bool:
-    """A chunk with nothing for the record (content text, no finish, no tool call, reasoning or
-    usage): most of a stream, and left unparsed. Keys are looked for as bytes; inside JSON strings
-    quotes are escaped, so text a model writes cannot look like one."""
-    return (b'"finish_reason":null' in data and data.count(b'"finish_reason"') == 1
-            and b'"tool_calls"' not in data and b'"reasoning' not in data
-            and (b'"usage"' not in data or b'"usage":null' in data))
 
 
 def _without_null_usage(raw: bytes) -> bytes:
@@ -82,9 +79,12 @@ class ChatCompletionsInterceptor(Interceptor):
             done = end
         return b"".join([*parts, out[done:]]) if parts else out
 
+    def events_for_record(self, run: bytes) -> Iterator[Event]:
+        hits = (match.start() for match in _NOTEWORTHY.finditer(run))
+        # The first event too, until one gave the response id.
+        return events_holding(run, hits if self.response_id is not None else chain((0,), hits))
+
     def observe_event(self, event: Event) -> None:
-        if self.response_id is not None and _plain_delta(event.data):
-            return
         chunk = json_object(event.data) if event.data != b"[DONE]" else None
         if chunk is None:
             return

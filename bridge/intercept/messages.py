@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import re
+from typing import Iterator
+
 import orjson
 
 from bridge.intercept.base import Interceptor, check_field, json_object, text_of
-from bridge.intercept.sse import Event
+from bridge.intercept.sse import Event, events_holding
 from bridge.records import ANTHROPIC_USAGE, Thought, ToolCall
 
+#: Where an event holds something for the record: any "type" but those of text deltas and pings (most
+#: of a stream, never parsed). Inside JSON strings quotes are escaped, so no text a model writes can match.
+_NOTEWORTHY = re.compile(rb'"type"\s*+:\s*+(?!"(?:content_block_delta|text_delta|ping)")')
 #: Content blocks in which the model calls a tool (its own, or one the provider runs).
 TOOL_BLOCKS = frozenset({"tool_use", "server_tool_use", "mcp_tool_use"})
 
@@ -44,12 +50,10 @@ class MessagesInterceptor(Interceptor):
     def validate(self) -> None:
         check_field(self.body, "messages", (list,), required=True)
 
+    def events_for_record(self, run: bytes) -> Iterator[Event]:
+        return events_holding(run, (match.start() for match in _NOTEWORTHY.finditer(run)))
+
     def observe_event(self, event: Event) -> None:
-        # Text deltas are most of a stream and nothing the record keeps: skip them unparsed.
-        if event.name == b"content_block_delta" and b'"text_delta"' in event.data:
-            return
-        if event.name == b"ping":
-            return
         payload = json_object(event.data)
         if payload is None:
             return

@@ -7,7 +7,7 @@ them keeps the stream byte for byte.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Iterable, Iterator, NamedTuple
 
 
 class Event(NamedTuple):
@@ -50,6 +50,17 @@ def event_around(run: bytes, index: int, low: int = 0) -> tuple[int, int]:
     """Start (not before ``low``) and end of the event holding ``run[index]``, in a run of whole events."""
     ends = [found + len(blank) for blank in _BLANK_LINES if (found := run.find(blank, index)) >= 0]
     return _after_last_blank_line(run, low, index), min(ends, default=len(run))
+
+
+def events_holding(run: bytes, positions: Iterable[int]) -> Iterator[Event]:
+    """The events of a run of whole events that hold the given (ascending) positions, each once, in order."""
+    done = 0
+    for position in positions:
+        if position >= done:
+            start, done = event_around(run, position, done)
+            raw = run[start:done]
+            if not raw.isspace():
+                yield parse_event(raw)
 
 
 class SSESplitter:
