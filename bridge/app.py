@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import atexit
 
-from flask import Flask, Response, request
+from flask import Flask, Request, Response, request
 from loguru import logger
+from werkzeug.datastructures import EnvironHeaders
 from werkzeug.exceptions import HTTPException
 
 from bridge import errors
@@ -20,6 +21,24 @@ from bridge.proxy import error_response, provider_blueprint
 from bridge.store import Store
 
 AIBRIDGE_PREFIX = "/api/v2/aibridge"
+_UNPREFIXED = frozenset({"CONTENT_TYPE", "CONTENT_LENGTH"})  # the two headers WSGI keeps without HTTP_
+
+
+class _Headers(EnvironHeaders):
+    """werkzeug's request headers, whose get() raised and caught a KeyError for every absent
+    header: a relayed call asks for a dozen absent ones (client, session and credential headers)."""
+
+    def get(self, key, default=None, type=None):
+        if type is not None or not isinstance(key, str):
+            return super().get(key, default, type)
+        name = key.upper().replace("-", "_")
+        return self.environ.get(name if name in _UNPREFIXED else "HTTP_" + name, default)
+
+
+class GatewayRequest(Request):
+    def __init__(self, environ: dict, populate_request: bool = True, shallow: bool = False) -> None:
+        super().__init__(environ, populate_request, shallow)
+        self.headers = _Headers(environ)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -34,6 +53,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     store.close()
 
     app = Flask("bridge", static_folder=None)
+    app.request_class = GatewayRequest
     app.url_map.merge_slashes = False  # "a//b" is a 404 like any unknown route, not a redirect to "a/b"
     gateway = Gateway(settings)
     app.extensions["bridge"] = gateway

@@ -31,6 +31,10 @@ _TITLES = {"kilo code": "Kilo Code", "roo code": "Roo Code", "cline": "Cline", "
 _SESSION_HEADERS = ("x-claude-code-session-id", "session_id", "session-id", "x-session-id", "vscode-sessionid")
 
 
+_MARKER_HEADERS = tuple(dict.fromkeys(marker for _, _, markers in _CLIENTS for marker in markers))
+_ANY_AGENT = tuple(agent for _, agents, _ in _CLIENTS for agent in agents)
+
+
 def identify_client(headers: Mapping[str, str]) -> ClientInfo:
     user_agent = (headers.get("User-Agent") or "").lower()
     session_id = next((headers[name] for name in _SESSION_HEADERS if headers.get(name)), None)
@@ -40,7 +44,9 @@ def identify_client(headers: Mapping[str, str]) -> ClientInfo:
     title = _TITLES.get((headers.get("X-Title") or "").strip().lower())
     if title:
         return ClientInfo(title, session_id)
-    for name, agents, marker_headers in _CLIENTS:
-        if user_agent.startswith(agents) or any(headers.get(marker) for marker in marker_headers):
-            return ClientInfo(name, session_id)
+    markers = {marker for marker in _MARKER_HEADERS if headers.get(marker)}
+    if markers or user_agent.startswith(_ANY_AGENT):
+        for name, agents, marker_headers in _CLIENTS:
+            if user_agent.startswith(agents) or not markers.isdisjoint(marker_headers):
+                return ClientInfo(name, session_id)
     return ClientInfo("Unknown", session_id)

@@ -181,20 +181,23 @@ def _credentials(provider: Provider, byok: bool) -> dict[str, str] | None:
 def read_body(limit: int) -> bytes:
     """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
     # Refused before reading: gunicorn discards the unread rest without buffering it.
-    too_large = GatewayError(413, f"request body exceeds the gateway's limit of {limit} bytes")
     length = request.content_length
     if length is not None:
         if length > limit:
-            raise too_large
+            raise _too_large(limit)
         return request.get_data(cache=False)
     stream = request.stream
     parts, size = [], 0
     while chunk := stream.read(65536):
         size += len(chunk)
         if size > limit:
-            raise too_large
+            raise _too_large(limit)
         parts.append(chunk)
     return b"".join(parts)
+
+
+def _too_large(limit: int) -> GatewayError:
+    return GatewayError(413, f"request body exceeds the gateway's limit of {limit} bytes")
 
 
 def parse_json_object(raw: bytes) -> dict:

@@ -12,4 +12,5 @@ def format_timestamp(moment: datetime) -> str:
 
 
 def utc_now() -> str:
-    return format_timestamp(datetime.now(timezone.utc))
+    """Now, as format_timestamp() writes it (isoformat of a UTC time ends with "+00:00")."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")[:-6] + "Z"

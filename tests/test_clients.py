@@ -28,3 +28,23 @@ from bridge.clients import identify_client
 ])
 def test_identify_client(headers, client, session):
     assert identify_client(Headers(headers)) == (client, session)
+
+
+@pytest.mark.parametrize("key, default, type_", [
+    ("User-Agent", None, None), ("user-agent", None, None), ("USER_AGENT", None, None),
+    ("Content-Type", None, None), ("content-length", None, None), ("Content-Length", 0, int),
+    ("X-Title", None, None), ("X-Title", "none", None), ("Content-Type", None, int),
+    ("X-Claude-Code-Session-Id", None, None), ("Authorization", "", None), ("", None, None),
+])
+def test_request_headers_read_as_werkzeug_reads_them(key, default, type_):
+    """The gateway's cheaper header lookup gives what werkzeug's own gives, present or absent."""
+    from werkzeug.datastructures import EnvironHeaders
+
+    from bridge.app import GatewayRequest
+
+    environ = {"HTTP_USER_AGENT": "claude-cli/2.0", "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": "42",
+               "HTTP_X_CLAUDE_CODE_SESSION_ID": "s-1", "HTTP_AUTHORIZATION": "Bearer t", "REQUEST_METHOD": "POST",
+               "wsgi.input": None}
+    headers = GatewayRequest(environ).headers
+    assert headers.get(key, default, type_) == EnvironHeaders(environ).get(key, default, type_)
+    assert dict(headers.items()) == dict(EnvironHeaders(environ).items())

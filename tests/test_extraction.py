@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import uuid
+from datetime import datetime, timezone
 
 import orjson
 import pytest
@@ -14,6 +17,7 @@ from bridge.intercept.messages import MessagesInterceptor
 from bridge.intercept.responses import ResponsesInterceptor
 from bridge.intercept.sse import SSESplitter
 from bridge.records import new_id
+from bridge.timestamps import format_timestamp, utc_now
 from tests.sdk_calls import load_fixtures
 
 CASES = [
@@ -192,3 +196,28 @@ def test_record_ids_are_distinct_random_uuids_in_canonical_text():
     # every hex digit of the random part shows up, so no position is stuck
     assert {text[0] for text in ids} == set("0123456789abcdef")
     assert {text[19] for text in ids} == set("89ab")
+
+
+def test_a_forked_worker_never_hands_out_its_parents_ids():
+    new_id()  # the parent now holds ids made ahead
+    reading, writing = os.pipe()
+    child = os.fork()
+    if child == 0:  # the worker gunicorn forks
+        try:
+            os.write(writing, " ".join(new_id() for _ in range(100)).encode())
+        finally:
+            os._exit(0)
+    os.close(writing)
+    with os.fdopen(reading, "rb") as pipe:
+        childs = set(pipe.read().decode().split())
+    os.waitpid(child, 0)
+    parents = {new_id() for _ in range(100)}
+    assert len(childs) == 100 and not childs & parents
+
+
+def test_timestamps_have_one_fixed_width_utc_form():
+    before = datetime.now(timezone.utc)
+    now = utc_now()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", now)
+    assert format_timestamp(before) <= now <= format_timestamp(datetime.now(timezone.utc))
+    assert format_timestamp(datetime.fromisoformat(now.replace("Z", "+00:00"))) == now
