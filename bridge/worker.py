@@ -9,8 +9,11 @@ requests and streams still get the graceful timeout; only idle waits are cut sho
 
 from __future__ import annotations
 
+import time
+
 import gevent
 from gevent import getcurrent
+from gunicorn import util
 from gunicorn.glogging import Logger
 from gunicorn.http import wsgi
 from gunicorn.workers.ggevent import GeventWorker as _StockGeventWorker
@@ -25,6 +28,26 @@ class GunicornLogger(Logger):
     def access(self, resp, req, environ, request_time) -> None:
         if self.cfg.accesslog:
             super().access(resp, req, environ, request_time)
+
+
+class _DateHeader:
+    """gunicorn's ``http_date()`` (the Date header of every response), made once a second: it went
+    through the email package's date formatting for every answer."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._text = ""
+
+    def __call__(self, timestamp: float | None = None) -> str:
+        if timestamp is not None:
+            return _STOCK_HTTP_DATE(timestamp)
+        second = int(time.time())
+        if second != self._second:
+            self._second, self._text = second, _STOCK_HTTP_DATE(second)
+        return self._text
+
+
+_STOCK_HTTP_DATE = util.http_date
 
 
 class OneWriteResponse(wsgi.Response):
@@ -98,6 +121,7 @@ class GeventWorker(_StockGeventWorker):
     def init_process(self) -> None:
         # gunicorn builds each HTTP/1 response with wsgi.create(), which takes the class from its module.
         wsgi.Response = OneWriteResponse
+        util.http_date = _DateHeader()
         super().init_process()
 
     def timeout_ctx(self) -> _IdleWait:
