@@ -53,8 +53,9 @@ def _observe_as_relayed(wire: bytes, interceptor, read_size: int) -> None:
 
 
 def _seen(interceptor) -> tuple:
+    error_event = interceptor.stream_error("openai", 502, "cut")  # the Responses API's is numbered after the events
     interceptor.finish()
-    return (interceptor.response_id, interceptor.usage_payload, interceptor.stop_reason,
+    return (error_event, interceptor.response_id, interceptor.usage_payload, interceptor.stop_reason,
             [(call.id, call.name, call.input) for call in interceptor.tool_calls],
             [(thought.content, thought.source) for thought in interceptor.thoughts])
 

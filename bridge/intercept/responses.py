@@ -8,11 +8,14 @@ that a stream cut before its end still yields what was seen.
 
 from __future__ import annotations
 
+import re
+from typing import Iterable
+
 import orjson
 
 from bridge.errors import GatewayError, error_object
 from bridge.intercept.base import Interceptor, check_field, json_object, text_of
-from bridge.intercept.sse import Event
+from bridge.intercept.sse import Event, events_holding
 from bridge.records import OPENAI_USAGE, Thought, ToolCall
 
 _INPUT_TEXT = ("input_text", "text", "output_text")
@@ -27,6 +30,9 @@ _DONES = {
     "response.custom_tool_call_input.done": ("input", "input"),
 }
 _FINAL = frozenset({"response.completed", "response.failed", "response.incomplete"})
+#: Where an event holds something for the record: any "type" but a text delta's (most of a stream).
+#: Inside JSON strings quotes are escaped, so no text a model writes can match.
+_NOTEWORTHY = re.compile(rb'"type"\s*+:\s*+(?!"response\.output_text\.delta")')
 
 
 class ResponsesInterceptor(Interceptor):
@@ -45,6 +51,15 @@ class ResponsesInterceptor(Interceptor):
         if check_field(self.body, "background", (bool,)):
             raise GatewayError(501, "background: background responses are not supported by this gateway; "
                                     "send the request without \"background\": true", param="background")
+
+    def events_for_record(self, run: bytes) -> Iterable[Event]:
+        # Text deltas of commentary messages are recorded: a run near one is read event by event.
+        # So is a run whose events cannot be counted by their blank lines (CRLF, or blank lines between events).
+        if b'"commentary"' in run or self._has_commentary() or b"\r" in run or b"\n\n\n" in run:
+            return super().events_for_record(run)
+        events = list(events_holding(run, (match.start() for match in _NOTEWORTHY.finditer(run))))
+        self._events_seen += run.count(b"\n\n") - len(events)  # observe_event() counts the others
+        return events
 
     def observe_event(self, event: Event) -> None:
         self._events_seen += 1
