@@ -109,6 +109,7 @@ class Recorder:
         self._pool: gevent.threadpool.ThreadPool | None = None
         self._writer: gevent.Greenlet | None = None
         self._progress: gevent.event.Event | None = None
+        self._batch_full: gevent.event.Event | None = None
         self._recorded = 0  # items given to record()
         self._handled = 0  # items the writer has put in the DB or the journal (or memory)
         self._inflight: list[Any] = []
@@ -140,6 +141,8 @@ class Recorder:
                 self._writer = gevent.spawn(self._run)
             self._recorded += 1
             self._queue.put_nowait(item)  # unbounded queue: never blocks
+            if self._queue.qsize() >= self.batch_size - 1:  # with the first, held by the writer: a batch
+                self._batch_full.set()
         except Exception:
             logger.opt(exception=True).error("could not queue an interception record")
 
@@ -183,6 +186,7 @@ class Recorder:
         deadline = time.monotonic() + timeout
         try:
             self._queue.put_nowait(_STOP)
+            self._batch_full.set()
             writer.join(timeout)
         except Exception as exc:
             logger.warning("record writer could not be joined ({}); finishing synchronously", exc)
@@ -215,6 +219,7 @@ class Recorder:
             self._queue = gevent.queue.Queue()
             self._pool = gevent.threadpool.ThreadPool(1)  # a real OS thread even after patch_all
             self._progress = gevent.event.Event()
+            self._batch_full = gevent.event.Event()
 
     def _run(self) -> None:
         stop = False
@@ -230,10 +235,14 @@ class Recorder:
                 stop = True
             elif first is not None:
                 items.append(first)
-                deadline = time.monotonic() + self.batch_wait
+                # The rest of the batch is taken in one go once batch_wait passed or a batch is queued
+                # (record() and close() say so): a wake-up per record cost more than its queueing.
+                self._batch_full.clear()
+                if self._queue.qsize() < self.batch_size - 1:
+                    self._batch_full.wait(self.batch_wait)
                 while len(items) < self.batch_size:
                     try:
-                        item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                        item = self._queue.get_nowait()
                     except gevent.queue.Empty:
                         break
                     if item is _STOP:

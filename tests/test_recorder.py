@@ -129,6 +129,22 @@ def scenario_many_greenlets(db: str) -> dict[str, Any]:
     return {"flushed": flushed, "ids": ids, "pending": recorder.pending, "backlog": recorder.backlog}
 
 
+def scenario_full_batch(db: str) -> dict[str, Any]:
+    gevent, Recorder, record_interception = _recorder_api()
+    # A batch_wait far longer than the wait below: only a full batch can be written in time.
+    recorder = Recorder(db, batch_wait=60, batch_size=100)
+    ids = [str(uuid.uuid4()) for _ in range(60)]  # 120 items: one full batch and 20 more
+    record_interception(recorder, ids[0])
+    gevent.sleep(0.2)  # the writer holds the first item and waits for more
+    for interception_id in ids[1:]:
+        record_interception(recorder, interception_id)
+    full_batch_written = wait_until(lambda: recorder.pending == 20, timeout=15)
+    gevent.sleep(0.5)
+    pending_later = recorder.pending  # the rest waits for batch_wait (or close)
+    recorder.close()
+    return {"full_batch_written": full_batch_written, "pending_later": pending_later, "ids": ids}
+
+
 def scenario_locked(db: str) -> dict[str, Any]:
     gevent, Recorder, record_interception = _recorder_api()
     from gevent import subprocess as gsubprocess
@@ -434,6 +450,12 @@ def test_records_from_many_greenlets_land_exactly_once(db: Path) -> None:
     result = run_scenario("many_greenlets", db)
     assert result["flushed"] and result["pending"] == 0 and result["backlog"] == 0
     assert_complete(db, result["ids"])
+
+
+def test_a_full_batch_is_written_without_waiting_for_batch_wait(db: Path) -> None:
+    result = run_scenario("full_batch", db)
+    assert result["full_batch_written"] and result["pending_later"] == 20
+    assert_complete(db, result["ids"])  # close() wrote the rest
 
 
 def test_locked_store_journals_without_blocking_the_hub(db: Path) -> None:
