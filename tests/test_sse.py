@@ -6,7 +6,10 @@ import itertools
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from bridge.intercept import sse
 from bridge.intercept.chat_completions import ChatCompletionsInterceptor
 from bridge.intercept.sse import SSESplitter, parse_event
 
@@ -127,3 +130,26 @@ def test_every_event_form_parses_as_its_lines_read():
                 raw = b"".join(combination) + end
                 event = parse_event(raw)
                 assert (event.raw, event.name, event.data) == (raw, *_read_fields(raw)), raw
+
+
+def _naive_after_last_blank_line(run: bytes, low: int, high: int) -> int:
+    ends = [found + len(blank) for blank in (b"\n\n", b"\r\n\r\n") if (found := run.rfind(blank, low, high)) >= 0]
+    return max(ends, default=low)
+
+
+def _naive_event_end(run: bytes, index: int) -> int:
+    ends = [found + len(blank) for blank in (b"\n\n", b"\r\n\r\n") if (found := run.find(blank, index)) >= 0]
+    return min(ends, default=len(run))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from([b"data: x", b"\n", b"\r\n", b"\r", b"\n\n", b"\r\n\r\n", b"event: e"]), max_size=24),
+       st.data())
+def test_event_bounds_match_a_search_for_either_blank_line(pieces, data):
+    """Event starts and ends are the nearest blank line of either form, in streams mixing them."""
+    run = b"".join(pieces)
+    low = data.draw(st.integers(0, len(run)))
+    index = data.draw(st.integers(low, len(run)))
+    assert sse._after_last_blank_line(run, low, index) == _naive_after_last_blank_line(run, low, index)
+    assert sse.event_around(run, index, low) == (_naive_after_last_blank_line(run, low, index),
+                                                 _naive_event_end(run, index))

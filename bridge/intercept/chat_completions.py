@@ -20,7 +20,8 @@ from bridge.records import OPENAI_USAGE, Thought, ToolCall
 #: Where an event holds something for the record: a finish, a usage, a tool call or reasoning. Keys are
 #: looked for as bytes; inside JSON strings quotes are escaped, so no text a model writes can match.
 #: Content deltas (most of a stream) have none and are never parsed.
-_NOTEWORTHY = re.compile(rb'"(?:finish_reason|usage)"\s*+:\s*+(?!null\s*+[,}])|"tool_calls"|"reasoning')
+_NOTEWORTHY = re.compile(  # one leading quote for all branches: the scan looks at quotes only
+    rb'"(?:finish_reason"\s*+:\s*+(?!null\s*+[,}])|usage"\s*+:\s*+(?!null\s*+[,}])|tool_calls"|reasoning)')
 _USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])|"usage"\s*:\s*null\s*,')
 #: Compatible providers (DeepSeek, vLLM, OpenRouter, ...) stream the model's reasoning under these names.
 _REASONING_FIELDS = ("reasoning_content", "reasoning")

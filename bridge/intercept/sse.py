@@ -37,19 +37,22 @@ def parse_event(raw: bytes) -> Event:
     return Event(raw, name, b"\n".join(data))
 
 
-_BLANK_LINES = (b"\n\n", b"\r\n\r\n")  # either ends an event
-
-
 def _after_last_blank_line(run: bytes, low: int, high: int) -> int:
-    """Index just past the last blank line within ``run[low:high]``, or ``low`` if there is none."""
-    return max([found + len(blank) for blank in _BLANK_LINES if (found := run.rfind(blank, low, high)) >= 0],
-               default=low)
+    """Index just past the last blank line (``\n\n`` or ``\r\n\r\n``) within ``run[low:high]``, or
+    ``low`` if there is none."""
+    lf = run.rfind(b"\n\n", low, high)
+    # A \r\n\r\n ending later lies wholly after that \n\n: no need to scan the run before it again.
+    crlf = run.rfind(b"\r\n\r\n", max(lf, low), high)
+    return max(lf + 2 if lf >= 0 else low, crlf + 4 if crlf >= 0 else low)
 
 
 def event_around(run: bytes, index: int, low: int = 0) -> tuple[int, int]:
     """Start (not before ``low``) and end of the event holding ``run[index]``, in a run of whole events."""
-    ends = [found + len(blank) for blank in _BLANK_LINES if (found := run.find(blank, index)) >= 0]
-    return _after_last_blank_line(run, low, index), min(ends, default=len(run))
+    lf = run.find(b"\n\n", index)
+    # A \r\n\r\n ending first lies wholly before that \n\n ends: no need to scan the run past it.
+    crlf = run.find(b"\r\n\r\n", index, lf + 2 if lf >= 0 else len(run))
+    end = crlf + 4 if crlf >= 0 else (lf + 2 if lf >= 0 else len(run))
+    return _after_last_blank_line(run, low, index), end
 
 
 def events_holding(run: bytes, positions: Iterable[int]) -> Iterator[Event]:
