@@ -8,6 +8,7 @@ marshmallow normalizes each provider's usage payload into one ``TokenUsage``, on
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,31 +16,34 @@ import orjson
 from marshmallow import INCLUDE, Schema, fields, post_load
 
 
-_RFC4122_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
-
-
-_IDS_PER_READ = 64
-_ids: list[str] = []  # random ids made ahead, taken with list.pop (atomic: the writer thread makes ids too)
-os.register_at_fork(after_in_child=_ids.clear)  # a forked worker must not hand out its parent's ids
-
-
-def _uuid_text(digits: str) -> str:
-    """32 random hex digits as a version 4 UUID, written as ``str(uuid.uuid4())`` writes it."""
-    return (f"{digits[:8]}-{digits[8:12]}-4{digits[13:16]}-{_RFC4122_VARIANT[digits[16]]}{digits[17:20]}-"
-            f"{digits[20:]}")
+_RANDOM_PARTS_PER_READ = 64
+_RANDOM_PART_BYTES = 10  # 80 bits, 74 of which stay random (6 are the version and the variant)
+_random_parts: list[int] = []  # read ahead, taken with list.pop (atomic: the writer thread makes ids too)
+os.register_at_fork(after_in_child=_random_parts.clear)  # a forked worker must not reuse its parent's
+_VERSION_7 = 0x7 << 76
+_VARIANT_RFC = 0x2 << 62
+_KEEP = ~((0xF << 76) | (0x3 << 62))
 
 
 def new_id() -> str:
-    """A random (version 4) UUID. The randomness is read from the OS for 64 ids at a time: a call
-    reads five per request, and each read is a system call."""
+    """A time-ordered UUID (version 7, RFC 9562): the creation time in milliseconds, then 74 random bits.
+
+    Record ids are the primary key of every record table and index the child tables: ids that grow
+    with time are added at the end of those indexes, where random ones (version 4) landed anywhere
+    in them, so that a batch's writes cost more as the store grew (5x more at 60,000 interceptions).
+    The random bits are read from the OS for 64 ids at a time (each read is a system call).
+    """
     try:
-        return _ids.pop()
+        random_part = _random_parts.pop()
     except IndexError:
-        digits = os.urandom(16 * _IDS_PER_READ).hex()
-        made = [_uuid_text(digits[start:start + 32]) for start in range(0, len(digits), 32)]
-        taken = made.pop()
-        _ids.extend(made)
-        return taken
+        block = os.urandom(_RANDOM_PART_BYTES * _RANDOM_PARTS_PER_READ)
+        parts = [int.from_bytes(block[start:start + _RANDOM_PART_BYTES], "big")
+                 for start in range(0, len(block), _RANDOM_PART_BYTES)]
+        random_part = parts.pop()
+        _random_parts.extend(parts)
+    value = ((time.time_ns() // 1_000_000) << 80 | random_part) & _KEEP | _VERSION_7 | _VARIANT_RFC
+    digits = f"{value:032x}"
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 import uuid
 from datetime import datetime, timezone
 
@@ -188,19 +189,25 @@ def test_responses_field_checks(body, field):
     assert raised.value.status == 400 and raised.value.param == field
 
 
-def test_record_ids_are_distinct_random_uuids_in_canonical_text():
+def test_record_ids_are_distinct_time_ordered_uuids_in_canonical_text():
+    before = time.time_ns() // 1_000_000
     ids = [new_id() for _ in range(2000)]
+    after = time.time_ns() // 1_000_000
     assert len(set(ids)) == len(ids)
     for text in ids:
         parsed = uuid.UUID(text)
-        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, text)
+        assert (parsed.version, parsed.variant, str(parsed)) == (7, uuid.RFC_4122, text)
+        assert before <= parsed.int >> 80 <= after  # the creation time in milliseconds leads
+    time.sleep(0.002)
+    assert new_id() > max(ids)  # a later id sorts after: it goes at the end of the indexes
     # every hex digit of the random part shows up, so no position is stuck
-    assert {text[0] for text in ids} == set("0123456789abcdef")
+    for position in (15, 16, 17, 20, 35):
+        assert {text[position] for text in ids} == set("0123456789abcdef")
     assert {text[19] for text in ids} == set("89ab")
 
 
-def test_a_forked_worker_never_hands_out_its_parents_ids():
-    new_id()  # the parent now holds ids made ahead
+def test_a_forked_worker_never_reuses_its_parents_random_bits():
+    new_id()  # the parent now holds random bits read ahead
     reading, writing = os.pipe()
     child = os.fork()
     if child == 0:  # the worker gunicorn forks
@@ -210,9 +217,9 @@ def test_a_forked_worker_never_hands_out_its_parents_ids():
             os._exit(0)
     os.close(writing)
     with os.fdopen(reading, "rb") as pipe:
-        childs = set(pipe.read().decode().split())
+        childs = {text[15:] for text in pipe.read().decode().split()}  # past the time and the version
     os.waitpid(child, 0)
-    parents = {new_id() for _ in range(100)}
+    parents = {new_id()[15:] for _ in range(100)}
     assert len(childs) == 100 and not childs & parents
 
 
