@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import orjson
 from flask import Blueprint, Response, g, request
+from werkzeug.datastructures import Headers
+from werkzeug.http import remove_entity_headers
 from loguru import logger
 
 from bridge import metrics
@@ -28,6 +30,20 @@ INTERCEPTION_HEADER = "X-AIBridge-Interception-Id"
 class RelayResponse(Response):
     #: Keep the upstream's content type, or none at all: never invent text/html.
     default_mimetype = None
+
+    def get_wsgi_headers(self, environ: dict) -> Headers:
+        """The headers as they are, but for what a status forbids (werkzeug's rules). werkzeug's own
+        also rewrites Location and Content-Location as URIs, in a copy made for every answer: a
+        relayed answer keeps the upstream's as sent."""
+        status = self.status_code
+        if not (100 <= status < 200 or status in (204, 304)):
+            return self.headers
+        headers = Headers(self.headers)
+        if status == 304:
+            remove_entity_headers(headers)
+        else:
+            headers.remove("Content-Length")
+        return headers
 
 
 def error_response(shape: str, error: GatewayError, extra_headers: dict[str, str] | None = None) -> RelayResponse:

@@ -226,3 +226,21 @@ def test_background_responses_get_501_in_openai_shape(gateway, upstream, identit
     assert raised.value.status_code == 501
     assert raised.value.body["param"] == "background"
     assert len(upstream.requests) == before
+
+
+@pytest.mark.parametrize("status", [200, 302, 404, 204, 304])
+def test_relayed_headers_go_out_as_the_upstream_sent_them(status):
+    """A relative or non-ASCII Location is not rewritten; a 204 still loses its Content-Length, a 304
+    its entity headers."""
+    from werkzeug.test import create_environ
+
+    from bridge.proxy import RelayResponse
+
+    headers = [("Location", "/v1/files/\u00e9t\u00e9?x=1"), ("Content-Type", "application/json"), ("X-Upstream", "a b")]
+    sent = []
+    response = RelayResponse(b"" if status in (204, 304) else b"{}", status=status, headers=headers)
+    response(create_environ("/api/v2/aibridge/openai/v1/files", method="POST"), lambda *args: sent.append(args))
+    (status_line, out_headers), = sent
+    assert status_line.startswith(str(status))
+    expected = {204: headers, 304: [headers[0], headers[2]]}.get(status, headers + [("Content-Length", "2")])
+    assert out_headers == expected
