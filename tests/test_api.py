@@ -600,6 +600,21 @@ def test_a_call_the_gateway_recorded_is_served_by_the_api(gateway, identities, d
     assert requests.get(url, timeout=10).status_code == 401
 
 
+def test_admin_api_refuses_a_huge_body_and_keeps_serving(gateway, identities) -> None:
+    from bridge.api import API_BODY_MAX
+
+    admin = {"Authorization": f"Bearer {identities.alice}", "Content-Type": "application/json"}
+    users = f"{gateway.url}/api/v2/users"
+    huge = b'{"username": "' + b"x" * (API_BODY_MAX * 16) + b'"}'
+    declared = requests.post(users, data=huge, headers=admin, timeout=30)
+    chunked = requests.post(users, data=iter([huge[:1000], huge[1000:]]), headers=admin, timeout=30)  # no length
+    for response in (declared, chunked):
+        assert response.status_code == 413 and "limit" in response.json()["message"]
+    name = f"small-{uuid.uuid4().hex[:8]}"
+    assert requests.post(users, json={"username": name}, headers=admin, timeout=10).status_code == 201
+    assert requests.delete(f"{users}/{name}", headers=admin, timeout=10).status_code == 204
+
+
 def test_admin_rest_through_the_gateway(gateway, identities) -> None:
     admin = {"Authorization": f"Bearer {identities.alice}"}
     name = f"rest-{uuid.uuid4().hex[:8]}"
