@@ -153,3 +153,6 @@ def test_event_bounds_match_a_search_for_either_blank_line(pieces, data):
     assert sse._after_last_blank_line(run, low, index) == _naive_after_last_blank_line(run, low, index)
     assert sse.event_around(run, index, low) == (_naive_after_last_blank_line(run, low, index),
                                                  _naive_event_end(run, index))
+    for crlf_first in (False, True):  # whichever form the splitter expects, the nearer one is found
+        end, _ = sse._next_blank_line(run, index, crlf_first)
+        assert (end if end >= 0 else len(run)) == _naive_event_end(run, index)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
+from types import SimpleNamespace
 
 import requests
 from gunicorn import util
@@ -13,7 +14,7 @@ from bridge import worker
 
 def test_date_header_is_made_once_a_second_and_reads_as_gunicorns(monkeypatch):
     now = [1_790_000_000.25]
-    monkeypatch.setattr(worker.time, "time", lambda: now[0])
+    monkeypatch.setattr(worker, "time", SimpleNamespace(time=lambda: now[0]))  # the worker's clock only
     date = worker._DateHeader()
     first = date()
     assert first == worker._STOCK_HTTP_DATE(now[0]) == "Mon, 21 Sep 2026 14:13:20 GMT"

@@ -3,13 +3,14 @@ the audit record needs from one request and its response."""
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+import re
+from typing import Any, Iterable, Iterator
 
 import orjson
 from marshmallow import Schema
 
 from bridge.errors import GatewayError, stream_error_event
-from bridge.intercept.sse import Event, SSESplitter
+from bridge.intercept.sse import Event, SSESplitter, events_holding
 from bridge.records import Thought, TokenUsage, ToolCall
 
 _TYPE_NAMES = {str: "a string", bool: "a boolean", list: "an array", dict: "an object"}
@@ -72,6 +73,9 @@ class Interceptor:
     rewrites_stream = False
     #: Normalizes this API's usage payload into a TokenUsage.
     usage_schema: Schema
+    #: Where in a run of events something for the record is (events_for_record() parses only the
+    #: events holding a match); None: every event may hold something.
+    noteworthy: re.Pattern[bytes] | None = None
 
     def __init__(self, body: dict, raw_body: bytes) -> None:
         self.body = body
@@ -98,9 +102,15 @@ class Interceptor:
         return events
 
     def events_for_record(self, run: bytes) -> Iterable[Event]:
-        """The events of a run of whole upstream events that observe_event() must see, in order: all
-        of them, unless the interceptor can tell from the bytes which ones hold nothing for the record."""
-        return SSESplitter().feed(run)
+        """The events of a run of whole upstream events that observe_event() must see, in order: those
+        holding a ``noteworthy`` match, or all of them."""
+        if self.noteworthy is None:
+            return SSESplitter().feed(run)
+        return events_holding(run, self.noteworthy_positions(run))
+
+    def noteworthy_positions(self, run: bytes) -> Iterator[int]:
+        """Where ``noteworthy`` matches in the run, in order."""
+        return (match.start() for match in self.noteworthy.finditer(run))
 
     def observe_event(self, event: Event) -> None:
         """See one upstream SSE event."""

@@ -14,7 +14,7 @@ from typing import Iterator
 import orjson
 
 from bridge.intercept.base import Interceptor, check_field, json_object, text_of
-from bridge.intercept.sse import Event, event_around, events_holding, parse_event
+from bridge.intercept.sse import Event, event_around, parse_event
 from bridge.records import OPENAI_USAGE, Thought, ToolCall
 
 #: Where an event holds something for the record: a finish, a usage, a tool call or reasoning. Keys are
@@ -46,6 +46,7 @@ def _without_usage(event: Event) -> bytes:
 
 class ChatCompletionsInterceptor(Interceptor):
     usage_schema = OPENAI_USAGE
+    noteworthy = _NOTEWORTHY
 
     def __init__(self, body: dict, raw_body: bytes, *, include_usage: bool = True) -> None:
         self._include_usage = include_usage
@@ -80,10 +81,9 @@ class ChatCompletionsInterceptor(Interceptor):
             done = end
         return b"".join([*parts, out[done:]]) if parts else out
 
-    def events_for_record(self, run: bytes) -> Iterator[Event]:
-        hits = (match.start() for match in _NOTEWORTHY.finditer(run))
-        # The first event too, until one gave the response id.
-        return events_holding(run, hits if self.response_id is not None else chain((0,), hits))
+    def noteworthy_positions(self, run: bytes) -> Iterator[int]:
+        hits = super().noteworthy_positions(run)
+        return hits if self.response_id is not None else chain((0,), hits)  # the first event: the id
 
     def observe_event(self, event: Event) -> None:
         chunk = json_object(event.data) if event.data != b"[DONE]" else None

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import re
-from typing import Iterator
 
 import orjson
 
 from bridge.intercept.base import Interceptor, check_field, json_object, text_of
-from bridge.intercept.sse import Event, events_holding
+from bridge.intercept.sse import Event
 from bridge.records import ANTHROPIC_USAGE, Thought, ToolCall
 
 #: Where an event holds something for the record: any "type" but those of text deltas and pings (most
@@ -42,6 +41,7 @@ class _OpenBlock:
 
 class MessagesInterceptor(Interceptor):
     usage_schema = ANTHROPIC_USAGE
+    noteworthy = _NOTEWORTHY
 
     def __init__(self, body: dict, raw_body: bytes) -> None:
         super().__init__(body, raw_body)
@@ -49,9 +49,6 @@ class MessagesInterceptor(Interceptor):
 
     def validate(self) -> None:
         check_field(self.body, "messages", (list,), required=True)
-
-    def events_for_record(self, run: bytes) -> Iterator[Event]:
-        return events_holding(run, (match.start() for match in _NOTEWORTHY.finditer(run)))
 
     def observe_event(self, event: Event) -> None:
         payload = json_object(event.data)

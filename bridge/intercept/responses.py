@@ -15,7 +15,7 @@ import orjson
 
 from bridge.errors import GatewayError, error_object
 from bridge.intercept.base import Interceptor, check_field, json_object, text_of
-from bridge.intercept.sse import Event, events_holding
+from bridge.intercept.sse import Event, SSESplitter
 from bridge.records import OPENAI_USAGE, Thought, ToolCall
 
 _INPUT_TEXT = ("input_text", "text", "output_text")
@@ -37,6 +37,7 @@ _NOTEWORTHY = re.compile(rb'"type"\s*+:\s*+(?!"response\.output_text\.delta")')
 
 class ResponsesInterceptor(Interceptor):
     usage_schema = OPENAI_USAGE
+    noteworthy = _NOTEWORTHY
 
     def __init__(self, body: dict, raw_body: bytes) -> None:
         super().__init__(body, raw_body)
@@ -56,8 +57,8 @@ class ResponsesInterceptor(Interceptor):
         # Text deltas of commentary messages are recorded: a run near one is read event by event.
         # So is a run whose events cannot be counted by their blank lines (CRLF, or blank lines between events).
         if b'"commentary"' in run or self._has_commentary() or b"\r" in run or b"\n\n\n" in run:
-            return super().events_for_record(run)
-        events = list(events_holding(run, (match.start() for match in _NOTEWORTHY.finditer(run))))
+            return SSESplitter().feed(run)
+        events = list(super().events_for_record(run))
         self._events_seen += run.count(b"\n\n") - len(events)  # observe_event() counts the others
         return events
 

@@ -46,13 +46,25 @@ def _after_last_blank_line(run: bytes, low: int, high: int) -> int:
     return max(lf + 2 if lf >= 0 else low, crlf + 4 if crlf >= 0 else low)
 
 
+def _next_blank_line(run: bytes, start: int, crlf_first: bool = False) -> tuple[int, bool]:
+    """Index just past the first blank line at or after ``start`` (-1 if there is none), and whether
+    it is ``\r\n\r\n``.
+
+    The form expected (``crlf_first``) is looked for first, and the other only up to where that one
+    was found: two unbounded searches would each scan to the end of a run of many events.
+    """
+    usual, other = (b"\r\n\r\n", b"\n\n") if crlf_first else (b"\n\n", b"\r\n\r\n")
+    found = run.find(usual, start)
+    earlier = run.find(other, start, found + len(usual) if found >= 0 else len(run))
+    if earlier >= 0:
+        return earlier + len(other), not crlf_first
+    return (found + len(usual) if found >= 0 else -1), crlf_first
+
+
 def event_around(run: bytes, index: int, low: int = 0) -> tuple[int, int]:
     """Start (not before ``low``) and end of the event holding ``run[index]``, in a run of whole events."""
-    lf = run.find(b"\n\n", index)
-    # A \r\n\r\n ending first lies wholly before that \n\n ends: no need to scan the run past it.
-    crlf = run.find(b"\r\n\r\n", index, lf + 2 if lf >= 0 else len(run))
-    end = crlf + 4 if crlf >= 0 else (lf + 2 if lf >= 0 else len(run))
-    return _after_last_blank_line(run, low, index), end
+    end, _ = _next_blank_line(run, index)
+    return _after_last_blank_line(run, low, index), end if end >= 0 else len(run)
 
 
 def events_holding(run: bytes, positions: Iterable[int]) -> Iterator[Event]:
@@ -80,7 +92,7 @@ class SSESplitter:
         events = []
         start = 0
         while True:
-            end = self._event_end(buffer, start)
+            end, self._crlf = _next_blank_line(buffer, start, self._crlf)
             if end < 0:
                 break
             raw = buffer[start:end]
@@ -101,17 +113,3 @@ class SSESplitter:
         """Bytes of an unfinished last event (a stream cut mid-event)."""
         rest, self._buffer = self._buffer, b""
         return rest
-
-    def _event_end(self, buffer: bytes, start: int) -> int:
-        """Index just past the first blank line (``\n\n`` or ``\r\n\r\n``) at or after ``start``, or -1.
-
-        The form the stream has used so far is looked for first, and the other only up to where that
-        one was found: two unbounded searches would each scan to the end of a read of many events.
-        """
-        usual, other = (b"\r\n\r\n", b"\n\n") if self._crlf else (b"\n\n", b"\r\n\r\n")
-        found = buffer.find(usual, start)
-        earlier = buffer.find(other, start, found + len(usual) if found >= 0 else len(buffer))
-        if earlier >= 0:
-            self._crlf = not self._crlf
-            return earlier + len(other)
-        return found + len(usual) if found >= 0 else -1
