@@ -64,6 +64,12 @@ class ToolCall:
     input: str
 
 
+def call_arguments(text: str) -> str:
+    """A function-style tool call's arguments (JSON text): a call sent without any (a stream whose
+    argument fragments were all empty) is the empty object, as the blocking form records it."""
+    return text if text and not text.isspace() else "{}"
+
+
 @dataclass
 class Thought:
     content: str

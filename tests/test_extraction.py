@@ -229,3 +229,15 @@ def test_timestamps_have_one_fixed_width_utc_form():
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", now)
     assert format_timestamp(before) <= now <= format_timestamp(datetime.now(timezone.utc))
     assert format_timestamp(datetime.fromisoformat(now.replace("Z", "+00:00"))) == now
+
+
+def test_a_responses_call_streamed_without_argument_fragments_is_recorded_with_an_empty_object():
+    """A function call whose stream carried no argument fragment (here cut right after the call was
+    announced with ``"arguments": ""``) records ``{}``: a tool input is always a JSON object."""
+    fixture = dict(load_fixtures("openai_responses"))["openai_responses/function_call"]
+    events = fixture["streaming"]["events"]
+    announced = next(i for i, event in enumerate(events) if "response.output_item.added" in event)
+    interceptor = _interceptor("openai_responses/function_call", fixture["request"], True)
+    _observe_as_relayed("".join(events[:announced + 1]).encode(), interceptor, 97)
+    interceptor.finish()
+    assert [(call.name, call.input) for call in interceptor.tool_calls] == [("get_weather", "{}")]

@@ -214,7 +214,8 @@ def fold_openai_blocking(body: dict[str, Any]) -> dict[str, Any]:
     reasoning = message.get("reasoning_content")
     return {
         "usage": openai_usage(body.get("usage")),
-        "tool_calls": [{"id": t["id"], "name": t["function"]["name"], "input": t["function"]["arguments"]}
+        # The record's rule: a call without arguments is recorded as the empty object.
+        "tool_calls": [{"id": t["id"], "name": t["function"]["name"], "input": t["function"]["arguments"] or "{}"}
                        for t in message.get("tool_calls") or []],
         "thoughts": [{"content": reasoning, "source": "reasoning_content"}] if reasoning else [],
         "stop_reason": choice["finish_reason"],
@@ -245,6 +246,8 @@ def fold_openai_stream(events: list[str]) -> dict[str, Any]:
                 call["name"] = fn.get("name") or call["name"]
                 call["input"] += fn.get("arguments") or ""
             stop_reason = choice["finish_reason"] or stop_reason
+    for call in calls.values():  # the record's rule: a call without arguments is the empty object
+        call["input"] = call["input"] or "{}"
     return {"usage": openai_usage(usage), "tool_calls": [calls[i] for i in sorted(calls)],
             "thoughts": [{"content": reasoning, "source": "reasoning_content"}] if reasoning else [],
             "stop_reason": stop_reason, "text": text}

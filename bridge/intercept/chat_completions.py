@@ -15,7 +15,7 @@ import orjson
 
 from bridge.intercept.base import Interceptor, check_field, json_object, text_of
 from bridge.intercept.sse import Event, event_around, parse_event
-from bridge.records import OPENAI_USAGE, Thought, ToolCall
+from bridge.records import OPENAI_USAGE, Thought, ToolCall, call_arguments
 
 #: Where an event holds something for the record: a finish, a usage, a tool call or reasoning. Keys are
 #: looked for as bytes; inside JSON strings quotes are escaped, so no text a model writes can match.
@@ -113,7 +113,7 @@ class ChatCompletionsInterceptor(Interceptor):
 
     def finish(self) -> None:
         for (_, _), (call_id, name, parts) in sorted(self._calls.items()):
-            self.tool_calls.append(ToolCall(call_id, name, "".join(parts)))
+            self.tool_calls.append(ToolCall(call_id, name, call_arguments("".join(parts))))
         for _, parts in sorted(self._reasoning.items()):
             self.thoughts.append(Thought("".join(parts), "reasoning_content"))
         self._calls.clear()
@@ -133,7 +133,8 @@ class ChatCompletionsInterceptor(Interceptor):
                     self.tool_calls.append(ToolCall(call.get("id"), custom.get("name") or "", custom.get("input") or ""))
                 else:
                     function = call.get("function") or {}
-                    self.tool_calls.append(ToolCall(call.get("id"), function.get("name") or "", function.get("arguments") or ""))
+                    self.tool_calls.append(ToolCall(call.get("id"), function.get("name") or "",
+                                                    call_arguments(function.get("arguments") or "")))
             for name in _REASONING_FIELDS:
                 if isinstance(message.get(name), str) and message[name]:
                     self.thoughts.append(Thought(message[name], "reasoning_content"))

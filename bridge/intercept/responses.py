@@ -16,7 +16,7 @@ import orjson
 from bridge.errors import GatewayError, error_object
 from bridge.intercept.base import Interceptor, check_field, json_object, text_of
 from bridge.intercept.sse import Event, SSESplitter
-from bridge.records import OPENAI_USAGE, Thought, ToolCall
+from bridge.records import OPENAI_USAGE, Thought, ToolCall, call_arguments
 
 _INPUT_TEXT = ("input_text", "text", "output_text")
 _TOOL_OUTPUTS = frozenset({"function_call_output", "custom_tool_call_output"})
@@ -160,7 +160,8 @@ class ResponsesInterceptor(Interceptor):
         for _, item in sorted(self._items.items()):
             kind = item.get("type")
             if kind == "function_call":
-                self.tool_calls.append(ToolCall(item.get("call_id"), item.get("name") or "", item.get("arguments") or ""))
+                self.tool_calls.append(ToolCall(item.get("call_id"), item.get("name") or "",
+                                                call_arguments(item.get("arguments") or "")))
             elif kind == "custom_tool_call":
                 self.tool_calls.append(ToolCall(item.get("call_id"), item.get("name") or "", item.get("input") or ""))
             elif kind == "reasoning":
