@@ -117,6 +117,30 @@ def test_end_metadata_is_a_merge_patch_on_both_backends(store: Store) -> None:
     assert json.loads(store.get_interception(iid)["metadata"]) == {"streaming": True, "kept": 1, "status": 200}
 
 
+def test_two_ends_adding_keys_in_steps_keep_both_steps_on_both_backends(store: Store) -> None:
+    """An interception ended twice, each end adding its own keys (and the second removing one the
+    first set), keeps every step, in order: in one batch, and in two batches."""
+    later = format_timestamp(NOW + timedelta(seconds=2))
+    steps = [{"error": "client disconnected", "status": 200, "note": "first"}, {"orphaned": True, "note": None}]
+    expected = {"a": 1, "error": "client disconnected", "status": 200, "orphaned": True}
+
+    one_batch = interception(NOW)
+    iid = one_batch.interceptions[0]["id"]
+    one_batch.ends = [{"id": iid, "ended_at": format_timestamp(NOW), "metadata": steps[0]},
+                      {"id": iid, "ended_at": later, "metadata": steps[1]}]
+    store.write_records(one_batch)
+    row = store.get_interception(iid)
+    assert json.loads(row["metadata"]) == expected
+    assert row["ended_at"] == later
+
+    two_batches = interception(NOW)
+    iid = two_batches.interceptions[0]["id"]
+    two_batches.ends = [{"id": iid, "ended_at": format_timestamp(NOW), "metadata": steps[0]}]
+    store.write_records(two_batches)
+    store.write_records(RecordBatch(ends=[{"id": iid, "ended_at": later, "metadata": steps[1]}]))
+    assert json.loads(store.get_interception(iid)["metadata"]) == expected
+
+
 def test_a_refused_batch_writes_nothing(store: Store) -> None:
     good = interception(NOW)
     orphan_end = RecordBatch(ends=[{"id": "missing", "ended_at": format_timestamp(NOW), "metadata": None}])
@@ -148,13 +172,13 @@ def test_every_value_is_stored_exactly_whatever_the_batch_holds(store: Store) ->
     repeated = combined(plain, plain, with_nul)
     iid = plain.interceptions[0]["id"]
     repeated.ends.append({"id": iid, "ended_at": format_timestamp(NOW + timedelta(seconds=1)),
-                          "metadata": '{"c": 3, "b": null}'})
+                          "metadata": '{"c": 3}'})
     store.write_records(repeated)
     assert store.count_records() == {table: 2 for table in RECORD_COLUMNS}
     first = store.get_interception(iid)
     assert first["model"] == stored
     assert first["ended_at"] == format_timestamp(NOW + timedelta(seconds=1))
-    assert json.loads(first["metadata"]) == {"a": 1, "c": 3}
+    assert json.loads(first["metadata"]) == {"a": 1, "b": 2, "c": 3}  # the first end's key too
     second = store.get_interception(with_nul.interceptions[0]["id"])
     assert [r["prompt"] for r in second["user_prompts"]] == [stored]
     assert [r["content"] for r in second["model_thoughts"]] == [stored]

@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
+import orjson
 import psycopg
 import psycopg.errors
 from psycopg_pool import ConnectionPool
@@ -457,6 +458,9 @@ class PostgresStore(Store):
     def _end_interceptions(self, ends: list[dict[str, Any]]) -> None:
         # One statement for all ends; metadata is merged as SQLite's json_patch() merges it (RFC 7396,
         # one level: ours is flat): key by key, and a null member removes the key. Kept as text.
+        # An UPDATE ... FROM changes each row once, whatever number of source rows match it, so the
+        # ends of one interception are folded into one first, in order (SQLite applies them one by one).
+        ends = _folded_ends(ends)
         found = {row[0] for row in self.db.execute(
             "UPDATE aibridge_interceptions AS i SET ended_at = e.ended_at,"
             " metadata = CASE WHEN e.metadata IS NULL THEN i.metadata"
@@ -470,6 +474,24 @@ class PostgresStore(Store):
         for end in ends:
             if end["id"] not in found:
                 raise StoreError(f"cannot end interception {end['id']!r}: it does not exist")
+
+
+def _folded_ends(ends: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One end per interception: the last end time, and the metadata patches applied in order (for
+    flat patches, applying p1 then p2 is applying {**p1, **p2}: a later null still removes the key)."""
+    folded: dict[str, dict[str, Any]] = {}
+    for end in ends:
+        key = str(end["id"])
+        earlier = folded.get(key)
+        if earlier is None:
+            folded[key] = end
+            continue
+        patches = [patch for patch in (earlier.get("metadata"), end.get("metadata")) if patch is not None]
+        merged: dict[str, Any] = {}
+        for patch in patches:
+            merged.update(orjson.loads(patch) if isinstance(patch, str) else patch)
+        folded[key] = {**end, "metadata": merged if patches else None}
+    return list(folded.values())
 
 
 def _without_nul(batch: RecordBatch) -> RecordBatch:
