@@ -21,7 +21,7 @@ from werkzeug.exceptions import HTTPException
 
 from bridge.store import InterceptionFilter, Store, StoreError, UnknownCursor, database_errors, mask_url
 from bridge.timestamps import format_timestamp
-from bridge.units import parse_duration
+from bridge.units import DurationTooLong, parse_duration
 
 SESSION_TOKEN_HEADER = "Coder-Session-Token"
 #: The ``q`` filter keys of GET /api/v2/aibridge/interceptions, in documentation order.
@@ -106,7 +106,10 @@ def parse_time(key: str, value: str) -> str:
         raise QueryError(f"invalid {key}: {value!r} is not an RFC 3339 time", _TIME_EXAMPLE)
     if moment.tzinfo is None:
         raise QueryError(f"invalid {key}: {value!r} has no time zone", _TIME_EXAMPLE)
-    return format_timestamp(moment)
+    try:
+        return format_timestamp(moment)
+    except OverflowError:  # e.g. 9999-12-31T23:00:00-05:00 is past the last UTC time a datetime holds
+        raise QueryError(f"invalid {key}: {value!r} is out of range", _TIME_EXAMPLE) from None
 
 
 def build_filter(values: Mapping[str, str | None], me: str | None = None) -> InterceptionFilter:
@@ -196,14 +199,14 @@ def parse_since(value: str | None, now: datetime) -> str:
     if text[:1].isdigit() and not (len(text) >= 19 and text[10:11] in ("T", "t", " ")):
         try:
             seconds = parse_duration(text)
+        except DurationTooLong:
+            raise QueryError(f"invalid since {value!r}: too far back",
+                             f"at most 100 years (36525d); {_SINCE_EXAMPLE}") from None
         except ValueError:
             raise QueryError(f"invalid since {value!r}: not a duration or an RFC 3339 time", _SINCE_EXAMPLE) from None
         if seconds <= 0:
             raise QueryError(f"invalid since {value!r}: the duration must be positive", _SINCE_EXAMPLE)
-        try:
-            return format_timestamp(now - timedelta(seconds=seconds))
-        except OverflowError:
-            raise QueryError(f"invalid since {value!r}: too far back", _SINCE_EXAMPLE) from None
+        return format_timestamp(now - timedelta(seconds=seconds))
     try:
         return parse_time("since", text)
     except QueryError as exc:
@@ -408,10 +411,10 @@ def api_blueprint(gateway: Any) -> Blueprint:
         body = _json_body({"lifetime": str, "name": str})
         lifetime = None
         if body.get("lifetime") is not None:
-            try:
+            try:  # at most 100 years (DurationTooLong): the expiry must be a time the store can hold
                 lifetime = parse_duration(body["lifetime"])
             except ValueError as exc:
-                raise ApiError(400, f"lifetime: {exc}") from None
+                raise ApiError(400, f"invalid lifetime: {exc}") from None
         token, row = run(_refusals(Store.create_token), name, lifetime=lifetime, name=body.get("name"))
         return _json({"token": token, **row}), 201
 

@@ -1,7 +1,8 @@
 """``python -m bridge``: manage users and tokens, purge old records, start the server.
 
 Expected failures (unknown user, bad value, unreadable database) print one ``error: ...`` line
-on stderr and exit 1; argparse usage errors keep argparse's own message and exit 2.
+on stderr and exit 1. A bad duration flag (``--lifetime``, ``--retention``, ``--since``) is a usage
+error: one such line and exit 2. argparse's own usage errors keep argparse's message and exit 2.
 """
 
 from __future__ import annotations
@@ -21,10 +22,17 @@ class CommandError(Exception):
     """A failure to report as one ``error:`` line."""
 
 
+class FlagError(CommandError):
+    """A bad flag value: one ``error:`` line and exit status 2, like a usage error."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args) or 0
+    except FlagError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except (CommandError, ValueError, OSError, *database_errors()) as exc:  # StoreError is a ValueError
         print(f"error: {mask_url(str(exc))}", file=sys.stderr)
         return 1
@@ -139,10 +147,12 @@ def _users_delete(args: argparse.Namespace) -> None:
 
 
 def _tokens_create(args: argparse.Namespace) -> None:
-    try:
-        lifetime = parse_duration(args.lifetime) if args.lifetime is not None else None
-    except ValueError as exc:
-        raise CommandError(f"--lifetime: {exc}") from None
+    lifetime = None
+    if args.lifetime is not None:
+        lifetime = _duration_flag("--lifetime", args.lifetime)
+        if lifetime <= 0:
+            raise FlagError("--lifetime: a token lifetime must be positive"
+                            " (omit --lifetime for a token that never expires)")
     with _open_store(args) as store:
         token, _ = store.create_token(args.name, lifetime=lifetime, name=args.label)
     print(token)  # alone on stdout: scripts capture it
@@ -174,10 +184,7 @@ def _retention_purge(args: argparse.Namespace) -> None:
 
     flags = {"CODER_AIBRIDGE_DATABASE_URL": args.database_url} if args.database_url else {}
     if args.retention is not None:
-        try:
-            retention = parse_duration(args.retention)
-        except ValueError as exc:
-            raise CommandError(f"--retention: {exc}") from None
+        retention = _duration_flag("--retention", args.retention)
         label = args.retention
     else:
         retention = load_settings(flags=flags, config_path=args.config).retention
@@ -191,6 +198,14 @@ def _retention_purge(args: argparse.Namespace) -> None:
     except database_errors() as exc:
         raise CommandError(f"cannot purge records in {mask_url(path)}: {mask_url(str(exc))}") from None
     print(f"purged {deleted} interception(s) older than {label}")
+
+
+def _duration_flag(flag: str, text: str) -> float:
+    """A duration flag's seconds (at most 100 years, so dates computed from it never overflow)."""
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise FlagError(f"{flag}: {exc}") from None
 
 
 def _token_status(token: dict[str, Any], now: str) -> str:
@@ -266,12 +281,9 @@ def _usage(args: argparse.Namespace) -> None:
 
     since = None
     if args.since is not None:
-        try:
-            seconds = parse_duration(args.since)
-        except ValueError as exc:
-            raise CommandError(f"--since: {exc}") from None
+        seconds = _duration_flag("--since", args.since)
         if seconds <= 0:
-            raise CommandError("--since: must be a positive duration, e.g. 7d")
+            raise FlagError("--since: must be a positive duration, e.g. 7d")
         since = format_timestamp(datetime.now(timezone.utc) - timedelta(seconds=seconds))
     with _open_store(args) as store:
         summary = store.usage_summary(args.by, since)

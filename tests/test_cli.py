@@ -39,8 +39,8 @@ def cli(tmp_path: Path, db_path: Path):
     return run
 
 
-def assert_error(result: subprocess.CompletedProcess[str], fragment: str) -> None:
-    assert result.returncode == 1, result
+def assert_error(result: subprocess.CompletedProcess[str], fragment: str, status: int = 1) -> None:
+    assert result.returncode == status, result
     assert result.stdout == ""
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
@@ -124,8 +124,8 @@ def test_token_errors(cli) -> None:
     assert_error(cli("tokens", "create", "ghost"), "unknown user 'ghost'")
     assert_error(cli("tokens", "list", "ghost"), "unknown user 'ghost'")
     cli("users", "create", "alice")
-    assert_error(cli("tokens", "create", "alice", "--lifetime", "forever"), "invalid duration")
-    assert_error(cli("tokens", "create", "alice", "--lifetime", "0"), "lifetime must be positive")
+    assert_error(cli("tokens", "create", "alice", "--lifetime", "forever"), "invalid duration", status=2)
+    assert_error(cli("tokens", "create", "alice", "--lifetime", "0"), "lifetime must be positive", status=2)
     assert_error(cli("tokens", "revoke", "zzzzzzzzzz"), "unknown token id 'zzzzzzzzzz'")
     assert json.loads(cli("tokens", "list", "alice", "--json").stdout) == []
 
@@ -187,4 +187,4 @@ def test_retention_purge(cli, tmp_path: Path, db_path: Path) -> None:
     with Store(str(db_path)) as store:
         assert [r["id"] for r in store.db.query("SELECT id FROM aibridge_interceptions")] == ["i1"]
 
-    assert_error(cli("retention", "purge", "--retention", "soon"), "--retention: invalid duration")
+    assert_error(cli("retention", "purge", "--retention", "soon"), "--retention: invalid duration", status=2)
