@@ -333,7 +333,8 @@ def fold_responses_stream(events: list[str]) -> dict[str, Any]:
         if "output_index" not in data:
             continue
         state = items[data["output_index"]]
-        assert data.get("item_id", state["item"]["id"]) == state["item"]["id"], kind
+        item_id = data["item"]["id"] if kind == "response.output_item.done" else data["item_id"]
+        assert item_id == state["item"]["id"], kind
         if kind == "response.output_text.delta":
             state["text"][data["content_index"]] = state["text"].get(data["content_index"], "") + data["delta"]
         elif kind == "response.output_text.done":

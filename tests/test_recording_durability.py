@@ -38,6 +38,28 @@ def _request(session: requests.Session, gateway, token: str, n: int, **headers) 
     return response.headers["X-AIBridge-Interception-Id"], complete or f"{response.status_code}: {body[-300:]!r}"
 
 
+def _wait_until_journaled(database, ids: list[str], timeout: float = 30) -> None:
+    """Until the end of every interception in ``ids`` is in a journal next to the database: the
+    writer gave up waiting for the lock (busy_timeout 10 s) and journaled the records."""
+    deadline = time.monotonic() + timeout
+    while True:
+        ended: set[str] = set()
+        for path in database.parent.glob(f"{database.name}.records-*.jsonl"):
+            try:
+                lines = path.read_text().splitlines()
+            except OSError:  # replayed and removed meanwhile
+                continue
+            for line in lines:
+                try:
+                    ended.update(end["id"] for end in json.loads(line)["ends"])
+                except (ValueError, KeyError, TypeError):  # a line being appended right now, or not a batch
+                    continue
+        if ended >= set(ids):
+            return
+        assert time.monotonic() < deadline, f"{len(set(ids) - ended)} of {len(ids)} ends not journaled in {timeout}s"
+        time.sleep(0.1)
+
+
 def _count_for(database, user_id: str) -> int:
     with sqlite3.connect(database) as connection:
         return connection.execute("SELECT count(*) FROM aibridge_interceptions WHERE initiator_id = ?", [user_id]).fetchone()[0]
@@ -118,8 +140,8 @@ def test_locked_database_delays_no_request_and_loses_no_record(start_gateway, up
         session = requests.Session()
         results = [_request(session, gateway, identities.alice, n) for n in range(20)]
         assert all(complete is True for _, complete in results), results
-        time.sleep(12)  # the writer gives up waiting (busy_timeout 10 s) and journals the records
         ids = [interception_id for interception_id, _ in results]
+        _wait_until_journaled(database, ids)
         with sqlite3.connect(database) as reader:  # WAL: reading works while the lock is held
             written = reader.execute(f"SELECT count(*) FROM aibridge_interceptions WHERE id IN ({','.join('?' * len(ids))})",
                                      ids).fetchone()[0]
@@ -196,7 +218,7 @@ def test_records_a_killed_worker_journaled_are_written_by_the_next_gateway_at_st
     try:
         session = requests.Session()
         ids = [_request(session, gateway, identities.alice, n)[0] for n in range(5)]
-        time.sleep(12)  # the writer gives up waiting (busy_timeout 10 s) and journals the records
+        _wait_until_journaled(database, ids)
         workers = [int(pid) for pid in open(f"/proc/{gateway.process.pid}/task/{gateway.process.pid}/children").read().split()]
         for pid in [gateway.process.pid, *workers]:  # no graceful stop: the journal is all there is
             os.kill(pid, signal.SIGKILL)

@@ -3,6 +3,8 @@ real gunicorn workers and read back from the SQLite file."""
 
 from __future__ import annotations
 
+import anthropic
+import openai
 import orjson
 import pytest
 
@@ -16,8 +18,26 @@ CASES = [(name, fixture, stream) for name, fixture in
          for stream, part in ((False, "blocking"), (True, "streaming")) if fixture.get(part)]
 
 
+#: Streams that end in an error event the SDK raises on: Anthropic's ``error`` event, an OpenAI chat
+#: chunk carrying ``error`` (the upstream's, or the gateway's own when the upstream broke off). A
+#: Responses stream's ``error`` or ``response.failed`` event is yielded like any other event.
+RAISED_MID_STREAM = {"anthropic/error_midstream", "anthropic/cut_stream",
+                     "openai_chat/error_midstream", "openai_chat/cut_stream"}
+
+
+def _expected_error(name: str, part: dict, stream: bool) -> type[Exception] | None:
+    """What the SDK raises for this fixture (the HTTP error, or the error event ending a stream), if anything."""
+    sdk = anthropic if name.startswith("anthropic/") else openai
+    if part["status"] != 200:
+        return sdk.APIStatusError
+    if stream and name in RAISED_MID_STREAM:
+        return sdk.APIError
+    return None
+
+
 def _call(gateway, identities, name: str, fixture: dict, stream: bool) -> str:
-    """Make the call with the SDK as a user would; return the interception id from the response."""
+    """Make the call with the SDK as a user would; return the interception id from the response.
+    The SDK must raise exactly when the fixture is an error (and what it raises for it)."""
     if name.startswith("anthropic/"):
         client = anthropic_client(gateway.base("anthropic"), identities.alice, name)
         create = client.messages.with_raw_response.create
@@ -30,17 +50,23 @@ def _call(gateway, identities, name: str, fixture: dict, stream: bool) -> str:
         client = openai_client(f"{gateway.base('openai')}/v1", identities.alice, name)
         create = client.chat.completions.with_raw_response.create
         kwargs = _split_kwargs(client.chat.completions.create, fixture["request"])
-    try:
-        raw = create(**kwargs, stream=stream)
-    except Exception as error:  # an upstream HTTP error: the SDK raised, the headers still tell the id
-        return error.response.headers["X-AIBridge-Interception-Id"]
-    try:
+    part = fixture["streaming" if stream else "blocking"]
+    expected = _expected_error(name, part, stream)
+    if part["status"] != 200:  # an upstream HTTP error: the SDK raises, the headers still tell the id
+        with pytest.raises(expected) as raised:
+            create(**kwargs, stream=stream)
+        assert raised.value.status_code == part["status"]
+        return raised.value.response.headers["X-AIBridge-Interception-Id"]
+    raw = create(**kwargs, stream=stream)
+    if expected is None:
         parsed = raw.parse()
         if stream:
-            for _ in parsed:
-                pass
-    except Exception:
-        pass  # an error event mid-stream or a cut stream: the SDK raises after what it got
+            assert list(parsed)
+    else:  # the stream ends in an error event: the SDK raises after what it got
+        with pytest.raises(expected) as raised:
+            list(raw.parse())
+        # never a broken connection: a cut upstream reaches the client as an error event
+        assert not isinstance(raised.value, (anthropic.APIConnectionError, openai.APIConnectionError)), raised.value
     return raw.headers["X-AIBridge-Interception-Id"]
 
 

@@ -3,12 +3,14 @@ answered call is recorded (SPEC §7)."""
 
 from __future__ import annotations
 
+import re
 import signal
-import threading
 import time
+import uuid
 
 import requests
 
+from bridge.intercept.sse import SSESplitter
 from tests.conftest import provider_env
 from tests.harness import wait_for_records
 from tests.sdk_calls import load_fixtures
@@ -16,29 +18,50 @@ from tests.sdk_calls import load_fixtures
 FIXTURE = dict(load_fixtures("anthropic"))["anthropic/simple_text"]
 
 
-def _stream(gateway, token: str, delay_ms: int = 0) -> tuple[str, bytes]:
+def _stream(gateway, token: str) -> tuple[str, bytes]:
     response = requests.post(f"{gateway.base('anthropic')}/v1/messages", timeout=60,
                              json={**FIXTURE["request"], "stream": True},
-                             headers={"X-Api-Key": token, "X-Fixture": "anthropic/simple_text",
-                                      "X-Fake-Delay-Ms": str(delay_ms)})
+                             headers={"X-Api-Key": token, "X-Fixture": "anthropic/simple_text"})
     assert response.status_code == 200
     return response.headers["X-AIBridge-Interception-Id"], response.content
 
 
+def _wait_for_line(gateway, pattern: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not re.search(pattern, gateway.log()):
+        assert time.monotonic() < deadline, f"no line matching {pattern!r} in the gateway's log:\n{gateway.log()}"
+        time.sleep(0.05)
+
+
 def test_sighup_lets_an_in_flight_stream_finish(start_gateway, upstream, identities, database):
     gateway = start_gateway(provider_env(upstream), workers=1)
-    result: dict = {}
-
-    def slow_stream() -> None:
-        result["id"], result["body"] = _stream(gateway, identities.alice, delay_ms=150)
-
-    thread = threading.Thread(target=slow_stream)
-    thread.start()
-    time.sleep(0.5)  # the stream is under way
+    old_worker = re.search(r"Booting worker with pid: (\d+)", gateway.log()).group(1)
+    # Lockstep: the upstream sends each event after the first only once we acked the one before.
+    lockstep = uuid.uuid4().hex
+    upstream.lockstep_timeout = 30  # longer than any wait below: no event goes out before its ack
+    response = requests.post(f"{gateway.base('anthropic')}/v1/messages", stream=True, timeout=60,
+                             json={**FIXTURE["request"], "stream": True},
+                             headers={"X-Api-Key": identities.alice, "X-Fixture": "anthropic/simple_text",
+                                      "X-Fake-Lockstep": lockstep})
+    assert response.status_code == 200
+    pieces = response.iter_content(chunk_size=None)
+    splitter = SSESplitter()
+    received: list[bytes] = []
+    while not received:  # the first event reached the client: the stream is under way, and waits for us
+        received += [event.raw for event in splitter.feed(next(pieces))]
     gateway.process.send_signal(signal.SIGHUP)  # reload: new workers, the old one stops gracefully
-    thread.join(timeout=60)
-    assert b"message_stop" in result["body"]  # the stream finished, whole
-    ids = [result["id"]]
+    # The master stops the old worker right after it forked the new one, which logs its boot.
+    _wait_for_line(gateway, r"Booting worker with pid: (?!%s\b)\d+" % old_worker)
+    for index in range(len(received)):
+        upstream.ack(lockstep, index)
+    for piece in pieces:
+        for event in splitter.feed(piece):
+            received.append(event.raw)
+            upstream.ack(lockstep, len(received) - 1)
+    assert b"message_stop" in b"".join(received)  # the stream finished, whole
+    assert upstream.stream_log(lockstep).lockstep_timeouts == 0  # its rest went out after the reload began
+    _wait_for_line(gateway, r"Worker exiting \(pid: %s\)" % old_worker)  # served by the worker that stopped
+    ids = [response.headers["X-AIBridge-Interception-Id"]]
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:  # and the reloaded gateway serves
         try:
