@@ -1,21 +1,26 @@
-"""``python -m bridge``: manage users and tokens, purge old records, start the server.
+"""``python -m bridge``: manage users and tokens, read the records, purge old ones, start the server.
 
-Expected failures (unknown user, bad value, unreadable database) print one ``error: ...`` line
-on stderr and exit 1. A bad duration flag (``--lifetime``, ``--retention``, ``--since``) is a usage
-error: one such line and exit 2. argparse's own usage errors keep argparse's message and exit 2.
+Expected failures (unknown user, bad value, unreadable or missing database) print one ``error: ...``
+line on stderr and exit 1. A bad duration or time flag (``--lifetime``, ``--retention``, ``--since``,
+``--until``, ``--started-after``, ``--started-before``) is a usage error: one such line naming the
+flag and exit 2. argparse's own usage errors keep argparse's message and exit 2. Output piped into a
+reader that stops early (``| head``) ends quietly, with status 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from bridge.store import Store, database_errors, mask_url
-from bridge.timestamps import utc_now
-from bridge.units import parse_duration
+from bridge.queries import QueryError, parse_date_or_time, rfc3339
+from bridge.store import InterceptionFilter, Store, database_errors, is_postgres_url, mask_url
+from bridge.timestamps import format_timestamp, utc_now
+from bridge.units import format_duration, parse_duration
 
 
 class CommandError(Exception):
@@ -29,7 +34,13 @@ class FlagError(CommandError):
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.handler(args) or 0
+        status = args.handler(args) or 0
+        sys.stdout.flush()  # a reader that went away shows here, not in Python's flush at exit
+        return status
+    except BrokenPipeError:
+        # The reader stopped on purpose (``| head``): no traceback, and nothing more to write.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except FlagError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -110,11 +121,16 @@ def _add_server_parser(commands: Any) -> None:
     p.set_defaults(handler=server.run)
 
 
-def _open_store(args: argparse.Namespace) -> Store:
+def _open_store(args: argparse.Namespace, create: bool = False) -> Store:
+    """The store the flags/env/YAML name. Unless ``create``, a SQLite file that does not exist is an
+    error: a mistyped path would otherwise become a new, empty database that answers "nothing"."""
     from bridge.config import resolve_database_path
 
     flags = {"CODER_AIBRIDGE_DATABASE_URL": args.database_url} if args.database_url else {}
     path = resolve_database_path(flags=flags, config_path=args.config)
+    if not create and not is_postgres_url(path) and not os.path.exists(path):
+        raise CommandError(f"no database at {path}: check --database-url or CODER_AIBRIDGE_DATABASE_URL"
+                           " (`users create` or the server creates it)")
     try:
         return Store.from_path(path)
     except database_errors() as exc:
@@ -122,7 +138,7 @@ def _open_store(args: argparse.Namespace) -> Store:
 
 
 def _users_create(args: argparse.Namespace) -> None:
-    with _open_store(args) as store:
+    with _open_store(args, create=True) as store:
         user = store.create_user(args.name, is_admin=args.admin)
     print(json.dumps(user))
 
@@ -140,7 +156,7 @@ def _users_list(args: argparse.Namespace) -> None:
 
 
 def _users_delete(args: argparse.Namespace) -> None:
-    with _open_store(args) as store:
+    with _open_store(args, create=True) as store:
         if not store.delete_user(args.name):
             raise CommandError(f"unknown user {args.name!r}")
     print(f"deleted user {args.name}")
@@ -153,7 +169,7 @@ def _tokens_create(args: argparse.Namespace) -> None:
         if lifetime <= 0:
             raise FlagError("--lifetime: a token lifetime must be positive"
                             " (omit --lifetime for a token that never expires)")
-    with _open_store(args) as store:
+    with _open_store(args, create=True) as store:
         token, _ = store.create_token(args.name, lifetime=lifetime, name=args.label)
     print(token)  # alone on stdout: scripts capture it
 
@@ -172,7 +188,7 @@ def _tokens_list(args: argparse.Namespace) -> None:
 
 
 def _tokens_revoke(args: argparse.Namespace) -> None:
-    with _open_store(args) as store:
+    with _open_store(args, create=True) as store:
         if not store.revoke_token(args.id):
             raise CommandError(f"unknown token id {args.id!r}")
     print(f"revoked token {args.id}")
@@ -185,10 +201,10 @@ def _retention_purge(args: argparse.Namespace) -> None:
     flags = {"CODER_AIBRIDGE_DATABASE_URL": args.database_url} if args.database_url else {}
     if args.retention is not None:
         retention = _duration_flag("--retention", args.retention)
-        label = args.retention
+        label = format_duration(retention)
     else:
         retention = load_settings(flags=flags, config_path=args.config).retention
-        label = f"{retention:g}s (CODER_AIBRIDGE_RETENTION)"
+        label = f"{format_duration(retention)} (CODER_AIBRIDGE_RETENTION)"
     if retention <= 0:
         print("retention is 0: records are kept forever, nothing purged")
         return
@@ -216,86 +232,286 @@ def _token_status(token: dict[str, Any], now: str) -> str:
     return "active"
 
 
-def _print_table(headers: list[str], rows: list[list[str]]) -> None:
+def _print_table(headers: list[str], rows: list[list[str]], right: frozenset[int] = frozenset()) -> None:
+    """Columns two spaces apart; those numbered in ``right`` (figures) aligned right."""
     widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
     for line in [headers, *rows]:
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip())
+        cells = (str(cell).rjust(width) if n in right else str(cell).ljust(width)
+                 for n, (cell, width) in enumerate(zip(line, widths)))
+        print("  ".join(cells).rstrip())
 
 
-# -- records: interceptions list, usage ------------------------------------------------------------
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+
+
+# -- records: interceptions list and show, usage ---------------------------------------------------
+
+_TIME_HELP = "a date (YYYY-MM-DD, midnight UTC) or an RFC 3339 time"
 
 
 def _add_record_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     interceptions = commands.add_parser("interceptions", help="query interception records").add_subparsers(
         dest="interceptions_command", required=True, metavar="COMMAND"
     )
-    p = interceptions.add_parser(
-        "list", parents=[common], help="print interceptions as JSON, newest first (the API's answer, for all users)"
-    )
+    p = interceptions.add_parser("list", parents=[common], help="list interceptions of all users, newest first")
     p.add_argument("--initiator", metavar="USER", help="username or user id")
     p.add_argument("--provider", metavar="TYPE", help="provider type: openai, anthropic, copilot")
     p.add_argument("--provider-name", metavar="NAME", help="provider instance name")
     p.add_argument("--model", help="model as the client asked for it")
     p.add_argument("--client", help='client name, e.g. "Claude Code"')
-    p.add_argument("--started-after", metavar="TIME", help="RFC 3339 time (inclusive)")
-    p.add_argument("--started-before", metavar="TIME", help="RFC 3339 time (exclusive)")
+    p.add_argument("--started-after", metavar="TIME", help=f"{_TIME_HELP} (inclusive)")
+    p.add_argument("--started-before", metavar="TIME", help=f"{_TIME_HELP} (exclusive)")
     p.add_argument("--after-id", metavar="ID", help="the page after this interception (keyset pagination)")
     p.add_argument("--offset", metavar="N", help="skip N interceptions (instead of --after-id)")
     p.add_argument("--limit", metavar="N", help="page size, 1-1000 (default 100)")
+    p.add_argument("--json", action="store_true", help="print the API's JSON (count and results) instead of a table")
     p.set_defaults(handler=_interceptions_list)
+    p = interceptions.add_parser("show", parents=[common],
+                                 help="one interception: its fields, prompt, tool calls, thoughts and token usage")
+    p.add_argument("id", help="interception id")
+    p.add_argument("--json", action="store_true", help="print the API's JSON object instead")
+    p.set_defaults(handler=_interceptions_show)
 
-    p = commands.add_parser("usage", parents=[common], help="interceptions and tokens per user, model or client",
-                            description="Interceptions and tokens per user, model, client or provider, read from the"
-                                        " usage rollups (fast at any size).")
-    p.add_argument("--by", required=True, choices=("user", "model", "client", "provider"), help="how to group")
-    p.add_argument("--since", metavar="DURATION",
-                   help="only interceptions started in the last DURATION, e.g. 7d; counted in whole hours, from the"
-                        " start of the hour DURATION ago")
+    p = commands.add_parser("usage", parents=[common],
+                            help="interceptions and tokens per model, user, client or provider",
+                            description="Interceptions and tokens per model, user, client or provider, read from the"
+                                        " usage rollups (fast at any size). Counted in whole hours: from the start of"
+                                        " the hour --since falls in to the end of the hour --until falls in.")
+    p.add_argument("--by", default="model", choices=("model", "user", "client", "provider"),
+                   help="how to group (default: model)")
+    p.add_argument("--since", metavar="WHEN",
+                   help=f"only interceptions started since then: a duration back from now (e.g. 7d) or {_TIME_HELP}")
+    p.add_argument("--until", metavar="WHEN", help=f"only interceptions started before then: {_TIME_HELP}")
     p.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
     p.set_defaults(handler=_usage)
 
 
-def _interceptions_list(args: argparse.Namespace) -> None:
-    from bridge.api import build_filter, parse_limit, parse_page, query_interceptions
+def _time_flag(flag: str, text: str | None) -> str | None:
+    """A date or RFC 3339 flag as a store timestamp; an error names the flag."""
+    if text is None:
+        return None
+    try:
+        return parse_date_or_time(flag, text)
+    except QueryError as exc:
+        raise FlagError(f"{flag}: {exc.message.removeprefix(f'invalid {flag}: ')} ({exc.detail})") from None
 
+
+def _interceptions_list(args: argparse.Namespace) -> None:
+    from bridge.queries import build_filter, parse_limit, parse_page, query_interceptions
+
+    after = _time_flag("--started-after", args.started_after)
+    before = _time_flag("--started-before", args.started_before)
+    if after is not None and before is not None and before <= after:
+        raise FlagError(f"--started-before ({args.started_before}) must be later than --started-after"
+                        f" ({args.started_after})")
     search = build_filter({
-        "initiator": args.initiator,
-        "provider": args.provider,
-        "provider_name": args.provider_name,
-        "model": args.model,
-        "client": args.client,
-        "started_after": args.started_after,
-        "started_before": args.started_before,
+        "initiator": args.initiator, "provider": args.provider, "provider_name": args.provider_name, "model": args.model,
+        "client": args.client, "started_after": after, "started_before": before,
     })
     limit = parse_limit(args.limit)
     after_id, offset = parse_page(args.after_id, args.offset)
+    fetch = limit if args.json else limit + 1  # one more tells the table whether there is a next page
     with _open_store(args) as store:
-        result = query_interceptions(store, search, limit, after_id, offset, viewer_id=None)
-    print(json.dumps(result, indent=2, ensure_ascii=False))
+        result = query_interceptions(store, search, fetch, after_id, offset, viewer_id=None)
+        if result["count"] == 0:
+            _refuse_unknown_names(store, args)
+    if args.json:
+        _print_json(result)
+        return
+    records = result["results"][:limit]
+    if not records:
+        print(f"no more of the {result['count']} matching interception(s)" if result["count"]
+              else "no interceptions match")
+        return
+    _print_table(["STARTED", "ID", "USER", "PROVIDER", "MODEL", "CLIENT", "INPUT", "OUTPUT", "TOOLS"],
+                 [_interception_row(record) for record in records], right=frozenset({6, 7, 8}))
+    more = f"; next page: --after-id {records[-1]['id']}" if len(result["results"]) > limit else ""
+    print(f"{len(records)} of {result['count']} matching interception(s){more}")
+
+
+def _refuse_unknown_names(store: Store, args: argparse.Namespace) -> None:
+    """With nothing found, a user or provider that exists nowhere is a typo to report, not an empty answer.
+
+    A user is known when it is a live user (name or id) or initiated any record; a provider type when
+    the gateway has such a type or any record has it; a provider name when the settings configure it
+    or any record has it.
+    """
+    from bridge.config import PROVIDER_TYPES
+
+    def recorded(**filters: str) -> bool:
+        return store.query_interceptions(InterceptionFilter(**filters), limit=1)["count"] > 0
+
+    user = args.initiator
+    if user is not None and store.get_user(user) is None and not recorded(initiator=user):
+        raise CommandError(f"--initiator: unknown user {args.initiator!r} (`users list` shows the users)")
+    if args.provider is not None and args.provider not in PROVIDER_TYPES and not recorded(provider=args.provider):
+        raise CommandError(f"--provider: unknown provider type {args.provider!r}"
+                           f" (types are {', '.join(PROVIDER_TYPES)}; --provider-name selects an instance)")
+    if (args.provider_name is not None and args.provider_name not in _configured_provider_names(args)
+            and not recorded(provider_name=args.provider_name)):
+        raise CommandError(f"--provider-name: unknown provider {args.provider_name!r}"
+                           " (neither configured in the settings nor in any record)")
+
+
+def _configured_provider_names(args: argparse.Namespace) -> set[str]:
+    """The provider names the settings configure (none when the settings cannot be read here)."""
+    from bridge.config import ConfigError, load_settings
+
+    flags = {"CODER_AIBRIDGE_DATABASE_URL": args.database_url} if args.database_url else {}
+    try:
+        return {provider.name for provider in load_settings(flags=flags, config_path=args.config).providers}
+    except ConfigError:
+        return set()
+
+
+def _interception_row(record: dict[str, Any]) -> list[str]:
+    usages = record["token_usages"]
+    return [
+        rfc3339(record["started_at"]),
+        record["id"],
+        record["initiator"]["username"] or record["initiator"]["id"] or "-",
+        record["provider_name"] or record["provider"] or "-",
+        record["model"] or "-",
+        record["client"] or "-",
+        f"{sum(u['input_tokens'] for u in usages):,}",
+        f"{sum(u['output_tokens'] for u in usages):,}",
+        str(len(record["tool_usages"])),
+    ]
+
+
+def _interceptions_show(args: argparse.Namespace) -> None:
+    with _open_store(args) as store:
+        record = store.interception_result(args.id)
+    if record is None:
+        raise CommandError(f"unknown interception id {args.id!r}")
+    if args.json:
+        _print_json(record)
+        return
+    _print_interception(record)
+
+
+def _print_interception(record: dict[str, Any]) -> None:
+    """The interception's fields, then its prompt, tool calls, thoughts and token usage."""
+    initiator = record["initiator"]
+    user = f"{initiator['username']} ({initiator['id']})" if initiator["username"] else initiator["id"] or "-"
+    provider = record["provider_name"] or "-"
+    if record["provider"] and record["provider"] != record["provider_name"]:
+        provider += f" ({record['provider']})"
+    if record["ended_at"]:
+        took = _seconds_between(record["started_at"], record["ended_at"])
+        ended = f"{rfc3339(record['ended_at'])} (after {format_duration(round(took, 3))})"
+    else:
+        ended = "in progress"
+    fields = [
+        ("interception", record["id"]),
+        ("user", user),
+        ("provider", provider),
+        ("model", record["model"]),
+        ("client", record["client"]),
+        ("client session", record["client_session_id"]),
+        ("user agent", record["user_agent"]),
+        ("credential", " · ".join(v for v in (record["credential_kind"], record["credential_hint"]) if v)),
+        ("started", rfc3339(record["started_at"])),
+        ("ended", ended),
+        ("answers tool call", record["correlating_tool_call_id"]),
+        ("metadata", json.dumps(record["metadata"], ensure_ascii=False) if record["metadata"] else None),
+    ]
+    width = max(len(label) for label, _ in fields) + 2
+    for label, value in fields:
+        print(f"{label:<{width}}{value or '-'}")
+
+    prompts = record["user_prompts"]
+    _heading("prompt" if len(prompts) <= 1 else f"prompts ({len(prompts)})")
+    if not prompts:
+        answered = record["correlating_tool_call_id"]
+        print("  (none recorded: this turn returned tool results)" if answered else "  (none recorded)")
+    for n, prompt in enumerate(prompts):
+        if n:
+            print()
+        _print_indented(prompt["prompt"] or "")
+
+    tools = record["tool_usages"]
+    _heading(f"tool calls ({len(tools)})")
+    for tool in tools:
+        notes = [tool["provider_tool_call_id"] or "", "injected" if tool["injected"] else "",
+                 f"error: {tool['invocation_error']}" if tool["invocation_error"] else ""]
+        print(f"  {tool['tool'] or '-'}  {'  '.join(note for note in notes if note)}".rstrip())
+        _print_indented(_pretty_arguments(tool["input"]), "    ")
+
+    thoughts = record["model_thoughts"]
+    _heading(f"thoughts ({len(thoughts)})")
+    for n, thought in enumerate(thoughts):
+        if n:
+            print()
+        _print_indented(thought["content"] or "")
+
+    _heading("token usage")
+    usages = record["token_usages"]
+    if not usages:
+        print("  (none recorded)")
+        return
+    figures = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_write_input_tokens")
+    rows = [["  " + (u["provider_response_id"] or "-"), *(f"{u[f]:,}" for f in figures),
+             ", ".join(f"{k}={v}" for k, v in u["metadata"].items()) if isinstance(u["metadata"], dict) else ""]
+            for u in usages]
+    if len(usages) > 1:
+        rows.append(["  TOTAL", *(f"{sum(u[f] for u in usages):,}" for f in figures), ""])
+    _print_table(["  RESPONSE", "INPUT", "OUTPUT", "CACHE READ", "CACHE WRITE", "OTHER"], rows,
+                 right=frozenset({1, 2, 3, 4}))
+
+
+def _heading(title: str) -> None:
+    print(f"\n{title}")
+
+
+def _print_indented(text: str, indent: str = "  ") -> None:
+    for line in text.splitlines() or [""]:
+        print(f"{indent}{line}".rstrip())
+
+
+def _pretty_arguments(value: Any) -> str:
+    """A tool call's arguments: indented JSON when they are JSON, else as the model sent them."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return value
+    return json.dumps(value, indent=2, ensure_ascii=False)
+
+
+def _seconds_between(start: str, end: str) -> float:
+    return (datetime.fromisoformat(end.replace("Z", "+00:00"))
+            - datetime.fromisoformat(start.replace("Z", "+00:00"))).total_seconds()
 
 
 def _usage(args: argparse.Namespace) -> None:
-    from datetime import datetime, timedelta, timezone
-
-    from bridge.timestamps import format_timestamp
-
-    since = None
-    if args.since is not None:
-        seconds = _duration_flag("--since", args.since)
-        if seconds <= 0:
-            raise FlagError("--since: must be a positive duration, e.g. 7d")
-        since = format_timestamp(datetime.now(timezone.utc) - timedelta(seconds=seconds))
+    since = _since_flag(args.since)
+    until = _time_flag("--until", args.until)
+    if since is not None and until is not None and until <= since:
+        raise FlagError(f"--until ({args.until}) must be later than --since ({args.since})")
     with _open_store(args) as store:
-        summary = store.usage_summary(args.by, since)
+        summary = store.usage_summary(args.by, since, until)
     if args.json:
-        print(json.dumps(summary, indent=2, ensure_ascii=False))
+        _print_json(summary)
         return
     figures = ("interceptions", "input_tokens", "output_tokens", "cache_read_input_tokens", "cache_write_input_tokens")
     headers = [args.by.upper(), "INTERCEPTIONS", "INPUT", "OUTPUT", "CACHE READ", "CACHE WRITE"]
     rows = [[str(r["group"] if r["group"] is not None else "-"), *(f"{r[f]:,}" for f in figures)] for r in summary]
     if len(summary) != 1:
         rows.append(["TOTAL", *(f"{sum(r[f] for r in summary):,}" for f in figures)])
-    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows)]
-    for line in [headers, *rows]:
-        cells = [line[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(line[1:], widths[1:])]
-        print("  ".join(cells).rstrip())
+    _print_table(headers, rows, right=frozenset(range(1, len(headers))))
+
+
+def _since_flag(text: str | None) -> str | None:
+    """``--since``: a duration back from now (``7d``), or a date or RFC 3339 time (they have a ``-``)."""
+    if text is None:
+        return None
+    if "-" in text:
+        return _time_flag("--since", text)
+    seconds = _duration_flag("--since", text)
+    if seconds <= 0:
+        raise FlagError("--since: must be a positive duration, e.g. 7d")
+    return format_timestamp(datetime.now(timezone.utc) - timedelta(seconds=seconds))

@@ -49,6 +49,24 @@ def parse_duration(text: str) -> float:
     return total
 
 
+def format_duration(seconds: float) -> str:
+    """Seconds as people write them and parse_duration reads them: ``60d``, ``1h30m``, ``1m30s``, ``2s500ms``, ``0``.
+
+    Whole days, hours, minutes and seconds, then the rest in milliseconds (to the microsecond).
+    """
+    micros = round(seconds * 1_000_000)
+    if micros <= 0:
+        return "0"
+    parts = []
+    for unit, size in (("d", 86_400_000_000), ("h", 3_600_000_000), ("m", 60_000_000), ("s", 1_000_000)):
+        count, micros = divmod(micros, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    if micros:
+        parts.append(f"{micros / 1000:g}ms")
+    return "".join(parts)
+
+
 def parse_size(text: str) -> int:
     """Parse ``64MiB``, ``10MB``, ``512KiB`` or a plain byte count into bytes."""
     match = _SIZE.fullmatch(text.strip())

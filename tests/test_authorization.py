@@ -32,8 +32,8 @@ GITHUB_TOKEN = "gho_authz_test_github_token_12345678"
 INTERCEPTIONS = "/api/v2/aibridge/interceptions"
 
 #: Every route of the operating API, by who may call it (the inventory test keeps this complete).
-USER_ROUTES = [("GET", INTERCEPTIONS), ("GET", "/api/v2/aibridge/clients"), ("GET", "/api/v2/aibridge/usage"),
-               ("GET", "/api/v2/aibridge/tools")]
+USER_ROUTES = [("GET", INTERCEPTIONS), ("GET", f"{INTERCEPTIONS}/<path:interception_id>"),
+               ("GET", "/api/v2/aibridge/clients"), ("GET", "/api/v2/aibridge/usage"), ("GET", "/api/v2/aibridge/tools")]
 ADMIN_ROUTES = [("GET", "/api/v2/users"), ("POST", "/api/v2/users"), ("GET", "/api/v2/users/<name>"),
                 ("DELETE", "/api/v2/users/<name>"), ("GET", "/api/v2/users/<name>/tokens"),
                 ("POST", "/api/v2/users/<name>/tokens"), ("DELETE", "/api/v2/tokens/<token_id>")]

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bridge.store import Store
+from bridge.units import format_duration, parse_duration
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -132,17 +133,30 @@ def test_token_errors(cli) -> None:
 
 def test_database_url_flag_wins_over_env(cli, tmp_path: Path, db_path: Path) -> None:
     flagged = tmp_path / "flagged.db"
+    assert cli("users", "create", "bob").returncode == 0  # in the env's database
     # Before the subcommand and after it: both positions are accepted.
     assert cli("--database-url", f"sqlite:///{flagged}", "users", "create", "alice").returncode == 0
     listed = cli("users", "list", "--json", "--database-url", str(flagged))
     assert [u["username"] for u in json.loads(listed.stdout)] == ["alice"]
-    assert json.loads(cli("users", "list", "--json").stdout) == []  # the env's database
+    assert [u["username"] for u in json.loads(cli("users", "list", "--json").stdout)] == ["bob"]
     assert db_path.exists()
+
+
+@pytest.mark.parametrize("command", [
+    ["users", "list"], ["tokens", "list", "alice"], ["interceptions", "list"],
+    ["interceptions", "show", "0f6a4d07-5c53-4ad2-8f66-3f33f1bb5fb5"], ["usage"],
+])
+def test_a_read_only_command_does_not_create_a_missing_database(cli, tmp_path: Path, command: list[str]) -> None:
+    for url in (str(tmp_path / "typo.db"), f"sqlite:///{tmp_path / 'typo.db'}"):
+        assert_error(cli("--database-url", url, *command), f"no database at {tmp_path / 'typo.db'}")
+    assert not (tmp_path / "typo.db").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("typo")] == []
 
 
 def test_unopenable_database_is_one_error_line(cli, tmp_path: Path) -> None:
     missing_dir = tmp_path / "no" / "such" / "dir" / "bridge.db"
-    assert_error(cli("--database-url", str(missing_dir), "users", "list"), "cannot open database")
+    # A command that may create the database (a read-only one says "no database at", see above).
+    assert_error(cli("--database-url", str(missing_dir), "users", "create", "alice"), "cannot open database")
 
 
 def test_missing_subcommand_is_a_usage_error(cli) -> None:
@@ -180,7 +194,9 @@ def test_retention_purge(cli, tmp_path: Path, db_path: Path) -> None:
 
     result = cli("retention", "purge")  # the default retention, 60d: nothing more to delete
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("purged 0 interception(s)")
+    assert result.stdout == "purged 0 interception(s) older than 60d (CODER_AIBRIDGE_RETENTION)\n"
+    result = cli("retention", "purge", "--retention", "1440h30m")  # printed as people write it
+    assert result.stdout == "purged 0 interception(s) older than 60d30m\n"
 
     result = cli("retention", "purge", "--retention", "30d")
     assert result.stdout == "purged 2 interception(s) older than 30d\n"
@@ -188,3 +204,12 @@ def test_retention_purge(cli, tmp_path: Path, db_path: Path) -> None:
         assert [r["id"] for r in store.db.query("SELECT id FROM aibridge_interceptions")] == ["i1"]
 
     assert_error(cli("retention", "purge", "--retention", "soon"), "--retention: invalid duration", status=2)
+
+
+@pytest.mark.parametrize("seconds, text", [
+    (60 * 86400, "60d"), (5400, "1h30m"), (90, "1m30s"), (86400 + 1, "1d1s"), (1.5, "1s500ms"),
+    (0.0005, "0.5ms"), (0, "0"), (36525 * 86400, "36525d"),
+])
+def test_format_duration_writes_what_parse_duration_reads(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+    assert parse_duration(text) == seconds

@@ -539,6 +539,16 @@ class Store:
             ids = [row[0] for row in self.db.execute(page_sql, params)]
             return {"count": count, "results": self._interceptions_by_id(ids)}
 
+    def interception_result(self, interception_id: str, viewer_id: str | None = None) -> dict[str, Any] | None:
+        """One interception as query_interceptions() lists it; None when there is no such id or, with
+        ``viewer_id``, when it is someone else's (so that ids of others cannot be told apart)."""
+        if "\x00" in interception_id:  # no stored id has one (and PostgreSQL text cannot hold it)
+            return None
+        found = self._interceptions_by_id([interception_id])
+        if not found or (viewer_id is not None and found[0]["initiator"]["id"] != viewer_id):
+            return None
+        return found[0]
+
     def _interceptions_by_id(self, ids: list[str]) -> list[dict[str, Any]]:
         """Full results for these ids, in this order: one query for the rows, one per child table."""
         if not ids:
@@ -590,16 +600,17 @@ class Store:
     def _sum_figures(self) -> str:
         return ", ".join(self._SUM.format(c) for c in _USAGE_FIGURES)
 
-    def usage_summary(self, by: str, since: str | None = None) -> list[dict[str, Any]]:
+    def usage_summary(self, by: str, since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
         """Interceptions and token totals per user, model, client or provider, most interceptions first.
 
-        ``since`` (a store timestamp) counts interceptions started in its hour or later; their token
-        usages are counted whenever they were written.
+        ``since`` (a store timestamp) counts interceptions started in its hour or later, ``until`` those
+        started before the end of its hour; their token usages are counted whenever they were written.
         """
         column = _usage_column(by)
         totals: dict[str, list[int]] = {}
         with self._read_snapshot():
-            for period, low, high in _segments(None if since is None else _hour(since), None):
+            for period, low, high in _segments(None if since is None else _hour(since),
+                                               None if until is None else _ceil_hour(until)):
                 where, params = _period_where(period, low, high, None)
                 for key, *figures in self.db.execute(
                     f"SELECT {column}, {self._sum_figures} FROM {USAGE_ROLLUPS[period]}{where} GROUP BY 1", params

@@ -1,0 +1,226 @@
+"""The queries of the operating API and the CLI, parsed and run: interception filters and pages,
+usage and tools ranges. Pure parsing (no Flask), so ``python -m bridge`` shares it without loading
+the web stack; the API (bridge.api) turns a QueryError into a 400, the CLI into one error line."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from datetime import datetime, timedelta, timezone
+from typing import Any, Mapping
+
+from bridge.store import InterceptionFilter, Store, UnknownCursor
+from bridge.timestamps import format_timestamp
+from bridge.units import DurationTooLong, parse_duration
+
+#: The ``q`` filter keys of GET /api/v2/aibridge/interceptions, in documentation order.
+SEARCH_KEYS = ("initiator", "provider", "provider_name", "model", "client", "started_after", "started_before")
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+MAX_OFFSET = 2**63 - 1  # sqlite's integers
+_TIME_EXAMPLE = "use RFC 3339 with a time zone, e.g. 2025-06-01T09:30:00Z or 2025-06-01T11:30:00+02:00"
+USAGE_BY = ("user", "model", "client", "provider")
+USAGE_BUCKETS = ("hour", "day")
+DEFAULT_SINCE = "30d"
+DEFAULT_TOOLS_LIMIT = 20
+MAX_TOOLS_LIMIT = 1000
+_DATE_OR_TIME_EXAMPLE = ("use a date like 2025-06-01, meaning midnight UTC, or an RFC 3339 time with a zone,"
+                         " e.g. 2025-06-01T09:30:00Z")
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_SINCE_EXAMPLE = "use a duration back from now (e.g. 7d, 24h, 90m) or an RFC 3339 time, e.g. 2025-06-01T00:00:00Z"
+
+
+class QueryError(ValueError):
+    """A bad interceptions query: ``message`` names the problem, ``detail`` says what is accepted."""
+
+    def __init__(self, message: str, detail: str) -> None:
+        super().__init__(f"{message} ({detail})")
+        self.message = message
+        self.detail = detail
+
+
+
+# -- the interceptions query ---------------------------------------------------------------
+
+
+def parse_search(q: str | None) -> dict[str, str]:
+    """``initiator:me model:"gpt 4o"`` -> ``{"initiator": "me", "model": "gpt 4o"}``, keys checked."""
+    if not q or not q.strip():
+        return {}
+    try:
+        terms = shlex.split(q)
+    except ValueError:
+        raise QueryError("invalid q: unbalanced quotes", 'quote a value with spaces as key:"a b"') from None
+    found: dict[str, str] = {}
+    for term in terms:
+        key, colon, value = term.partition(":")
+        key = key.strip().lower()
+        if not colon:
+            raise QueryError(f"invalid q: {term!r} is not a key:value filter",
+                             f"write filters as key:value separated by spaces, with keys {', '.join(SEARCH_KEYS)}")
+        if key not in SEARCH_KEYS:
+            raise QueryError(f"invalid q: unknown filter {key!r}", f"valid filters are {', '.join(SEARCH_KEYS)}")
+        if key in found:
+            raise QueryError(f"invalid q: filter {key!r} given more than once", "give each filter at most once")
+        if not value:
+            raise QueryError(f"invalid q: filter {key!r} has no value", f'write {key}:value (quote spaces: {key}:"a b")')
+        found[key] = value
+    return found
+
+
+def parse_time(key: str, value: str) -> str:
+    """An RFC 3339 time -> the store's UTC text form (which orders as time does)."""
+    text = value.strip()
+    moment = None
+    if len(text) >= 19 and text[10] in "Tt ":  # a date alone is not RFC 3339
+        try:
+            moment = datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in "Zz" else text)
+        except ValueError:
+            moment = None
+    if moment is None:
+        raise QueryError(f"invalid {key}: {value!r} is not an RFC 3339 time", _TIME_EXAMPLE)
+    if moment.tzinfo is None:
+        raise QueryError(f"invalid {key}: {value!r} has no time zone", _TIME_EXAMPLE)
+    try:
+        return format_timestamp(moment)
+    except OverflowError:  # e.g. 9999-12-31T23:00:00-05:00 is past the last UTC time a datetime holds
+        raise QueryError(f"invalid {key}: {value!r} is out of range", _TIME_EXAMPLE) from None
+
+
+def parse_date_or_time(key: str, value: str) -> str:
+    """A date (``2025-06-01``: midnight UTC) or an RFC 3339 time -> the store's UTC text form (the CLI's times)."""
+    text = value.strip()
+    if _DATE.fullmatch(text):
+        try:
+            return format_timestamp(datetime.fromisoformat(text).replace(tzinfo=timezone.utc))
+        except ValueError:
+            raise QueryError(f"invalid {key}: {value!r} is not a date", _DATE_OR_TIME_EXAMPLE) from None
+    try:
+        return parse_time(key, text)
+    except QueryError as exc:
+        message = exc.message.replace("is not an RFC 3339 time", "is not a date or an RFC 3339 time")
+        raise QueryError(message, _DATE_OR_TIME_EXAMPLE) from None
+
+
+def build_filter(values: Mapping[str, str | None], me: str | None = None) -> InterceptionFilter:
+    """Checked filters from ``q`` keys (or CLI flags); ``initiator:me`` becomes ``me`` (a user id)."""
+    given = {key: value for key, value in values.items() if value is not None}
+    unknown = set(given) - set(SEARCH_KEYS)
+    if unknown:
+        raise QueryError(f"unknown filter {sorted(unknown)[0]!r}", f"valid filters are {', '.join(SEARCH_KEYS)}")
+    initiator = given.get("initiator")
+    if initiator is not None and initiator.lower() == "me":
+        if me is None:
+            raise QueryError("initiator 'me' needs a signed-in caller", "give a username or user id")
+        initiator = me
+    after = parse_time("started_after", given["started_after"]) if "started_after" in given else None
+    before = parse_time("started_before", given["started_before"]) if "started_before" in given else None
+    if after is not None and before is not None and before <= after:
+        raise QueryError("started_before must be later than started_after",
+                         f"started_after {given['started_after']} and started_before {given['started_before']}"
+                         " leave no time between them")
+    return InterceptionFilter(
+        initiator=initiator,
+        provider=given.get("provider"),
+        provider_name=given.get("provider_name"),
+        model=given.get("model"),
+        client=given.get("client"),
+        started_after=after,
+        started_before=before,
+    )
+
+
+def parse_limit(text: str | None, default: int = DEFAULT_LIMIT, maximum: int = MAX_LIMIT) -> int:
+    if text is None:
+        return default
+    try:
+        limit = int(text.strip())
+    except ValueError:
+        raise QueryError(f"invalid limit {text!r}: not a number", f"use a whole number from 1 to {maximum}") from None
+    if not 1 <= limit <= maximum:
+        raise QueryError(f"invalid limit {limit}: out of range", f"use a whole number from 1 to {maximum}")
+    return limit
+
+
+def parse_page(after_id: str | None, offset: str | None) -> tuple[str | None, int | None]:
+    """The cursor or the offset (not both)."""
+    if after_id is not None and offset is not None:
+        raise QueryError("after_id and offset cannot be combined",
+                         "page with after_id (the last id of the previous page) or with offset, not both")
+    if after_id is not None and not after_id.strip():
+        raise QueryError("invalid after_id: empty", "give the id of the last interception of the previous page")
+    if offset is None:
+        return after_id, None
+    try:
+        number = int(offset.strip())
+    except ValueError:
+        raise QueryError(f"invalid offset {offset!r}: not a number", "use a whole number, 0 or more") from None
+    if not 0 <= number <= MAX_OFFSET:
+        raise QueryError(f"invalid offset {number}: out of range", f"use a whole number from 0 to {MAX_OFFSET}")
+    return None, number
+
+
+def query_interceptions(store: Store, search: InterceptionFilter, limit: int, after_id: str | None,
+                        offset: int | None, viewer_id: str | None) -> dict[str, Any]:
+    """Run the query; an unknown (or invisible) after_id is a QueryError."""
+    try:
+        return store.query_interceptions(search, limit=limit, after_id=after_id, offset=offset, viewer_id=viewer_id)
+    except UnknownCursor:
+        raise QueryError(f"unknown after_id {after_id!r}",
+                         "after_id must be the id of an interception from a previous page") from None
+
+
+# -- usage over time and top tools (from the usage rollups) --------------------------------------
+
+
+def parse_choice(key: str, value: str | None, choices: tuple[str, ...], default: str) -> str:
+    if value is None:
+        return default
+    if value not in choices:
+        raise QueryError(f"invalid {key} {value!r}", f"use one of {', '.join(choices)}")
+    return value
+
+
+def parse_since(value: str | None, now: datetime) -> str:
+    """A duration back from ``now`` (``7d``; default 30d) or an RFC 3339 time -> a store timestamp."""
+    if value is None:
+        value = DEFAULT_SINCE
+    text = value.strip()
+    if text[:1].isdigit() and not (len(text) >= 19 and text[10:11] in ("T", "t", " ")):
+        try:
+            seconds = parse_duration(text)
+        except DurationTooLong:
+            raise QueryError(f"invalid since {value!r}: too far back",
+                             f"at most 100 years (36525d); {_SINCE_EXAMPLE}") from None
+        except ValueError:
+            raise QueryError(f"invalid since {value!r}: not a duration or an RFC 3339 time", _SINCE_EXAMPLE) from None
+        if seconds <= 0:
+            raise QueryError(f"invalid since {value!r}: the duration must be positive", _SINCE_EXAMPLE)
+        return format_timestamp(now - timedelta(seconds=seconds))
+    try:
+        return parse_time("since", text)
+    except QueryError as exc:
+        raise QueryError(exc.message, _SINCE_EXAMPLE) from None
+
+
+def parse_range(since: str | None, until: str | None, now: datetime | None = None) -> tuple[str, str]:
+    """``since`` (default 30d) and ``until`` (RFC 3339, default now) as store timestamps, since < until."""
+    now = now or datetime.now(timezone.utc)
+    end = parse_time("until", until) if until is not None else format_timestamp(now)
+    start = parse_since(since, now)
+    if end <= start:
+        raise QueryError("until must be later than since",
+                         f"since {since or DEFAULT_SINCE} and until {until or 'now'} leave no time between them")
+    return start, end
+
+
+def rfc3339(timestamp: str) -> str:
+    """A store timestamp (or rollup hour) in the API's form, to the second: ``2026-11-20T10:00:00Z``."""
+    return f"{timestamp[:19]}Z"
+
+
+def usage_over_time(store: Store, by: str, bucket: str, since: str, until: str,
+                    viewer_id: str | None) -> dict[str, Any]:
+    """The body of GET /api/v2/aibridge/usage (the range as the rollups count it: whole hours)."""
+    found = store.usage_series(by, bucket, since, until, viewer_id=viewer_id)
+    return {"by": by, "bucket": bucket, "since": rfc3339(since[:13] + ":00:00Z"), "until": rfc3339(until), **found}
