@@ -33,12 +33,13 @@ def _wait_for_line(gateway, pattern: str, timeout: float = 30) -> None:
         time.sleep(0.05)
 
 
-def test_sighup_lets_an_in_flight_stream_finish(start_gateway, upstream, identities, database):
+def test_sighup_lets_an_in_flight_stream_finish(start_gateway, upstream, identities, database, monkeypatch):
     gateway = start_gateway(provider_env(upstream), workers=1)
     old_worker = re.search(r"Booting worker with pid: (\d+)", gateway.log()).group(1)
     # Lockstep: the upstream sends each event after the first only once we acked the one before.
     lockstep = uuid.uuid4().hex
-    upstream.lockstep_timeout = 30  # longer than any wait below: no event goes out before its ack
+    # Longer than any wait below: no event goes out before its ack (the session's upstream gets its own back).
+    monkeypatch.setattr(upstream, "lockstep_timeout", 30)
     response = requests.post(f"{gateway.base('anthropic')}/v1/messages", stream=True, timeout=60,
                              json={**FIXTURE["request"], "stream": True},
                              headers={"X-Api-Key": identities.alice, "X-Fixture": "anthropic/simple_text",
