@@ -55,7 +55,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import bodies  # noqa: E402
 from load import Conn, Dechunker, pct  # noqa: E402
-from procs import Server, Usage, cpu_seconds, free_port, status_kb, tree  # noqa: E402
+from procs import Server, Usage, cpu_seconds, free_port, raise_nofile, status_kb, tree  # noqa: E402
 
 MiB = 1024 * 1024
 APIS = ("openai", "anthropic")
@@ -518,9 +518,7 @@ def main() -> int:
     parser.add_argument("--scrape-interval", type=float, default=2, help="pause between /metrics scrapes")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, store, dumps)")
     args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # a socket per client
-    if soft < min(hard, 65536):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+    raise_nofile()
     soak = HostileSoak(args)
     watchdog = gevent.spawn_later(args.duration + 240, lambda: (print("hostile soak: hard deadline reached", flush=True),
                                                                 soak.stop(), os._exit(3)))

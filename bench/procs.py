@@ -85,7 +85,7 @@ class Server:
         self.name, self.cmd, self.log_path = name, cmd, log
         self._log = open(log, "ab")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env=env, cwd=cwd, preexec_fn=_raise_nofile)
+                                     env=env, cwd=cwd, preexec_fn=raise_nofile)
 
     @property
     def pid(self) -> int:
@@ -127,8 +127,9 @@ class Server:
         self._log.close()
 
 
-def _raise_nofile() -> None:
-    """Children get as many file descriptors as allowed (1,000 streams = 2,000+ sockets in the gateway)."""
+def raise_nofile() -> None:
+    """As many file descriptors as allowed, up to 65,536: a socket per client (1,000 streams =
+    2,000+ sockets in the gateway). Also run in each child this module starts."""
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

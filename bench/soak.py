@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 import bodies  # noqa: E402
-from procs import Server, free_port, status_kb, tree  # noqa: E402
+from procs import Server, free_port, raise_nofile, status_kb, tree  # noqa: E402
 
 APIS = ("openai", "anthropic")
 
@@ -236,11 +236,7 @@ def main() -> int:
     parser.add_argument("--interval-ms", type=int, default=200)
     parser.add_argument("--ramp", type=float, default=5.0, help="seconds over which the clients connect")
     args = parser.parse_args()
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # a socket per client
-    if soft < min(hard, 65536):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+    raise_nofile()
     soak = Soak(args)
     watchdog = gevent.spawn_later(args.seconds + 180, lambda: (print("soak: hard deadline reached", flush=True),
                                                                soak.stop(), os._exit(2)))

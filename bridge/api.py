@@ -99,6 +99,10 @@ class _Queries:
             return True, exc
         except Exception as exc:
             return True, exc
+        finally:
+            if store is not None and store.read_only and self._stores.get(ident) is store:
+                del self._stores[ident]  # opened while the files could not be written: not kept (Store.read_only)
+                store.close()
 
 
 def api_blueprint(gateway: Any) -> Blueprint:

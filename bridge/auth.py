@@ -12,6 +12,7 @@ from typing import Mapping
 from loguru import logger
 
 from bridge.errors import GatewayError
+from bridge.masking import holds_gateway_token
 from bridge.store import Store, auth_stamp_path, is_postgres_url
 
 GOVERNANCE_HEADER = "X-Coder-AI-Governance-Token"
@@ -63,6 +64,28 @@ def read_gateway_token(headers: Mapping[str, str]) -> tuple[str | None, bool]:
     return None, False
 
 
+def own_credential(headers: Mapping[str, str]) -> str | None:
+    """The provider credential a bring-your-own-key client sent: Authorization's (after its scheme),
+    else X-Api-Key's. Never a gateway token: that is no provider credential and never goes upstream."""
+    for value in ((headers.get("Authorization") or "").partition(" ")[2], headers.get("X-Api-Key")):
+        value = (value or "").strip()
+        if value and not holds_gateway_token(value):
+            return value
+    return None
+
+
+#: Header names the gateway accepts spelled with underscores: Codex's session header (`session_id`,
+#: read by bridge.clients). gunicorn maps `X_Api_Key` and `X-Api-Key` to one WSGI name, so any other
+#: underscore spelling, of credential headers above all, must not reach the app.
+UNDERSCORE_HEADERS = frozenset({"SESSION_ID"})
+
+
+def drop_underscore_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """A request's headers (gunicorn's: upper-case names as sent) without underscore spellings, but
+    for UNDERSCORE_HEADERS."""
+    return [(name, value) for name, value in headers if "_" not in name or name in UNDERSCORE_HEADERS]
+
+
 class Authenticator:
     """Checks gateway tokens against the store.
 
@@ -87,9 +110,17 @@ class Authenticator:
         self._cache: dict[bytes, tuple[dict, tuple | None, float]] = {}
 
     def _lookup(self, token: str) -> dict | None:
-        if self._store is None:
-            self._store = Store(self._database_path)
-        return self._store.authenticate(token)
+        store, self._store = self._store or Store(self._database_path), None
+        try:
+            found = store.authenticate(token)
+        except BaseException:
+            store.close()  # a fresh connection next time
+            raise
+        if store.read_only:  # opened while the files could not be written: kept, it would stay so (Store.read_only)
+            store.close()
+        else:
+            self._store = store
+        return found
 
     def _stamp(self) -> tuple | None:
         if self._stamp_path is None:
@@ -123,6 +154,10 @@ class Authenticator:
 
         ``byok_only`` providers (Copilot) take the gateway token from the governance header alone:
         their Authorization header carries the user's own credentials.
+
+        A client that sends the governance header without a key of its own (none, or a gateway
+        token where the key goes, as misconfigured clients do) is served like one that sent the
+        token in Authorization: with the provider key (centralized mode), which is what it can use.
         """
         token, byok = read_gateway_token(headers)
         if byok_only and not byok:
@@ -140,4 +175,5 @@ class Authenticator:
             raise GatewayError(503, "the gateway cannot check tokens right now; try again shortly") from None
         if found is None:
             raise GatewayError(401, "invalid gateway token: unknown, expired or revoked")
+        byok = byok and own_credential(headers) is not None
         return Caller(found["user_id"], found["username"], bool(found["is_admin"]), found["token_id"], byok, token)

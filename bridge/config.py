@@ -128,12 +128,15 @@ class Settings:
     circuit_breaker: CircuitBreakerSettings
     dump_dir: str | None
     max_body_size: int
+    max_recorded_text: int
     database_path: str
     log_human: str | None
     log_json: str | None
     upstream_connect_timeout: float
     upstream_read_timeout: float
+    header_timeout: float
     warnings: tuple[str, ...] = ()
+    metrics_token: str | None = field(default=None, repr=False)  # a secret: never shown
 
     def provider(self, name: str) -> ProviderSettings | None:
         return next((p for p in self.providers if p.name == name), None)
@@ -298,9 +301,16 @@ _SETTINGS: dict[str, _Setting] = {
     "circuit_breaker_max_requests": _Setting("CODER_AIBRIDGE_CIRCUIT_BREAKER_MAX_REQUESTS", "3", _integer(1)),
     "dump_dir": _Setting("CODER_AIBRIDGE_DUMP_DIR", None, _text),
     "max_body_size": _Setting("CODER_AIBRIDGE_MAX_BODY_SIZE", "64MiB", _size),
+    # Bytes of each prompt, tool input and thought kept in the records (and so in the logs and the API).
+    "max_recorded_text": _Setting("CODER_AIBRIDGE_MAX_RECORDED_TEXT", "64KiB", _size),
+    # When set, /metrics answers only `Authorization: Bearer <it>` (metrics name models and clients).
+    "metrics_token": _Setting("CODER_AIBRIDGE_METRICS_TOKEN", None, _text, secret=True),
     "database_path": _Setting("CODER_AIBRIDGE_DATABASE_URL", "sqlite:///aibridge.db", _database_path),
     "upstream_connect_timeout": _Setting("CODER_AIBRIDGE_UPSTREAM_CONNECT_TIMEOUT", "10s", _duration(allow_zero=False)),
     "upstream_read_timeout": _Setting("CODER_AIBRIDGE_UPSTREAM_READ_TIMEOUT", "300s", _duration(allow_zero=False)),
+    # A request's head (request line and headers) is due within this once its first byte came (on a
+    # new connection: from the connect), so slow clients cannot hold every connection of a worker.
+    "header_timeout": _Setting("CODER_AIBRIDGE_HEADER_TIMEOUT", "10s", _duration(allow_zero=False)),
     "log_human": _Setting("CODER_LOGGING_HUMAN", "/dev/stderr", _text, flag="--log-human", empty_disables=True),
     "log_json": _Setting("CODER_LOGGING_JSON", None, _text, flag="--log-json"),
 }
@@ -742,6 +752,63 @@ def load_settings(
         circuit_breaker=CircuitBreakerSettings(**breaker),
         warnings=tuple(warnings),
     )
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    """How gunicorn serves the app: read by the gunicorn config, which must not import the rest."""
+
+    bind: str
+    workers: int
+    worker_connections: int
+
+
+def serving_settings(env: Mapping[str, str] | None = None) -> ServingSettings:
+    """CODER_HTTP_ADDRESS, WEB_CONCURRENCY and BRIDGE_WORKER_CONNECTIONS, validated (ConfigError naming
+    the variable): gunicorn would otherwise stop with a traceback (a worker count that is no number) or
+    retry binding an address that cannot be one."""
+    env = os.environ if env is None else env
+    values = {}
+    for variable, default, parse in (("CODER_HTTP_ADDRESS", "127.0.0.1:3000", _listen_address),
+                                     ("WEB_CONCURRENCY", "2", _integer(1)),
+                                     ("BRIDGE_WORKER_CONNECTIONS", "1000", _integer(1))):
+        raw = (env.get(variable) or "").strip() or default
+        try:
+            values[variable] = parse(raw)
+        except ValueError as err:
+            raise ConfigError(f"{variable}: {err}") from None
+    return ServingSettings(values["CODER_HTTP_ADDRESS"], values["WEB_CONCURRENCY"], values["BRIDGE_WORKER_CONNECTIONS"])
+
+
+def _listen_address(raw: str) -> str:
+    """HOST:PORT ([IPv6]:PORT), or unix:PATH, as gunicorn binds it."""
+    if raw.startswith("unix:"):
+        if not raw[5:]:
+            raise ValueError("expected unix:PATH")
+        return raw
+    host, separator, port = raw.rpartition(":")
+    if not separator or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT such as 127.0.0.1:3000 or 0.0.0.0:8080 (or unix:PATH), got {raw!r}")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not re.fullmatch(r"[A-Za-z0-9.:_-]+", host):
+        raise ValueError(f"{host!r} is not a host name or IP address")
+    return raw
+
+
+def store_problem(database_path: str, error: BaseException) -> str:
+    """One line, naming the variable, for a store that cannot be opened at startup: which directory
+    is missing or read-only for a SQLite file, else the error's own words (a URL's password masked)."""
+    variable = _SETTINGS["database_path"].variable
+    if "://" not in database_path:
+        directory = os.path.dirname(os.path.abspath(database_path))
+        if not os.path.isdir(directory):
+            return f"{variable}: the directory {directory} does not exist (SQLite creates the file, not its directory)"
+        if not os.access(directory, os.W_OK | os.X_OK):
+            return f"{variable}: the directory {directory} is not writable by this user"
+    from bridge.store import mask_url  # not at import: the store is not needed to read settings
+
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return f"{variable}: cannot open the store ({mask_url(reason)})"
 
 
 def database_path_from_url(url: str) -> str:

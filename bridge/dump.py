@@ -3,7 +3,8 @@
 For each intercepted call the gateway writes, under ``<dir>/<provider name>/``:
 
 - ``<interception id>.request.json``: ``{"method", "url", "headers", "body"}`` of the upstream request
-  (``body`` is the JSON the gateway sent, or ``body_text`` when it is not JSON);
+  (``body`` is the JSON the gateway sent, or ``body_text`` when it is not JSON or is nested too deep
+  to be written back as JSON);
 - ``<interception id>.response``: ``HTTP <status>``, the response headers (one ``Name: value`` a line),
   a blank line, then the body as the client got it. A stream is appended event by event as the
   relay passes it on, so the file of a stream in flight shows how far it got; a gateway error
@@ -11,8 +12,10 @@ For each intercepted call the gateway writes, under ``<dir>/<provider name>/``:
 
 Secrets never reach the files: the values of credential headers (``Authorization``, ``X-Api-Key``,
 ``X-Coder-AI-Governance-Token``, ``Coder-Session-Token``, cookies) are masked (``sk-a...xyz1``),
-and the configured provider keys, AWS secrets and the caller's gateway token and own credentials are
-replaced by their mask wherever they appear (URL, headers, bodies, across stream chunks too).
+and the configured provider keys and AWS secrets of every provider, the caller's own credentials,
+any user's gateway token and the common public key formats are replaced by their mask wherever they
+appear (URL, headers, bodies, across stream chunks too), by the masker of the audit records
+(bridge.masking).
 Files are readable by the gateway's user only (they hold prompts).
 
 Dumping is for debugging: a failure to write is logged once (until a dump succeeds again) and the
@@ -30,7 +33,7 @@ import orjson
 from loguru import logger
 
 from bridge.config import ProviderSettings, Settings
-from bridge.masking import mask_secret
+from bridge.masking import Masker, configured_secrets, mask_secret
 
 #: Headers whose values are credentials (request or response).
 SECRET_HEADERS = frozenset({
@@ -40,16 +43,6 @@ SECRET_HEADERS = frozenset({
 _AUTH_SCHEMES = frozenset({"bearer", "basic", "token", "aws4-hmac-sha256"})
 _FILE_MODE = 0o600
 _DIR_MODE = 0o700
-
-
-def configured_secrets(settings: Settings) -> list[str]:
-    """Every secret in the settings: provider keys and AWS credentials of every provider."""
-    found = []
-    for provider in settings.providers:
-        found.append(provider.key)
-        if provider.bedrock is not None:
-            found += [provider.bedrock.access_key, provider.bedrock.access_key_secret]
-    return [secret for secret in found if secret]
 
 
 def request_secrets(headers: Iterable[tuple[str, str]]) -> list[str]:
@@ -96,7 +89,7 @@ class Dumper:
 
     def __init__(self, directory: str, provider_name: str, secrets: Iterable[str]) -> None:
         self.directory = Path(directory) / provider_name
-        self._secrets = list(secrets)
+        self._masker = Masker(secrets)
         self._ready = False
         self._warned = False
 
@@ -111,7 +104,7 @@ class Dumper:
               incoming: Iterable[tuple[str, str]]) -> Dump:
         """Write the request dump; the returned Dump takes the response. Never raises."""
         dump = Dump(self, self.directory / f"{interception_id}.response",
-                    _Masker(self._secrets + request_secrets(incoming)))
+                    self._masker.including(*request_secrets(incoming)))
         try:
             self._prepare()
             masker = dump.masker
@@ -120,13 +113,15 @@ class Dumper:
                 "url": masker.text(url),
                 "headers": {name: masker.text(mask_header(name, value)) for name, value in headers.items()},
             }
-            masked = masker.whole(body or b"")
+            masked = masker.data(body or b"")
             try:
                 content["body"] = orjson.loads(masked) if masked else None
-            except orjson.JSONDecodeError:
+                document = orjson.dumps(content, option=orjson.OPT_INDENT_2)
+            except (orjson.JSONDecodeError, orjson.JSONEncodeError):  # not JSON, or nested deeper than orjson writes
+                content.pop("body", None)
                 content["body_text"] = masked.decode("utf-8", "replace")
-            _write_new(self.directory / f"{interception_id}.request.json",
-                       orjson.dumps(content, option=orjson.OPT_INDENT_2) + b"\n")
+                document = orjson.dumps(content, option=orjson.OPT_INDENT_2)
+            _write_new(self.directory / f"{interception_id}.request.json", document + b"\n")
             self.succeeded()
         except Exception as exc:
             self.failed(exc)
@@ -154,7 +149,7 @@ class Dumper:
 class Dump:
     """The response side of one call's dump."""
 
-    def __init__(self, dumper: Dumper, path: Path, masker: _Masker) -> None:
+    def __init__(self, dumper: Dumper, path: Path, masker: Masker) -> None:
         self._dumper = dumper
         self._path = path
         self.masker = masker
@@ -164,7 +159,7 @@ class Dump:
     def whole(self, status: int, headers: Iterable[tuple[str, str]], body: bytes) -> None:
         """A blocking answer (or an error response): the whole response at once."""
         if self._open(status, headers):
-            self._write(self.masker.whole(body))
+            self._write(self.masker.data(body))
             self.close()
 
     def stream(self, relay: Iterable[bytes], status: int, headers: Iterable[tuple[str, str]]) -> Iterable[bytes]:
@@ -174,11 +169,7 @@ class Dump:
     def write(self, chunk: bytes) -> None:
         if self._file is None:
             return
-        data = self._pending + chunk
-        data = self.masker.whole(data)
-        keep = self.masker.longest - 1
-        if keep > 0:
-            data, self._pending = data[:-keep], data[-keep:]
+        data, self._pending = self.masker.stream_part(self._pending + chunk)
         self._write(data)
 
     def close(self) -> None:
@@ -186,7 +177,7 @@ class Dump:
             return
         rest, self._pending = self._pending, b""
         if rest:
-            self._write(rest)
+            self._write(self.masker.data(rest))
         file, self._file = self._file, None
         if file is not None:
             try:
@@ -247,28 +238,6 @@ class DumpedStream:
                 close()
         finally:
             self._dump.close()
-
-
-class _Masker:
-    """Replaces each secret by its mask (longest first, so a secret containing another goes whole)."""
-
-    def __init__(self, secrets: Iterable[str]) -> None:
-        unique = sorted({secret for secret in secrets if secret}, key=len, reverse=True)
-        self._pairs = [(secret.encode("utf-8", "replace"), mask_secret(secret).encode()) for secret in unique]
-        self._text_pairs = [(secret, mask_secret(secret)) for secret in unique]
-        self.longest = len(self._pairs[0][0]) if self._pairs else 0
-
-    def whole(self, data: bytes) -> bytes:
-        for secret, mask in self._pairs:
-            if secret in data:
-                data = data.replace(secret, mask)
-        return data
-
-    def text(self, text: str) -> str:
-        for secret, mask in self._text_pairs:
-            if secret in text:
-                text = text.replace(secret, mask)
-        return text
 
 
 def _write_new(path: Path, data: bytes) -> None:

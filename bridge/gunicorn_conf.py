@@ -10,27 +10,56 @@ from __future__ import annotations
 import os
 import sys
 
-bind = os.environ.get("CODER_HTTP_ADDRESS", "127.0.0.1:3000")
+from bridge.config import ConfigError, serving_settings
+
+
+def _stop(message: str) -> None:
+    """Stop the start with one line (no traceback), leaving no metrics directory behind."""
+    _remove_own_metrics_dir()
+    sys.stderr.write(f"bridge: {message}\n")
+    sys.exit(1)
+
+
+try:
+    _serving = serving_settings()
+except ConfigError as error:
+    sys.stderr.write(f"bridge: configuration error: {error}\n")
+    sys.exit(1)
+bind = _serving.bind
 worker_class = "bridge.worker.GeventWorker"  # gunicorn's gevent worker, stopping idle connections promptly
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))  # about one per core: each worker is concurrent
-worker_connections = int(os.environ.get("BRIDGE_WORKER_CONNECTIONS", "1000"))
+workers = _serving.workers  # about one per core: each worker is concurrent
+worker_connections = _serving.worker_connections
 timeout = 30            # heartbeat of the event loop, not a limit on streams
-graceful_timeout = 120  # in-flight streams get this long to finish on SIGTERM/HUP
+# In-flight streams get this long to finish on SIGTERM/HUP; those still running a few seconds
+# before it end with the provider's error event and are recorded (bridge/worker.py).
+graceful_timeout = 120
 keepalive = 75          # longer than common load balancer idle timeouts (ALB: 60 s)
 control_socket_disable = True  # two instances would otherwise share ~/.gunicorn/gunicorn.ctl
 accesslog = None
 logger_class = "bridge.worker.GunicornLogger"
-# Keep headers with underscores (gunicorn drops them by default): clients send some (Codex's
-# `session_id`) that the provider expects and the audit record reads.
+# Headers spelled with underscores reach pre_request (gunicorn drops them by default), which keeps
+# only those a client needs (Codex's `session_id`, read for the audit record): gunicorn maps
+# `X_Api_Key` and `X-Api-Key` to one WSGI name, and a credential header must have one spelling.
 header_map = "dangerous"
+
+
+def pre_request(worker, req) -> None:
+    from bridge.auth import drop_underscore_headers  # not at import: the master loads this module
+
+    req.headers = drop_underscore_headers(req.headers)
+
 
 # Every worker counts metrics in files here so that a scrape of any worker sums them all; set
 # before the workers start (prometheus_client reads it at import).
 _OWN_METRICS_DIR = None
+_MASTER_PID = os.getpid()
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    import atexit
     import tempfile
 
     _OWN_METRICS_DIR = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="bridge-metrics-")
+    # Also when the master stops before on_exit could run (e.g. its address is taken).
+    atexit.register(lambda: _remove_own_metrics_dir())
 
 from bridge.logsetup import GUNICORN_LOGCONFIG, configure_logging  # noqa: E402
 
@@ -42,7 +71,7 @@ def on_starting(server) -> None:
     """Fail fast on a broken configuration, before any worker starts; prepare logs and the store."""
     from loguru import logger
 
-    from bridge.config import ConfigError, load_settings
+    from bridge.config import load_settings, store_problem
     from bridge.logsetup import configure_logging
     from bridge.store import Store
 
@@ -50,12 +79,13 @@ def on_starting(server) -> None:
     try:
         settings = load_settings()
     except ConfigError as error:
-        sys.stderr.write(f"bridge: configuration error: {error}\n")
-        sys.exit(1)
+        _stop(f"configuration error: {error}")
     configure_logging(settings.log_human, settings.log_json)
-    store = Store(settings.database_path)  # migrate once here; closed before the workers fork
-    store.migrate()
-    store.close()
+    try:  # migrate once here; closed before the workers fork
+        with Store(settings.database_path) as store:
+            store.migrate()
+    except Exception as error:  # a missing or read-only directory, a server that refuses: one line
+        _stop(f"configuration error: {store_problem(settings.database_path, error)}")
     logger.info("bridge starting on {} with {} worker(s); providers: {}", ", ".join(server.cfg.bind), server.cfg.workers,
                 ", ".join(f"{p.name} ({p.type})" for p in settings.providers) or "none")
 
@@ -77,12 +107,17 @@ def child_exit(server, worker) -> None:
 def _clear_metrics_dir() -> None:
     directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     for name in os.listdir(directory):
-        if name.endswith(".db"):
+        if name.endswith((".db", ".labels")):  # .labels: the label values bridge.metrics admitted
             os.remove(os.path.join(directory, name))
 
 
 def on_exit(server) -> None:
-    if _OWN_METRICS_DIR:
+    _remove_own_metrics_dir()
+
+
+def _remove_own_metrics_dir() -> None:
+    # Workers are forked from the master and inherit its exit handlers: only the master removes it.
+    if _OWN_METRICS_DIR and os.getpid() == _MASTER_PID:
         import shutil
 
         shutil.rmtree(_OWN_METRICS_DIR, ignore_errors=True)

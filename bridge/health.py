@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import hmac
 import sqlite3
 
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response, current_app, request
 from loguru import logger
 
 from bridge.metrics import exposition
@@ -59,9 +60,21 @@ def readyz() -> tuple[dict, int]:
 
 
 @health_blueprint.get("/metrics")
-def metrics() -> Response:
+def metrics() -> Response | tuple[dict, int, dict]:
+    """The Prometheus scrape; with CODER_AIBRIDGE_METRICS_TOKEN set, only for ``Authorization: Bearer <it>``."""
+    gateway = current_app.extensions.get("bridge")
+    token = getattr(getattr(gateway, "settings", None), "metrics_token", None)
+    if token and not _bearer_matches(request.headers.get("Authorization"), token):
+        return ({"message": "missing or wrong metrics token: send Authorization: Bearer <CODER_AIBRIDGE_METRICS_TOKEN>"},
+                401, {"WWW-Authenticate": "Bearer"})
     body, content_type = exposition()
     return Response(body, content_type=content_type)
+
+
+def _bearer_matches(authorization: str | None, token: str) -> bool:
+    scheme, _, given = (authorization or "").strip().partition(" ")
+    # compared in constant time, as bytes: a str compare_digest refuses non-ASCII input
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 
 def _unavailable(detail: str) -> tuple[dict, int]:

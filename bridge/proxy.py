@@ -7,6 +7,7 @@ that names the route.
 
 from __future__ import annotations
 
+import io
 
 import orjson
 from flask import Blueprint, Response, g, request
@@ -15,11 +16,14 @@ from werkzeug.http import remove_entity_headers
 from loguru import logger
 
 from bridge import metrics
+from bridge.auth import GOVERNANCE_HEADER
+from bridge.content_coding import Inflater, content_coding
 from bridge.dump import Dumper
 from bridge.errors import GatewayError, error_body
 from bridge.gateway import Gateway
 from bridge.providers.base import InterceptorFactory, Provider
 from bridge.interception import Interception
+from bridge.masking import Masker, configured_secrets
 from bridge.relay import STREAM_HEADERS, StreamRelay, read_whole, response_headers, upstream_headers
 from bridge.reliability import send_with_retries
 
@@ -70,6 +74,7 @@ def provider_blueprint(provider: Provider, gateway: Gateway) -> Blueprint:
 
 def _intercept_view(provider: Provider, path: str, factory: InterceptorFactory, gateway: Gateway):
     dumper = Dumper.for_provider(provider.settings, gateway.settings)  # None unless DUMP_DIR is set
+    masker = Masker(configured_secrets(gateway.settings))  # every provider's: a user may paste any of them
 
     def intercept() -> Response:
         shape = provider.shape
@@ -82,13 +87,15 @@ def _intercept_view(provider: Provider, path: str, factory: InterceptorFactory, 
         except GatewayError as error:
             return error_response(shape, error)
         interception = Interception(provider, interceptor, caller, request.headers, gateway.recorder,
-                                    gateway.settings.structured_logging)
+                                    gateway.settings.structured_logging, masker,
+                                    recorded_text_max=gateway.settings.max_recorded_text)
         interception.begin()
         id_header = (INTERCEPTION_HEADER, interception.id)
         dump = None
         try:
             url, headers, payload = provider.upstream_request(path, request.query_string, request.headers.items(),
                                                               credentials, interceptor)
+            interceptor.forget_request()
             if dumper is not None:
                 dump = dumper.begin(interception.id, "POST", url, headers, payload, request.headers.items())
             upstream = send_with_retries(
@@ -123,16 +130,24 @@ def _intercept_view(provider: Provider, path: str, factory: InterceptorFactory, 
         response = RelayResponse(body, status=status, headers=out_headers)
         # Recorded once the answer is out (the WSGI server closes the response after its last byte):
         # the client does not wait for the record to be built.
-        response.call_on_close(lambda: _record_answer(interception, status, body))
+        response.call_on_close(lambda: _record_answer(interception, status, body, content_coding(out_headers)))
         return response
 
     intercept.__name__ = f"intercept_{provider.name}_{path}"
     return intercept
 
 
-def _record_answer(interception: Interception, status: int, body: bytes) -> None:
+def _record_answer(interception: Interception, status: int, body: bytes, coding: str | None) -> None:
+    """Show the interceptor the answer the client got; one the upstream compressed (unasked) inflated
+    within a bound (bridge.content_coding), or not at all."""
+    if coding is not None:
+        inflater = Inflater(coding)
+        body = inflater.whole(body)
+        if inflater.stopped:
+            interception.incomplete = f"not read for the record: {inflater.stopped}"
     try:
-        interception.interceptor.observe_response(status, body)
+        if body is not None:
+            interception.interceptor.observe_response(status, body)
     except Exception as exc:  # a body the interceptor cannot read is still relayed (and the record says so)
         interception.unreadable += 1
         logger.bind(interception_id=interception.id).warning(
@@ -180,15 +195,19 @@ def _authenticate(provider: Provider, gateway: Gateway):
 
 
 def _credentials(provider: Provider, byok: bool) -> dict[str, str] | None:
-    """The provider key for centralized mode; None to send the client's own credentials (BYOK)."""
+    """The provider key for centralized mode; None to send the client's own credentials (BYOK).
+    A client that sent the governance header without a key of its own (bridge.auth) gets the
+    provider key, if there is one."""
     if provider.signs_requests:  # Bedrock: the gateway's AWS credentials sign every call, BYOK or not
         return {}
     if byok:
-        if not (request.headers.get("Authorization") or request.headers.get("X-Api-Key")):
-            raise GatewayError(401, f"bring-your-own-key: send {provider.own_credential} in Authorization (or X-Api-Key)")
         return None
     credentials = provider.credential_headers()
     if not credentials:
+        if request.headers.get(GOVERNANCE_HEADER):
+            raise GatewayError(401, f"bring-your-own-key: send {provider.own_credential} in Authorization (or "
+                                    "X-Api-Key); a gateway token there is not sent to the provider, and "
+                                    f"provider {provider.name!r} has no key configured on the gateway")
         raise GatewayError(401, f"provider {provider.name!r} has no key configured on the gateway; "
                                 "send your own provider key (bring-your-own-key mode)")
     return credentials
@@ -201,15 +220,19 @@ def read_body(limit: int) -> bytes:
     if length is not None:
         if length > limit:
             raise _too_large(limit)
-        return request.get_data(cache=False)
+        # From the server's stream in one call: werkzeug's request stream copies a body twice more
+        # (into a growing buffer, then out of it), three bodies in memory for one.
+        body = request.environ["wsgi.input"].read(length) if length else b""
+        if len(body) < length:
+            raise GatewayError(400, "the request body ended before its Content-Length")
+        return body
     stream = request.stream
-    parts, size = [], 0
+    body = io.BytesIO()  # grows in place, and its bytes are taken without a copy
     while chunk := stream.read(65536):
-        size += len(chunk)
-        if size > limit:
+        if body.tell() + len(chunk) > limit:
             raise _too_large(limit)
-        parts.append(chunk)
-    return b"".join(parts)
+        body.write(chunk)
+    return body.getvalue()
 
 
 def _too_large(limit: int) -> GatewayError:

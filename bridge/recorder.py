@@ -16,6 +16,13 @@ are replayed by the next recorder that starts. If the journal cannot be written 
 stay in memory and are retried. Writes are idempotent (rows keyed by uuid), so replaying a batch
 twice changes nothing.
 
+Interceptions left open by a process that is gone (killed, crashed) are ended by the others: each
+interception row names its ``owner`` (a random id per process), each process that writes gives a
+heartbeat in the store, and every recorder, at start and every ``heartbeat_interval``, first replays
+the journals of dead processes (an end may be there), then ends every open interception whose
+owner is not registered, is on this host and its pid is gone, or gave no heartbeat for
+``_SILENT_HEARTBEATS`` intervals; ``ended_at`` is the time of that check, and the metadata says why.
+
 Create the Recorder wherever you like, but use it (``record``) only in the worker, after fork:
 the greenlet, thread pool and connections are created on first use.
 """
@@ -27,10 +34,14 @@ import glob
 import hashlib
 import os
 import re
+import secrets
+import socket
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 import gevent
@@ -42,6 +53,8 @@ from loguru import logger
 
 from bridge.retention import retention_cutoff
 from bridge.store import CHILD_TABLES, RecordBatch, SqliteStore, Store, is_postgres_url, mask_url, refused
+from bridge.store.common import OwnerState
+from bridge.timestamps import format_timestamp, utc_now
 
 # A real OS lock even after monkey-patching: it guards the writer state against close()'s
 # fallback, which runs in the caller's thread while the pool thread may still be busy.
@@ -53,6 +66,11 @@ _RETRY_MIN, _RETRY_MAX = 0.5, 30.0
 _PURGE_CHUNK = 5000
 _PURGE_CHUNKS_PER_STEP = 20  # ~100k interceptions, then the writer takes the next batch
 _JOURNAL_RE = re.compile(r"\.records-\d+\.jsonl$")
+#: A process silent for this many heartbeat intervals is gone (the only sign for one on another host).
+_SILENT_HEARTBEATS = 3
+#: Interceptions written without an owner (before migration 0005) are ended once they started before
+#: the oldest live process and that process has run this long: time for older processes to finish.
+_OWNERLESS_GRACE = 600.0
 
 
 @dataclass
@@ -93,6 +111,7 @@ class Recorder:
         purge_interval: float = 3600.0,
         journal_dir: str | None = None,
         busy_timeout: float = 10.0,
+        heartbeat_interval: float = 10.0,
     ) -> None:
         self.database_path = database_path
         self.batch_size = batch_size
@@ -100,6 +119,7 @@ class Recorder:
         self.retention = retention
         self.purge_interval = purge_interval
         self.busy_timeout = busy_timeout
+        self.heartbeat_interval = heartbeat_interval
         self._postgres = is_postgres_url(database_path)
         self._store_name = mask_url(database_path)  # for logs: no password
         self._journal_base = _journal_base(database_path, journal_dir)
@@ -125,6 +145,9 @@ class Recorder:
         self._retry_at = 0.0
         self._retry_delay = _RETRY_MIN
         self._orphan_scan_at = 0.0  # due at start
+        self._owner: tuple[int, str, str] | None = None  # (pid, owner id, started_at), made in the process using it
+        self._heartbeat_at = 0.0  # next heartbeat due; the first before the first write
+        self._registered = False  # this process has given a heartbeat (and may own rows in the store)
         self._purge_at: float | None = 0.0 if retention > 0 else None
 
     # -- public, hub side ----------------------------------------------------------------------
@@ -158,9 +181,10 @@ class Recorder:
         return True
 
     def recover(self) -> int:
-        """Replay journals left by dead processes now; returns the batches replayed.
+        """Replay journals left by dead processes now, then end the interceptions processes that are
+        gone left open; returns the batches replayed.
 
-        The writer does this by itself when it starts and every purge_interval.
+        The writer does this by itself when it starts and every heartbeat_interval.
         """
         if self._closed:
             return 0
@@ -196,6 +220,19 @@ class Recorder:
             self._process_in_caller([], deadline - time.monotonic())
         with suppress(Exception):
             self._pool.kill()
+
+    @property
+    def owner(self) -> str:
+        """This process's id, the ``owner`` of the interceptions it records (a new one after fork)."""
+        return self._identity()[1]
+
+    def _identity(self) -> tuple[int, str, str]:
+        """(pid, owner id, started_at) of this process."""
+        identity = self._owner
+        if identity is None or identity[0] != os.getpid():
+            identity = self._owner = (os.getpid(), secrets.token_hex(8), utc_now())
+            self._heartbeat_at, self._registered = 0.0, False
+        return identity
 
     @property
     def pending(self) -> int:
@@ -259,11 +296,13 @@ class Recorder:
             progress.set()
 
     def _next_wakeup(self) -> float:
-        """Seconds until a retry, a purge or an orphan scan is due."""
+        """Seconds until a retry, a purge, a heartbeat or an orphan scan is due."""
         if self.backlog:
-            due = [self._retry_at]  # orphan scans and purges wait until the store is writable
+            due = [self._retry_at]  # orphan scans, heartbeats and purges wait until the store is writable
         else:
             due = [self._orphan_scan_at] + ([self._purge_at] if self._purge_at is not None else [])
+            if self._registered:
+                due.append(self._heartbeat_at)
         return max(0.0, min(due) - time.monotonic())
 
     def _process_in_caller(self, items: list[Any], timeout: float = 30.0) -> None:
@@ -291,6 +330,8 @@ class Recorder:
     def _process(self, items: list[Any], final: bool) -> None:
         now = time.monotonic()
         batch = _to_batch(items)
+        if not self.backlog and self._registered and now >= self._heartbeat_at:
+            self._beat()
         if not self.backlog and now >= self._orphan_scan_at:
             self._recover_orphans()
         if self.backlog and (final or now >= self._retry_at):
@@ -320,6 +361,8 @@ class Recorder:
         if self._store is None:
             store = Store(self.database_path)
             try:
+                if store.read_only:  # kept open, it would keep every connection of this process read-only
+                    raise _Unavailable("the database is read-only")
                 if isinstance(store, SqliteStore):
                     store.db.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
                 store.migrate()
@@ -343,6 +386,8 @@ class Recorder:
         """Write a batch to the store, or raise _Unavailable. Rows the store refuses are set aside."""
         try:
             store = self._open_store()
+            if time.monotonic() >= self._heartbeat_at:
+                self._heartbeat(store)  # registered before any row it owns is in the store
         except Exception as exc:
             self._drop_store()
             raise _Unavailable(str(exc)) from exc
@@ -446,20 +491,90 @@ class Recorder:
         self._write(batch)
 
     def _recover_orphans(self) -> int:
-        """Replay journals of processes that died with a backlog; returns the batches replayed."""
+        """Replay journals of processes that died with a backlog, then end the interceptions that
+        processes which are gone left open; returns the batches replayed."""
         replayed = 0
         try:
             for path in sorted(glob.glob(glob.escape(self._journal_base) + ".records-*.jsonl")):
                 if _JOURNAL_RE.search(path) and path != self._journal_path:
                     replayed += self._replay_orphan(path)
+            self._end_orphans()
         except (_Unavailable, OSError) as exc:
-            logger.warning("cannot replay record journals of stopped processes yet ({})", exc)
+            logger.warning("cannot replay record journals or end interceptions of stopped processes yet ({})", exc)
             self._orphan_scan_at = time.monotonic() + _RETRY_MAX
         else:
-            self._orphan_scan_at = time.monotonic() + self.purge_interval
+            self._orphan_scan_at = time.monotonic() + self.heartbeat_interval
         if replayed:
             logger.info("replayed {} record batch(es) journaled by stopped processes", replayed)
         return replayed
+
+    # processes: heartbeats, and the interceptions of those that are gone
+
+    def _heartbeat(self, store: Store) -> None:
+        pid, owner, started_at = self._identity()
+        store.heartbeat(owner, _HOST, pid, started_at)
+        self._registered = True
+        self._heartbeat_at = time.monotonic() + self.heartbeat_interval
+
+    def _beat(self) -> None:
+        try:
+            self._heartbeat(self._open_store())
+        except Exception as exc:
+            logger.warning("cannot write this process's heartbeat to {} ({}); retrying", self._store_name,
+                           mask_url(str(exc)))
+            self._drop_store()
+            self._heartbeat_at = time.monotonic() + self.heartbeat_interval
+
+    def _end_orphans(self) -> int:
+        """End the open interceptions of processes that are gone; returns how many. Runs after the
+        journals of dead processes were replayed: their ends may be there."""
+        try:
+            store = self._open_store()
+            ended = 0
+            owners = store.open_interception_owners()
+            for state in owners:
+                why = self._why_gone(state) if state.owner is not None else None
+                if why is not None:
+                    ended += store.end_open_interceptions(state.owner, utc_now(), _orphan_metadata(state, why))
+            if any(state.owner is None for state in owners):
+                ended += self._end_ownerless(store)
+            store.forget_silent_processes(self._silence_limit)
+        except _Unavailable:
+            raise
+        except Exception as exc:
+            self._drop_store()
+            raise _Unavailable(str(exc)) from exc
+        if ended:
+            logger.warning("ended {} interception(s) left open by gateway processes that stopped", ended)
+        return ended
+
+    @property
+    def _silence_limit(self) -> float:
+        return _SILENT_HEARTBEATS * self.heartbeat_interval
+
+    def _why_gone(self, state: OwnerState) -> str | None:
+        """Why the owner of open interceptions is gone, or None while it may be alive."""
+        if state.owner == self.owner:
+            return None
+        same_host = state.host == _HOST
+        if same_host and os.path.exists(f"{self._journal_base}.records-{state.pid}.jsonl"):
+            return None  # its journal is not replayed yet (its process lives, or another replays it)
+        if state.host is None:
+            return "it is no longer registered"
+        if same_host and not _pid_alive(state.pid):
+            return "its process has exited"
+        if state.silent_for is not None and state.silent_for > self._silence_limit:
+            return f"it gave no heartbeat for {state.silent_for:.0f} s"
+        return None
+
+    def _end_ownerless(self, store: Store) -> int:
+        """Rows written before owners were recorded: ended once they started before the oldest live
+        process and that process has run for _OWNERLESS_GRACE (older ones had time to finish)."""
+        oldest = store.oldest_live_process_start(self._silence_limit)
+        if oldest is None or _age(oldest) < _OWNERLESS_GRACE:
+            return 0
+        return store.end_open_interceptions(None, utc_now(), _orphan_metadata(OwnerState(None), "it was started"
+                                            " before the oldest running one"), started_before=oldest)
 
     def _replay_orphan(self, path: str) -> int:
         try:
@@ -502,6 +617,10 @@ class Recorder:
         self._purge_at = now if more else now + self.purge_interval  # more: go on after the next batch
 
     def _close_resources(self) -> None:
+        if self._registered and not self.backlog and self._store is not None:
+            with suppress(Exception):  # else its heartbeat ages out
+                self._store.forget_process(self.owner)
+            self._registered = False
         if self._memory:
             logger.error("{} record batch(es) could not be written or journaled and are lost", len(self._memory))
             self._memory.clear()
@@ -523,6 +642,52 @@ def _to_batch(items: list[InterceptionStart | InterceptionEnd]) -> RecordBatch:
         for name in CHILD_TABLES:
             getattr(batch, name).extend(getattr(item, name))
     return batch
+
+
+def _host_id() -> str:
+    """Where pids can be compared: the host name, its boot and the pid namespace (a container's own);
+    without /proc a random suffix, so that no other process ever counts as on this host."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as boot:
+            scope = f"{boot.read().strip()}/{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        scope = str(uuid.uuid4())
+    return f"{socket.gethostname()}/{scope}"
+
+
+_HOST = _host_id()
+
+
+def _pid_alive(pid: int | None) -> bool:
+    """Whether a process of this host has that pid (a zombie, dead but not yet reaped, has not)."""
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rpartition(b")")[2].split()[0] != b"Z"
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):
+        return True
+
+
+def _orphan_metadata(state: OwnerState, why: str) -> dict[str, Any]:
+    where = f" (pid {state.pid} on {state.host.split('/', 1)[0]})" if state.host else ""
+    metadata = {"error": f"the gateway process serving it stopped before it ended{where}: {why}"}
+    if state.last_seen is not None:
+        metadata["process_last_seen"] = format_timestamp(datetime.fromtimestamp(state.last_seen, timezone.utc))
+    return metadata
+
+
+def _age(timestamp: str) -> float:
+    """Seconds since a store timestamp."""
+    return (datetime.now(timezone.utc) - datetime.fromisoformat(timestamp.replace("Z", "+00:00"))).total_seconds()
 
 
 def _journal_base(database_path: str, journal_dir: str | None) -> str:

@@ -174,3 +174,42 @@ def json_text(value: Any) -> str | None:
 def text(value: Any) -> str | None:
     """A text column from a provider's or client's JSON, which may hold any type where text belongs."""
     return value if value is None or isinstance(value, str) else str(value)
+
+
+# --- Long texts ----------------------------------------------------------------------------------
+# A prompt, tool input or thought is kept up to CODER_AIBRIDGE_MAX_RECORDED_TEXT bytes: a 60 MB
+# prompt would otherwise be stored, logged twice and shown by the API whole.
+
+#: Ends a text that was cut, saying how much more it had.
+TRUNCATION_MARKER = "…[truncated: {} more]"
+_ENCODE_STEP = 1024 * 1024  # characters encoded at a time to count a long text's bytes
+
+
+def utf8_size(value: str) -> int:
+    """Bytes of ``value`` in UTF-8, counted without encoding a long text whole."""
+    if value.isascii():
+        return len(value)
+    return sum(len(value[start:start + _ENCODE_STEP].encode("utf-8", "replace"))
+               for start in range(0, len(value), _ENCODE_STEP))
+
+
+def cut_text(value: str, limit: int) -> tuple[str, int]:
+    """``value`` cut to its first ``limit`` bytes of UTF-8 (whole characters), and the bytes left out."""
+    if len(value) * 4 <= limit:  # at most 4 bytes a character: fits whatever it holds
+        return value, 0
+    size = utf8_size(value)
+    if size <= limit:
+        return value, 0
+    head = value[:limit].encode("utf-8", "replace")[:limit].decode("utf-8", "ignore")
+    return head, size - utf8_size(head)
+
+
+def size_text(count: int) -> str:
+    """A byte count as people read it: ``512 bytes``, ``1.5 KiB``, ``59.9 MiB``."""
+    if count < 1024:
+        return f"{count} bytes"
+    if count < 1024 ** 2:
+        return f"{count / 1024:.1f} KiB"
+    if count < 1024 ** 3:
+        return f"{count / 1024 ** 2:.1f} MiB"
+    return f"{count / 1024 ** 3:.1f} GiB"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import socket
+import weakref
 from typing import TYPE_CHECKING, Iterable, Iterator, Mapping
 
 import requests
@@ -16,8 +18,10 @@ from requests.structures import CaseInsensitiveDict
 from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
 from bridge import response_head
+from bridge.content_coding import Inflater, content_coding
 from bridge.errors import GatewayError
-from bridge.intercept.sse import SSESplitter
+from bridge.intercept.sse import SSESplitter, last_event
+from bridge.masking import holds_gateway_token
 from bridge.reliability import UpstreamFailure
 from bridge.sockets import readable_now, send_all
 
@@ -35,16 +39,21 @@ _REQUEST_DROPPED = HOP_BY_HOP | {
     "host", "content-length", "accept-encoding", "cookie", "x-coder-ai-governance-token",
 }
 _CLIENT_CREDENTIALS = frozenset({"authorization", "x-api-key"})
-# Framing and encoding are the gateway's own on the way back; cookies belong to the upstream's domain.
-_RESPONSE_DROPPED = HOP_BY_HOP | {"content-length", "content-encoding", "set-cookie"}
+# Framing is the gateway's own on the way back; cookies belong to the upstream's domain. A body the
+# upstream compressed (unasked) goes out as it came, so its Content-Encoding goes with it.
+_RESPONSE_DROPPED = HOP_BY_HOP | {"content-length", "set-cookie"}
 STREAM_HEADERS = (("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no"))
 _READ_SIZE = 65536
+_JOINED_SEND_MAX = 1024 * 1024  # a request's head and body go out as one write up to this size
 _UNSEEN_READS_MAX = 16  # reads relayed ahead of the interceptor at most, when the upstream sends faster than it reads
 
 
 def upstream_headers(incoming: Iterable[tuple[str, str]], credentials: Mapping[str, str] | None) -> dict[str, str]:
     """Headers for the upstream request. ``credentials`` replace the client's own (centralized mode);
-    None keeps the client's ``Authorization``/``X-Api-Key`` (bring-your-own-key)."""
+    None keeps the client's ``Authorization``/``X-Api-Key`` (bring-your-own-key).
+
+    A header holding a gateway token (any user's) is dropped in every mode, whatever its name: a
+    client may have put one where its own key goes, or anywhere else."""
     items = list(incoming)
     dropped = set(_REQUEST_DROPPED)
     for name, value in items:  # headers the client named in Connection are hop-by-hop too
@@ -55,7 +64,8 @@ def upstream_headers(incoming: Iterable[tuple[str, str]], credentials: Mapping[s
     # Non-ASCII values go as the bytes received: requests refuses a str one that starts with a
     # character Python deems whitespace (e.g. \x85), which would fail the call with a 502.
     headers = {name: value if value.isascii() else value.encode("latin-1") for name, value in items
-               if name.lower() not in dropped and not name.lower().startswith("coder-")}
+               if name.lower() not in dropped and not name.lower().startswith("coder-")
+               and not holds_gateway_token(value)}
     if credentials:
         headers.update(credentials)
     headers["Accept-Encoding"] = "identity"
@@ -70,7 +80,8 @@ class _LeanConnection:
     """urllib3's connection, minus two costs that showed in profiles of every relayed call:
 
     - a request's head and body went out in two writes; on loopback each write costs about as much
-      as the rest of the call's Python work. They now go out together;
+      as the rest of the call's Python work. They now go out together (a large body on its own:
+      joining it to the head would copy it whole);
     - before reusing a pooled connection urllib3 checks it was not closed, through gevent's
       Python-level poll(); one zero-timeout poll() on the real descriptor answers the same.
     """
@@ -81,13 +92,16 @@ class _LeanConnection:
         self._outgoing = []
         try:
             super().request(method, url, body, headers, **kwargs)
-            data = b"".join(self._outgoing)
+            parts = self._outgoing
         finally:
             self._outgoing = None
-        if self.sock is None:
-            super().send(data)  # connects first
-        else:
-            send_all(self.sock, data)
+        if sum(map(len, parts)) <= _JOINED_SEND_MAX:
+            parts = [b"".join(parts)]
+        for data in parts:
+            if self.sock is None:
+                super().send(data)  # connects first
+            else:
+                send_all(self.sock, data)
 
     def send(self, data) -> None:
         if self._outgoing is not None:
@@ -245,9 +259,9 @@ class Upstream:
 
 
 def read_whole(upstream: requests.Response, provider_name: str) -> bytes:
-    """The whole body of a non-streamed answer."""
+    """The whole body of a non-streamed answer, as sent (compressed, if the upstream compressed it)."""
     try:
-        return upstream.raw.read(decode_content=True)
+        return upstream.raw.read(decode_content=False)
     except ReadTimeoutError:
         raise GatewayError(504, f"upstream of provider {provider_name!r} stopped sending") from None
     except (ProtocolError, OSError) as exc:
@@ -260,13 +274,21 @@ class StreamRelay:
     """The response body of a relayed stream: the upstream's SSE bytes as they arrive, with the
     interceptor seeing every event.
 
-    A stream that breaks or stalls upstream ends with the provider's error event, so the client's
-    SDK raises instead of waiting or taking a cut stream for a finished one. ``close()`` (the WSGI
+    A stream that breaks or stalls upstream, or ends before the provider's final event (e.g. a
+    stream without length or chunks, whose end is the connection's), ends with the provider's error
+    event, so the client's SDK raises instead of waiting or taking a cut stream for a finished one.
+    A stream the upstream compressed (unasked) is relayed as it came, inflated only to be read
+    (bridge.content_coding), and not rewritten. ``close()`` (the WSGI
     server calls it once the response is over: after its last byte went out, or the client went
     away) closes the upstream connection and ends the interception, even if the body was never
     iterated. The record is made there and not at the last event, so the client is not kept
     waiting for the end of its response while the gateway builds the record.
+
+    Every relay of the process is registered until it is closed, so that a stopping worker can
+    end the streams still in flight (``abort``) before it is killed.
     """
+
+    _in_flight: "weakref.WeakSet[StreamRelay]" = weakref.WeakSet()
 
     def __init__(self, upstream: requests.Response, interception: Interception, shape: str, provider_name: str,
                  decoder: StreamDecoder | None = None) -> None:
@@ -278,6 +300,41 @@ class StreamRelay:
         self._events: Iterator[bytes] | None = None
         self._splitter = SSESplitter()
         self._unseen: list[bytes] = []  # relayed, not yet read for the record
+        self._last_run = b""  # the last whole events read for the record
+        coding = content_coding(upstream.headers.items())
+        self._inflater = Inflater(coding) if coding else None  # for the decoder if there is one, else the record
+        self._abort_reason: str | None = None
+        StreamRelay._in_flight.add(self)
+
+    @classmethod
+    def in_flight(cls) -> list[StreamRelay]:
+        """The relays of this process not closed yet."""
+        return list(cls._in_flight)
+
+    @property
+    def closed(self) -> bool:
+        return self not in StreamRelay._in_flight
+
+    def abort(self, reason: str) -> None:
+        """End the stream early: the upstream connection is shut down, so the read waiting on it
+        returns, and the client gets the provider's error event saying ``reason``. A stream whose
+        upstream answer is already whole (its connection released) is left to finish."""
+        sock = getattr(self._upstream.raw.connection, "sock", None)
+        if sock is None:
+            return
+        self._abort_reason = reason
+        try:
+            # Through a duplicate descriptor: a TLS socket's own shutdown() would also unwrap it
+            # under the read in progress. Shutting down the connection wakes that read.
+            with socket.fromfd(sock.fileno(), sock.family, sock.type) as duplicate:
+                duplicate.shutdown(socket.SHUT_RDWR)
+        except OSError:  # closed meanwhile: the read ends anyway
+            pass
+
+    def end_interception(self) -> None:
+        """End the interception now, for a stream whose close has not come (its client is not
+        reading): its record is written while the worker can still write it."""
+        self._interception.end()
 
     def __iter__(self) -> Iterator[bytes]:
         self._events = self._relay()
@@ -287,12 +344,12 @@ class StreamRelay:
         interceptor = self._interception.interceptor
         framer = SSESplitter()  # cuts a rewritten stream at event boundaries
         read1 = self._upstream.raw.read1
-        rewrite = interceptor.rewrites_stream
+        rewrite = interceptor.rewrites_stream and self._inflater is None  # compressed: relayed as it came
         decoder = self._decoder
         try:
             while True:
                 try:
-                    chunk = read1(_READ_SIZE, decode_content=True)
+                    chunk = read1(_READ_SIZE, decode_content=False)
                 except ReadTimeoutError:
                     yield self._fail(504, f"upstream of provider {self._provider_name!r} stopped sending mid-stream")
                     return
@@ -302,8 +359,8 @@ class StreamRelay:
                 if not chunk:
                     break
                 if decoder is not None:
-                    chunk = decoder.feed(chunk)
-                    if not chunk:  # no whole frame yet
+                    chunk = self._decoded(chunk)
+                    if not chunk and not self._undecodable():  # no whole frame yet
                         continue
                 if rewrite:  # whole events only, rewritten as one run
                     chunk = framer.feed_whole(chunk)
@@ -316,12 +373,22 @@ class StreamRelay:
                     self._unseen.append(chunk)
                 if out:
                     yield out
+                if decoder is not None and self._undecodable():
+                    yield self._fail(502, f"the stream of provider {self._provider_name!r} cannot be read: "
+                                          f"{self._inflater.stopped}")
+                    return
                 if len(self._unseen) >= _UNSEEN_READS_MAX or not self._next_read_ready():
                     self._observe_unseen()
+            rest = b""
             if rewrite:
                 rest = framer.remainder()
                 if rest:
                     yield rest
+            # A clean end is the provider's only if its last event says so (a stream without length or
+            # chunks ends with the connection, cut or not).
+            if not self._ends_as_provider_ends_it(rest):
+                yield self._fail(502, f"upstream of provider {self._provider_name!r} closed the stream "
+                                      "before its final event")
         except GeneratorExit:
             self._interception.error = "client disconnected"
             raise
@@ -337,12 +404,54 @@ class StreamRelay:
         sock = getattr(raw.connection, "sock", None)
         return sock is not None and readable_now(sock)
 
+    def _decoded(self, data: bytes) -> bytes:
+        """The SSE bytes the decoder makes of upstream bytes (inflated first, if compressed)."""
+        if self._inflater is None:
+            return self._decoder.feed(data)
+        return b"".join([self._decoder.feed(piece) for piece in self._inflater.feed(data)])
+
+    def _undecodable(self) -> bool:
+        """Whether the rest of a compressed stream cannot be inflated for the decoder (see Inflater.stopped)."""
+        return self._inflater is not None and self._inflater.stopped is not None
+
     def _observe_unseen(self) -> None:
         """Show the interceptor the events of every read relayed but not yet read for the record, in order."""
         unseen, self._unseen = self._unseen, []
-        run = self._splitter.feed_whole(b"".join(unseen))
+        data = b"".join(unseen)
+        inflater = self._inflater if self._decoder is None else None  # a decoder's output is plain SSE
+        if inflater is None:
+            self._observe_run(self._splitter.feed_whole(data))
+            return
+        for piece in inflater.feed(data):
+            self._observe_run(self._splitter.feed_whole(piece))
+        if inflater.stopped:
+            self._interception.incomplete = f"read for the record up to where it stopped: {inflater.stopped}"
+
+    def _observe_run(self, run: bytes) -> None:
         if run:
+            self._last_run = run
             self._observe_all(self._interception.interceptor.events_for_record(run))
+
+    def _ends_as_provider_ends_it(self, unfinished: bytes) -> bool:
+        """Whether the stream's last event (``unfinished``: a rewritten stream's event without its
+        blank line, if any) is one the provider ends a stream with: its final event or an error. True
+        as well when the stream could not be read to its end (no way to tell).
+
+        Only that event is parsed: the reads not yet seen by the interceptor are read for the record
+        after the client has its end (in close()), unless they must be inflated first."""
+        if self._inflater is not None and self._decoder is None:
+            self._observe_unseen()  # compressed: only the inflated events can be looked at
+            unfinished = unfinished or self._splitter.pending
+        if self._interception.incomplete:
+            return True
+        if not unfinished.strip():  # the stream's bytes since the last event read for the record
+            unfinished = self._splitter.pending + b"".join(self._unseen) if self._unseen else self._splitter.pending
+        event = last_event(unfinished if unfinished.strip() else self._last_run)
+        try:
+            return event is not None and self._interception.interceptor.ends_stream(event)
+        except Exception as exc:
+            self._unreadable(exc)
+            return True
 
     # The interceptor only reads along: an event it cannot make sense of (wrong types, a provider's
     # new format) is relayed as it came and left out of the record, never a broken stream.
@@ -368,10 +477,13 @@ class StreamRelay:
         self._interception.unreadable += 1
 
     def _fail(self, status: int, message: str) -> bytes:
+        if self._abort_reason:  # the read failed, or the stream was cut, because abort() shut the connection down
+            status, message = 503, self._abort_reason
         self._interception.error = message
         return self._interception.interceptor.stream_error(self._shape, status, message)
 
     def close(self) -> None:
+        StreamRelay._in_flight.discard(self)
         try:
             if self._events is not None:
                 events, self._events = self._events, None

@@ -8,7 +8,9 @@ so each change is atomic for greenlets.
 Semantics
 ---------
 Circuit breaker (``CODER_AIBRIDGE_CIRCUIT_BREAKER_*``), one per provider instance, endpoint (the
-route, e.g. ``v1/messages``) and model as the client asked for it; intercepted routes only.
+route, e.g. ``v1/messages``) and model label (bridge.metrics.model_label: the model the client asked
+for, except that models beyond the provider's first MAX_MODELS share one breaker, ``other``, as they
+share one metrics label); intercepted routes only.
   - A *failure* is an upstream answer of 429, 503, 504 or 529, an unreachable upstream (connection
     refused/reset, connect timeout) or an upstream that did not answer in time. Any other answer,
     500 included, is a success: the upstream is there and not overloaded.
@@ -71,9 +73,6 @@ BACKOFF_BASE = 0.5
 BACKOFF_MAX = 8.0
 #: The longest Retry-After the gateway waits out itself; a longer one goes back to the client.
 RETRY_AFTER_MAX = 10.0
-#: Breakers kept per process before clean closed ones are dropped (models are client-chosen strings).
-MAX_BREAKERS = 10_000
-
 Clock = Callable[[], float]
 
 
@@ -121,10 +120,6 @@ class CircuitBreaker:
         self._open_until = 0.0
         self._window_end = self._next_window(clock())
         metrics.BREAKER_STATE.labels(*labels).set(State.CLOSED)
-
-    @property
-    def clean(self) -> bool:
-        return self.state == State.CLOSED and self._failures == 0
 
     def admit(self) -> int:
         """Let one request through: returns its ticket for ``record``; raises CircuitOpen otherwise."""
@@ -211,11 +206,13 @@ class CircuitBreakers:
     def get(self, provider: str, endpoint: str, model: str) -> CircuitBreaker | None:
         if not self._settings.enabled:
             return None
-        key = (provider, endpoint, model[:200])  # the model is client-chosen: bounded, as in the other metrics
+        # The model is client-chosen: keyed by its bounded label, so breakers (and their series) are
+        # at most providers x endpoints x (MAX_MODELS + 1). A shared ``other`` breaker rather than
+        # evicting old breakers: a client cycling made-up models cannot make a worker forget an open
+        # breaker and hammer an overloaded upstream again.
+        key = (provider, endpoint, metrics.model_label(provider, model))
         breaker = self._breakers.get(key)
         if breaker is None:
-            if len(self._breakers) >= MAX_BREAKERS:
-                self._breakers = {k: b for k, b in self._breakers.items() if not b.clean}
             breaker = self._breakers[key] = CircuitBreaker(self._settings, key, self._clock)
         return breaker
 

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from bridge.config import FLAG_VARIABLES, ConfigError, load_settings
+from bridge.config import FLAG_VARIABLES, ConfigError, load_settings, serving_settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +34,11 @@ def run(args: argparse.Namespace) -> int:
         env["CODER_HTTP_ADDRESS"] = args.http_address
     if args.workers:
         env["WEB_CONCURRENCY"] = str(args.workers)
+    try:  # gunicorn itself stops with a traceback on a WEB_CONCURRENCY that is no number
+        serving_settings(env)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     command = [sys.executable, "-m", "gunicorn", "-c", "python:bridge.gunicorn_conf", "bridge.wsgi:app"]
     os.execve(sys.executable, command, env)
     return 0  # not reached

@@ -1,24 +1,38 @@
-"""gunicorn's gevent worker, closing idle keep-alive connections as soon as it is told to stop,
-and writing each response's head with its first body bytes.
+"""gunicorn's gevent worker, with bounded waits for request heads, a stop that ends every stream
+before the graceful timeout, and each response's head written with its first body bytes.
 
-The stock worker waits for every connection's greenlet before it exits, and one that sits idle
-between requests waits out the whole keep-alive time (75 s here, to outlast load balancers).
-SDK connection pools keep such connections open, so every restart took that long. In-flight
-requests and streams still get the graceful timeout; only idle waits are cut short.
+- Waits for a request head: the stock worker gives the whole wait the keep-alive time (75 s here,
+  to outlast load balancers), so clients sending nothing or a head one line at a time held every
+  connection of a worker. A head is now due within the header timeout (CODER_AIBRIDGE_HEADER_TIMEOUT)
+  from its first byte, or from the connect on a new connection; only the idle time before a
+  keep-alive connection's next request keeps the keep-alive time. Near worker_connections, the
+  connections that have waited longest for a head are closed, so new clients always get in.
+- Stopping: idle waits are ended at once (SDK pools keep such connections, and every restart took
+  the keep-alive time); a connection takes no request after the one in progress; streams still in
+  flight shortly before the graceful timeout end with the provider's error event and their records
+  are written, where the master's kill at the deadline used to cut them bare and unrecorded.
 """
 
 from __future__ import annotations
 
+import socket
 import time
+from collections import OrderedDict
+from functools import cached_property
+from typing import TYPE_CHECKING
 
 import gevent
-from gevent import getcurrent
+from gevent import get_hub, getcurrent
 from gunicorn import util
 from gunicorn.glogging import Logger
-from gunicorn.http import wsgi
+from gunicorn.http import parser, wsgi
+from gunicorn.http.unreader import SocketUnreader
 from gunicorn.workers.ggevent import GeventWorker as _StockGeventWorker
 
 from bridge.sockets import send_all
+
+if TYPE_CHECKING:
+    from bridge.gateway import Gateway  # imports requests: the master loads this module
 
 
 class GunicornLogger(Logger):
@@ -94,45 +108,177 @@ class OneWriteResponse(wsgi.Response):
         return super().sendfile(respiter)
 
 
-class _IdleWait:
-    """The wait for a connection's next request, registered so that a stop can end it."""
+_RECORDS_MARGIN = 5.0  # seconds before the graceful timeout that streams are ended, to write their records
+_RESERVE_SHARE = 10  # 1/10 of worker_connections is kept free for new clients
+_REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 
-    __slots__ = ("_worker", "_timeout", "_greenlet")
 
-    def __init__(self, worker: "GeventWorker") -> None:
+class _HeadWaitOver(BaseException):
+    """Raised in a connection's greenlet to end its wait for a request head (a BaseException, like
+    gevent's Timeout, so that no handler in the parser takes it); the connection is then closed."""
+
+
+class _HeadWait:
+    """The wait for a connection's next request head: until its first byte, the keep-alive time (the
+    header timeout on a new connection), then the header timeout for the whole head. Registered, so
+    that a stop or a worker short of connections can end it."""
+
+    __slots__ = ("_worker", "_fresh", "_greenlet", "_timeout", "_sock", "_active")
+
+    def __init__(self, worker: "GeventWorker", fresh: bool) -> None:
         self._worker = worker
-        self._timeout = gevent.Timeout(worker.cfg.keepalive, False)
+        self._fresh = fresh
+        self._timeout: gevent.Timeout | None = None
+        self._sock: socket.socket | None = None  # set once bytes of the head came
+        self._active = False
 
-    def __enter__(self) -> gevent.Timeout:
+    def __enter__(self) -> "_HeadWait":
         self._greenlet = getcurrent()
-        self._worker.idle_waits[self._greenlet] = self._timeout
-        return self._timeout.__enter__()
+        self._worker.head_waits[self._greenlet] = self
+        self._active = True
+        self._restart(self._worker.header_timeout if self._fresh else self._worker.cfg.keepalive)
+        return self
 
-    def __exit__(self, *exc_info) -> bool | None:
-        self._worker.idle_waits.pop(self._greenlet, None)
-        return self._timeout.__exit__(*exc_info)
+    def head_started(self, sock: socket.socket) -> None:
+        if self._sock is None:
+            self._sock = sock
+            if not self._fresh:  # a new connection's head is due within the header timeout of its connect
+                self._restart(self._worker.header_timeout)
+
+    def end_soon(self) -> None:
+        """End the wait as if its time had run out; scheduled, not waited for (callers may not switch)."""
+        get_hub().loop.run_callback(self._expire)
+
+    def _expire(self) -> None:
+        if self._active:
+            self._greenlet.throw(_HeadWaitOver)
+        else:  # the head came in the meantime: the connection stays and counts again
+            self._worker.shed.discard(self._greenlet)
+
+    def _restart(self, seconds: float) -> None:
+        if self._timeout is not None:
+            self._timeout.close()
+        self._timeout = gevent.Timeout(seconds, _HeadWaitOver)
+        self._timeout.start()
+
+    def __exit__(self, exc_type, exc, traceback) -> bool | None:
+        self._active = False
+        self._timeout.close()
+        if self._worker.head_waits.get(self._greenlet) is self:
+            del self._worker.head_waits[self._greenlet]
+        if not isinstance(exc, _HeadWaitOver):
+            return None
+        if self._sock is not None:  # part of a head came: say why the connection closes
+            _send_if_room(self._sock, _REQUEST_TIMEOUT)
+        return True  # the connection is closed without an error, as when keep-alive time runs out
+
+
+def _send_if_room(sock: socket.socket, data: bytes) -> None:
+    """Best effort, never waiting: a client that does not read must not hold the connection."""
+    try:
+        sock.settimeout(0)
+        sock.send(data)
+    except OSError:
+        pass
+
+
+class _HeadTimedUnreader(SocketUnreader):
+    """gunicorn's socket reader, telling the wait for a request head when the head's first bytes came."""
+
+    head_waits: OrderedDict  # the worker's, by greenlet
+
+    def chunk(self, size_hint=None) -> bytes:
+        data = super().chunk(size_hint)
+        if data:
+            wait = self.head_waits.get(getcurrent())
+            if wait is not None:
+                wait.head_started(self.sock)
+        return data
 
 
 class GeventWorker(_StockGeventWorker):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.idle_waits: dict = {}
+        self.head_waits: OrderedDict[object, _HeadWait] = OrderedDict()  # oldest first
+        self._fresh: set = set()  # greenlets of connections that have not started a request yet
+        self.shed: set = set()  # greenlets of connections closed for room, not gone yet
+        self._open = 0
+        self._reserve = max(1, self.worker_connections // _RESERVE_SHARE)
+        self._streams_deadline: gevent.Greenlet | None = None
 
     def init_process(self) -> None:
-        # gunicorn builds each HTTP/1 response with wsgi.create(), which takes the class from its module.
+        # gunicorn builds each HTTP/1 response with wsgi.create(), and each parser's socket reader,
+        # with the classes of their modules.
         wsgi.Response = OneWriteResponse
+        _HeadTimedUnreader.head_waits = self.head_waits
+        parser.SocketUnreader = _HeadTimedUnreader
         util.http_date = _DateHeader()
         super().init_process()
 
-    def timeout_ctx(self) -> _IdleWait:
-        return _IdleWait(self)
+    @property
+    def gateway(self) -> Gateway | None:
+        """The app's services (bridge.gateway.Gateway), once the app is loaded."""
+        return getattr(getattr(self, "wsgi", None), "extensions", {}).get("bridge")
+
+    @cached_property
+    def header_timeout(self) -> float:
+        gateway = self.gateway
+        return gateway.settings.header_timeout if gateway is not None else self.cfg.keepalive
+
+    def timeout_ctx(self) -> _HeadWait:
+        greenlet = getcurrent()
+        fresh = greenlet in self._fresh
+        self._fresh.discard(greenlet)
+        return _HeadWait(self, fresh)
+
+    def handle(self, listener, client, addr) -> None:
+        greenlet = getcurrent()
+        self._open += 1
+        self._fresh.add(greenlet)
+        self._make_room()
+        try:
+            super().handle(listener, client, addr)
+        finally:
+            self._open -= 1
+            self._fresh.discard(greenlet)
+            self.shed.discard(greenlet)
+
+    def _make_room(self) -> None:
+        """Keep a reserve of connections for new clients (and health checks): near worker_connections,
+        close the connections that have waited longest for a request head (slow or idle clients)."""
+        excess = self._open - len(self.shed) - (self.worker_connections - self._reserve)
+        while excess > 0 and self.head_waits:
+            greenlet, wait = self.head_waits.popitem(last=False)
+            self.shed.add(greenlet)
+            wait.end_soon()
+            excess -= 1
+
+    def handle_request(self, listener_name, req, sock, addr) -> None:
+        if self.nr + 1 >= self.max_requests:  # gunicorn recycles the worker after this one (max_requests)
+            self._end_streams_before_deadline()
+        super().handle_request(listener_name, req, sock, addr)
+        if not self.alive:
+            raise StopIteration()  # stopping: the connection takes no further request
 
     def handle_exit(self, sig, frame) -> None:
         super().handle_exit(sig, frame)
-        gevent.spawn(self._end_idle_waits)  # not in the signal handler: it may not switch greenlets
+        # Not in the signal handler itself: it may not switch greenlets.
+        gevent.spawn(self._end_head_waits)
+        self._end_streams_before_deadline()
 
-    def _end_idle_waits(self) -> None:
-        # Raising a wait's own timeout ends it as if the keep-alive time had run out: the
-        # connection is closed without an error.
-        for greenlet, timeout in list(self.idle_waits.items()):
-            gevent.kill(greenlet, timeout)  # scheduled, not waited for
+    def _end_head_waits(self) -> None:
+        while self.head_waits:
+            self.head_waits.popitem(last=False)[1].end_soon()
+
+    def _end_streams_before_deadline(self) -> None:
+        """Schedule the end of the streams still in flight, a margin before the graceful timeout
+        (at which the master kills the worker): enough to write their records."""
+        if self._streams_deadline is None:
+            graceful = float(self.cfg.graceful_timeout)
+            margin = min(_RECORDS_MARGIN, graceful / 2)
+            self._streams_deadline = gevent.spawn_later(graceful - margin, self._end_streams, margin)
+
+    def _end_streams(self, within: float) -> None:
+        gateway = self.gateway
+        if gateway is not None:
+            gateway.end_streams(within)

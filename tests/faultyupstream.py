@@ -15,6 +15,9 @@ Faults (all waits are bounded and end early when the server stops):
                                 events, or made of the given raw events (malformed SSE)
   Truncated()                   a 200 JSON answer whose Content-Length promises more than is sent
   Raw(status, body, content_type)  any complete answer (e.g. invalid JSON with a 200)
+  GzipBomb(stream=…)            a 200 gzip answer (unasked) inflating to 1 GiB, JSON or an event stream
+  Gzipped()                     the good answer, gzip-compressed (unasked)
+  CloseDelimited(cut_after=n)   the good stream without length or chunks, closed after n events (or all)
 
 ``refuse()`` stops listening (connections are refused), ``listen()`` accepts again on the same port.
 Every request that reached the server is in ``requests``.
@@ -22,11 +25,13 @@ Every request that reached the server is in ``requests``.
 
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 import struct
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,7 +61,7 @@ class Seen:
     def json(self) -> Any:
         try:
             return json.loads(self.body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: a body nested deeper than Python's json reads
             return None
 
 
@@ -163,6 +168,74 @@ class Truncated(Fault):
         body = render_body(api, part["body"])
         conn.send_head(200, {**part["headers"], "content-length": str(len(body))})
         conn.write(body[: len(body) // 2])
+        conn.close()
+
+
+# ---------------------------------------------------------------- compressed and close-delimited answers
+
+BOMB_INFLATED = 1024 ** 3  # what the gzip bomb inflates to: 1 GiB of zeros, about 1 MB of gzip
+_bomb: list[bytes] = []
+
+
+def gzip_bomb() -> bytes:
+    """1 GiB of zeros as gzip (made once: about a second)."""
+    if not _bomb:
+        packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        block = bytes(1024 * 1024)
+        _bomb.append(b"".join([*(packer.compress(block) for _ in range(BOMB_INFLATED // len(block))), packer.flush()]))
+    return _bomb[0]
+
+
+@dataclass
+class GzipBomb(Fault):
+    """A 200 answer with ``Content-Encoding: gzip`` (whatever the request's Accept-Encoding) whose body
+    inflates to 1 GiB: JSON with a Content-Length, or an event stream in chunks."""
+    stream: bool = False
+
+    def serve(self, conn: "_Connection", request: Seen) -> None:
+        bomb = gzip_bomb()
+        if not self.stream:
+            conn.send(200, {"content-type": "application/json", "content-encoding": "gzip"}, bomb)
+            return
+        pieces = [bomb[i:i + 65536] for i in range(0, len(bomb), 65536)]
+        conn.stream(200, {"content-type": "text/event-stream", "content-encoding": "gzip"}, pieces)
+
+
+@dataclass
+class Gzipped(Fault):
+    """The good answer, gzip-compressed (unasked): a blocking one whole, a stream compressed as one
+    gzip member flushed after every event."""
+
+    def serve(self, conn: "_Connection", request: Seen) -> None:
+        api = api_for(request.path)
+        fixture = _FIXTURES[f"{api}/simple_text"]
+        body = request.json if isinstance(request.json, dict) else {}
+        if body.get("stream") is not True:
+            part = fixture["blocking"]
+            conn.send(part["status"], {**part["headers"], "content-encoding": "gzip"},
+                      gzip.compress(render_body(api, part["body"])))
+            return
+        packer = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        events = stream_events(api, fixture["streaming"]["events"], include_usage=True)
+        pieces = [packer.compress(event) + packer.flush(zlib.Z_SYNC_FLUSH) for event in events] + [packer.flush()]
+        conn.stream(200, {**fixture["streaming"]["headers"], "content-encoding": "gzip"}, pieces)
+
+
+@dataclass
+class CloseDelimited(Fault):
+    """A 200 event stream of the good answer with neither Content-Length nor chunks: its end is the
+    connection's (closed cleanly, FIN), after ``cut_after`` events or after all of them."""
+    cut_after: int | None = None
+
+    def serve(self, conn: "_Connection", request: Seen) -> None:
+        api = api_for(request.path)
+        fixture = _FIXTURES[f"{api}/simple_text"]["streaming"]
+        events = stream_events(api, fixture["events"])[:self.cut_after]
+        headers = {k: v for k, v in fixture["headers"].items() if k.lower() not in ("content-length", "transfer-encoding")}
+        if conn.send_head(200, headers):
+            for event in events:
+                if not conn.write(event):
+                    break
         conn.close()
 
 

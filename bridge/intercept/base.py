@@ -96,6 +96,13 @@ class Interceptor:
         """The request body sent upstream: the client's bytes, unless the interceptor must add something."""
         return self.raw_body
 
+    def forget_request(self) -> None:
+        """Let go of the request's body once the upstream request is made from it: a stream keeps its
+        interceptor to its end, and a large body with it. The record took what it needs when the
+        interception began."""
+        self.body = {}
+        self.raw_body = b""
+
     def rewrite(self, events: bytes) -> bytes:
         """For rewriting interceptors: the bytes the client gets for a run of whole upstream events.
         The relay shows the events to observe_event() once these bytes are sent."""
@@ -120,6 +127,11 @@ class Interceptor:
 
     def finish(self) -> None:
         """The response is over (or was cut): settle what is still half-seen."""
+
+    def ends_stream(self, event: Event) -> bool:
+        """Whether a stream whose last event is ``event`` ended as the provider ends one (its final
+        event, or an error); else the upstream's connection ended before the stream did."""
+        return True
 
     def stream_error(self, shape: str, status: int, message: str) -> bytes:
         """The event that ends a stream the upstream broke off, as this API reports errors mid-stream."""

@@ -22,6 +22,7 @@ from bridge.records import OPENAI_USAGE, Thought, ToolCall, call_arguments
 #: Content deltas (most of a stream) have none and are never parsed.
 _NOTEWORTHY = re.compile(  # one leading quote for all branches: the scan looks at quotes only
     rb'"(?:finish_reason"\s*+:\s*+(?!null\s*+[,}])|usage"\s*+:\s*+(?!null\s*+[,}])|tool_calls"|reasoning)')
+_INCLUDE_USAGE_MEMBER = b'"stream_options":{"include_usage":true},'
 _USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])|"usage"\s*:\s*null\s*,')
 #: Compatible providers (DeepSeek, vLLM, OpenRouter, ...) stream the model's reasoning under these names.
 _REASONING_FIELDS = ("reasoning_content", "reasoning")
@@ -64,6 +65,11 @@ class ChatCompletionsInterceptor(Interceptor):
     def upstream_body(self) -> bytes:
         if not self.rewrites_stream:
             return self.raw_body
+        if "stream_options" not in self.body:
+            # Put in front of the client's bytes, not re-serialized: a large body is copied once, not
+            # made again from its parse. The object has members ("messages"), so a comma follows.
+            start = self.raw_body.index(b"{") + 1
+            return b"".join((self.raw_body[:start], _INCLUDE_USAGE_MEMBER, memoryview(self.raw_body)[start:]))
         body = dict(self.body)
         body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         return orjson.dumps(body)
@@ -118,6 +124,12 @@ class ChatCompletionsInterceptor(Interceptor):
             self.thoughts.append(Thought("".join(parts), "reasoning_content"))
         self._calls.clear()
         self._reasoning.clear()
+
+    def ends_stream(self, event: Event) -> bool:
+        if event.data.strip() == b"[DONE]":
+            return True
+        chunk = json_object(event.data)  # an error sent mid-stream, as OpenAI does, ends it too
+        return chunk is not None and "error" in chunk
 
     def observe_response(self, status: int, body: bytes) -> None:
         completion = json_object(body) if status < 400 else None

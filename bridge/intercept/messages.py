@@ -91,6 +91,10 @@ class MessagesInterceptor(Interceptor):
         for index in sorted(self._open, key=lambda i: (i is None, i)):
             self._close(index)
 
+    def ends_stream(self, event: Event) -> bool:
+        payload = json_object(event.data)
+        return payload is not None and payload.get("type") in ("message_stop", "error")
+
     def observe_response(self, status: int, body: bytes) -> None:
         message = json_object(body) if status < 400 else None
         if message is None:

@@ -97,6 +97,10 @@ class ResponsesInterceptor(Interceptor):
         elif kind in _FINAL:
             self._take_response(payload.get("response") or {})
 
+    def ends_stream(self, event: Event) -> bool:
+        payload = json_object(event.data)
+        return payload is not None and (payload.get("type") in _FINAL or payload.get("type") == "error")
+
     def stream_error(self, shape: str, status: int, message: str) -> bytes:
         """The Responses API's own mid-stream error event (``event: error``), next in sequence."""
         error = error_object(shape, status, message)["error"]

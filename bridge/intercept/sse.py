@@ -67,6 +67,14 @@ def event_around(run: bytes, index: int, low: int = 0) -> tuple[int, int]:
     return _after_last_blank_line(run, low, index), end if end >= 0 else len(run)
 
 
+def last_event(run: bytes) -> Event | None:
+    """The last event of a run of events (its blank line may be missing: a stream's unfinished end)."""
+    body = run.rstrip(b"\r\n")
+    if not body:
+        return None
+    return parse_event(run[_after_last_blank_line(body, 0, len(body)):])
+
+
 def events_holding(run: bytes, positions: Iterable[int]) -> Iterator[Event]:
     """The events of a run of whole events that hold the given (ascending) positions, each once, in order."""
     done = 0
@@ -108,6 +116,11 @@ class SSESplitter:
         end = _after_last_blank_line(buffer, 0, len(buffer))
         self._buffer = buffer[end:]
         return buffer[:end]
+
+    @property
+    def pending(self) -> bytes:
+        """Bytes fed that do not complete an event yet (left in place)."""
+        return self._buffer
 
     def remainder(self) -> bytes:
         """Bytes of an unfinished last event (a stream cut mid-event)."""

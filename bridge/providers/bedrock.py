@@ -33,6 +33,7 @@ from botocore.session import Session
 from gevent.lock import Semaphore
 
 from bridge.config import ProviderSettings
+from bridge.content_coding import Inflater, content_coding
 from bridge.errors import ANTHROPIC, GatewayError, error_body
 from bridge.intercept.base import Interceptor
 from bridge.intercept.eventstream import EventStreamDecoder, aws_error_message, aws_error_status
@@ -137,10 +138,14 @@ class BedrockProvider(AnthropicProvider):
 
     def response_headers(self, upstream: requests.Response) -> list[tuple[str, str]]:
         # AWS's own headers (x-amzn-*, the event-stream type) mean nothing to an Anthropic client.
-        headers = [("Content-Type", "text/event-stream" if self.is_stream(upstream) else "application/json")]
+        stream = self.is_stream(upstream)
+        headers = [("Content-Type", "text/event-stream" if stream else "application/json")]
         request_id = upstream.headers.get("x-amzn-requestid")
         if request_id:
             headers.append(("request-id", request_id))
+        coding = upstream.headers.get("content-encoding")
+        if coding and upstream.status_code < 400 and not stream:  # relayed as sent; errors and streams are made anew
+            headers.append(("Content-Encoding", coding))
         return headers
 
     def stream_decoder(self) -> EventStreamDecoder:
@@ -150,6 +155,9 @@ class BedrockProvider(AnthropicProvider):
         status = upstream.status_code
         if status < 400:
             return status, body
+        coding = content_coding(upstream.headers.items())
+        if coding is not None:  # read inflated (within a bound) to be turned into an Anthropic error
+            body = Inflater(coding).whole(body) or b""
         try:
             payload = orjson.loads(body) if body else None
         except orjson.JSONDecodeError:

@@ -21,8 +21,9 @@ from typing import Any
 from bridge.store.common import (
     _TOKEN_COLUMNS, _TOKEN_ID_ALPHABET, _TOKEN_NAME_MAX, _TOKEN_RE, _USER_COLUMNS, _USAGE_FIGURES, _FILTER_COLUMNS,
     CHILD_TABLES, RECORD_COLUMNS, ROLLUP_TABLES, TOKEN_ID_LENGTH, TOOL_DAILY_DIMENSIONS, TOOL_DIMENSIONS, TOOL_ROLLUPS,
-    USAGE_DIMENSIONS, USAGE_ROLLUPS, USERNAME_RE, _TOKEN_FIGURES, InterceptionFilter, RecordBatch, StoreError,
-    UnknownCursor, _add, _ceil_hour, _child_result, _day, _hash_secret, _hour, _interception_result,
+    USAGE_DIMENSIONS, USAGE_ROLLUPS, USERNAME_RE, _TOKEN_FIGURES, PROCESSES_TABLE, InterceptionFilter, OwnerState,
+    RecordBatch, StoreError,
+    UnknownCursor, _add, _ceil_hour, _child_result, _day, _hash_secret, _hour, _interception_result, _json_text,
     _rollup_key, _segments, _sql_where, _token_dict, _usage_column, _user_dict, rollup_additions,
 )
 from bridge.timestamps import format_timestamp, utc_now
@@ -100,6 +101,16 @@ class Store:
     _SUM = "sum({})"
     #: Groups the rollup backfill per interception (see backfill_statements).
     _backfill_key = "i.rowid"
+    #: The database's clock in seconds since the epoch: heartbeats of several machines are stamped
+    #: and compared on one clock.
+    _NOW_SECONDS = "((julianday('now') - 2440587.5) * 86400.0)"
+    #: An interception's metadata with the JSON object parameter merged in (as an end merges it).
+    _MERGE_METADATA = "json_patch(COALESCE(metadata, '{}'), ?)"
+    #: Whether the connection can only read. SQLite opens a database read-only, silently, when its
+    #: files cannot be written at that moment, and the connection stays so; its -shm is moreover
+    #: shared by all connections of a process, so one such connection kept open makes every later
+    #: one read-only too. Holders of long-lived connections close such a store after each use.
+    read_only = False
 
     def __new__(cls, target: str, *args: Any, **kwargs: Any) -> Store:
         if cls is Store:
@@ -305,6 +316,72 @@ class Store:
                 f" ORDER BY created_at, {self._WRITE_ORDER}", [interception_id]
             ))
         return row
+
+    # -- gateway processes and the interceptions they own (Recorder: ending orphans) ------------
+
+    def heartbeat(self, owner: str, host: str, pid: int, started_at: str) -> None:
+        """Register the process ``owner`` or say it is still alive (stamped with the database's clock)."""
+        with self.write() as db:
+            db.execute(
+                f"INSERT INTO {PROCESSES_TABLE} (owner, host, pid, started_at, heartbeat)"
+                f" VALUES (?, ?, ?, ?, {self._NOW_SECONDS})"
+                " ON CONFLICT (owner) DO UPDATE SET heartbeat = excluded.heartbeat",
+                [owner, host, pid, started_at],
+            )
+
+    def forget_process(self, owner: str) -> None:
+        """A process that stops cleanly removes itself: its interceptions (if any is left open) are orphans."""
+        with self.write() as db:
+            db.execute(f"DELETE FROM {PROCESSES_TABLE} WHERE owner = ?", [owner])
+
+    def open_interception_owners(self) -> list[OwnerState]:
+        """The owners of the interceptions not ended yet (None: rows written before owners were recorded),
+        each with its process as registered (a partial index holds the open interceptions alone)."""
+        rows = self.db.execute(
+            f"SELECT o.owner, p.host, p.pid, p.started_at, p.heartbeat, {self._NOW_SECONDS} - p.heartbeat"
+            " FROM (SELECT DISTINCT owner FROM aibridge_interceptions WHERE ended_at IS NULL) AS o"
+            f" LEFT JOIN {PROCESSES_TABLE} AS p ON p.owner = o.owner"
+        ).fetchall()
+        return [OwnerState(*row) for row in rows]
+
+    def oldest_live_process_start(self, silent_for: float) -> str | None:
+        """When the longest running process that gave a heartbeat within ``silent_for`` seconds started."""
+        return self.db.execute(
+            f"SELECT min(started_at) FROM {PROCESSES_TABLE} WHERE heartbeat >= {self._NOW_SECONDS} - ?", [silent_for]
+        ).fetchone()[0]
+
+    def end_open_interceptions(self, owner: str | None, ended_at: str, metadata: dict[str, Any],
+                               started_before: str | None = None) -> int:
+        """End the open interceptions of ``owner``, a process that is gone, ``metadata`` merged as an end
+        merges it, and forget that process; returns how many were ended. ``owner`` None: the rows without
+        an owner that started before ``started_before``. An interception ended meanwhile is left alone."""
+        if owner is None:
+            condition, params = "owner IS NULL AND started_at < ?", [started_before]
+        else:
+            condition, params = "owner = ?", [owner]
+        with self.write() as db:
+            ended = db.execute(
+                f"UPDATE aibridge_interceptions SET ended_at = ?, metadata = {self._MERGE_METADATA}"
+                f" WHERE ended_at IS NULL AND {condition}",
+                [ended_at, _json_text(metadata), *params],
+            ).rowcount
+            if owner is not None:
+                db.execute(f"DELETE FROM {PROCESSES_TABLE} WHERE owner = ?", [owner])
+        return ended
+
+    def forget_silent_processes(self, silent_for: float) -> int:
+        """Forget processes silent for longer than ``silent_for`` seconds that own no open interception
+        (killed ones with nothing in flight); returns how many. Looks first, so that the periodic call
+        takes no write lock when there is nothing to forget."""
+        silent = f"{PROCESSES_TABLE} WHERE heartbeat < {self._NOW_SECONDS} - ?"
+        if self.db.execute(f"SELECT count(*) FROM {silent}", [silent_for]).fetchone()[0] == 0:
+            return 0
+        with self.write() as db:
+            return db.execute(
+                f"DELETE FROM {silent} AND NOT EXISTS"
+                f" (SELECT 1 FROM aibridge_interceptions AS i WHERE i.ended_at IS NULL AND i.owner = {PROCESSES_TABLE}.owner)",
+                [silent_for],
+            ).rowcount
 
     # -- users -----------------------------------------------------------------------------
 

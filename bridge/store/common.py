@@ -40,7 +40,7 @@ RECORD_COLUMNS: dict[str, tuple[str, ...]] = {
     "aibridge_interceptions": (
         "id", "initiator_id", "provider", "provider_name", "model", "client", "client_session_id",
         "user_agent", "credential_kind", "credential_hint", "correlating_tool_call_id", "started_at",
-        "ended_at", "metadata",
+        "ended_at", "metadata", "owner",
     ),
     "aibridge_token_usages": (
         "id", "interception_id", "provider_response_id", "input_tokens", "output_tokens",
@@ -109,6 +109,23 @@ class RecordBatch:
             for row in getattr(self, name):
                 getattr(parts.setdefault(row.get("interception_id"), RecordBatch()), name).append(row)
         return list(parts.values())
+
+
+#: The gateway processes that own interceptions (an interception's ``owner``), with their heartbeats.
+PROCESSES_TABLE = "bridge_processes"
+
+
+@dataclass(frozen=True)
+class OwnerState:
+    """The owner of open interceptions and what the store knows of its process (None: nothing, it
+    never registered or was forgotten): where it runs, when it started and how long it has been silent."""
+
+    owner: str | None
+    host: str | None = None
+    pid: int | None = None
+    started_at: str | None = None
+    last_seen: float | None = None  # its last heartbeat, in seconds since the epoch (the database's clock)
+    silent_for: float | None = None  # seconds since that heartbeat (the database's clock)
 
 
 def _json_text(value: Any) -> Any:

@@ -43,7 +43,8 @@ from psycopg_pool import ConnectionPool
 from bridge.store.base import Store
 from bridge.store.common import (
     _FILTER_COLUMNS, _USAGE_FIGURES, CHILD_TABLES, RECORD_COLUMNS, TOOL_DAILY_DIMENSIONS, TOOL_DIMENSIONS,
-    TOOL_ROLLUPS, USAGE_DIMENSIONS, USAGE_ROLLUPS, RecordBatch, StoreError, _json_text, check_columns, mask_url,
+    TOOL_ROLLUPS, USAGE_DIMENSIONS, USAGE_ROLLUPS, PROCESSES_TABLE, RecordBatch, StoreError, _json_text, check_columns,
+    mask_url,
 )
 
 #: Connections per process (recorder + token lookups + API threads, and one to spare).
@@ -361,8 +362,26 @@ def _m0001_schema() -> list[str]:
     return statements
 
 
+def _m0002_interception_owners() -> list[str]:
+    """SQLite's migration 0005: each interception's owning process, and the processes' heartbeats."""
+    return [
+        f"ALTER TABLE aibridge_interceptions ADD COLUMN owner {_TEXT}",
+        "CREATE INDEX aibridge_interceptions_open ON aibridge_interceptions (owner) WHERE ended_at IS NULL",
+        f"""CREATE TABLE {PROCESSES_TABLE} (
+            owner {_TEXT} PRIMARY KEY,
+            host {_TEXT} NOT NULL,
+            pid BIGINT NOT NULL,
+            started_at {_TEXT} NOT NULL,
+            heartbeat DOUBLE PRECISION NOT NULL
+        )""",
+    ]
+
+
 #: (name, statements), applied in order. Append new migrations; never edit old ones.
-MIGRATIONS: list[tuple[str, list[str]]] = [("0001_schema", _m0001_schema())]
+MIGRATIONS: list[tuple[str, list[str]]] = [
+    ("0001_schema", _m0001_schema()),
+    ("0002_interception_owners", _m0002_interception_owners()),
+]
 
 
 class PostgresStore(Store):
@@ -373,6 +392,9 @@ class PostgresStore(Store):
     _USERNAME_ORDER = "lower(username), username"
     _SUM = "sum({})::bigint"  # sum(bigint) is numeric: back to a Python int
     _backfill_key = "i.id"
+    _NOW_SECONDS = "extract(epoch FROM clock_timestamp())::double precision"
+    # As _end_interceptions merges (RFC 7396, one level; the orphan metadata has no null member).
+    _MERGE_METADATA = "(COALESCE(metadata, '{}')::jsonb || ?::jsonb)::text"
 
     def __init__(self, url: str) -> None:
         self.path = url

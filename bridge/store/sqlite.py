@@ -22,7 +22,7 @@ from sqlite_utils.migrations import Migrations
 from bridge.store.base import Store, backfill_statements
 from bridge.store.common import (
     _FILTER_COLUMNS, _USAGE_FIGURES, RECORD_COLUMNS, TOOL_DAILY_DIMENSIONS, TOOL_DIMENSIONS, TOOL_ROLLUPS,
-    USAGE_DIMENSIONS, USAGE_ROLLUPS, StoreError, _json_text, check_columns, touch_auth_stamp,
+    USAGE_DIMENSIONS, USAGE_ROLLUPS, PROCESSES_TABLE, StoreError, _json_text, check_columns, touch_auth_stamp,
 )
 
 _ROWS_PER_STATEMENT = 250  # record rows per INSERT (fewer where SQLite allows fewer parameters)
@@ -195,6 +195,46 @@ def _m0004_usage_rollups(db: Database) -> None:
         db.execute(statement)
 
 
+@MIGRATIONS(name="0005_interception_owners")
+def _m0005_interception_owners(db: Database) -> None:
+    """Which gateway process serves each interception (``owner``, random per process) and the heartbeats
+    of the processes, so that interceptions left open by a process that is gone are ended (Recorder).
+    The partial index holds the open interceptions alone: the periodic check reads only those."""
+    db.execute("ALTER TABLE aibridge_interceptions ADD COLUMN owner TEXT")
+    db.execute("CREATE INDEX aibridge_interceptions_open ON aibridge_interceptions (owner) WHERE ended_at IS NULL")
+    db.execute(
+        f"""CREATE TABLE {PROCESSES_TABLE} (
+            owner TEXT PRIMARY KEY,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            started_at TEXT NOT NULL,
+            heartbeat REAL NOT NULL
+        )"""
+    )
+
+
+def _write_header(conn: sqlite3.Connection) -> None:
+    """Rewrite the header's user_version unchanged: a write (the caller rolls it back) that fails with
+    SQLITE_READONLY on a read-only connection, where ``BEGIN IMMEDIATE`` alone succeeds."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    conn.execute(f"PRAGMA user_version={int(version)}")
+
+
+def _opened_read_only(conn: sqlite3.Connection) -> bool:
+    """Whether SQLite opened the database read-only: a header write rolled back at once, without waiting
+    for the write lock (held by another writer: then the file is writable)."""
+    conn.execute("PRAGMA busy_timeout=0")
+    conn.execute("BEGIN")
+    try:
+        _write_header(conn)
+    except sqlite3.OperationalError as exc:
+        return (exc.sqlite_errorcode & 0xFF) == sqlite3.SQLITE_READONLY
+    finally:
+        conn.execute("ROLLBACK")
+        conn.execute("PRAGMA busy_timeout=10000")
+    return False
+
+
 class SqliteStore(Store):
     """Users, API tokens and interception records in one SQLite file."""
 
@@ -207,6 +247,7 @@ class SqliteStore(Store):
             _enable_wal(conn)
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
+            self.read_only = _opened_read_only(conn)
         except BaseException:
             conn.close()
             raise
@@ -245,14 +286,17 @@ class SqliteStore(Store):
             MIGRATIONS.apply(self.db)
 
     def _check_writable(self, timeout: float) -> None:
-        """Take the write lock and let it go at once (``BEGIN IMMEDIATE; ROLLBACK``), waiting at most
+        """Take the write lock, write the header and let both go at once (rolled back), waiting at most
         ``timeout`` seconds for another writer; raises sqlite3.Error when the store is not writable."""
         conn = self.db.conn
         previous = conn.execute("PRAGMA busy_timeout").fetchone()[0]
         conn.execute(f"PRAGMA busy_timeout={max(0, int(timeout * 1000))}")
         try:
             conn.execute("BEGIN IMMEDIATE")
-            conn.execute("ROLLBACK")
+            try:
+                _write_header(conn)
+            finally:
+                conn.execute("ROLLBACK")
         finally:
             conn.execute(f"PRAGMA busy_timeout={int(previous)}")
 
