@@ -5,9 +5,9 @@ Every route needs a gateway token (``Authorization: Bearer`` or ``Coder-Session-
 JSON ``{"message": ...}``; a bad interceptions, usage or tools query is a 400 with a ``detail`` that
 says how to fix it (the parsing lives in bridge.queries, shared with the CLI). Usage and tools are
 read from the hourly/daily rollups (store migration 0004), so they count whole hours: from the start
-of the hour ``since`` falls in to the end of ``until``'s. SQL runs on native threads (a gevent
-ThreadPool with one store connection per thread), never on the hub, so a slow query never freezes
-the streams of the worker.
+of the hour ``since`` falls in to the end of ``until``'s. SQL runs on the worker's store threads
+(bridge.store.Database: queries on its read pool, changes on its write thread), never on the hub,
+so a slow query never freezes the streams of the worker.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from flask import Blueprint, Response, request
 from loguru import logger
 from werkzeug.exceptions import HTTPException
 
+from bridge.credentials import bearer_token
+from bridge.errors import GatewayError
 from bridge.queries import (
     DEFAULT_TOOLS_LIMIT, MAX_TOOLS_LIMIT, SEARCH_KEYS, USAGE_BUCKETS, USAGE_BY, QueryError, build_filter,
     parse_choice, parse_limit, parse_page, parse_range, parse_search, query_interceptions, usage_over_time,
@@ -28,9 +30,6 @@ from bridge.units import parse_duration
 
 SESSION_TOKEN_HEADER = "Coder-Session-Token"
 QUERY_PARAMETERS = ("q", "limit", "after_id", "offset")
-_QUERY_THREADS = 2
-#: ``app.extensions`` key of the API's store threads (a ``_Queries``), shared with /readyz.
-QUERIES_EXTENSION = "bridge.queries"
 #: GET /api/v2/aibridge/usage and /tools.
 USAGE_PARAMETERS = ("by", "bucket", "since", "until")
 TOOLS_PARAMETERS = ("since", "until", "limit")
@@ -50,74 +49,25 @@ class ApiError(Exception):
 # -- the blueprint -------------------------------------------------------------------------------
 
 
-class _Queries:
-    """Store calls on native threads; each thread keeps its own connection."""
-
-    def __init__(self, database_path: str, threads: int = _QUERY_THREADS) -> None:
-        self._database_path = database_path
-        self._threads = threads
-        self._pool = None
-        self._stores: dict[int, Store] = {}
-
-    def run(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-        failed, value = self._get_pool().apply(self._call, (fn, args, kwargs))
-        if failed:
-            raise value
-        return value
-
-    def run_within(self, seconds: float, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-        """``run``, but the caller waits at most ``seconds`` (gevent.Timeout) for a free thread and
-        the call; a call already running finishes on its thread."""
-        failed, value = self._get_pool().spawn(self._call, fn, args, kwargs).get(timeout=seconds)
-        if failed:
-            raise value
-        return value
-
-    def _get_pool(self) -> Any:
-        if self._pool is None:
-            from gevent.threadpool import ThreadPool
-
-            self._pool = ThreadPool(self._threads)  # real OS threads, even after monkey.patch_all()
-        return self._pool
-
-    def _call(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> tuple[bool, Any]:
-        """Runs on a pool thread. Errors are returned, not raised: the pool would print them."""
-        from gevent.monkey import get_original
-
-        ident = get_original("threading", "get_ident")()  # the native thread, not a greenlet
-        store = self._stores.get(ident)
-        try:
-            if store is None:
-                store = Store(self._database_path)
-                store.tune_for_queries()
-                self._stores[ident] = store
-            return False, fn(store, *args, **kwargs)
-        except database_errors() as exc:
-            self._stores.pop(ident, None)  # a fresh connection next time (e.g. the file was replaced)
-            if store is not None:
-                store.close()
-            return True, exc
-        except Exception as exc:
-            return True, exc
-        finally:
-            if store is not None and store.read_only and self._stores.get(ident) is store:
-                del self._stores[ident]  # opened while the files could not be written: not kept (Store.read_only)
-                store.close()
-
-
 def api_blueprint(gateway: Any) -> Blueprint:
     """The routes of SPEC §8 (records, users, tokens) for the app's Gateway."""
     bp = Blueprint("api", __name__)
-    queries = _Queries(gateway.settings.database_path)
-    # /readyz (bridge.health) checks the store on these threads too: never on the hub.
-    bp.record_once(lambda state: state.app.extensions.setdefault(QUERIES_EXTENSION, queries))
+    database = gateway.database
 
-    def run(fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+    def on_store(call: Callable[..., _T], fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         try:
-            return queries.run(fn, *args, **kwargs)
+            return call(fn, *args, **kwargs)
         except database_errors() as exc:
             logger.bind(record_type="server").error("API store query failed: {}", mask_url(str(exc)))
             raise ApiError(503, "the record store is unavailable right now; try again shortly") from None
+
+    def run(fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """A query, on the worker's read threads."""
+        return on_store(database.read, fn, *args, **kwargs)
+
+    def write(fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """A change (users, tokens), on the worker's write thread."""
+        return on_store(database.write, fn, *args, **kwargs)
 
     def caller() -> dict[str, Any]:
         token = _session_token(request.headers)
@@ -208,7 +158,7 @@ def api_blueprint(gateway: Any) -> Blueprint:
                 raise ApiError(409, f"user {body['username']!r} already exists")
             return store.create_user(body["username"], is_admin=body.get("is_admin", False))
 
-        return _json(run(_refusals(create))), 201
+        return _json(write(_refusals(create))), 201
 
     @bp.get("/api/v2/users/<name>")
     def get_user(name: str) -> Response:
@@ -221,7 +171,7 @@ def api_blueprint(gateway: Any) -> Blueprint:
     @bp.delete("/api/v2/users/<name>")
     def delete_user(name: str) -> tuple[str, int]:
         admin()
-        if not run(Store.delete_user, name):
+        if not write(Store.delete_user, name):
             raise ApiError(404, f"unknown user {name!r}")
         return "", 204
 
@@ -240,13 +190,13 @@ def api_blueprint(gateway: Any) -> Blueprint:
                 lifetime = parse_duration(body["lifetime"])
             except ValueError as exc:
                 raise ApiError(400, f"invalid lifetime: {exc}") from None
-        token, row = run(_refusals(Store.create_token), name, lifetime=lifetime, name=body.get("name"))
+        token, row = write(_refusals(Store.create_token), name, lifetime=lifetime, name=body.get("name"))
         return _json({"token": token, **row}), 201
 
     @bp.delete("/api/v2/tokens/<token_id>")
     def revoke_token(token_id: str) -> tuple[str, int]:
         admin()
-        if not run(Store.revoke_token, token_id):
+        if not write(Store.revoke_token, token_id):
             raise ApiError(404, f"unknown token id {token_id!r}")
         return "", 204
 
@@ -278,10 +228,7 @@ def _session_token(headers: Mapping[str, str]) -> str | None:
     token = (headers.get(SESSION_TOKEN_HEADER) or "").strip()
     if token:
         return token
-    scheme, _, value = (headers.get("Authorization") or "").partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return None
+    return bearer_token(headers)
 
 
 def _single_args(known: tuple[str, ...], filters_hint: bool = True) -> dict[str, str]:
@@ -307,7 +254,10 @@ def _json_body(fields: dict[str, type], required: tuple[str, ...] = ()) -> dict[
     too_large = f"the request body exceeds the API's limit of {API_BODY_MAX} bytes"
     if (request.content_length or 0) > API_BODY_MAX:
         raise ApiError(413, too_large)
-    raw = request.stream.read(API_BODY_MAX + 1)  # a chunked body has no length to check up front
+    try:
+        raw = request.stream.read(API_BODY_MAX + 1)  # a chunked body has no length to check up front
+    except GatewayError as error:  # the body came too slowly, or too many at once (bridge.body_limits)
+        raise ApiError(error.status, error.message, headers=error.headers) from None
     if len(raw) > API_BODY_MAX:
         raise ApiError(413, too_large)
     try:  # orjson: a depth limit instead of the json module's RecursionError on deeply nested bodies

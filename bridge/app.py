@@ -48,9 +48,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     configure_logging(settings.log_human, settings.log_json)
     for warning in settings.warnings:
         logger.warning(warning)
-    store = Store(settings.database_path)
-    store.migrate()
-    store.close()
+    Store.from_path(settings.database_path).close()  # up to date before the worker's store threads open it
 
     app = Flask("bridge", static_folder=None)
     app.request_class = GatewayRequest

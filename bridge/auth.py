@@ -11,9 +11,10 @@ from typing import Mapping
 
 from loguru import logger
 
+from bridge.credentials import bearer_token, split_scheme
 from bridge.errors import GatewayError
 from bridge.masking import holds_gateway_token
-from bridge.store import Store, auth_stamp_path, is_postgres_url
+from bridge.store import Database, Store
 
 GOVERNANCE_HEADER = "X-Coder-AI-Governance-Token"
 _MISSING = ("missing gateway token: send it as Authorization: Bearer <token>, X-Api-Key, "
@@ -53,11 +54,9 @@ def read_gateway_token(headers: Mapping[str, str]) -> tuple[str | None, bool]:
     token = headers.get(GOVERNANCE_HEADER)
     if token:
         return token.strip(), True
-    authorization = headers.get("Authorization")
-    if authorization:
-        scheme, _, value = authorization.partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
-            return value.strip(), False
+    bearer = bearer_token(headers)
+    if bearer:
+        return bearer, False
     api_key = headers.get("X-Api-Key")
     if api_key:
         return api_key.strip(), False
@@ -67,8 +66,11 @@ def read_gateway_token(headers: Mapping[str, str]) -> tuple[str | None, bool]:
 def own_credential(headers: Mapping[str, str]) -> str | None:
     """The provider credential a bring-your-own-key client sent: Authorization's (after its scheme),
     else X-Api-Key's. Never a gateway token: that is no provider credential and never goes upstream."""
-    for value in ((headers.get("Authorization") or "").partition(" ")[2], headers.get("X-Api-Key")):
-        value = (value or "").strip()
+    authorization = headers.get("Authorization") or ""
+    scheme, secret = split_scheme(authorization)
+    if holds_gateway_token(authorization):  # also inside a Basic credential, which only the scheme tells
+        secret = ""
+    for value in (secret if scheme else "", (headers.get("X-Api-Key") or "").strip()):
         if value and not holds_gateway_token(value):
             return value
     return None
@@ -90,7 +92,7 @@ class Authenticator:
     """Checks gateway tokens against the store.
 
     sqlite calls are C code that would block the gevent hub (and every stream of the worker) while
-    the database is busy, so lookups run on one native thread that owns its own connection.
+    the database is busy, so lookups run on the read threads of the worker's store (Database).
     A valid token is then remembered (by its hash) for up to a minute, until it expires, or until
     any process revokes a token or deletes a user, which replaces the store's auth stamp file:
     one stat() per request keeps revocation immediate without a database read.
@@ -100,27 +102,11 @@ class Authenticator:
     token created through any instance works at once on every other.
     """
 
-    def __init__(self, database_path: str) -> None:
-        self._database_path = database_path
-        postgres = is_postgres_url(database_path)
-        self._stamp_path = None if postgres else auth_stamp_path(database_path)
-        self._cache_seconds = POSTGRES_CACHE_SECONDS if postgres else _CACHE_SECONDS
-        self._pool = None
-        self._store = None
+    def __init__(self, database_path: str, database: Database | None = None) -> None:
+        self._database = database or Database(database_path)  # the worker's (bridge.gateway), or its own
+        self._stamp_path = self._database.auth_stamp_path
+        self._cache_seconds = _CACHE_SECONDS if self._stamp_path is not None else POSTGRES_CACHE_SECONDS
         self._cache: dict[bytes, tuple[dict, tuple | None, float]] = {}
-
-    def _lookup(self, token: str) -> dict | None:
-        store, self._store = self._store or Store(self._database_path), None
-        try:
-            found = store.authenticate(token)
-        except BaseException:
-            store.close()  # a fresh connection next time
-            raise
-        if store.read_only:  # opened while the files could not be written: kept, it would stay so (Store.read_only)
-            store.close()
-        else:
-            self._store = store
-        return found
 
     def _stamp(self) -> tuple | None:
         if self._stamp_path is None:
@@ -138,11 +124,7 @@ class Authenticator:
         cached = self._cache.get(key)
         if cached is not None and cached[1] == stamp and now < cached[2]:
             return cached[0]
-        if self._pool is None:
-            from gevent.threadpool import ThreadPool
-
-            self._pool = ThreadPool(1)
-        found = self._pool.apply(self._lookup, (token,))
+        found = self._database.read(Store.authenticate, token)
         if found is not None:
             if len(self._cache) >= _CACHE_ENTRIES:
                 self._cache.clear()

@@ -135,6 +135,7 @@ class Settings:
     upstream_connect_timeout: float
     upstream_read_timeout: float
     header_timeout: float
+    body_timeout: float
     warnings: tuple[str, ...] = ()
     metrics_token: str | None = field(default=None, repr=False)  # a secret: never shown
 
@@ -311,6 +312,9 @@ _SETTINGS: dict[str, _Setting] = {
     # A request's head (request line and headers) is due within this once its first byte came (on a
     # new connection: from the connect), so slow clients cannot hold every connection of a worker.
     "header_timeout": _Setting("CODER_AIBRIDGE_HEADER_TIMEOUT", "10s", _duration(allow_zero=False)),
+    # A request's whole body is due within this from the end of its head (answered 408 after it), so
+    # a client stalling an upload cannot hold a worker's memory and connections.
+    "body_timeout": _Setting("CODER_AIBRIDGE_BODY_TIMEOUT", "60s", _duration(allow_zero=False)),
     "log_human": _Setting("CODER_LOGGING_HUMAN", "/dev/stderr", _text, flag="--log-human", empty_disables=True),
     "log_json": _Setting("CODER_LOGGING_JSON", None, _text, flag="--log-json"),
 }

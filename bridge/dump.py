@@ -8,7 +8,10 @@ For each intercepted call the gateway writes, under ``<dir>/<provider name>/``:
 - ``<interception id>.response``: ``HTTP <status>``, the response headers (one ``Name: value`` a line),
   a blank line, then the body as the client got it. A stream is appended event by event as the
   relay passes it on, so the file of a stream in flight shows how far it got; a gateway error
-  (e.g. an unreachable upstream) is dumped as the error response the client got.
+  (e.g. an unreachable upstream) is dumped as the error response the client got. A gzip or deflate
+  body (sent by an upstream despite ``Accept-Encoding: identity``) is dumped inflated, so that it
+  is masked too, at most DECODED_MAX bytes of it (bridge.content_coding), and a header line
+  ``X-Bridge-Dump: ...`` says so.
 
 Secrets never reach the files: the values of credential headers (``Authorization``, ``X-Api-Key``,
 ``X-Coder-AI-Governance-Token``, ``Coder-Session-Token``, cookies) are masked (``sk-a...xyz1``),
@@ -33,6 +36,8 @@ import orjson
 from loguru import logger
 
 from bridge.config import ProviderSettings, Settings
+from bridge.content_coding import Inflater, content_coding
+from bridge.credentials import split_scheme
 from bridge.masking import Masker, configured_secrets, mask_secret
 
 #: Headers whose values are credentials (request or response).
@@ -57,7 +62,7 @@ def request_secrets(headers: Iterable[tuple[str, str]]) -> list[str]:
 
 def mask_header(name: str, value: str | bytes) -> str:
     """A credential header's value with the secret part masked; other headers unchanged."""
-    if isinstance(value, bytes):  # a non-ASCII value, forwarded as received (bridge.relay.upstream_headers)
+    if isinstance(value, bytes):  # a non-ASCII value, forwarded as received (bridge.upstream.upstream_headers)
         value = value.decode("latin-1")
     lower = name.lower()
     if lower not in SECRET_HEADERS:
@@ -73,9 +78,9 @@ def mask_header(name: str, value: str | bytes) -> str:
 
 def _split_scheme(value: str) -> tuple[str, str]:
     """A credential header value as ``("Bearer ", secret)`` when it names an auth scheme, else ``("", value)``."""
-    scheme, _, rest = value.strip().partition(" ")
-    if rest and scheme.lower() in _AUTH_SCHEMES:
-        return f"{scheme} ", rest.strip()
+    scheme, secret = split_scheme(value)
+    if scheme.lower() in _AUTH_SCHEMES:
+        return f"{scheme} ", secret
     return "", value.strip()
 
 
@@ -155,11 +160,13 @@ class Dump:
         self.masker = masker
         self._file = None
         self._pending = b""  # a stream's last bytes, held back until no secret can straddle them
+        self._inflater: Inflater | None = None  # of a compressed body: what the masking must read
 
     def whole(self, status: int, headers: Iterable[tuple[str, str]], body: bytes) -> None:
         """A blocking answer (or an error response): the whole response at once."""
         if self._open(status, headers):
-            self._write(self.masker.data(body))
+            self._write(self.masker.data(b"".join(self._inflated(body))))
+            self._write(self._inflation_stop())
             self.close()
 
     def stream(self, relay: Iterable[bytes], status: int, headers: Iterable[tuple[str, str]]) -> Iterable[bytes]:
@@ -167,10 +174,11 @@ class Dump:
         return DumpedStream(relay, self) if self._open(status, headers) else relay
 
     def write(self, chunk: bytes) -> None:
-        if self._file is None:
-            return
-        data, self._pending = self.masker.stream_part(self._pending + chunk)
-        self._write(data)
+        for piece in self._inflated(chunk):
+            if self._file is None:
+                return
+            data, self._pending = self.masker.stream_part(self._pending + piece)
+            self._write(data)
 
     def close(self) -> None:
         if self._file is None:
@@ -178,6 +186,7 @@ class Dump:
         rest, self._pending = self._pending, b""
         if rest:
             self._write(self.masker.data(rest))
+        self._write(self._inflation_stop())
         file, self._file = self._file, None
         if file is not None:
             try:
@@ -185,9 +194,31 @@ class Dump:
             except Exception as exc:
                 self._dumper.failed(exc)
 
+    def _inflated(self, data: bytes) -> Iterable[bytes]:
+        """The body's bytes as the dump holds them: inflated (bounded) if the upstream compressed them."""
+        if self._inflater is None:
+            return (data,) if self._file is not None else ()
+        return self._inflater.feed(data) if self._file is not None else ()
+
+    def _inflation_stop(self) -> bytes:
+        """A last line saying why the inflated body ends early, once; b"" when it does not."""
+        inflater, self._inflater = self._inflater, None
+        if inflater is None or inflater.stopped is None:
+            return b""
+        return f"\n[dump: {inflater.stopped}; the rest is not dumped]\n".encode()
+
     def _open(self, status: int, headers: Iterable[tuple[str, str]]) -> bool:
+        headers = list(headers)
         head = [f"HTTP {status}"]
         head += [f"{name}: {self.masker.text(mask_header(name, value))}" for name, value in headers]
+        coding = content_coding(headers)
+        if coding is not None:
+            inflater = Inflater(coding)
+            if inflater.stopped is None:
+                self._inflater = inflater
+                head.append(f"X-Bridge-Dump: body inflated from {coding} for this dump (the client got it {coding}-encoded)")
+            else:  # e.g. br: dumped as sent, and masking cannot read it
+                head.append(f"X-Bridge-Dump: body dumped {coding}-encoded as sent ({inflater.stopped})")
         try:
             fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _FILE_MODE)
             self._file = os.fdopen(fd, "wb", buffering=0)
@@ -210,6 +241,7 @@ class Dump:
     def _abandon(self) -> None:
         file, self._file = self._file, None
         self._pending = b""
+        self._inflater = None
         if file is not None:
             try:
                 file.close()

@@ -16,6 +16,7 @@ _ANTHROPIC_TYPES = {
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    408: "timeout_error",  # the client's request body came too slowly
     413: "request_too_large",
     429: "rate_limit_error",
     501: "invalid_request_error",
@@ -28,6 +29,7 @@ _OPENAI_TYPES = {
     401: ("invalid_request_error", "invalid_api_key"),
     403: ("invalid_request_error", "permission_denied"),
     404: ("invalid_request_error", "unknown_url"),
+    408: ("invalid_request_error", "request_timeout"),
     413: ("invalid_request_error", "request_too_large"),
     429: ("rate_limit_error", "rate_limit_exceeded"),
     501: ("invalid_request_error", "unsupported"),

@@ -12,8 +12,10 @@ from bridge.auth import Authenticator
 from bridge.config import Settings
 from bridge.providers import build_provider
 from bridge.recorder import Recorder
-from bridge.relay import StreamRelay, Upstream
+from bridge.relay import StreamRelay
 from bridge.reliability import CircuitBreakers, Limits
+from bridge.store import Database
+from bridge.upstream import Upstream
 
 #: Concurrent clients per worker (gunicorn's worker_connections); the upstream pool matches it so
 #: that concurrent streams never churn connections (each a TLS handshake in production).
@@ -25,10 +27,12 @@ SHUTDOWN_MESSAGE = "the gateway is shutting down"
 class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.authenticator = Authenticator(settings.database_path)
+        #: The store's threads and connections of this worker, shared by auth, the API, /readyz and the recorder.
+        self.database = Database(settings.database_path)
+        self.authenticator = Authenticator(settings.database_path, database=self.database)
         self.upstream = Upstream(settings.upstream_connect_timeout, settings.upstream_read_timeout, WORKER_CONNECTIONS)
         self.providers = {provider.name: build_provider(provider) for provider in settings.providers}
-        self.recorder = Recorder(settings.database_path, retention=settings.retention)
+        self.recorder = Recorder(settings.database_path, retention=settings.retention, database=self.database)
         self.breakers = CircuitBreakers(settings.circuit_breaker)
         self.limits = Limits(settings.max_concurrency, settings.rate_limit)
 
@@ -49,9 +53,10 @@ class Gateway:
             gevent.sleep(0.05)
         for stream in streams:
             if not stream.closed:  # its client is not reading: the record is written all the same
-                stream.end_interception()
+                stream.report_end()
         self.recorder.flush(max(0.0, deadline - time.monotonic()))
 
     def close(self) -> None:
-        """Flush what is still queued; called once when the worker stops."""
+        """Flush what is still queued, then release the store; called when the worker stops."""
         self.recorder.close()
+        self.database.close()

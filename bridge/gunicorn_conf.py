@@ -82,8 +82,7 @@ def on_starting(server) -> None:
         _stop(f"configuration error: {error}")
     configure_logging(settings.log_human, settings.log_json)
     try:  # migrate once here; closed before the workers fork
-        with Store(settings.database_path) as store:
-            store.migrate()
+        Store.from_path(settings.database_path).close()
     except Exception as error:  # a missing or read-only directory, a server that refuses: one line
         _stop(f"configuration error: {store_problem(settings.database_path, error)}")
     logger.info("bridge starting on {} with {} worker(s); providers: {}", ", ".join(server.cfg.bind), server.cfg.workers,
@@ -127,7 +126,6 @@ def post_worker_init(worker) -> None:
     """The app is loaded: its objects (tens of thousands, none of them garbage) leave the garbage
     collector's view, so a full collection no longer walks them all in the middle of a request
     (seen as single calls taking 30-40 ms at concurrency 1; about 10 ms at most after this)."""
-    import gc
+    from bridge import patches
 
-    gc.collect()
-    gc.freeze()
+    patches.freeze_loaded_objects()

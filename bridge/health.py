@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import hmac
-import sqlite3
 
 from flask import Blueprint, Response, current_app, request
 from loguru import logger
 
 from bridge.metrics import exposition
-from bridge.store import Store, postgres_error_reason
+from bridge.store import Store, database_error_reason
 
 health_blueprint = Blueprint("health", __name__)
 
@@ -30,28 +29,23 @@ def readyz() -> tuple[dict, int]:
 
     The store check takes the write lock and releases it at once (``BEGIN IMMEDIATE; ROLLBACK``),
     waiting at most READY_LOCK_WAIT for another writer (PostgreSQL: the server answers within
-    READY_LOCK_WAIT and takes writes), on the API's native store threads (never on the hub). The
+    READY_LOCK_WAIT and takes writes), on the worker's store read threads (never on the hub). The
     detail names the problem without paths or settings values.
     """
     gateway = current_app.extensions.get("bridge")
     if gateway is None or getattr(gateway, "settings", None) is None:
         return _unavailable("the configuration is not loaded")
-    from bridge.api import QUERIES_EXTENSION
-
-    queries = current_app.extensions.get(QUERIES_EXTENSION)
-    if queries is None:
+    database = getattr(gateway, "database", None)
+    if database is None:
         return _unavailable("the record store is not set up")
     import gevent
 
     try:
-        queries.run_within(READY_TIMEOUT, Store.check_writable, READY_LOCK_WAIT)
+        database.read_within(READY_TIMEOUT, Store.check_writable, READY_LOCK_WAIT)
     except gevent.Timeout:
         return _unavailable(f"the record store did not answer within {READY_TIMEOUT:g}s")
-    except sqlite3.Error as exc:
-        # sqlite's messages ("database is locked", "disk I/O error", ...) carry no path.
-        return _unavailable(f"the record store is not writable: {_sqlite_reason(exc)}")
-    except Exception as exc:  # e.g. the file cannot be opened: its message may name the path
-        reason = postgres_error_reason(exc)
+    except Exception as exc:  # e.g. the file cannot be opened: then its message may name the path
+        reason = database_error_reason(exc)
         if reason is not None:
             return _unavailable(f"the record store is not writable: {reason}")
         logger.bind(record_type="server").warning("readiness check failed: {}", type(exc).__name__)
@@ -79,9 +73,3 @@ def _bearer_matches(authorization: str | None, token: str) -> bool:
 
 def _unavailable(detail: str) -> tuple[dict, int]:
     return {"status": "unavailable", "detail": detail}, 503
-
-
-def _sqlite_reason(exc: sqlite3.Error) -> str:
-    name = getattr(exc, "sqlite_errorname", None)
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return f"{text} ({name})" if name else text

@@ -1,4 +1,9 @@
-"""One intercepted request's audit trail: its start, and at its end the records of what was seen."""
+"""One intercepted request's audit trail: its start, and at its end the records of what was seen.
+
+The Interception is the one owner of that trail: the proxy hands it the upstream's answer (or the
+failure), the stream relay reports the relayed bytes to it (bridge.relay.StreamObserver), and it
+alone reads them with its interceptor, sets what the record says, and ends itself, once.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,9 @@ from loguru import logger
 from bridge import auditlog, metrics
 from bridge.auth import Caller, own_credential
 from bridge.clients import identify_client
+from bridge.content_coding import Inflater
 from bridge.intercept.base import Interceptor
+from bridge.intercept.sse import Event
 from bridge.masking import Masker, mask_secret, provider_secrets
 from bridge.providers.base import Provider
 from bridge.records import TRUNCATION_MARKER, cut_text, json_text, new_id, size_text, text
@@ -32,6 +39,7 @@ class Interception:
         and thought (CODER_AIBRIDGE_MAX_RECORDED_TEXT)."""
         self.id = new_id()
         self.interceptor = interceptor
+        self._shape = provider.shape
         self._recorder = recorder
         self._log = structured_logging
         self._ended = False
@@ -42,25 +50,32 @@ class Interception:
         self.incomplete: str | None = None  # why the answer was not read to its end for the record
         self._text_max = recorded_text_max
         client = identify_client(headers)
-        # the model is client-chosen: bounded per provider (bridge.metrics); the client names are a fixed set
-        self._labels = (provider.name, metrics.model_label(provider.name, interceptor.model), client.name)
         credential = own_credential(headers) if caller.byok else provider.settings.key
         # Secrets a user may paste into a conversation: never stored, logged or shown back as they are
         # (a client's own key under 8 characters is no key: masking it would garble the records).
         masker = masker or Masker(provider_secrets(provider.settings))
-        self._masker = masker.including(credential) if credential and len(credential) >= 8 else masker
+        self._masker = masker = masker.including(credential) if credential and len(credential) >= 8 else masker
+        #: The model as the record, the logs and the circuit breaker name it. Like every client-chosen
+        #: field of the row (user agent, session id, tool call id), masked: a client may put anything there.
+        self.model: str = masker.text(interceptor.model)
+        # The model label is bounded per provider (bridge.metrics): until the upstream serves the model
+        # (end), the metrics count it as "other"; the client names are a fixed set.
+        self._provider_name = provider.name
+        self._client = client.name
+        self._begin_labels = (provider.name, metrics.model_label(provider.name, self.model), client.name)
+        self._served = False  # the upstream answered below 400: the model is a real one
         self.row = {
             "id": self.id,
             "initiator_id": caller.user_id,
             "provider": provider.type,
             "provider_name": provider.name,
-            "model": interceptor.model,
+            "model": self.model,
             "client": client.name,
-            "client_session_id": client.session_id,
-            "user_agent": headers.get("User-Agent"),
+            "client_session_id": masker.text(client.session_id),
+            "user_agent": masker.text(headers.get("User-Agent")),
             "credential_kind": "byok" if caller.byok else "centralized",
             "credential_hint": mask_secret(credential),
-            "correlating_tool_call_id": text(interceptor.correlating_tool_call_id()),
+            "correlating_tool_call_id": masker.text(text(interceptor.correlating_tool_call_id())),
             "started_at": utc_now(),
             "ended_at": None,
             "owner": recorder.owner,  # the process serving it: its interceptions are ended if it stops
@@ -71,10 +86,98 @@ class Interception:
 
     def begin(self) -> None:
         self._started = time.monotonic()
-        metrics.series(metrics.INFLIGHT, *self._labels).inc()
+        metrics.series(metrics.INFLIGHT, *self._begin_labels).inc()
         self._recorder.record(InterceptionStart(self.row))
         if self._log:
             auditlog.log_record("interception_start", self.row)
+
+    # --- what the proxy hands it ---
+
+    def attempted(self, number: int) -> None:
+        """Upstream call ``number`` (1, 2, …; bridge.reliability.send_with_retries) is being made."""
+        self.attempts = number
+
+    def answered(self, status: int) -> None:
+        """The status of the answer the client gets."""
+        self.status = status
+        if status < 400:
+            self._served = True
+
+    def failed(self, status: int | None, message: str) -> None:
+        """No answer is relayed: the client gets the gateway's error (``status``; None for an internal
+        error, which keeps the status known so far). Ends the interception."""
+        if status is not None:
+            self.status = status
+        self.error = message
+        self.end()
+
+    def answer_sent(self, status: int, body: bytes, coding: str | None) -> None:
+        """A whole answer went out to the client: show it to the interceptor, one the upstream
+        compressed (unasked) inflated within a bound (bridge.content_coding) or not at all, and end."""
+        if coding is not None:
+            inflater = Inflater(coding)
+            body = inflater.whole(body)
+            if inflater.stopped:
+                self.incomplete = f"not read for the record: {inflater.stopped}"
+        try:
+            if body is not None:
+                self.interceptor.observe_response(status, body)
+        except Exception as exc:  # a body the interceptor cannot read is still relayed (and the record says so)
+            self.unreadable += 1
+            logger.bind(interception_id=self.id).warning(
+                "the upstream's answer could not be read for the record ({}); relayed unchanged", type(exc).__name__)
+        self.end()
+
+    # --- what a stream relay reports (bridge.relay.StreamObserver) ---
+    # The interceptor only reads along: an event it cannot make sense of (wrong types, a provider's
+    # new format) is relayed as it came and left out of the record, never a broken stream.
+
+    @property
+    def rewrites_stream(self) -> bool:
+        return self.interceptor.rewrites_stream
+
+    def rewrite(self, events: bytes) -> bytes:
+        try:
+            return self.interceptor.rewrite(events)
+        except Exception as exc:
+            self._unreadable_event(exc)
+            return events
+
+    def observe(self, events: bytes) -> None:
+        interceptor = self.interceptor
+        observe = interceptor.observe_event
+        for event in interceptor.events_for_record(events):
+            try:
+                observe(event)
+            except Exception as exc:
+                self._unreadable_event(exc)
+
+    def ends_stream(self, event: Event) -> bool:
+        try:
+            return self.interceptor.ends_stream(event)
+        except Exception as exc:
+            self._unreadable_event(exc)
+            return True
+
+    def read_stopped(self, reason: str) -> None:
+        self.incomplete = f"read for the record up to where it stopped: {reason}"
+
+    def on_failure(self, status: int, message: str) -> bytes:
+        self.error = message
+        return self.interceptor.stream_error(self._shape, status, message)
+
+    def on_end(self, reason: str | None) -> None:
+        if reason and not self._ended:
+            self.error = reason
+        self.end()
+
+    def _unreadable_event(self, exc: Exception) -> None:
+        if not self.unreadable:
+            logger.bind(provider=self._provider_name, interception_id=self.id).warning(
+                "an upstream event could not be read for the record ({}); relayed unchanged", type(exc).__name__)
+        self.unreadable += 1
+
+    # --- the end ---
 
     def end(self) -> None:
         """Record everything seen (also of a failed or cut response); only the first call counts."""
@@ -93,7 +196,7 @@ class Interception:
         metadata = {"streaming": interceptor.streaming, "status": self.status, "stop_reason": interceptor.stop_reason,
                     "attempts": self.attempts}
         if self.error:
-            metadata["error"] = self.error
+            metadata["error"] = self._masked(self.error)  # it may quote the client (e.g. its model)
         if self.unreadable:
             metadata["unreadable_events"] = self.unreadable
         if self.incomplete:
@@ -127,7 +230,7 @@ class Interception:
         }] if prompt is not None else []
         tool_usages = [{
             **base, "id": new_id(), "provider_response_id": response_id, "provider_tool_call_id": text(call.id),
-            "tool": text(call.name), "input": self._recorded(self._cut(json_text(call.input)), json=True), "server_url": None,
+            "tool": self._masked(text(call.name)), "input": self._recorded(self._cut(json_text(call.input)), json=True), "server_url": None,
             "injected": False, "invocation_error": None, "metadata": "{}",
         } for call in interceptor.tool_calls]
         model_thoughts = [{
@@ -160,9 +263,12 @@ class Interception:
         return self._masker.text(text)
 
     def _count(self, usage, prompted: bool) -> None:
-        labels = self._labels
+        provider, model = self._provider_name, self.model
+        # A model gets a label of its own only once the upstream served it: made-up ones never take a place.
+        model_label = metrics.served_model_label(provider, model) if self._served else metrics.model_label(provider, model)
+        labels = (provider, model_label, self._client)
         series = metrics.series
-        series(metrics.INFLIGHT, *labels).dec()
+        series(metrics.INFLIGHT, *self._begin_labels).dec()
         series(metrics.INTERCEPTIONS, *labels, str(self.status or "none")).inc()
         series(metrics.DURATION, *labels).observe(time.monotonic() - self._started)
         if prompted:
@@ -173,6 +279,6 @@ class Interception:
                                 ("cache_write", usage.cache_write_input_tokens)):
                 if count:
                     series(metrics.TOKENS, *labels, kind).inc(count)
-        provider, model, _ = labels
         for call in self.interceptor.tool_calls:
-            series(metrics.TOOL_SELECTIONS, *labels, metrics.tool_label(provider, model, call.name)).inc()
+            tool = metrics.tool_label(provider, model_label, self._masked(text(call.name)) or "")
+            series(metrics.TOOL_SELECTIONS, *labels, tool).inc()

@@ -5,8 +5,10 @@ the gunicorn config before any worker imports prometheus_client) and a scrape of
 them up. Without that variable (a single process) the default registry is used.
 
 Label values a client (or the model it talks to) chooses are bounded: per provider, the first
-MAX_MODELS distinct models seen keep their name and every later one is counted as ``other``, and
-likewise the first MAX_TOOL_PAIRS distinct (model, tool) pairs. Each series costs
+MAX_MODELS distinct models the upstream served (answered below 400) keep their name and every other
+one is counted as ``other`` (so a made-up model the upstream refuses never takes a place), and
+likewise the first MAX_TOOL_PAIRS distinct (model, tool) pairs. A label value never holds a secret:
+it is masked (bridge.masking) before it is admitted. Each series costs
 memory in every worker and bytes in every scrape, so an unbounded label lets any user take a
 worker down through ``/metrics``. The ``client`` label is one of a fixed set (bridge.clients).
 """
@@ -19,7 +21,9 @@ import json
 import os
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import values
+
+from bridge import patches
+from bridge.masking import Masker
 
 _process_id = os.getpid()
 
@@ -35,7 +39,7 @@ _DIRECTORY = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 if _DIRECTORY:
     # Each process's values go to files named by its pid, which prometheus_client asks the kernel for
     # on every increment (a dozen getpid() syscalls per request); the pid changes only at a fork.
-    values.ValueClass = values.MultiProcessValue(process_identifier=lambda: _process_id)
+    patches.metrics_process_identifier(lambda: _process_id)
 
 LABELS = ("provider", "model", "client")
 
@@ -111,6 +115,18 @@ class _Admitted:
         except (OSError, ValueError):  # an unusable metrics directory or file: OTHER rather than a failed request
             return False
 
+    def refresh(self) -> None:
+        """Read what the other workers admitted since the last read."""
+        if self.path is None:
+            return
+        try:
+            with open(self.path, "rb") as file:
+                fcntl.flock(file, fcntl.LOCK_SH)  # no half-written line
+                file.seek(self.offset)
+                self._read(file.read())
+        except (OSError, ValueError):  # none admitted yet (no file), or an unusable one: as known so far
+            pass
+
     def _read(self, data: bytes) -> None:
         for line in data.splitlines():
             value = json.loads(line)
@@ -134,14 +150,26 @@ class LabelBudget:
 
     def label(self, provider: str, value: str | tuple[str, ...]) -> str | tuple[str, ...]:
         """``value`` if it has (or now gets) a series of its own, else OTHER."""
-        admitted = self._providers.get(provider)
-        if admitted is None:
-            admitted = self._providers[provider] = _Admitted(self._path(provider))
+        admitted = self._admitted(provider)
         if value in admitted.values:
             return value
         if len(admitted.values) >= self._limit:
             return OTHER
         return value if admitted.admit(value, self._limit) else OTHER
+
+    def known(self, provider: str, value: str | tuple[str, ...]) -> str | tuple[str, ...]:
+        """``value`` if it has a series of its own already (in any worker), else OTHER; admits nothing."""
+        admitted = self._admitted(provider)
+        if value in admitted.values or len(admitted.values) >= self._limit:
+            return value if value in admitted.values else OTHER
+        admitted.refresh()
+        return value if value in admitted.values else OTHER
+
+    def _admitted(self, provider: str) -> _Admitted:
+        admitted = self._providers.get(provider)
+        if admitted is None:
+            admitted = self._providers[provider] = _Admitted(self._path(provider))
+        return admitted
 
     def _path(self, provider: str) -> str | None:
         if not self._directory:
@@ -154,14 +182,30 @@ _MODELS = LabelBudget("models", MAX_MODELS, _DIRECTORY)
 _TOOL_PAIRS = LabelBudget("tools", MAX_TOOL_PAIRS, _DIRECTORY)
 
 
+#: Label values are masked by shape (gateway tokens, public key formats) here; the caller masks the
+#: configured keys it knows of (bridge.interception masks the model with every provider's).
+_SHAPES = Masker()
+
+
 def model_label(provider: str, model: str) -> str:
-    """The ``model`` label of a request to ``provider`` (also its circuit breaker's): the model, or OTHER."""
-    return _MODELS.label(provider, str(model)[:MAX_LABEL_LENGTH])
+    """The ``model`` label of a request to ``provider`` (also its circuit breaker's series): the
+    model if it was admitted already (``served_model_label``), else OTHER. Admits nothing."""
+    return _MODELS.known(provider, _label_value(model))
+
+
+def served_model_label(provider: str, model: str) -> str:
+    """The ``model`` label of a model the upstream answered successfully: admitted if there is room."""
+    return _MODELS.label(provider, _label_value(model))
+
+
+def _label_value(value: str) -> str:
+    # masked before the cut (a secret across it is masked whole), from a bounded start of the value
+    return (_SHAPES.text(str(value)[:4 * MAX_LABEL_LENGTH]) or "")[:MAX_LABEL_LENGTH]
 
 
 def tool_label(provider: str, model: str, tool: str) -> str:
     """The ``tool`` label of a tool call made by the model labelled ``model``: the tool's name, or OTHER."""
-    tool = str(tool)[:MAX_LABEL_LENGTH]
+    tool = _label_value(tool)
     return tool if _TOOL_PAIRS.label(provider, (model, tool)) != OTHER else OTHER
 
 

@@ -17,15 +17,16 @@ from loguru import logger
 
 from bridge import metrics
 from bridge.auth import GOVERNANCE_HEADER
-from bridge.content_coding import Inflater, content_coding
+from bridge.content_coding import content_coding
 from bridge.dump import Dumper
 from bridge.errors import GatewayError, error_body
 from bridge.gateway import Gateway
 from bridge.providers.base import InterceptorFactory, Provider
 from bridge.interception import Interception
 from bridge.masking import Masker, configured_secrets
-from bridge.relay import STREAM_HEADERS, StreamRelay, read_whole, response_headers, upstream_headers
+from bridge.relay import STREAM_HEADERS, StreamRelay
 from bridge.reliability import send_with_retries
+from bridge.upstream import read_whole, response_headers, upstream_headers
 
 ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 INTERCEPTION_HEADER = "X-AIBridge-Interception-Id"
@@ -100,59 +101,39 @@ def _intercept_view(provider: Provider, path: str, factory: InterceptorFactory, 
                 dump = dumper.begin(interception.id, "POST", url, headers, payload, request.headers.items())
             upstream = send_with_retries(
                 lambda: gateway.upstream.send("POST", url, headers, payload, provider.name), provider=provider.name,
-                breaker=gateway.breakers.get(provider.name, path, interceptor.model),
-                max_retries=provider.settings.max_retries, tally=interception,
-                log=logger.bind(provider=provider.name, endpoint=path, model=interceptor.model,
+                breaker=gateway.breakers.get(provider.name, path, interception.model),
+                max_retries=provider.settings.max_retries, on_attempt=interception.attempted,
+                log=logger.bind(provider=provider.name, endpoint=path, model=interception.model,
                                 interception_id=interception.id))
-            interception.status = upstream.status_code
+            interception.answered(upstream.status_code)
             out_headers = provider.response_headers(upstream)
             out_headers.append(id_header)
             if interceptor.streaming and provider.is_stream(upstream):
                 out_headers.extend(STREAM_HEADERS)
-                relay = StreamRelay(upstream, interception, shape, provider.name, provider.stream_decoder())
+                relay = StreamRelay(upstream, interception, provider.name, provider.stream_decoder())
                 return RelayResponse(relay if dump is None else dump.stream(relay, upstream.status_code, out_headers),
                                      status=upstream.status_code, headers=out_headers)
             status, body = provider.translate_response(upstream, read_whole(upstream, provider.name))
-            interception.status = status
+            interception.answered(status)
         except GatewayError as error:
-            interception.status, interception.error = error.status, error.message
-            interception.end()
+            interception.failed(error.status, error.message)
             response = error_response(shape, error, dict([id_header]))
             if dump is not None:
                 dump.whole(response.status_code, response.headers.items(), response.get_data())
             return response
         except Exception:
-            interception.error = "internal gateway error"
-            interception.end()
+            interception.failed(None, "internal gateway error")
             raise
         if dump is not None:
             dump.whole(status, out_headers, body)
         response = RelayResponse(body, status=status, headers=out_headers)
         # Recorded once the answer is out (the WSGI server closes the response after its last byte):
         # the client does not wait for the record to be built.
-        response.call_on_close(lambda: _record_answer(interception, status, body, content_coding(out_headers)))
+        response.call_on_close(lambda: interception.answer_sent(status, body, content_coding(out_headers)))
         return response
 
     intercept.__name__ = f"intercept_{provider.name}_{path}"
     return intercept
-
-
-def _record_answer(interception: Interception, status: int, body: bytes, coding: str | None) -> None:
-    """Show the interceptor the answer the client got; one the upstream compressed (unasked) inflated
-    within a bound (bridge.content_coding), or not at all."""
-    if coding is not None:
-        inflater = Inflater(coding)
-        body = inflater.whole(body)
-        if inflater.stopped:
-            interception.incomplete = f"not read for the record: {inflater.stopped}"
-    try:
-        if body is not None:
-            interception.interceptor.observe_response(status, body)
-    except Exception as exc:  # a body the interceptor cannot read is still relayed (and the record says so)
-        interception.unreadable += 1
-        logger.bind(interception_id=interception.id).warning(
-            "the upstream's answer could not be read for the record ({}); relayed unchanged", type(exc).__name__)
-    interception.end()
 
 
 def _holding_slot(view):

@@ -1,9 +1,10 @@
 """Interception records: a queue in each worker feeding one native writer thread.
 
 ``record()`` only enqueues. A writer greenlet batches the queue (the first item plus whatever
-arrives within ``batch_wait``, at most ``batch_size``) and hands each batch to a one-thread
-gevent ThreadPool: sqlite is C code that would otherwise run on the hub and freeze every stream
-of the worker while it waits for the write lock or an fsync (notes/stack.md §3).
+arrives within ``batch_wait``, at most ``batch_size``) and hands each batch to the write thread of
+the worker's store (bridge.store.Database): sqlite is C code that would otherwise run on the hub
+and freeze every stream of the worker while it waits for the write lock or an fsync
+(notes/stack.md §3).
 
 No record is lost: when the store cannot be written (locked beyond busy_timeout, disk full,
 read-only, file removed; for PostgreSQL: the server unreachable or refusing writes), batches are
@@ -24,14 +25,13 @@ owner is not registered, is on this host and its pid is gone, or gave no heartbe
 ``_SILENT_HEARTBEATS`` intervals; ``ended_at`` is the time of that check, and the metadata says why.
 
 Create the Recorder wherever you like, but use it (``record``) only in the worker, after fork:
-the greenlet, thread pool and connections are created on first use.
+the greenlet, threads and connections are created on first use.
 """
 
 from __future__ import annotations
 
 import fcntl
 import glob
-import hashlib
 import os
 import re
 import secrets
@@ -47,18 +47,13 @@ from typing import Any, TypeVar
 import gevent
 import gevent.event
 import gevent.queue
-import gevent.threadpool
-from gevent import monkey
 from loguru import logger
 
 from bridge.retention import retention_cutoff
-from bridge.store import CHILD_TABLES, RecordBatch, SqliteStore, Store, is_postgres_url, mask_url, refused
+from bridge.store import CHILD_TABLES, Database, RecordBatch, Store, journal_base, mask_url, refused
 from bridge.store.common import OwnerState
+from bridge.store.runner import file_id
 from bridge.timestamps import format_timestamp, utc_now
-
-# A real OS lock even after monkey-patching: it guards the writer state against close()'s
-# fallback, which runs in the caller's thread while the pool thread may still be busy.
-_NativeLock = monkey.get_original("threading", "Lock")
 
 _T = TypeVar("_T")
 _STOP = object()
@@ -112,7 +107,10 @@ class Recorder:
         journal_dir: str | None = None,
         busy_timeout: float = 10.0,
         heartbeat_interval: float = 10.0,
+        database: Database | None = None,
     ) -> None:
+        """``database``: the worker's store threads (bridge.gateway); by default the recorder's own,
+        whose write connection waits ``busy_timeout`` for the write lock."""
         self.database_path = database_path
         self.batch_size = batch_size
         self.batch_wait = batch_wait
@@ -120,23 +118,22 @@ class Recorder:
         self.purge_interval = purge_interval
         self.busy_timeout = busy_timeout
         self.heartbeat_interval = heartbeat_interval
-        self._postgres = is_postgres_url(database_path)
         self._store_name = mask_url(database_path)  # for logs: no password
-        self._journal_base = _journal_base(database_path, journal_dir)
+        self._journal_base = journal_base(database_path, journal_dir)
         self._closed = False
         # Hub side, created on first use (in the worker, after fork).
         self._queue: gevent.queue.Queue | None = None
-        self._pool: gevent.threadpool.ThreadPool | None = None
         self._writer: gevent.Greenlet | None = None
         self._progress: gevent.event.Event | None = None
         self._batch_full: gevent.event.Event | None = None
         self._recorded = 0  # items given to record()
         self._handled = 0  # items the writer has put in the DB or the journal (or memory)
         self._inflight: list[Any] = []
-        # Writer side: touched only by whoever holds _lock (the pool thread, or close()'s fallback).
-        self._lock = _NativeLock()
-        self._store: Store | None = None
-        self._store_file: tuple[int, int] | None = None
+        self._owns_database = database is None
+        self._database = database or Database(database_path, busy_timeout=busy_timeout)
+        # Writer side: touched only by whoever holds _lock, the write connection's (a real OS lock:
+        # held by the write thread, or by close()'s fallback in the caller's thread).
+        self._lock = self._database.write_lock
         self._journal_fd: int | None = None
         self._journal_path: str | None = None
         self._journal_offset = 0  # bytes of our journal already replayed into the DB
@@ -189,7 +186,7 @@ class Recorder:
         if self._closed:
             return 0
         self._start()
-        return self._pool.apply(self._locked, (self._recover_orphans,))
+        return self._database.on_write_thread(self._recover_orphans)
 
     def close(self, timeout: float = 30.0) -> None:
         """Write (or journal) everything queued, then release the database and the journal.
@@ -203,9 +200,9 @@ class Recorder:
         self._closed = True
         writer = self._writer
         if writer is None:
-            if self._pool is not None:  # only recover() ran: release its connection
+            if self._queue is not None:  # only recover() ran: release its connection
                 self._locked(self._close_resources)
-                self._pool.kill()
+            self._release_database()
             return
         deadline = time.monotonic() + timeout
         try:
@@ -218,8 +215,13 @@ class Recorder:
             with suppress(Exception):  # the hub may be gone: then the greenlet never runs again anyway
                 writer.kill(block=False)
             self._process_in_caller([], deadline - time.monotonic())
-        with suppress(Exception):
-            self._pool.kill()
+        self._release_database()
+
+    def _release_database(self) -> None:
+        """Stop the recorder's own store threads (the worker's are the Gateway's to close)."""
+        if self._owns_database:
+            with suppress(Exception):
+                self._database.close()
 
     @property
     def owner(self) -> str:
@@ -252,9 +254,8 @@ class Recorder:
     # -- writer greenlet -------------------------------------------------------------------------
 
     def _start(self) -> None:
-        if self._pool is None:
+        if self._queue is None:
             self._queue = gevent.queue.Queue()
-            self._pool = gevent.threadpool.ThreadPool(1)  # a real OS thread even after patch_all
             self._progress = gevent.event.Event()
             self._batch_full = gevent.event.Event()
 
@@ -287,7 +288,7 @@ class Recorder:
                         break
                     items.append(item)
             try:
-                self._pool.apply(self._locked, (self._process, items, stop))
+                self._database.on_write_thread(self._process, items, stop)
             except Exception:
                 logger.opt(exception=True).error("record writer failed on a batch of {} item(s)", len(items))
             self._inflight = []
@@ -307,7 +308,7 @@ class Recorder:
 
     def _process_in_caller(self, items: list[Any], timeout: float = 30.0) -> None:
         """The writer's work done in the calling thread (shutdown paths only)."""
-        # At least busy_timeout: the pool thread may be finishing a write that waits for the lock.
+        # At least busy_timeout: the write thread may be finishing a write that waits for the lock.
         if not self._lock.acquire(timeout=max(timeout, self.busy_timeout + 1.0)):
             logger.error("record writer is stuck: {} queued record(s) were not written", self.pending)
             return
@@ -353,34 +354,11 @@ class Recorder:
             self._purge_step(now)
 
     def _open_store(self) -> Store:
-        """The writer's connection, reopened (and migrated) if the file was removed or replaced."""
-        current = self._database_file()
-        if self._store is not None and current != self._store_file:
-            logger.warning("database file {} was removed or replaced; reopening it", self.database_path)
-            self._drop_store()
-        if self._store is None:
-            store = Store(self.database_path)
-            try:
-                if store.read_only:  # kept open, it would keep every connection of this process read-only
-                    raise _Unavailable("the database is read-only")
-                if isinstance(store, SqliteStore):
-                    store.db.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
-                store.migrate()
-            except BaseException:
-                store.close()
-                raise
-            self._store, self._store_file = store, self._database_file()
-        return self._store
-
-    def _database_file(self) -> tuple[int, int] | None:
-        """The database file's identity; None for PostgreSQL (no file to be removed or replaced)."""
-        return None if self._postgres else _file_id(self.database_path)
+        """The write connection, reopened (and migrated) if the file was removed or replaced."""
+        return self._database.writer.get()
 
     def _drop_store(self) -> None:
-        if self._store is not None:
-            with suppress(Exception):  # a broken connection: nothing left to release
-                self._store.close()
-            self._store = None
+        self._database.writer.drop()
 
     def _write(self, batch: RecordBatch) -> None:
         """Write a batch to the store, or raise _Unavailable. Rows the store refuses are set aside."""
@@ -617,9 +595,10 @@ class Recorder:
         self._purge_at = now if more else now + self.purge_interval  # more: go on after the next batch
 
     def _close_resources(self) -> None:
-        if self._registered and not self.backlog and self._store is not None:
+        store = self._database.writer.current
+        if self._registered and not self.backlog and store is not None:
             with suppress(Exception):  # else its heartbeat ages out
-                self._store.forget_process(self.owner)
+                store.forget_process(self.owner)
             self._registered = False
         if self._memory:
             logger.error("{} record batch(es) could not be written or journaled and are lost", len(self._memory))
@@ -690,28 +669,9 @@ def _age(timestamp: str) -> float:
     return (datetime.now(timezone.utc) - datetime.fromisoformat(timestamp.replace("Z", "+00:00"))).total_seconds()
 
 
-def _journal_base(database_path: str, journal_dir: str | None) -> str:
-    """Journal files are ``<base>.records-<pid>.jsonl``: next to a SQLite file; for PostgreSQL in
-    ``journal_dir`` (default: the working directory), named after the database (not the password)."""
-    if is_postgres_url(database_path):
-        name = re.sub(r"[^A-Za-z0-9_.-]", "_", database_path.rsplit("/", 1)[-1].split("?", 1)[0]) or "postgres"
-        digest = hashlib.sha256(mask_url(database_path).encode()).hexdigest()[:8]
-        return os.path.join(journal_dir or os.getcwd(), f"aibridge-postgres-{name}-{digest}")
-    directory = journal_dir or os.path.dirname(os.path.abspath(database_path))
-    return os.path.join(directory, os.path.basename(database_path))
-
-
-def _file_id(path: str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
-
-
 def _same_file(fd: int, path: str) -> bool:
     st = os.fstat(fd)
-    return _file_id(path) == (st.st_dev, st.st_ino)
+    return file_id(path) == (st.st_dev, st.st_ino)
 
 
 def _write_all(fd: int, data: bytes) -> None:

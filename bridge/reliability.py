@@ -8,9 +8,12 @@ so each change is atomic for greenlets.
 Semantics
 ---------
 Circuit breaker (``CODER_AIBRIDGE_CIRCUIT_BREAKER_*``), one per provider instance, endpoint (the
-route, e.g. ``v1/messages``) and model label (bridge.metrics.model_label: the model the client asked
-for, except that models beyond the provider's first MAX_MODELS share one breaker, ``other``, as they
-share one metrics label); intercepted routes only.
+route, e.g. ``v1/messages``) and model (as the record names it: masked); intercepted routes only.
+  - At most MAX_BREAKERS_PER_ROUTE models per provider and endpoint have a breaker (the model is
+    client-chosen): for a new one the least recently used closed breaker is forgotten, never an
+    open or half-open one; when none is closed, the new model shares the route's one fallback
+    breaker. The breaker's metrics and log lines name the model by its metrics label
+    (bridge.metrics.model_label: bounded, ``other`` for a model the upstream has not served yet).
   - A *failure* is an upstream answer of 429, 503, 504 or 529, an unreachable upstream (connection
     refused/reset, connect timeout) or an upstream that did not answer in time. Any other answer,
     500 included, is a success: the upstream is there and not overloaded.
@@ -54,9 +57,10 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections import OrderedDict
 from email.utils import parsedate_to_datetime
 from enum import IntEnum
-from typing import TYPE_CHECKING, Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Callable, Mapping
 
 from loguru import logger
 
@@ -99,18 +103,18 @@ class UpstreamFailure(GatewayError):
 
 class CircuitOpen(GatewayError):
     def __init__(self, breaker: "CircuitBreaker", retry_after: int) -> None:
-        provider, endpoint, model = breaker.labels
+        provider, endpoint, model = breaker.key
         super().__init__(503, f"circuit breaker open for provider {provider!r} ({endpoint}, model {model!r}): "
                               f"the upstream keeps failing; retry in {retry_after}s",
                          headers={"Retry-After": str(retry_after)})
 
 
 class CircuitBreaker:
-    """One provider instance + endpoint + model."""
+    """One provider instance + endpoint + model (``key``; the model OTHER for a route's fallback breaker)."""
 
-    def __init__(self, settings: CircuitBreakerSettings, labels: tuple[str, str, str], clock: Clock = time.monotonic) -> None:
+    def __init__(self, settings: CircuitBreakerSettings, key: tuple[str, str, str], clock: Clock = time.monotonic) -> None:
         self._settings = settings
-        self.labels = labels
+        self.key = key
         self._clock = clock
         self.state = State.CLOSED
         self._generation = 0
@@ -119,7 +123,16 @@ class CircuitBreaker:
         self._successes = 0     # successful probes, while half-open
         self._open_until = 0.0
         self._window_end = self._next_window(clock())
-        metrics.BREAKER_STATE.labels(*labels).set(State.CLOSED)
+        labels = self.labels
+        if labels[2] != metrics.OTHER:  # "other" is shared: a new closed breaker must not hide an open one
+            metrics.BREAKER_STATE.labels(*labels).set(State.CLOSED)
+
+    @property
+    def labels(self) -> tuple[str, str, str]:
+        """The breaker's metrics labels: the model's bounded label, looked up each time (it gets its
+        own once the upstream serves it)."""
+        provider, endpoint, model = self.key
+        return provider, endpoint, metrics.model_label(provider, model)
 
     def admit(self) -> int:
         """Let one request through: returns its ticket for ``record``; raises CircuitOpen otherwise."""
@@ -182,10 +195,11 @@ class CircuitBreaker:
         if state == State.OPEN:
             self._open_until = now + self._settings.timeout
         # the state is settled: now the side effects
-        provider, endpoint, model = self.labels
-        metrics.BREAKER_STATE.labels(*self.labels).set(state)
+        labels = self.labels
+        provider, endpoint, model = self.key
+        metrics.BREAKER_STATE.labels(*labels).set(state)
         if state == State.OPEN:
-            metrics.BREAKER_TRIPS.labels(*self.labels).inc()
+            metrics.BREAKER_TRIPS.labels(*labels).inc()
         log = logger.bind(provider=provider, endpoint=endpoint, model=model, breaker_state=_STATE_NAMES[state])
         text = (f"circuit breaker {_STATE_NAMES[state]}: provider {provider}, endpoint {endpoint}, model {model} "
                 f"(was {_STATE_NAMES[previous]})")
@@ -198,30 +212,52 @@ class CircuitBreaker:
 class CircuitBreakers:
     """The worker's breakers, created on first use; None everywhere when they are disabled."""
 
-    def __init__(self, settings: CircuitBreakerSettings, clock: Clock = time.monotonic) -> None:
+    #: Breakers per provider and endpoint (one per model); far more models than a provider serves.
+    MAX_BREAKERS_PER_ROUTE = 1000
+
+    def __init__(self, settings: CircuitBreakerSettings, clock: Clock = time.monotonic,
+                 max_per_route: int = MAX_BREAKERS_PER_ROUTE) -> None:
         self._settings = settings
         self._clock = clock
-        self._breakers: dict[tuple[str, str, str], CircuitBreaker] = {}
+        self._max = max_per_route
+        # per (provider, endpoint): model -> breaker, least recently used first
+        self._routes: dict[tuple[str, str], OrderedDict[str, CircuitBreaker]] = {}
+        self._fallbacks: dict[tuple[str, str], CircuitBreaker] = {}
 
     def get(self, provider: str, endpoint: str, model: str) -> CircuitBreaker | None:
+        """The breaker of ``model`` (as the record names it: masked, never a secret) on this route."""
         if not self._settings.enabled:
             return None
-        # The model is client-chosen: keyed by its bounded label, so breakers (and their series) are
-        # at most providers x endpoints x (MAX_MODELS + 1). A shared ``other`` breaker rather than
-        # evicting old breakers: a client cycling made-up models cannot make a worker forget an open
-        # breaker and hammer an overloaded upstream again.
-        key = (provider, endpoint, metrics.model_label(provider, model))
-        breaker = self._breakers.get(key)
-        if breaker is None:
-            breaker = self._breakers[key] = CircuitBreaker(self._settings, key, self._clock)
+        model = str(model)[:metrics.MAX_LABEL_LENGTH]  # the key and the log lines need no more of it
+        route = (provider, endpoint)
+        breakers = self._routes.get(route)
+        if breakers is None:
+            breakers = self._routes[route] = OrderedDict()
+        breaker = breakers.get(model)
+        if breaker is not None:
+            breakers.move_to_end(model)
+            return breaker
+        if len(breakers) >= self._max and not self._forget_closed(breakers):
+            # Every breaker is open or half-open (only upstream failures open one): forgetting one
+            # would let its requests hammer an overloaded upstream again.
+            fallback = self._fallbacks.get(route)
+            if fallback is None:
+                fallback = self._fallbacks[route] = CircuitBreaker(self._settings, (*route, metrics.OTHER), self._clock)
+            return fallback
+        breaker = breakers[model] = CircuitBreaker(self._settings, (*route, model), self._clock)
         return breaker
+
+    @staticmethod
+    def _forget_closed(breakers: OrderedDict[str, CircuitBreaker]) -> bool:
+        """Forget the least recently used closed breaker; False when none is closed."""
+        for model, breaker in breakers.items():
+            if breaker.state == State.CLOSED:
+                del breakers[model]
+                return True
+        return False
 
 
 # --- retries ------------------------------------------------------------------------------------
-
-class _Attempts(Protocol):
-    attempts: int
-
 
 def retry_after(headers: Mapping[str, str], now: Callable[[], float] = time.time) -> float | None:
     """The wait an upstream asks for: ``retry-after-ms``, or ``Retry-After`` in seconds or as an HTTP date."""
@@ -261,16 +297,18 @@ def backoff(retry: int) -> float:
 
 
 def send_with_retries(send: Callable[[], requests.Response], *, provider: str, breaker: CircuitBreaker | None,
-                      max_retries: int, tally: _Attempts, log=logger,
+                      max_retries: int, on_attempt: Callable[[int], None] | None = None, log=logger,
                       sleep: Callable[[float], None] | None = None) -> requests.Response:
-    """Call ``send`` until it gives an answer worth relaying (see the module doc); ``tally.attempts``
-    counts the upstream calls made. Raises CircuitOpen when the breaker refuses the first attempt
+    """Call ``send`` until it gives an answer worth relaying (see the module doc); ``on_attempt`` is
+    told the number (1, 2, …) of each upstream call before it is made. Raises CircuitOpen when the breaker refuses the first attempt
     (or a retry), and the last UpstreamFailure when no attempt got an answer."""
     sleep = sleep or _sleep
-    retries = 0
+    retries = attempts = 0
     while True:
         ticket = breaker.admit() if breaker is not None else 0
-        tally.attempts += 1
+        attempts += 1
+        if on_attempt is not None:
+            on_attempt(attempts)
         try:
             response = send()
         except UpstreamFailure as failure:
@@ -281,7 +319,7 @@ def send_with_retries(send: Callable[[], requests.Response], *, provider: str, b
             retries += 1
             wait = backoff(retries)
             log.warning("upstream attempt {} failed ({}); retry {}/{} in {:.1f}s",
-                        tally.attempts, failure.message, retries, max_retries, wait)
+                        attempts, failure.message, retries, max_retries, wait)
             metrics.UPSTREAM_RETRIES.labels(provider, str(failure.status)).inc()
             sleep(wait)
             continue
@@ -302,7 +340,7 @@ def send_with_retries(send: Callable[[], requests.Response], *, provider: str, b
         retries += 1
         wait = asked if asked is not None else backoff(retries)
         log.warning("upstream attempt {} answered {}; retry {}/{} in {:.1f}s",
-                    tally.attempts, status, retries, max_retries, wait)
+                    attempts, status, retries, max_retries, wait)
         metrics.UPSTREAM_RETRIES.labels(provider, str(status)).inc()
         response.close()
         sleep(wait)

@@ -6,7 +6,7 @@ rest of reading the response. Provider answers have plain ``Name: value`` lines,
 expression parses into the very same ``HTTPMessage``. Anything else (folded lines, a bare CR, a
 malformed line, a block cut off before its blank line) still goes to the ``email`` parser, so every
 response gets exactly the headers it got before; ``tests/test_response_head.py`` checks that against
-the ``email`` parser on generated blocks.
+the ``email`` parser on generated blocks. bridge.patches installs it in http.client.
 """
 
 from __future__ import annotations
@@ -32,9 +32,3 @@ def parse_headers(fp: BinaryIO, _class: type = http.client.HTTPMessage) -> http.
         message.set_payload("")  # what the email parser leaves: no unparsed rest
         return message
     return email.parser.Parser(_class=_class).parsestr(block.decode("iso-8859-1"))
-
-
-def install() -> None:
-    """Make http.client read response heads with :func:`parse_headers` (it looks the function up by
-    its module name on every response). Idempotent."""
-    http.client.parse_headers = parse_headers

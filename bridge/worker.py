@@ -5,8 +5,10 @@ before the graceful timeout, and each response's head written with its first bod
   to outlast load balancers), so clients sending nothing or a head one line at a time held every
   connection of a worker. A head is now due within the header timeout (CODER_AIBRIDGE_HEADER_TIMEOUT)
   from its first byte, or from the connect on a new connection; only the idle time before a
-  keep-alive connection's next request keeps the keep-alive time. Near worker_connections, the
-  connections that have waited longest for a head are closed, so new clients always get in.
+  keep-alive connection's next request keeps the keep-alive time.
+- Waits for a request body: bounded by bridge.body_limits (a deadline, CODER_AIBRIDGE_BODY_TIMEOUT,
+  and a budget of body bytes read at once). Near worker_connections, the connections that have
+  waited longest for a head or a body are closed, so new clients always get in.
 - Stopping: idle waits are ended at once (SDK pools keep such connections, and every restart took
   the keep-alive time); a connection takes no request after the one in progress; streams still in
   flight shortly before the graceful timeout end with the provider's error event and their records
@@ -16,6 +18,7 @@ before the graceful timeout, and each response's head written with its first bod
 from __future__ import annotations
 
 import socket
+import sys
 import time
 from collections import OrderedDict
 from functools import cached_property
@@ -25,10 +28,12 @@ import gevent
 from gevent import get_hub, getcurrent
 from gunicorn import util
 from gunicorn.glogging import Logger
-from gunicorn.http import parser, wsgi
+from gunicorn.http import wsgi
 from gunicorn.http.unreader import SocketUnreader
 from gunicorn.workers.ggevent import GeventWorker as _StockGeventWorker
 
+from bridge import patches
+from bridge.body_limits import BodyBudget, TimedBody
 from bridge.sockets import send_all
 
 if TYPE_CHECKING:
@@ -123,7 +128,7 @@ class _HeadWait:
     header timeout on a new connection), then the header timeout for the whole head. Registered, so
     that a stop or a worker short of connections can end it."""
 
-    __slots__ = ("_worker", "_fresh", "_greenlet", "_timeout", "_sock", "_active")
+    __slots__ = ("_worker", "_fresh", "_greenlet", "_timeout", "_sock", "_active", "since")
 
     def __init__(self, worker: "GeventWorker", fresh: bool) -> None:
         self._worker = worker
@@ -134,6 +139,7 @@ class _HeadWait:
 
     def __enter__(self) -> "_HeadWait":
         self._greenlet = getcurrent()
+        self.since = time.monotonic()
         self._worker.head_waits[self._greenlet] = self
         self._active = True
         self._restart(self._worker.header_timeout if self._fresh else self._worker.cfg.keepalive)
@@ -200,6 +206,7 @@ class GeventWorker(_StockGeventWorker):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.head_waits: OrderedDict[object, _HeadWait] = OrderedDict()  # oldest first
+        self.body_waits: OrderedDict[object, TimedBody] = OrderedDict()  # oldest first
         self._fresh: set = set()  # greenlets of connections that have not started a request yet
         self.shed: set = set()  # greenlets of connections closed for room, not gone yet
         self._open = 0
@@ -207,12 +214,8 @@ class GeventWorker(_StockGeventWorker):
         self._streams_deadline: gevent.Greenlet | None = None
 
     def init_process(self) -> None:
-        # gunicorn builds each HTTP/1 response with wsgi.create(), and each parser's socket reader,
-        # with the classes of their modules.
-        wsgi.Response = OneWriteResponse
         _HeadTimedUnreader.head_waits = self.head_waits
-        parser.SocketUnreader = _HeadTimedUnreader
-        util.http_date = _DateHeader()
+        patches.gunicorn_worker(OneWriteResponse, _HeadTimedUnreader, _DateHeader())
         super().init_process()
 
     @property
@@ -224,6 +227,16 @@ class GeventWorker(_StockGeventWorker):
     def header_timeout(self) -> float:
         gateway = self.gateway
         return gateway.settings.header_timeout if gateway is not None else self.cfg.keepalive
+
+    @cached_property
+    def body_timeout(self) -> float:
+        gateway = self.gateway
+        return gateway.settings.body_timeout if gateway is not None else self.cfg.keepalive
+
+    @cached_property
+    def body_budget(self) -> BodyBudget:
+        gateway = self.gateway
+        return BodyBudget(gateway.settings.max_body_size if gateway is not None else sys.maxsize)
 
     def timeout_ctx(self) -> _HeadWait:
         greenlet = getcurrent()
@@ -245,18 +258,32 @@ class GeventWorker(_StockGeventWorker):
 
     def _make_room(self) -> None:
         """Keep a reserve of connections for new clients (and health checks): near worker_connections,
-        close the connections that have waited longest for a request head (slow or idle clients)."""
+        close the connections that have waited longest for a request head or body (slow or idle clients)."""
         excess = self._open - len(self.shed) - (self.worker_connections - self._reserve)
-        while excess > 0 and self.head_waits:
-            greenlet, wait = self.head_waits.popitem(last=False)
+        while excess > 0 and (self.head_waits or self.body_waits):
+            greenlet, wait = self._longest_waits().popitem(last=False)
             self.shed.add(greenlet)
             wait.end_soon()
             excess -= 1
 
+    def _longest_waits(self) -> OrderedDict:
+        """Of the waits for heads and for bodies (each oldest first), those holding the oldest one."""
+        if not self.body_waits:
+            return self.head_waits
+        if not self.head_waits:
+            return self.body_waits
+        head, body = next(iter(self.head_waits.values())), next(iter(self.body_waits.values()))
+        return self.head_waits if head.since <= body.since else self.body_waits
+
     def handle_request(self, listener_name, req, sock, addr) -> None:
         if self.nr + 1 >= self.max_requests:  # gunicorn recycles the worker after this one (max_requests)
             self._end_streams_before_deadline()
-        super().handle_request(listener_name, req, sock, addr)
+        body = TimedBody.wrap(req, self.body_timeout, self.body_budget, self.body_waits, self.shed)
+        try:
+            super().handle_request(listener_name, req, sock, addr)
+        finally:
+            if body is not None:
+                body.close()
         if not self.alive:
             raise StopIteration()  # stopping: the connection takes no further request
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -139,3 +140,43 @@ class ClientRun:
     def describe(self) -> str:
         sent = "\n".join(f"  {r.method} {r.path} stream={(r.json or {}).get('stream')}" for r in self.requests)
         return f"exit {self.returncode}\nstdout:\n{self.stdout}\nstderr:\n{self.stderr}\nupstream saw:\n{sent}"
+
+
+def sent_before_close(sock: socket.socket, within: float) -> bytes | None:
+    """What the server sent before it closed the connection within ``within`` seconds (None: still open)."""
+    received = b""
+    deadline = time.monotonic() + within
+    while (left := deadline - time.monotonic()) > 0:
+        if not select.select([sock], [], [], left)[0]:
+            return None
+        try:
+            data = sock.recv(65536)
+        except ConnectionResetError:
+            return received
+        if not data:
+            return received
+        received += data
+    return None
+
+
+def store_with_users(database: Path) -> tuple[str, str]:
+    """A fresh store at ``database`` with alice (admin) and bob; their gateway tokens."""
+    store = Store(str(database))
+    try:
+        store.migrate()
+        store.create_user("alice", is_admin=True)
+        store.create_user("bob")
+        return store.create_token("alice")[0], store.create_token("bob")[0]
+    finally:
+        store.close()
+
+
+def wait_until(check, what: str, timeout: float = 10.0):
+    """``check()``'s first true answer, polled every 50 ms; AssertionError naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"{what} did not show up within {timeout}s")

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge import metrics
 from bridge.clients import _CLIENTS
+from bridge.config import CircuitBreakerSettings
+from bridge.reliability import CircuitBreakers, CircuitOpen, State
 from tests.conftest import provider_env
 from tests.sdk_calls import load_fixtures
 
@@ -59,8 +62,8 @@ def test_distinct_models_share_a_bounded_set_of_labels(start_gateway, upstream, 
         models = _label_values(families, "model", provider="openai")
         # every worker admitted the same first MAX_MODELS models; all later ones are "other"
         assert len(models) == metrics.MAX_MODELS + 1 and metrics.OTHER in models
-        # another provider has a budget of its own
-        assert _label_values(families, "model", provider="anthropic") == {"claude-own-budget"}
+        # another provider has a budget of its own (its "other": the in-flight gauge of a model not served yet)
+        assert _label_values(families, "model", provider="anthropic") - {metrics.OTHER} == {"claude-own-budget"}
         assert _label_values(families, "client") <= {name for name, _, _ in _CLIENTS} | {"Unknown"}
         samples = [sample for family in families.values() for sample in family.samples]
         # nothing is lost by the bound: the sums are those of every request
@@ -119,3 +122,72 @@ def test_every_family_is_there_before_the_first_call(start_gateway, upstream):
         assert families["interceptions"].type == "counter"
         assert families["interceptions_duration_seconds"].type == "histogram"
 
+
+
+def test_models_the_upstream_refuses_take_no_label_and_a_new_model_keeps_its_own_label_and_breaker(
+        start_gateway, upstream, identities):
+    """More made-up models than MAX_MODELS, each refused by the upstream (400), then a model whose
+    breaker opens (503s): a real new model still gets a label of its own once it is served, and a
+    breaker of its own (not a shared one the failing model opened)."""
+    gateway = start_gateway({
+        **provider_env(upstream), "CODER_AIBRIDGE_PROVIDER_0_MAX_RETRIES": "0",
+        "CODER_AIBRIDGE_CIRCUIT_BREAKER_ENABLED": "true", "CODER_AIBRIDGE_CIRCUIT_BREAKER_FAILURE_THRESHOLD": "2",
+        "CODER_AIBRIDGE_CIRCUIT_BREAKER_TIMEOUT": "60s", "CODER_AIBRIDGE_CIRCUIT_BREAKER_INTERVAL": "60s",
+    }, workers=1)  # breakers are per worker
+
+    def call(model: str, fixture: str) -> requests.Response:
+        return requests.post(f"{gateway.base('team-b')}/v1/chat/completions", timeout=30,
+                             json={"model": model, "messages": [{"role": "user", "content": "hi"}]},
+                             headers={"Authorization": f"Bearer {identities.alice}", "X-Fixture": fixture})
+
+    junk = [f"junk-model-{n:04d}" for n in range(metrics.MAX_MODELS + 20)]
+    with ThreadPoolExecutor(8) as pool:
+        assert {r.status_code for r in pool.map(lambda m: call(m, "openai_chat/http_400"), junk)} == {400}
+    assert [call("gpt-failing", "openai_chat/http_503").status_code for _ in range(2)] == [503, 503]
+    refused = call("gpt-failing", "openai_chat/simple_text")
+    assert refused.status_code == 503 and "circuit breaker open" in refused.text and "gpt-failing" in refused.text
+
+    for model in ("gpt-real-new", "gpt-real-second"):
+        served = call(model, "openai_chat/simple_text")
+        assert served.status_code == 200, served.text
+    families = _families(requests.get(f"{gateway.url}/metrics", timeout=30).text)
+    models = _label_values(families, "model", provider="team-b")
+    assert {"gpt-real-new", "gpt-real-second"} <= models
+    assert models <= {"gpt-real-new", "gpt-real-second", metrics.OTHER}  # no junk, no failing model
+    served_once = [s for s in families["interceptions"].samples
+                   if s.name == "interceptions_total" and s.labels["model"] == "gpt-real-new"]
+    assert [(s.labels["status"], s.value) for s in served_once] == [("200", 1.0)]
+    # the failing model's breaker is counted as "other" (never served), and is still open
+    assert call("gpt-failing", "openai_chat/simple_text").status_code == 503
+
+
+def _breakers(limit: int) -> CircuitBreakers:
+    return CircuitBreakers(CircuitBreakerSettings(True, 1, 60.0, 60.0, 1), max_per_route=limit)
+
+
+def _open(breakers: CircuitBreakers, model: str) -> None:
+    breaker = breakers.get("p", "v1/messages", model)
+    breaker.record(breaker.admit(), True)
+    assert breaker.state == State.OPEN
+
+
+def test_breakers_are_bounded_per_route_and_an_open_one_is_never_forgotten():
+    breakers = _breakers(3)
+    _open(breakers, "failing")
+    for n in range(10):  # more models than the bound: the least recently used closed ones go
+        assert breakers.get("p", "v1/messages", f"model-{n}").state == State.CLOSED
+    with pytest.raises(CircuitOpen):  # the open one is still there, for its model only
+        breakers.get("p", "v1/messages", "failing").admit()
+    assert breakers.get("p", "v1/messages", "model-9") is breakers.get("p", "v1/messages", "model-9")
+    breakers.get("p", "v1/messages", "model-new").admit()
+    assert breakers.get("p", "other/route", "failing").state == State.CLOSED  # per route
+
+    full = _breakers(2)
+    _open(full, "a")
+    _open(full, "b")
+    # every breaker open: a new model shares the route's fallback (which opens on its own failures only)
+    fallback = full.get("p", "v1/messages", "c")
+    assert fallback is full.get("p", "v1/messages", "d") and fallback.state == State.CLOSED
+    fallback.admit()
+    with pytest.raises(CircuitOpen):
+        full.get("p", "v1/messages", "a").admit()

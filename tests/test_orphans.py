@@ -16,7 +16,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import gevent
-import pytest
 import requests
 
 from bridge import recorder as recorder_module

@@ -263,8 +263,8 @@ def _run(answers, max_retries=2, breaker=None):
         return answer
 
     try:
-        result = send_with_retries(send, provider="unit", breaker=breaker, max_retries=max_retries, tally=tally,
-                                   sleep=sleeps.append)
+        result = send_with_retries(send, provider="unit", breaker=breaker, max_retries=max_retries,
+                                   on_attempt=lambda number: setattr(tally, "attempts", number), sleep=sleeps.append)
     except GatewayError as error:
         result = error
     return result, tally.attempts, sleeps
@@ -563,12 +563,14 @@ def test_breaker_opens_rejects_without_upstream_then_half_opens_and_closes(break
     model = "gpt-breaker-open"
     body = {**OPENAI_BODY, "model": model}
     client = _openai(breaker_gateway, identities)
+    # served once: the model has a metrics label of its own (a model never served counts as "other")
+    assert client.chat.completions.create(**body).choices
     faulty.plan(Status(503), Status(429), Status(504))  # each kind counts
     for _ in range(3):
         with pytest.raises((openai.InternalServerError, openai.RateLimitError)) as raised:
             client.chat.completions.create(**body)
         assert raised.value.body["message"].startswith("faulty upstream says")  # the upstream's own answers
-    assert faulty.count == 3
+    assert faulty.count == 4
     labels = dict(provider="oai", endpoint="v1/chat/completions", model=model)
     assert f"circuit breaker open: provider oai, endpoint v1/chat/completions, model {model}" in breaker_gateway.log()
 
@@ -579,13 +581,13 @@ def test_breaker_opens_rejects_without_upstream_then_half_opens_and_closes(break
     assert raised.value.body["code"] == "service_unavailable"
     assert "circuit breaker open" in raised.value.message
     assert raised.value.response.headers["Retry-After"] == "1"
-    assert faulty.count == 3
+    assert faulty.count == 4
     record = _record(database, _interception_id(raised.value))
     assert record["metadata"]["attempts"] == 0 and record["metadata"]["status"] == 503
     assert "circuit breaker open" in record["metadata"]["error"]
     # another model on the same provider has its own breaker
     assert client.chat.completions.create(**{**body, "model": "gpt-breaker-other"}).choices
-    assert faulty.count == 4
+    assert faulty.count == 5
 
     samples = _metrics(breaker_gateway)
     assert _metric(samples, "circuit_breaker_state", **labels) == 2
@@ -599,7 +601,7 @@ def test_breaker_opens_rejects_without_upstream_then_half_opens_and_closes(break
     assert client.chat.completions.create(**body).choices  # probe 2 of 2: closed
     assert _metric(_metrics(breaker_gateway), "circuit_breaker_state", **labels) == 0
     assert client.chat.completions.create(**body).choices
-    assert faulty.count == 7
+    assert faulty.count == 8
     log = breaker_gateway.log()
     assert f"circuit breaker half-open: provider oai, endpoint v1/chat/completions, model {model}" in log
     assert f"circuit breaker closed: provider oai, endpoint v1/chat/completions, model {model}" in log
@@ -609,6 +611,7 @@ def test_breaker_opens_rejects_without_upstream_then_half_opens_and_closes(break
 def test_failed_probe_reopens_the_breaker(breaker_gateway, faulty, identities, database):
     body = {**ANTHROPIC_BODY, "model": "claude-breaker-reopen"}
     client = _anthropic(breaker_gateway, identities)
+    assert client.messages.create(**body).content  # served once: a metrics label of its own
     no_retry = {"x-should-retry": "false"}  # one attempt per request (ant retries otherwise)
     faulty.plan(*[Status(529, headers=no_retry) for _ in range(3)])
     for _ in range(3):
@@ -624,10 +627,10 @@ def test_failed_probe_reopens_the_breaker(breaker_gateway, faulty, identities, d
     faulty.plan(Status(529, headers=no_retry))
     with pytest.raises(anthropic.OverloadedError):  # the probe reaches the upstream and fails
         client.messages.create(**body)
-    assert faulty.count == 4
+    assert faulty.count == 5
     with pytest.raises(anthropic.ServiceUnavailableError):  # open again at once
         client.messages.create(**body)
-    assert faulty.count == 4
+    assert faulty.count == 5
     labels = dict(provider="ant", endpoint="v1/messages", model=body["model"])
     samples = _metrics(breaker_gateway)
     assert _metric(samples, "circuit_breaker_trips_total", **labels) == 2

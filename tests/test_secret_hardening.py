@@ -4,6 +4,9 @@ spelling."""
 
 from __future__ import annotations
 
+import base64
+import copy
+import json
 import re
 import time
 from dataclasses import dataclass
@@ -13,10 +16,9 @@ import orjson
 import pytest
 import requests
 
-from bridge.masking import Masker, mask_secret
-from bridge.store import Store
+from bridge.masking import Masker, holds_gateway_token, mask_secret, without_gateway_tokens
 from tests.conftest import ANTHROPIC_KEY, CORP_KEY, OPENAI_KEY, provider_env
-from tests.harness import wait_for_records
+from tests.harness import store_with_users, wait_for_records, wait_until
 from tests.sdk_calls import load_fixtures
 
 FIXTURES = dict(load_fixtures("anthropic") + load_fixtures("openai_chat"))
@@ -29,6 +31,7 @@ PASTED = {"aws id": "AKIAPASTEDTEST123456", "github": "ghp_" + "Pa5tedGithubToke
           "fine-grained github": "github_pat_11ABCDEFG0123456789_abcdefghijKLMNOP",
           "openai project": "sk-proj-Pa5tedOpenaiProjectKey-0123456789abcdef"}
 TOKEN_SHAPE = re.compile(r"[a-z0-9]{10}-[A-Za-z0-9_-]{43}")
+A_TOKEN = "abcdefgh12-" + "Xy0_-" * 8 + "abc"  # a gateway token's shape
 INTERCEPTIONS = "/api/v2/aibridge/interceptions"
 
 
@@ -47,14 +50,7 @@ def world(start_gateway, upstream, tmp_path_factory) -> World:
     """A gateway with structured logging and dumps on, and a store of its own (its prompts hold secrets)."""
     root = tmp_path_factory.mktemp("hardening")
     database, json_log, dump_dir = root / "bridge.db", root / "bridge.jsonl", root / "dumps"
-    store = Store(str(database))
-    try:
-        store.migrate()
-        store.create_user("alice", is_admin=True)
-        store.create_user("bob")
-        alice, bob = store.create_token("alice")[0], store.create_token("bob")[0]
-    finally:
-        store.close()
+    alice, bob = store_with_users(database)
     gateway = start_gateway({
         **provider_env(upstream),
         "CODER_AIBRIDGE_DATABASE_URL": f"sqlite:///{database}",
@@ -145,17 +141,39 @@ def test_byok_with_the_gateway_token_as_its_key_is_served_with_the_provider_key(
     assert len(upstream.requests) == before + 1
 
 
+
+def _carries(value: str, token: str) -> bool:
+    """Whether a header value holds ``token``, as it is or base64-encoded in one of its words."""
+    words = [word.rstrip("=") for word in value.split()]
+    decoded = [base64.urlsafe_b64decode(word.translate(str.maketrans("+/", "-_")) + "=" * (-len(word) % 4))
+               for word in words if re.fullmatch(r"[A-Za-z0-9+/_-]{16,}", word)]
+    return token in value or any(token.encode() in data for data in decoded)
+
+
+def test_a_gateway_token_glued_to_a_prefix_or_in_a_basic_credential_does_not_reach_the_upstream(world, upstream):
+    alice, chat = world.alice, "openai_chat/simple_text"
+    basic_of_user = "Basic " + base64.b64encode(f"user:{alice}".encode()).decode()
+    basic_of_token = "Basic " + base64.urlsafe_b64encode(alice.encode()).decode().rstrip("=")
+    calls = [
+        {"Authorization": f"Bearer {alice}", "X-My-Token": f"gw_{alice}", "X-Note": f"token-{alice}"},
+        {"X-Coder-AI-Governance-Token": alice, "Authorization": basic_of_user},  # BYOK, misconfigured
+        {"X-Coder-AI-Governance-Token": alice, "Authorization": basic_of_token},
+        {"Authorization": f"Bearer {alice}", "X-Upstream-Auth": basic_of_user},
+    ]
+    before = len(upstream.requests)
+    for headers in calls:
+        response = _post(world, "openai", "v1/chat/completions", chat, headers)
+        assert response.status_code == 200, response.text
+    sent = upstream.requests[before:]
+    assert len(sent) == len(calls)
+    for request in sent:
+        leaked = [f"{name}: {value}" for name, value in request.headers.items() if _carries(value, alice)]
+        assert not leaked, f"{request.method} {request.path} carried a gateway token upstream: {leaked}"
+    # A Basic credential holding the gateway token is no key of the client's: the provider key serves it.
+    assert [request.headers["authorization"] for request in sent[1:3]] == [f"Bearer {OPENAI_KEY}"] * 2
+
+
 # -- item 6: pasted secrets are masked everywhere ------------------------------------------------
-
-
-def _wait_for(check, what: str, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"{what} did not show up within {timeout}s")
 
 
 def test_secrets_pasted_into_a_prompt_are_masked_in_store_api_logs_and_dumps(world):
@@ -186,17 +204,57 @@ def test_secrets_pasted_into_a_prompt_are_masked_in_store_api_logs_and_dumps(wor
             entry = orjson.loads(line)
             if entry.get("record_type") == "prompt_usage" and entry.get("interception_id") == interception_id:
                 return entry["prompt"]
-    assert _wait_for(logged_prompt, "the prompt_usage log line") == expected
-    human = _wait_for(lambda: [line for line in world.gateway.log().splitlines() if interception_id in line
+    assert wait_until(logged_prompt, "the prompt_usage log line") == expected
+    human = wait_until(lambda: [line for line in world.gateway.log().splitlines() if interception_id in line
                                and "prompt_usage" in line], "the human log line")
     assert ordinary in human[0]
 
     request_dump = world.dump_dir / "openai" / f"{interception_id}.request.json"
-    dumped = orjson.loads(_wait_for(lambda: request_dump.exists() and request_dump.read_bytes(), "the dump"))
+    dumped = orjson.loads(wait_until(lambda: request_dump.exists() and request_dump.read_bytes(), "the dump"))
     assert dumped["body"]["messages"][0]["content"] == expected
 
     for source, text in (("the JSON log", world.json_log.read_text()), ("the human log", world.gateway.log()),
                          ("the dumps", "".join(p.read_text(errors="replace") for p in world.dump_dir.rglob("*.*")))):
+        for secret in secrets:
+            assert secret not in text, f"{secret!r} in {source}"
+
+
+def test_secrets_after_json_escapes_in_a_tool_call_are_masked_in_store_logs_and_dumps(world, upstream):
+    """A tool call's arguments are JSON text stored as sent: a secret after "\\n" or "\\t" starts a word."""
+    content = (f"OPENAI={PASTED['openai project']}\n{OWN_KEY}\n{world.bob}\n{PASTED['github']}\t"
+               f"{PASTED['aws id']}\n\u00e9{ANTHROPIC_KEY}")
+    arguments = json.dumps({"content": content})
+    assert "\\n" in arguments and "\\u00e9" in arguments  # the secrets follow escapes in the JSON text
+    fixture = copy.deepcopy(upstream.fixtures["openai_chat/tool_call"])
+    fixture["blocking"]["body"]["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] = arguments
+    upstream.fixtures["openai_chat/hardening_secret_tool_call"] = fixture
+    secrets = [PASTED["openai project"], OWN_KEY, world.bob, PASTED["github"], PASTED["aws id"], ANTHROPIC_KEY]
+    expected = content
+    for secret in secrets:
+        expected = expected.replace(secret, mask_secret(secret))
+
+    response = requests.post(f"{world.gateway.base('openai')}/v1/chat/completions", timeout=30,
+                             json={**FIXTURES["openai_chat/tool_call"]["request"], "stream": False},
+                             headers={"X-Fixture": "openai_chat/hardening_secret_tool_call",
+                                      "Authorization": f"Bearer {world.alice}"})
+    assert response.status_code == 200, response.text
+    interception_id = response.headers["X-AIBridge-Interception-Id"]
+    record = wait_for_records(world.database, [interception_id])[interception_id]
+    [tool_usage] = record["tool_usages"]
+    recorded = tool_usage["input"]
+    assert json.loads(recorded if isinstance(recorded, str) else json.dumps(recorded)) == {"content": expected}
+
+    def logged_input():
+        for line in world.json_log.read_text().splitlines():
+            entry = orjson.loads(line)
+            if entry.get("record_type") == "tool_usage" and entry.get("interception_id") == interception_id:
+                return line
+    logged = wait_until(logged_input, "the tool_usage log line")
+    response_dump = world.dump_dir / "openai" / f"{interception_id}.response"
+    dumped = wait_until(lambda: response_dump.exists() and response_dump.read_text(), "the response dump")
+    assert json.loads(json.loads(dumped.split("\n\n", 1)[1])["choices"][0]["message"]["tool_calls"][0]
+                      ["function"]["arguments"]) == {"content": expected}  # still valid JSON, masked
+    for source, text in (("the JSON log", logged), ("the dump", dumped)):
         for secret in secrets:
             assert secret not in text, f"{secret!r} in {source}"
 
@@ -218,11 +276,73 @@ def test_the_masker_masks_every_format_once_and_leaves_ordinary_text_alone():
     # A stream dumped piece by piece masks what the whole would.
     data = (text + "\n\n").encode() * 4
     for size in (1, 5, 64, 500):
-        pending, out = b"", b""
-        for start in range(0, len(data), size):
-            part, pending = masker.stream_part(pending + data[start:start + size])
-            out += part
-        assert out + masker.data(pending) == masker.data(data), size
+        assert _masked_in_pieces(masker, data, size) == masker.data(data), size
+
+
+def _masked_in_pieces(masker: Masker, data: bytes, size: int) -> bytes:
+    """A stream masked as the dump masks it, ``size`` bytes at a time."""
+    pending, out = b"", b""
+    for start in range(0, len(data), size):
+        part, pending = masker.stream_part(pending + data[start:start + size])
+        out += part
+    return out + masker.data(pending)
+
+
+def test_the_masker_masks_secrets_after_escapes_and_keeps_json_valid():
+    masker = Masker()
+    secrets = [A_TOKEN, *PASTED.values()]
+    text = "\n".join(secrets) + "\t" + PASTED["aws id"] + "\r" + A_TOKEN + "\u00e9" + PASTED["github"] + "\\" + A_TOKEN
+    expected = text
+    for secret in secrets:
+        expected = expected.replace(secret, mask_secret(secret))
+    as_json = json.dumps({"content": text})
+    assert orjson.loads(masker.text(as_json)) == {"content": expected}
+    assert orjson.loads(masker.data(as_json.encode())) == {"content": expected}
+    assert masker.text(f"?a=1&k=%20{A_TOKEN}") == f"?a=1&k=%20{mask_secret(A_TOKEN)}"  # URL escapes too
+    ordinary = "\\nsk-short \\task-0123456789abcdefghijklmnop \\u00e9AKIA"
+    assert masker.text(ordinary) == ordinary
+    # Masked piece by piece, a stream split anywhere (after a backslash too) masks what the whole would.
+    data = (as_json + "\n\n").encode() * 3
+    for size in (1, 2, 7, 64):
+        assert _masked_in_pieces(masker, data, size) == masker.data(data), size
+
+
+def test_a_token_glued_to_a_word_is_a_token_but_random_base64url_is_not():
+    masker = Masker()
+    for glued in (f"gw_{A_TOKEN}", f"token-{A_TOKEN}", f"X-My-Token: gw_{A_TOKEN}", f"my_gateway_token_{A_TOKEN}"):
+        assert holds_gateway_token(glued), glued
+        assert A_TOKEN not in masker.text(glued) and masker.text(glued).endswith(mask_secret(A_TOKEN)), glued
+    # A JWT (or any base64url credential) may hold "_<10 lowercase>-<43 characters>" in its middle:
+    # a client's own credential is not dropped for that, nor masked in part.
+    jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.Qm9i" + f"_{A_TOKEN}" + "Zk3_Tq9Lx2PvW8"
+    assert not holds_gateway_token(f"Bearer {jwt}") and masker.text(jwt) == jwt
+
+
+def test_a_gateway_token_inside_a_basic_credential_is_found():
+    for credential in (f"user:{A_TOKEN}", A_TOKEN, f"{A_TOKEN}:", f"x:gw_{A_TOKEN}"):
+        standard = base64.b64encode(credential.encode()).decode()
+        urlsafe = base64.urlsafe_b64encode(credential.encode()).decode().rstrip("=")
+        for value in (f"Basic {standard}", f"basic  {urlsafe}", f"Proxy: Basic {standard}"):
+            assert holds_gateway_token(value), (credential, value)
+    assert not holds_gateway_token("Basic " + base64.b64encode(b"user:hunter2-password").decode())
+    assert not holds_gateway_token("Basic !!not*base64!!") and not holds_gateway_token("Basic " + "A" * 20_000)
+
+
+def test_query_parameters_holding_a_gateway_token_are_dropped():
+    encoded = A_TOKEN.replace("-", "%2D").replace("_", "%5F")
+    query = f"a=1&api_key={A_TOKEN}&b=x%20y&key={encoded}&t=gw_{A_TOKEN}&{A_TOKEN}&c=3".encode()
+    assert without_gateway_tokens(query) == b"a=1&b=x%20y&c=3"
+    assert without_gateway_tokens(f"key={encoded}".encode()) == b""
+    for kept in (b"", b"a=1&b=2", b"model=gpt-4o-2024-08-06&x=kubernetes-controller-manager-deployment-primary"):
+        assert without_gateway_tokens(kept) == kept
+
+
+def test_a_token_in_a_client_chosen_field_is_masked():
+    """The interception row's client-chosen fields (model, user agent, session id) are masked per request."""
+    masker = Masker(["sk-configured-key-0000111122223333"])
+    fields = ["gpt-4o-2024-08-06", "claude-cli/2.0.14 (external, cli)", "b3b9e1f2-5c1d-4a7e-9f3a-2d8e6c4b1a00",
+              f"model-{A_TOKEN}"]
+    assert [masker.text(field) for field in fields] == [*fields[:3], f"model-{mask_secret(A_TOKEN)}"]
 
 
 # -- item 9: credential headers have one spelling ------------------------------------------------

@@ -4,7 +4,6 @@ longest for a head are closed, so health checks and new clients are served."""
 
 from __future__ import annotations
 
-import select
 import socket
 import threading
 import time
@@ -14,6 +13,7 @@ import requests
 
 from bridge.config import FLAG_VARIABLES, ConfigError, load_settings
 from tests.conftest import provider_env
+from tests.harness import sent_before_close
 from tests.sdk_calls import anthropic_client
 
 CAPACITY = 50  # worker_connections of the one worker
@@ -24,23 +24,6 @@ PARTIAL_HEAD = b"POST /api/v2/aibridge/anthropic/v1/messages HTTP/1.1\r\nHost: 1
 
 def _connect(gateway) -> socket.socket:
     return socket.create_connection(("127.0.0.1", gateway.port), timeout=WAIT)
-
-
-def _closed_by_server(sock: socket.socket, within: float) -> bytes | None:
-    """What the server sent before it closed the connection within ``within`` seconds (None: still open)."""
-    received = b""
-    deadline = time.monotonic() + within
-    while (left := deadline - time.monotonic()) > 0:
-        if not select.select([sock], [], [], left)[0]:
-            return None
-        try:
-            data = sock.recv(4096)
-        except ConnectionResetError:
-            return received
-        if not data:
-            return received
-        received += data
-    return None
 
 
 def _get_healthz(sock: socket.socket) -> bytes:
@@ -90,7 +73,7 @@ def test_slow_header_clients_leave_room_for_health_checks_and_new_clients(start_
             messages=[{"role": "user", "content": "Write a haiku about the sea."}])
         assert message.content[0].text
         # The first slow client (the longest waiting for its head) made room.
-        assert _closed_by_server(slow[0], WAIT) is not None
+        assert sent_before_close(slow[0], WAIT) is not None
     finally:
         stop.set()
         trickler.join(WAIT)
@@ -103,7 +86,7 @@ def test_a_request_head_is_due_within_the_header_timeout_but_idle_time_between_r
     gateway = start_gateway({**provider_env(upstream), "CODER_AIBRIDGE_HEADER_TIMEOUT": "1s"}, workers=1)
 
     with _connect(gateway) as silent:  # a new connection that sends nothing is closed
-        assert _closed_by_server(silent, WAIT) == b""
+        assert sent_before_close(silent, WAIT) == b""
 
     with _connect(gateway) as keep_alive:
         assert _get_healthz(keep_alive).startswith(b"HTTP/1.1 200")
@@ -118,7 +101,7 @@ def test_a_request_head_is_due_within_the_header_timeout_but_idle_time_between_r
             except OSError:
                 answer = b""
                 break
-            answer = _closed_by_server(keep_alive, 0.25)
+            answer = sent_before_close(keep_alive, 0.25)
             if answer is not None:
                 break
         assert answer is not None, "the partial head was still being waited for"

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, ClassVar, Iterable, Mapping, Protocol
+from typing import TYPE_CHECKING, Callable, ClassVar, Iterable, Mapping
 from urllib.parse import quote
 
 from bridge.config import ProviderSettings
 from bridge.intercept.base import Interceptor
-from bridge.relay import response_headers, upstream_headers
+from bridge.masking import without_gateway_tokens
+from bridge.relay import StreamDecoder
+from bridge.upstream import response_headers, upstream_headers
 
 if TYPE_CHECKING:
     import requests
@@ -16,12 +18,6 @@ if TYPE_CHECKING:
 _PATH_SAFE = "/-._~!$&'()*+,;=:@"
 
 InterceptorFactory = Callable[["Provider", dict, bytes], Interceptor]
-
-
-class StreamDecoder(Protocol):
-    """Turns an upstream's stream bytes into SSE bytes (e.g. AWS event stream frames)."""
-
-    def feed(self, data: bytes) -> bytes: ...
 
 
 class Provider:
@@ -59,9 +55,11 @@ class Provider:
         return False
 
     def upstream_url(self, path: str, query: bytes = b"") -> str:
-        """Base URL + the route path after the prefix the base URL already has; the base URL's path is kept."""
+        """Base URL + the route path after the prefix the base URL already has (the base URL's path is
+        kept) + the client's query, less any parameter holding a gateway token (``?api_key=<token>``)."""
         rest = path[len(self.route_prefix):] if path.startswith(self.route_prefix) else path
         url = self.base_url + quote(rest, safe=_PATH_SAFE)
+        query = without_gateway_tokens(query) if query else query
         return f"{url}?{query.decode('latin-1')}" if query else url
 
     def credential_headers(self) -> dict[str, str]:

@@ -1,13 +1,15 @@
 """The store: the only package that speaks SQL. SQLite by default, PostgreSQL for several instances.
 
-``Store(target)`` (``Store.from_path`` also migrates) opens the backend ``target`` names: a path or
-``sqlite:///PATH`` -> ``sqlite.SqliteStore``; ``postgres://`` / ``postgresql://`` ->
-``postgres.PostgresStore``. Layout:
+``open_store(target)`` (or ``Store(target)``; ``Store.from_path`` also migrates) opens the backend
+``target`` names: a path or ``sqlite:///PATH`` -> ``sqlite.SqliteStore``; ``postgres://`` /
+``postgresql://`` -> ``postgres.PostgresStore``. Only this module chooses. Layout:
 
 - ``common.py``: the record model and the plain-Python helpers (no SQL);
 - ``base.py``: ``Store``, every query written once in the SQL both dialects share;
 - ``sqlite.py`` / ``postgres.py``: connections, transactions, migrations, and the few
-  fragments each dialect spells its own way.
+  fragments each dialect spells its own way;
+- ``runner.py``: ``Database``, a worker's write thread and read pool, through which the recorder,
+  auth, the API and /readyz reach the store (never from the gevent hub).
 """
 
 from __future__ import annotations
@@ -22,25 +24,46 @@ from bridge.store.common import (
     TOOL_ROLLUPS, USAGE_DIMENSIONS, USAGE_GROUPS, USAGE_ROLLUPS, USERNAME_RE, InterceptionFilter, RecordBatch,
     StoreError, UnknownCursor, auth_stamp_path, mask_url, touch_auth_stamp,
 )
+from bridge.store.runner import Database, database_errors, journal_base
 from bridge.store.sqlite import MIGRATIONS, SqliteStore  # MIGRATIONS: SQLite's (sqlite-utils), as before the split
 from bridge.timestamps import format_timestamp, utc_now
 
 
 __all__ = [
-    "CHILD_TABLES", "MIGRATIONS", "RECORD_COLUMNS", "ROLLUP_TABLES", "TOKEN_ID_LENGTH", "TOOL_DAILY_DIMENSIONS",
+    "CHILD_TABLES", "Database", "MIGRATIONS", "RECORD_COLUMNS", "ROLLUP_TABLES", "TOKEN_ID_LENGTH", "TOOL_DAILY_DIMENSIONS",
     "TOOL_DIMENSIONS", "TOOL_ROLLUPS", "USAGE_DIMENSIONS", "USAGE_GROUPS", "USAGE_ROLLUPS", "USERNAME_RE",
     "InterceptionFilter", "PostgresStore", "RecordBatch", "SqliteStore", "Store", "StoreError", "UnknownCursor",
-    "auth_stamp_path", "database_errors", "format_timestamp", "is_postgres_url", "mask_url", "postgres_error_reason", "refused", "touch_auth_stamp",
-    "utc_now",
+    "auth_stamp_path", "database_error_reason", "database_errors", "format_timestamp", "is_postgres_url", "journal_base", "mask_url", "open_store", "postgres_error_reason", "refused",
+    "store_class", "touch_auth_stamp", "utc_now",
 ]
 
 
-def database_errors() -> tuple[type[BaseException], ...]:
-    """What a store call raises when the database itself fails. A function, used in ``except
-    database_errors():`` (evaluated when an exception is being matched), so that psycopg is only
-    imported where PostgreSQL is used: a psycopg error cannot exist before psycopg is loaded."""
-    psycopg = sys.modules.get("psycopg")
-    return (sqlite3.Error,) if psycopg is None else (sqlite3.Error, psycopg.Error)
+def store_class(target: str) -> type[Store]:
+    """The backend for a database setting. PostgreSQL's (psycopg, which also loads asyncio and ssl)
+    is imported on first use, so that the gunicorn master of a SQLite gateway never loads it."""
+    if is_postgres_url(target):
+        from bridge.store.postgres import PostgresStore
+
+        return PostgresStore
+    return SqliteStore
+
+
+def open_store(target: str) -> Store:
+    """Open the store ``target`` names (a path, ``sqlite:///PATH`` or ``postgres://...``)."""
+    return store_class(target)(target)
+
+
+Store._backend = store_class  # Store(target), as callers open it, asks the package which backend
+
+
+def database_error_reason(exc: BaseException) -> str | None:
+    """Why the database failed, in words that name no path nor server address (sqlite's messages,
+    "database is locked", "disk I/O error", ..., carry none); None for any other exception."""
+    if isinstance(exc, sqlite3.Error):
+        name = getattr(exc, "sqlite_errorname", None)
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return f"{text} ({name})" if name else text
+    return postgres_error_reason(exc)
 
 
 def postgres_error_reason(exc: BaseException) -> str | None:

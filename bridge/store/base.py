@@ -4,19 +4,20 @@ PostgreSQL (``?`` placeholders; the PostgreSQL backend turns them into ``%s``).
 ``Store`` holds every query; the backends (``sqlite.py``, ``postgres.py``) supply the
 connection, transactions, migrations and the few fragments the dialects spell differently
 (a list parameter, case-insensitive usernames, insert-and-tell-me-what-was-new, the JSON merge
-of an interception's metadata). ``Store(target)`` opens the backend the target names, so the
-callers (``Store(settings.database_path)`` everywhere) need not know which one it is.
+of an interception's metadata). ``Store(target)`` (like ``bridge.store.open_store``) opens the
+backend the target names, so the callers need not know which one it is.
 """
 
 from __future__ import annotations
 
 import hmac
 import secrets
+import sqlite3
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, ClassVar
 
 from bridge.store.common import (
     _TOKEN_COLUMNS, _TOKEN_ID_ALPHABET, _TOKEN_NAME_MAX, _TOKEN_RE, _USER_COLUMNS, _USAGE_FIGURES, _FILTER_COLUMNS,
@@ -112,19 +113,27 @@ class Store:
     #: one read-only too. Holders of long-lived connections close such a store after each use.
     read_only = False
 
+    #: The backend class for a target (bridge.store.store_class, given by the package: the backends
+    #: subclass this class, so it does not import them). Used by ``Store(target)``.
+    _backend: ClassVar[Callable[[str], type[Store]]]
+
     def __new__(cls, target: str, *args: Any, **kwargs: Any) -> Store:
         if cls is Store:
-            if is_postgres_url(target):
-                from bridge.store.postgres import PostgresStore as cls
-            else:
-                from bridge.store.sqlite import SqliteStore as cls
+            cls = Store._backend(target)
         return super().__new__(cls)
 
     @classmethod
-    def from_path(cls, target: str) -> Store:
-        """Open the store and bring its schema up to date."""
+    def from_path(cls, target: str, *, writable: bool = False, busy_timeout: float | None = None) -> Store:
+        """Open the store and bring its schema up to date (every opener that migrates comes here).
+
+        ``writable``: refuse a store SQLite opened read-only (sqlite3.OperationalError; see
+        ``read_only``). ``busy_timeout``: how long its writes, the migration first, wait for the lock."""
         store = cls(target)
         try:
+            if writable and store.read_only:
+                raise sqlite3.OperationalError("the database is read-only")
+            if busy_timeout is not None:
+                store.set_busy_timeout(busy_timeout)
             store.migrate()
         except BaseException:
             store.close()
@@ -169,6 +178,9 @@ class Store:
 
     def tune_for_queries(self) -> None:
         """Settings for a read-mostly connection (the API's)."""
+
+    def set_busy_timeout(self, seconds: float) -> None:
+        """How long a write waits for another writer's lock (SQLite; PostgreSQL's writers queue)."""
 
     def _in(self, column: str, values: list[Any]) -> tuple[str, Any]:
         """``column`` is one of ``values``: the SQL condition and its single parameter."""

@@ -318,6 +318,9 @@ class SqliteStore(Store):
         self.db.execute(f"PRAGMA mmap_size={_QUERY_MMAP_SIZE}")
         self.db.execute(f"PRAGMA cache_size=-{_QUERY_CACHE_KIB}")
 
+    def set_busy_timeout(self, seconds: float) -> None:
+        self.db.execute(f"PRAGMA busy_timeout={int(seconds * 1000)}")
+
     def _in(self, column: str, values: list[Any]) -> tuple[str, Any]:
         return f"{column} IN (SELECT value FROM json_each(?))", json.dumps(values)  # one parameter, any length
 
