@@ -54,7 +54,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 import bodies  # noqa: E402
-from load import Conn, Dechunker, pct  # noqa: E402
+from load import Conn, Dechunker, framing, pct  # noqa: E402
 from procs import Server, Usage, cpu_seconds, free_port, raise_nofile, status_kb, tree  # noqa: E402
 
 MiB = 1024 * 1024
@@ -107,15 +107,8 @@ class Sink:
                         return
                     buf += data
                 head, _, rest = buf.partition(b"\r\n\r\n")
-                length, chunked = 0, False
-                for line in head.split(b"\r\n")[1:]:
-                    name, _, value = line.partition(b":")
-                    name = name.strip().lower()
-                    if name == b"content-length":
-                        length = int(value)
-                    elif name == b"transfer-encoding" and b"chunked" in value.lower():
-                        chunked = True
-                buf = self._drain_chunked(sock, rest) if chunked else self._drain(sock, rest, length)
+                length, chunked, _ = framing(head)
+                buf = self._drain_chunked(sock, rest) if chunked else self._drain(sock, rest, length or 0)
                 if buf is None:
                     return
                 sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"

@@ -72,6 +72,21 @@ class Dechunker:
         return b"".join(out)
 
 
+def framing(head: bytes) -> tuple[int | None, bool, bool]:
+    """An HTTP/1.1 head's body framing: (Content-Length or None, chunked, Connection: close)."""
+    length, chunked, close = None, False, False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"transfer-encoding" and b"chunked" in value.lower():
+            chunked = True
+        elif name == b"connection" and b"close" in value.lower():
+            close = True
+    return length, chunked, close
+
+
 class Conn:
     def __init__(self, host: str, port: int) -> None:
         self.host, self.port = host, port
@@ -110,18 +125,8 @@ class Conn:
             buf += data
         t = now()
         head, body = buf[:i], buf[i + 4:]
-        lines = head.split(b"\r\n")
-        status = int(lines[0][9:12])
-        length, chunked, close = None, False, False
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            name = name.strip().lower()
-            if name == b"content-length":
-                length = int(value)
-            elif name == b"transfer-encoding" and b"chunked" in value.lower():
-                chunked = True
-            elif name == b"connection" and b"close" in value.lower():
-                close = True
+        status = int(head[9:12])
+        length, chunked, close = framing(head)
         parts = []
         ttfb = None
         if chunked:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -9,13 +11,15 @@ import pytest
 
 from bridge.store import Store
 from tests.fakeupstream import FakeUpstream
-from tests.harness import GatewayProcess
+from tests.harness import GatewayProcess, json_log_line, store_with_users
 from tests.pg import PostgresServer
 
 OPENAI_KEY = "sk-openai-test-5f0c2a9d8e7b6a5c4d3e"
 ANTHROPIC_KEY = "sk-ant-test-9a8b7c6d5e4f3a2b1c0d"
 TEAM_B_KEY = "sk-teamb-test-1111222233334444"
 CORP_KEY = "sk-ant-corp-test-aaaabbbbccccdddd"
+TOKEN_SHAPE = re.compile(r"[a-z0-9]{10}-[A-Za-z0-9_-]{43}")  # a gateway token, anywhere in a text
+A_TOKEN = "abcdefgh12-" + "Xy0_-" * 8 + "abc"  # a gateway token's shape, of nobody
 
 
 class Identities:
@@ -119,3 +123,37 @@ def start_gateway(session_dir: Path, database: Path, identities: Identities) -> 
 def gateway(start_gateway, upstream: FakeUpstream) -> GatewayProcess:
     """The gateway most tests use: two workers, four providers on the fake upstream."""
     return start_gateway(provider_env(upstream))
+
+
+@dataclass
+class LoggedGateway:
+    """A gateway on the providers of ``provider_env`` with structured logging (a JSON log file, and the
+    human log in the gateway's log), a store of its own with alice (admin) and bob, and dumps in
+    ``dump_dir`` when asked for."""
+
+    gateway: GatewayProcess
+    database: Path
+    json_log: Path
+    dump_dir: Path
+    alice: str
+    bob: str
+
+    def logged_line(self, record_type: str, interception_id: str) -> str:
+        """The JSON log's line of this record type for this interception, once it is written."""
+        return json_log_line(self.json_log, record_type, interception_id)
+
+
+def start_logged_gateway(start_gateway, upstream: FakeUpstream, root: Path, env: dict[str, str] | None = None,
+                         dumps: bool = False) -> LoggedGateway:
+    """A ``LoggedGateway`` (2 workers) whose files are in ``root``; ``env``: more settings."""
+    database, json_log, dump_dir = root / "bridge.db", root / "bridge.jsonl", root / "dumps"
+    alice, bob = store_with_users(database)
+    gateway = start_gateway({
+        **provider_env(upstream),
+        "CODER_AIBRIDGE_DATABASE_URL": f"sqlite:///{database}",
+        "CODER_AIBRIDGE_STRUCTURED_LOGGING": "true",
+        "CODER_LOGGING_JSON": str(json_log),
+        **({"CODER_AIBRIDGE_DUMP_DIR": str(dump_dir)} if dumps else {}),
+        **(env or {}),
+    }, workers=2)
+    return LoggedGateway(gateway, database, json_log, dump_dir, alice, bob)

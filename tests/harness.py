@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
 import requests
 
 from bridge.store import Store
@@ -83,6 +84,18 @@ class GatewayProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def worker_pids(self) -> set[int]:
+        """The pids of gunicorn's workers: the master's children, listed by each of its threads."""
+        master = self.process.pid
+        return {int(pid) for task in Path(f"/proc/{master}/task").iterdir()
+                for pid in (task / "children").read_text().split()}
+
+    def worker_status_kb(self, key: str) -> int:
+        """A figure in kB of the one worker's /proc status: ``VmRSS`` (resident memory), ``VmHWM`` (its peak)."""
+        [worker] = self.worker_pids()
+        with open(f"/proc/{worker}/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith(f"{key}:"))
 
 
 def wait_for_records(database, ids: list[str]) -> dict[str, dict]:
@@ -157,6 +170,61 @@ def sent_before_close(sock: socket.socket, within: float) -> bytes | None:
             return received
         received += data
     return None
+
+
+def read_head(sock: socket.socket) -> tuple[bytes, bytes]:
+    """The head of the answer the server sends on ``sock`` (up to its blank line) and what came after
+    it; bounded by the socket's timeout, AssertionError if the server closes first."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        data = sock.recv(65536)
+        assert data, f"the connection closed before a whole head: {received!r}"
+        received += data
+    head, _, rest = received.partition(b"\r\n\r\n")
+    return head, rest
+
+
+def json_log_line(json_log: Path, record_type: str, interception_id: str) -> str:
+    """The JSON log's line of this record type for this interception, once it is written."""
+    def find() -> str | None:
+        text = json_log.read_text() if json_log.exists() else ""
+        for line in text.splitlines(keepends=True):
+            if not line.endswith("\n"):  # being written
+                continue
+            entry = orjson.loads(line)
+            if entry.get("record_type") == record_type and entry.get("interception_id") == interception_id:
+                return line
+        return None
+    return wait_until(find, f"the {record_type} log line of {interception_id}")
+
+
+def cli_env(database_url: str, home: Path) -> dict[str, str]:
+    """The environment of a ``python -m bridge`` run on one store: no other AI Gateway setting, no config file."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CODER_AIBRIDGE_", "CODER_CONFIG_PATH"))}
+    return {**env, "CODER_AIBRIDGE_DATABASE_URL": database_url, "HOME": str(home)}
+
+
+def cli_runner(database_url: str, home: Path):
+    """``run(*args, **env)``: ``python -m bridge ARGS`` on the store at ``database_url``, as a subprocess
+    in the repository, with ``env`` as more settings; its CompletedProcess (text)."""
+    env = cli_env(database_url, home)
+
+    def run(*args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "bridge", *args], cwd=REPO, env={**env, **extra_env},
+                              capture_output=True, text=True, timeout=60)
+
+    return run
+
+
+def assert_cli_error(result: subprocess.CompletedProcess[str], fragment: str, status: int = 1) -> str:
+    """The CLI failed with ``status`` and one ``error:`` line holding ``fragment`` (no traceback,
+    nothing on stdout); that line."""
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == status, result
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.stderr
+    return lines[0]
 
 
 def store_with_users(database: Path) -> tuple[str, str]:

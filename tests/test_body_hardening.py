@@ -5,7 +5,8 @@
   the Content-Encoding, the worker's peak memory stays bounded, and so does the dump.
 - A compressed ordinary answer still works with the SDKs (their HTTP client inflates it) and is
   recorded.
-- A 5 MB prompt and a 200 kB tool input are recorded cut, with a marker saying how much was cut.
+- A 5 MB prompt, a 200 kB tool input and a 200 kB thought are recorded and logged (both logs) cut,
+  with a marker saying how much was cut.
 - A stream without length or chunks that the upstream closes before the provider's final event
   ends with the provider's error event, and its record says it was cut.
 - A request nested 1,000 levels deep is relayed and dumped.
@@ -25,7 +26,7 @@ import requests
 from bridge.content_coding import DECODED_MAX
 from tests.conftest import ANTHROPIC_KEY, OPENAI_KEY
 from tests.faultyupstream import BOMB_INFLATED, CloseDelimited, FaultyUpstream, GzipBomb, Gzipped, Raw, gzip_bomb
-from tests.harness import wait_for_records
+from tests.harness import json_log_line, wait_for_records, wait_until
 from tests.sdk_calls import anthropic_client, openai_client
 
 ID_HEADER = "X-AIBridge-Interception-Id"
@@ -56,7 +57,12 @@ def dump_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def gateway(start_gateway, faulty, dump_dir):
+def json_log(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("logs") / "bridge.jsonl"
+
+
+@pytest.fixture(scope="module")
+def gateway(start_gateway, faulty, dump_dir, json_log):
     p = "CODER_AIBRIDGE_PROVIDER_"
     return start_gateway({
         "CODER_AIBRIDGE_ENABLED": "true",
@@ -65,6 +71,8 @@ def gateway(start_gateway, faulty, dump_dir):
         f"{p}1_TYPE": "anthropic", f"{p}1_NAME": "ant", f"{p}1_KEY": ANTHROPIC_KEY, f"{p}1_BASE_URL": f"{faulty.url}/",
         f"{p}1_MAX_RETRIES": "0",
         "CODER_AIBRIDGE_DUMP_DIR": str(dump_dir),
+        "CODER_AIBRIDGE_STRUCTURED_LOGGING": "true",  # both logs: the JSON one, the human one in the gateway's
+        "CODER_LOGGING_JSON": str(json_log),
         "CODER_AIBRIDGE_UPSTREAM_READ_TIMEOUT": "20s",
     }, workers=1)
 
@@ -84,13 +92,12 @@ def _record(database, interception_id: str) -> dict:
     return {**record, "metadata": json.loads(record["metadata"])}
 
 
-def _worker_peak_kb(gateway) -> int:
-    """VmHWM (peak resident memory) of the gateway's one worker."""
-    pid = gateway.process.pid
-    with open(f"/proc/{pid}/task/{pid}/children") as children:
-        worker = int(children.read().split()[0])
-    with open(f"/proc/{worker}/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+def _logged(gateway, json_log: Path, record_type: str, interception_id: str) -> tuple[dict, str]:
+    """The record as the JSON log has it, and the human log's line of it."""
+    entry = orjson.loads(json_log_line(json_log, record_type, interception_id))
+    lines = wait_until(lambda: [line for line in gateway.log().splitlines()
+                                if interception_id in line and record_type in line], f"the human {record_type} line")
+    return entry, lines[0]
 
 
 def _undecoded(answer: requests.Response, most: int) -> bytes:
@@ -113,7 +120,7 @@ def test_a_gzip_bomb_is_relayed_compressed_and_never_inflated_whole(gateway, fau
     assert _undecoded(answer, len(bomb) + 1) == bomb  # byte for byte what the upstream sent
     interception_id = answer.headers[ID_HEADER]
 
-    assert _worker_peak_kb(gateway) < WORKER_PEAK_MAX_KB
+    assert gateway.worker_status_kb("VmHWM") < WORKER_PEAK_MAX_KB
     record = _record(database, interception_id)
     assert "inflates to more than" in record["metadata"]["record_incomplete"]
     assert "error" not in record["metadata"]
@@ -161,17 +168,21 @@ def test_a_compressed_stream_is_recorded_and_the_anthropic_sdk_reads_it(gateway,
 
 # ---------------------------------------------------------------- item 8: long texts are recorded cut
 
-def test_a_long_prompt_is_recorded_cut_with_a_marker(gateway, faulty, identities, database):
+def test_a_long_prompt_is_recorded_and_logged_cut_with_a_marker(gateway, faulty, identities, database, json_log):
     prompt = "0123456789abcdef" * (5 * 1024 * 1024 // 16)  # 5 MiB
     answer = _post(gateway, identities, "oai:v1/chat/completions",
                    {**CHAT, "messages": [{"role": "user", "content": prompt}]})
     assert answer.status_code == 200
     assert len(faulty.requests[-1].body) > len(prompt)  # the upstream got all of it
-    stored = _record(database, answer.headers[ID_HEADER])["user_prompts"][0]["prompt"]
+    interception_id = answer.headers[ID_HEADER]
+    stored = _record(database, interception_id)["user_prompts"][0]["prompt"]
     assert stored == prompt[:RECORDED_TEXT_MAX] + f"…[truncated: {(len(prompt) - RECORDED_TEXT_MAX) / 1024 ** 2:.1f} MiB more]"
+    entry, human = _logged(gateway, json_log, "prompt_usage", interception_id)
+    assert entry["prompt"] == stored
+    assert "…[truncated: 4.9 MiB more]" in human and len(human) < RECORDED_TEXT_MAX + 4096
 
 
-def test_a_long_tool_input_is_recorded_cut_as_json_text(gateway, faulty, identities, database):
+def test_a_long_tool_input_is_recorded_and_logged_cut_as_json_text(gateway, faulty, identities, database, json_log):
     arguments = json.dumps({"path": "big.txt", "content": "x" * 200_000})
     completion = {
         "id": "chatcmpl-long-tool", "object": "chat.completion", "created": 1, "model": CHAT["model"],
@@ -183,10 +194,34 @@ def test_a_long_tool_input_is_recorded_cut_as_json_text(gateway, faulty, identit
     faulty.plan(Raw(200, orjson.dumps(completion)))
     answer = _post(gateway, identities, "oai:v1/chat/completions", CHAT)
     assert answer.json()["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] == arguments
-    stored = _record(database, answer.headers[ID_HEADER])["tool_usages"][0]["input"]
+    interception_id = answer.headers[ID_HEADER]
+    stored = _record(database, interception_id)["tool_usages"][0]["input"]
     kept = json.loads(stored)  # still JSON text: a JSON string of the start of the arguments
     more = (len(arguments) - RECORDED_TEXT_MAX) / 1024
     assert kept == arguments[:RECORDED_TEXT_MAX] + f"…[truncated: {more:.1f} KiB more]"
+    entry, human = _logged(gateway, json_log, "tool_usage", interception_id)
+    assert entry["input"] == stored  # the same JSON text
+    assert "…[truncated:" in human and len(human) < RECORDED_TEXT_MAX + 4096
+
+
+def test_a_long_thought_is_recorded_and_logged_cut_with_a_marker(gateway, faulty, identities, database, json_log):
+    thinking = "let me think. " * (200_000 // 14)
+    message = {
+        "id": "msg_long_thought", "type": "message", "role": "assistant", "model": MESSAGES["model"],
+        "content": [{"type": "thinking", "thinking": thinking, "signature": "c2lnbmF0dXJl"},
+                    {"type": "text", "text": "The sea."}],
+        "stop_reason": "end_turn", "stop_sequence": None, "usage": {"input_tokens": 10, "output_tokens": 5},
+    }
+    faulty.plan(Raw(200, orjson.dumps(message)))
+    answer = _post(gateway, identities, "ant:v1/messages", MESSAGES)
+    assert answer.json()["content"][0]["thinking"] == thinking  # relayed whole
+    interception_id = answer.headers[ID_HEADER]
+    [stored] = [thought["content"] for thought in _record(database, interception_id)["model_thoughts"]]
+    more = (len(thinking) - RECORDED_TEXT_MAX) / 1024
+    assert stored == thinking[:RECORDED_TEXT_MAX] + f"…[truncated: {more:.1f} KiB more]"
+    entry, human = _logged(gateway, json_log, "model_thought", interception_id)
+    assert entry["content"] == stored
+    assert "…[truncated:" in human and len(human) < RECORDED_TEXT_MAX + 4096
 
 
 # ---------------------------------------------------------------- item 9: cut close-delimited streams

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from bridge.store import Store
 from bridge.units import format_duration, parse_duration
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.harness import assert_cli_error, cli_runner
 
 
 @pytest.fixture
@@ -23,30 +19,7 @@ def db_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def cli(tmp_path: Path, db_path: Path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CODER_AIBRIDGE_", "CODER_CONFIG_PATH"))}
-    env["CODER_AIBRIDGE_DATABASE_URL"] = f"sqlite:///{db_path}"
-    env["HOME"] = str(tmp_path)
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "bridge", *args],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-
-    return run
-
-
-def assert_error(result: subprocess.CompletedProcess[str], fragment: str, status: int = 1) -> None:
-    assert result.returncode == status, result
-    assert result.stdout == ""
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert fragment in lines[0]
-    assert "Traceback" not in result.stderr
+    return cli_runner(f"sqlite:///{db_path}", tmp_path)
 
 
 def test_users_create_list_delete(cli, db_path: Path) -> None:
@@ -76,9 +49,9 @@ def test_users_create_list_delete(cli, db_path: Path) -> None:
 
 def test_user_errors(cli) -> None:
     assert cli("users", "create", "alice").returncode == 0
-    assert_error(cli("users", "create", "alice"), "already exists")
-    assert_error(cli("users", "create", "-bad name"), "invalid username")
-    assert_error(cli("users", "delete", "ghost"), "unknown user 'ghost'")
+    assert_cli_error(cli("users", "create", "alice"), "already exists")
+    assert_cli_error(cli("users", "create", "-bad name"), "invalid username")
+    assert_cli_error(cli("users", "delete", "ghost"), "unknown user 'ghost'")
 
 
 def test_tokens_create_prints_only_the_token_and_it_authenticates(cli, db_path: Path) -> None:
@@ -122,12 +95,12 @@ def test_token_without_lifetime_never_expires(cli) -> None:
 
 
 def test_token_errors(cli) -> None:
-    assert_error(cli("tokens", "create", "ghost"), "unknown user 'ghost'")
-    assert_error(cli("tokens", "list", "ghost"), "unknown user 'ghost'")
+    assert_cli_error(cli("tokens", "create", "ghost"), "unknown user 'ghost'")
+    assert_cli_error(cli("tokens", "list", "ghost"), "unknown user 'ghost'")
     cli("users", "create", "alice")
-    assert_error(cli("tokens", "create", "alice", "--lifetime", "forever"), "invalid duration", status=2)
-    assert_error(cli("tokens", "create", "alice", "--lifetime", "0"), "lifetime must be positive", status=2)
-    assert_error(cli("tokens", "revoke", "zzzzzzzzzz"), "unknown token id 'zzzzzzzzzz'")
+    assert_cli_error(cli("tokens", "create", "alice", "--lifetime", "forever"), "invalid duration", status=2)
+    assert_cli_error(cli("tokens", "create", "alice", "--lifetime", "0"), "lifetime must be positive", status=2)
+    assert_cli_error(cli("tokens", "revoke", "zzzzzzzzzz"), "unknown token id 'zzzzzzzzzz'")
     assert json.loads(cli("tokens", "list", "alice", "--json").stdout) == []
 
 
@@ -148,7 +121,7 @@ def test_database_url_flag_wins_over_env(cli, tmp_path: Path, db_path: Path) -> 
 ])
 def test_a_read_only_command_does_not_create_a_missing_database(cli, tmp_path: Path, command: list[str]) -> None:
     for url in (str(tmp_path / "typo.db"), f"sqlite:///{tmp_path / 'typo.db'}"):
-        assert_error(cli("--database-url", url, *command), f"no database at {tmp_path / 'typo.db'}")
+        assert_cli_error(cli("--database-url", url, *command), f"no database at {tmp_path / 'typo.db'}")
     assert not (tmp_path / "typo.db").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("typo")] == []
 
@@ -156,7 +129,7 @@ def test_a_read_only_command_does_not_create_a_missing_database(cli, tmp_path: P
 def test_unopenable_database_is_one_error_line(cli, tmp_path: Path) -> None:
     missing_dir = tmp_path / "no" / "such" / "dir" / "bridge.db"
     # A command that may create the database (a read-only one says "no database at", see above).
-    assert_error(cli("--database-url", str(missing_dir), "users", "create", "alice"), "cannot open database")
+    assert_cli_error(cli("--database-url", str(missing_dir), "users", "create", "alice"), "cannot open database")
 
 
 def test_missing_subcommand_is_a_usage_error(cli) -> None:
@@ -203,7 +176,7 @@ def test_retention_purge(cli, tmp_path: Path, db_path: Path) -> None:
     with Store(str(db_path)) as store:
         assert [r["id"] for r in store.db.query("SELECT id FROM aibridge_interceptions")] == ["i1"]
 
-    assert_error(cli("retention", "purge", "--retention", "soon"), "--retention: invalid duration", status=2)
+    assert_cli_error(cli("retention", "purge", "--retention", "soon"), "--retention: invalid duration", status=2)
 
 
 @pytest.mark.parametrize("seconds, text", [

@@ -4,7 +4,6 @@ against a seeded temp database and compared with the API's answers and with the 
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -13,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness import REPO, assert_cli_error, cli_env, cli_runner
 from tests.test_api import INTERCEPTIONS, RAW_TOOL_INPUT, Dataset, make_client, seed_dataset
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -25,15 +23,7 @@ def data(tmp_path_factory) -> Dataset:
 
 @pytest.fixture(scope="module")
 def cli(data: Dataset, tmp_path_factory):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CODER_AIBRIDGE_", "CODER_CONFIG_PATH"))}
-    env["CODER_AIBRIDGE_DATABASE_URL"] = f"sqlite:///{data.path}"
-    env["HOME"] = str(tmp_path_factory.mktemp("home"))
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "bridge", *args], cwd=REPO, env=env, capture_output=True,
-                              text=True, timeout=60)
-
-    return run
+    return cli_runner(f"sqlite:///{data.path}", tmp_path_factory.mktemp("home"))
 
 
 def api(data: Dataset, **params: str) -> dict:
@@ -76,10 +66,7 @@ def test_interceptions_list_prints_the_apis_json(cli, data: Dataset) -> None:
     (["--initiator", "me"], "initiator 'me'"),
 ])
 def test_interceptions_list_refuses_a_bad_query_in_one_line(cli, flags: list[str], fragment: str) -> None:
-    result = cli("interceptions", "list", *flags)
-    assert result.returncode == 1 and result.stdout == ""
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.stderr
+    assert_cli_error(cli("interceptions", "list", *flags), fragment)
 
 
 _FIGURES = ("interceptions", "input_tokens", "output_tokens", "cache_read_input_tokens", "cache_write_input_tokens")
@@ -244,9 +231,7 @@ def test_interceptions_show_of_an_unknown_id_is_one_error_line(cli) -> None:
     (["--provider-name", "team-z"], "--provider-name: unknown provider 'team-z'"),
 ])
 def test_an_unknown_user_or_provider_is_an_error_not_zero(cli, flags: list[str], fragment: str) -> None:
-    result = cli("interceptions", "list", *flags)
-    assert result.returncode == 1 and result.stdout == "", result
-    assert result.stderr.splitlines() == [result.stderr.strip()] and fragment in result.stderr
+    assert_cli_error(cli("interceptions", "list", *flags), fragment)
 
 
 def test_known_names_with_no_match_are_an_empty_answer(cli, data: Dataset) -> None:
@@ -275,9 +260,8 @@ def test_usage_groups_by_model_by_default_and_takes_until(cli, data: Dataset) ->
     assert sum(r["interceptions"] for r in earlier) == sum(r["started_at"] < f"{until}T00" for r in data.records)
 
 
-def test_output_piped_into_a_reader_that_stops_early_ends_quietly(data: Dataset) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CODER_AIBRIDGE_", "CODER_CONFIG_PATH"))}
-    env["CODER_AIBRIDGE_DATABASE_URL"] = f"sqlite:///{data.path}"
+def test_output_piped_into_a_reader_that_stops_early_ends_quietly(data: Dataset, tmp_path: Path) -> None:
+    env = cli_env(f"sqlite:///{data.path}", tmp_path)
     # Far more than a pipe holds (64 KiB), so the command is still writing when the reader goes.
     command = [sys.executable, "-m", "bridge", "interceptions", "list", "--json", "--limit", "1000"]
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -4,9 +4,7 @@ never a 500 or a traceback. The longest duration accepted anywhere is 100 years 
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -14,8 +12,8 @@ import pytest
 import requests
 
 from bridge.store import Store
+from tests.harness import assert_cli_error, cli_runner
 
-REPO = Path(__file__).resolve().parent.parent
 HUGE_DURATIONS = ["999999999999d", "9" * 400 + "h", "36526d", "876601h"]  # all beyond 100 years
 
 
@@ -78,26 +76,14 @@ def test_a_time_beyond_the_calendar_is_a_400_naming_the_field(gateway, admin, pa
 
 @pytest.fixture
 def cli(tmp_path: Path):
-    database = tmp_path / "bridge.db"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CODER_AIBRIDGE_", "CODER_CONFIG_PATH"))}
-    env["CODER_AIBRIDGE_DATABASE_URL"] = f"sqlite:///{database}"
-    env["HOME"] = str(tmp_path)
-
-    def run(*args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "bridge", *args], cwd=REPO, env={**env, **extra_env},
-                              capture_output=True, text=True, timeout=60)
-
-    run.database = database
+    run = cli_runner(f"sqlite:///{tmp_path / 'bridge.db'}", tmp_path)
+    run.database = tmp_path / "bridge.db"
     return run
 
 
 def _one_error_line(result: subprocess.CompletedProcess[str], status: int, fragment: str, short: bool = True) -> None:
-    assert "Traceback" not in result.stderr, result.stderr
-    assert result.returncode == status, result
-    assert result.stdout == ""
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.stderr
-    assert len(lines[0]) < 200 or not short
+    line = assert_cli_error(result, fragment, status)
+    assert len(line) < 200 or not short
 
 
 @pytest.mark.parametrize("lifetime", HUGE_DURATIONS)

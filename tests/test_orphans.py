@@ -161,13 +161,6 @@ def test_interceptions_recorded_before_owners_existed_end_once_older_than_the_ol
 # -- a real gunicorn worker killed in the middle of streams ----------------------------------------
 
 
-def _worker_pids(master: int) -> set[int]:
-    pids: set[int] = set()
-    for task in Path(f"/proc/{master}/task").iterdir():
-        pids.update(int(pid) for pid in (task / "children").read_text().split())
-    return pids
-
-
 def _owners(database: Path, ids: list[str]) -> dict[str, int]:
     """Interception id -> pid of the worker serving it, once every one is stored and its worker registered."""
     deadline = time.monotonic() + WAIT
@@ -205,7 +198,7 @@ def test_the_streams_of_a_killed_worker_are_ended_when_gunicorn_replaces_it(star
                 if len(by_worker) == 2:
                     break
         assert len(by_worker) == 2, by_worker
-        assert set(by_worker) == _worker_pids(gateway.process.pid)
+        assert set(by_worker) == gateway.worker_pids()
         killed, survivor = sorted(by_worker, key=lambda pid: len(by_worker[pid]))
 
         os.kill(killed, signal.SIGKILL)
@@ -218,7 +211,7 @@ def test_the_streams_of_a_killed_worker_are_ended_when_gunicorn_replaces_it(star
         for record in found.values():
             assert record["ended_at"] is not None
             assert f"pid {killed}" in _error(record) and "has exited" in _error(record)
-        assert killed not in _worker_pids(gateway.process.pid)  # replaced by gunicorn
+        assert killed not in gateway.worker_pids()  # replaced by gunicorn
 
         for interception_id in by_worker[survivor]:  # the other worker's streams go on, their interceptions open
             assert next(streams[interception_id][1])

@@ -6,47 +6,23 @@ upstream (through real gunicorn with 2 gevent workers); a compressed answer is d
 from __future__ import annotations
 
 import gzip
-import re
 import sqlite3
-import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import orjson
 import pytest
 import requests
 
 from bridge.masking import mask_secret
-from tests.conftest import ANTHROPIC_KEY, OPENAI_KEY, provider_env
-from tests.harness import store_with_users, wait_for_records, wait_until
+from tests.conftest import A_TOKEN, ANTHROPIC_KEY, OPENAI_KEY, TOKEN_SHAPE, LoggedGateway, start_logged_gateway
+from tests.harness import wait_for_records, wait_until
 
-TOKEN_SHAPE = re.compile(r"[a-z0-9]{10}-[A-Za-z0-9_-]{43}")
-A_TOKEN = "abcdefgh12-" + "Xy0_-" * 8 + "abc"  # a gateway token's shape
 FIELDS = ("model", "user_agent", "client_session_id", "correlating_tool_call_id")
 
 
-@dataclass
-class World:
-    gateway: object
-    database: Path
-    json_log: Path
-    alice: str  # admin
-    bob: str
-
-
 @pytest.fixture(scope="module")
-def world(start_gateway, upstream, tmp_path_factory) -> World:
+def world(start_gateway, upstream, tmp_path_factory) -> LoggedGateway:
     """A gateway with structured logging (JSON file and human log) and a store of its own."""
-    root = tmp_path_factory.mktemp("field-masking")
-    database, json_log = root / "bridge.db", root / "bridge.jsonl"
-    alice, bob = store_with_users(database)
-    gateway = start_gateway({
-        **provider_env(upstream),
-        "CODER_AIBRIDGE_DATABASE_URL": f"sqlite:///{database}",
-        "CODER_AIBRIDGE_STRUCTURED_LOGGING": "true",
-        "CODER_LOGGING_JSON": str(json_log),
-    }, workers=2)
-    return World(gateway, database, json_log, alice, bob)
+    return start_logged_gateway(start_gateway, upstream, tmp_path_factory.mktemp("field-masking"))
 
 
 def test_secrets_in_client_chosen_fields_are_masked_in_store_api_logs_and_metrics(world):
@@ -82,12 +58,8 @@ def test_secrets_in_client_chosen_fields_are_masked_in_store_api_logs_and_metric
     assert shown.status_code == 200, shown.text
     assert shown.json()["model"] == stored["model"]
 
-    def logged_start():
-        for line in world.json_log.read_text().splitlines():
-            entry = orjson.loads(line)
-            if entry.get("record_type") == "interception_start" and entry.get("interception_id") == interception_id:
-                return entry
-    assert wait_until(logged_start, "the interception_start log line")["user_agent"] == stored["user_agent"]
+    logged_start = orjson.loads(world.logged_line("interception_start", interception_id))
+    assert logged_start["user_agent"] == stored["user_agent"]
     wait_until(lambda: interception_id in world.gateway.log(), "the human log line")
 
     scrape = ""

@@ -219,8 +219,7 @@ def test_records_a_killed_worker_journaled_are_written_by_the_next_gateway_at_st
         session = requests.Session()
         ids = [_request(session, gateway, identities.alice, n)[0] for n in range(5)]
         _wait_until_journaled(database, ids)
-        workers = [int(pid) for pid in open(f"/proc/{gateway.process.pid}/task/{gateway.process.pid}/children").read().split()]
-        for pid in [gateway.process.pid, *workers]:  # no graceful stop: the journal is all there is
+        for pid in [gateway.process.pid, *gateway.worker_pids()]:  # no graceful stop: the journal is all there is
             os.kill(pid, signal.SIGKILL)
         gateway.process.wait(timeout=10)
     finally:

@@ -8,17 +8,15 @@ import base64
 import copy
 import json
 import re
-import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import orjson
 import pytest
 import requests
 
 from bridge.masking import Masker, holds_gateway_token, mask_secret, without_gateway_tokens
-from tests.conftest import ANTHROPIC_KEY, CORP_KEY, OPENAI_KEY, provider_env
-from tests.harness import store_with_users, wait_for_records, wait_until
+from tests.conftest import (A_TOKEN, ANTHROPIC_KEY, CORP_KEY, OPENAI_KEY, TOKEN_SHAPE, LoggedGateway,
+                            start_logged_gateway)
+from tests.harness import wait_for_records, wait_until
 from tests.sdk_calls import load_fixtures
 
 FIXTURES = dict(load_fixtures("anthropic") + load_fixtures("openai_chat"))
@@ -30,33 +28,13 @@ GITHUB_TOKEN = "gho_hardeningTestGithubToken0123456789AB"
 PASTED = {"aws id": "AKIAPASTEDTEST123456", "github": "ghp_" + "Pa5tedGithubToken" * 2 + "xy",
           "fine-grained github": "github_pat_11ABCDEFG0123456789_abcdefghijKLMNOP",
           "openai project": "sk-proj-Pa5tedOpenaiProjectKey-0123456789abcdef"}
-TOKEN_SHAPE = re.compile(r"[a-z0-9]{10}-[A-Za-z0-9_-]{43}")
-A_TOKEN = "abcdefgh12-" + "Xy0_-" * 8 + "abc"  # a gateway token's shape
 INTERCEPTIONS = "/api/v2/aibridge/interceptions"
 
 
-@dataclass
-class World:
-    gateway: object
-    database: Path
-    json_log: Path
-    dump_dir: Path
-    alice: str  # admin
-    bob: str
-
-
 @pytest.fixture(scope="module")
-def world(start_gateway, upstream, tmp_path_factory) -> World:
+def world(start_gateway, upstream, tmp_path_factory) -> LoggedGateway:
     """A gateway with structured logging and dumps on, and a store of its own (its prompts hold secrets)."""
-    root = tmp_path_factory.mktemp("hardening")
-    database, json_log, dump_dir = root / "bridge.db", root / "bridge.jsonl", root / "dumps"
-    alice, bob = store_with_users(database)
-    gateway = start_gateway({
-        **provider_env(upstream),
-        "CODER_AIBRIDGE_DATABASE_URL": f"sqlite:///{database}",
-        "CODER_AIBRIDGE_STRUCTURED_LOGGING": "true",
-        "CODER_LOGGING_JSON": str(json_log),  # and the human log on stderr, in the gateway's log file
-        "CODER_AIBRIDGE_DUMP_DIR": str(dump_dir),
+    return start_logged_gateway(start_gateway, upstream, tmp_path_factory.mktemp("hardening"), dumps=True, env={
         "CODER_AIBRIDGE_PROVIDER_3_TYPE": "anthropic",
         "CODER_AIBRIDGE_PROVIDER_3_NAME": "bedrock",
         "CODER_AIBRIDGE_PROVIDER_3_BASE_URL": f"{upstream.url}/",
@@ -65,11 +43,10 @@ def world(start_gateway, upstream, tmp_path_factory) -> World:
         "CODER_AIBRIDGE_PROVIDER_3_BEDROCK_ACCESS_KEY": AWS_ACCESS_KEY,
         "CODER_AIBRIDGE_PROVIDER_3_BEDROCK_ACCESS_KEY_SECRET": AWS_SECRET,
         "CODER_AIBRIDGE_PROVIDER_3_BEDROCK_MODEL": "anthropic.claude-sonnet-4-5-v1:0",
-    }, workers=2)
-    return World(gateway, database, json_log, dump_dir, alice, bob)
+    })
 
 
-def _post(world: World, provider: str, path: str, fixture: str, headers: dict, body: dict | None = None,
+def _post(world: LoggedGateway, provider: str, path: str, fixture: str, headers: dict, body: dict | None = None,
           stream: bool = False) -> requests.Response:
     body = {**FIXTURES[fixture]["request"], "stream": stream, **(body or {})}
     return requests.post(f"{world.gateway.base(provider)}/{path}", json=body, timeout=30,
@@ -199,12 +176,7 @@ def test_secrets_pasted_into_a_prompt_are_masked_in_store_api_logs_and_dumps(wor
     [mine] = [r for r in shown["results"] if r["id"] == interception_id]
     assert mine["user_prompts"][0]["prompt"] == expected
 
-    def logged_prompt():
-        for line in world.json_log.read_text().splitlines():
-            entry = orjson.loads(line)
-            if entry.get("record_type") == "prompt_usage" and entry.get("interception_id") == interception_id:
-                return entry["prompt"]
-    assert wait_until(logged_prompt, "the prompt_usage log line") == expected
+    assert orjson.loads(world.logged_line("prompt_usage", interception_id))["prompt"] == expected
     human = wait_until(lambda: [line for line in world.gateway.log().splitlines() if interception_id in line
                                and "prompt_usage" in line], "the human log line")
     assert ordinary in human[0]
@@ -244,12 +216,7 @@ def test_secrets_after_json_escapes_in_a_tool_call_are_masked_in_store_logs_and_
     recorded = tool_usage["input"]
     assert json.loads(recorded if isinstance(recorded, str) else json.dumps(recorded)) == {"content": expected}
 
-    def logged_input():
-        for line in world.json_log.read_text().splitlines():
-            entry = orjson.loads(line)
-            if entry.get("record_type") == "tool_usage" and entry.get("interception_id") == interception_id:
-                return line
-    logged = wait_until(logged_input, "the tool_usage log line")
+    logged = world.logged_line("tool_usage", interception_id)
     response_dump = world.dump_dir / "openai" / f"{interception_id}.response"
     dumped = wait_until(lambda: response_dump.exists() and response_dump.read_text(), "the response dump")
     assert json.loads(json.loads(dumped.split("\n\n", 1)[1])["choices"][0]["message"]["tool_calls"][0]
@@ -261,7 +228,7 @@ def test_secrets_after_json_escapes_in_a_tool_call_are_masked_in_store_logs_and_
 
 def test_the_masker_masks_every_format_once_and_leaves_ordinary_text_alone():
     masker = Masker([AWS_SECRET, "sk-configured-key-0000111122223333"])
-    token = "abcdefgh12-" + "Xy0_-" * 8 + "abc"
+    token = A_TOKEN
     text = (f"token {token}; keys sk-configured-key-0000111122223333, {AWS_SECRET}, {AWS_ACCESS_KEY}, "
             + ", ".join(PASTED.values()) + f", {ANTHROPIC_KEY}")
     expected = text

@@ -13,7 +13,7 @@ import requests
 
 from bridge.config import FLAG_VARIABLES, ConfigError, load_settings
 from tests.conftest import provider_env
-from tests.harness import sent_before_close
+from tests.harness import read_head, sent_before_close
 from tests.sdk_calls import anthropic_client
 
 CAPACITY = 50  # worker_connections of the one worker
@@ -28,12 +28,7 @@ def _connect(gateway) -> socket.socket:
 
 def _get_healthz(sock: socket.socket) -> bytes:
     sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-    answer = b""
-    while b"\r\n\r\n" not in answer:  # bounded by the socket's timeout
-        data = sock.recv(4096)
-        assert data, answer
-        answer += data
-    head, _, body = answer.partition(b"\r\n\r\n")
+    head, body = read_head(sock)
     length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
     while len(body) < length:
         data = sock.recv(4096)
@@ -87,6 +82,11 @@ def test_a_request_head_is_due_within_the_header_timeout_but_idle_time_between_r
 
     with _connect(gateway) as silent:  # a new connection that sends nothing is closed
         assert sent_before_close(silent, WAIT) == b""
+    with _connect(gateway) as partial_line:  # so is one whose request line never ends
+        partial_line.sendall(PARTIAL_HEAD[:20])
+        answer = sent_before_close(partial_line, WAIT)
+        assert answer is not None, "the partial request line was still being waited for"
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 408"), answer
 
     with _connect(gateway) as keep_alive:
         assert _get_healthz(keep_alive).startswith(b"HTTP/1.1 200")
@@ -108,9 +108,12 @@ def test_a_request_head_is_due_within_the_header_timeout_but_idle_time_between_r
         assert answer == b"" or answer.startswith(b"HTTP/1.1 408")
 
 
-def test_the_header_timeout_is_a_setting_with_a_one_line_error():
-    assert load_settings(env={}).header_timeout == 10.0
-    assert load_settings(env={"CODER_AIBRIDGE_HEADER_TIMEOUT": "2.5s"}).header_timeout == 2.5
-    assert FLAG_VARIABLES["--aibridge-header-timeout"] == "CODER_AIBRIDGE_HEADER_TIMEOUT"
-    with pytest.raises(ConfigError, match=r"^CODER_AIBRIDGE_HEADER_TIMEOUT: expected a duration .*'0'$"):
-        load_settings(env={"CODER_AIBRIDGE_HEADER_TIMEOUT": "0"})
+@pytest.mark.parametrize("setting, default", [("header_timeout", 10.0), ("body_timeout", 60.0)])
+def test_the_head_and_body_timeouts_are_settings_with_a_one_line_error(setting: str, default: float):
+    """CODER_AIBRIDGE_HEADER_TIMEOUT (here) and CODER_AIBRIDGE_BODY_TIMEOUT (tests/test_slow_bodies.py)."""
+    variable = f"CODER_AIBRIDGE_{setting.upper()}"
+    assert getattr(load_settings(env={}), setting) == default
+    assert getattr(load_settings(env={variable: "2.5s"}), setting) == 2.5
+    assert FLAG_VARIABLES["--aibridge-" + setting.replace("_", "-")] == variable
+    with pytest.raises(ConfigError, match=rf"^{variable}: expected a duration .*'0'$"):
+        load_settings(env={variable: "0"})
