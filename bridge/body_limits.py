@@ -51,8 +51,8 @@ class _BodyLate(BaseException):
 
 class TimedBody:
     """gunicorn's request body (``req.body``, the app's ``wsgi.input``) with the deadline and the
-    budget. Registered in ``waits`` (by greenlet, oldest first) until the whole body came, so that a
-    worker short of connections can end the longest waits (``end_soon``)."""
+    budget. Registered in the worker's ``waits`` (by greenlet, oldest first) until the whole body
+    came, so that a worker short of connections can end the longest waits (``end_soon``)."""
 
     def __init__(self, req, timeout: float, budget: BodyBudget, waits: OrderedDict, shed: set) -> None:
         self._req = req
@@ -63,8 +63,7 @@ class TimedBody:
         self._waits = waits
         self._shed = shed
         self._greenlet = getcurrent()
-        self.since = time.monotonic()
-        self._deadline = self.since + timeout
+        self._deadline = time.monotonic() + timeout
         self._taken = 0  # bytes of the budget held
         self._received = 0
         self._reading = False

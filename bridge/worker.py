@@ -128,7 +128,7 @@ class _HeadWait:
     header timeout on a new connection), then the header timeout for the whole head. Registered, so
     that a stop or a worker short of connections can end it."""
 
-    __slots__ = ("_worker", "_fresh", "_greenlet", "_timeout", "_sock", "_active", "since")
+    __slots__ = ("_worker", "_fresh", "_greenlet", "_timeout", "_sock", "_active")
 
     def __init__(self, worker: "GeventWorker", fresh: bool) -> None:
         self._worker = worker
@@ -139,8 +139,7 @@ class _HeadWait:
 
     def __enter__(self) -> "_HeadWait":
         self._greenlet = getcurrent()
-        self.since = time.monotonic()
-        self._worker.head_waits[self._greenlet] = self
+        self._worker.waits[self._greenlet] = self
         self._active = True
         self._restart(self._worker.header_timeout if self._fresh else self._worker.cfg.keepalive)
         return self
@@ -170,8 +169,8 @@ class _HeadWait:
     def __exit__(self, exc_type, exc, traceback) -> bool | None:
         self._active = False
         self._timeout.close()
-        if self._worker.head_waits.get(self._greenlet) is self:
-            del self._worker.head_waits[self._greenlet]
+        if self._worker.waits.get(self._greenlet) is self:
+            del self._worker.waits[self._greenlet]
         if not isinstance(exc, _HeadWaitOver):
             return None
         if self._sock is not None:  # part of a head came: say why the connection closes
@@ -191,13 +190,13 @@ def _send_if_room(sock: socket.socket, data: bytes) -> None:
 class _HeadTimedUnreader(SocketUnreader):
     """gunicorn's socket reader, telling the wait for a request head when the head's first bytes came."""
 
-    head_waits: OrderedDict  # the worker's, by greenlet
+    waits: OrderedDict  # the worker's, by greenlet
 
     def chunk(self, size_hint=None) -> bytes:
         data = super().chunk(size_hint)
         if data:
-            wait = self.head_waits.get(getcurrent())
-            if wait is not None:
+            wait = self.waits.get(getcurrent())
+            if type(wait) is _HeadWait:  # (a body being read has a TimedBody there)
                 wait.head_started(self.sock)
         return data
 
@@ -205,8 +204,9 @@ class _HeadTimedUnreader(SocketUnreader):
 class GeventWorker(_StockGeventWorker):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.head_waits: OrderedDict[object, _HeadWait] = OrderedDict()  # oldest first
-        self.body_waits: OrderedDict[object, TimedBody] = OrderedDict()  # oldest first
+        # Connections waiting for a request head or body from their client, by greenlet, oldest first
+        # (a connection waits for one at a time).
+        self.waits: OrderedDict[object, _HeadWait | TimedBody] = OrderedDict()
         self._fresh: set = set()  # greenlets of connections that have not started a request yet
         self.shed: set = set()  # greenlets of connections closed for room, not gone yet
         self._open = 0
@@ -214,7 +214,7 @@ class GeventWorker(_StockGeventWorker):
         self._streams_deadline: gevent.Greenlet | None = None
 
     def init_process(self) -> None:
-        _HeadTimedUnreader.head_waits = self.head_waits
+        _HeadTimedUnreader.waits = self.waits
         patches.gunicorn_worker(OneWriteResponse, _HeadTimedUnreader, _DateHeader())
         super().init_process()
 
@@ -260,25 +260,16 @@ class GeventWorker(_StockGeventWorker):
         """Keep a reserve of connections for new clients (and health checks): near worker_connections,
         close the connections that have waited longest for a request head or body (slow or idle clients)."""
         excess = self._open - len(self.shed) - (self.worker_connections - self._reserve)
-        while excess > 0 and (self.head_waits or self.body_waits):
-            greenlet, wait = self._longest_waits().popitem(last=False)
+        while excess > 0 and self.waits:
+            greenlet, wait = self.waits.popitem(last=False)
             self.shed.add(greenlet)
             wait.end_soon()
             excess -= 1
 
-    def _longest_waits(self) -> OrderedDict:
-        """Of the waits for heads and for bodies (each oldest first), those holding the oldest one."""
-        if not self.body_waits:
-            return self.head_waits
-        if not self.head_waits:
-            return self.body_waits
-        head, body = next(iter(self.head_waits.values())), next(iter(self.body_waits.values()))
-        return self.head_waits if head.since <= body.since else self.body_waits
-
     def handle_request(self, listener_name, req, sock, addr) -> None:
         if self.nr + 1 >= self.max_requests:  # gunicorn recycles the worker after this one (max_requests)
             self._end_streams_before_deadline()
-        body = TimedBody.wrap(req, self.body_timeout, self.body_budget, self.body_waits, self.shed)
+        body = TimedBody.wrap(req, self.body_timeout, self.body_budget, self.waits, self.shed)
         try:
             super().handle_request(listener_name, req, sock, addr)
         finally:
@@ -294,8 +285,11 @@ class GeventWorker(_StockGeventWorker):
         self._end_streams_before_deadline()
 
     def _end_head_waits(self) -> None:
-        while self.head_waits:
-            self.head_waits.popitem(last=False)[1].end_soon()
+        """End the waits for request heads (idle connections); bodies being received still come."""
+        for greenlet, wait in list(self.waits.items()):
+            if type(wait) is _HeadWait:
+                del self.waits[greenlet]
+                wait.end_soon()
 
     def _end_streams_before_deadline(self) -> None:
         """Schedule the end of the streams still in flight, a margin before the graceful timeout
