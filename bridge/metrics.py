@@ -160,9 +160,8 @@ class LabelBudget:
     def known(self, provider: str, value: str | tuple[str, ...]) -> str | tuple[str, ...]:
         """``value`` if it has a series of its own already (in any worker), else OTHER; admits nothing."""
         admitted = self._admitted(provider)
-        if value in admitted.values or len(admitted.values) >= self._limit:
-            return value if value in admitted.values else OTHER
-        admitted.refresh()
+        if value not in admitted.values and len(admitted.values) < self._limit:
+            admitted.refresh()  # another worker may have admitted it
         return value if value in admitted.values else OTHER
 
     def _admitted(self, provider: str) -> _Admitted:
@@ -211,18 +210,16 @@ def tool_label(provider: str, model: str, tool: str) -> str:
 
 # --- series and the scrape -----------------------------------------------------------------------
 
-#: A guard only: with bounded labels the series of all metrics stay far below this.
-MAX_CACHED_SERIES = 100_000
 _SERIES: dict[tuple, object] = {}
 
 
 def series(metric, *labels: str):
-    """``metric.labels(*labels)``, remembered: each call of it validates and locks, several times per request."""
+    """``metric.labels(*labels)``, remembered: each call of it validates and locks, several times per request.
+    The metric keeps every series it made anyway (as many as the bounded labels allow), so remembering
+    them adds nothing that grows."""
     key = (metric, labels)
     child = _SERIES.get(key)
     if child is None:
-        if len(_SERIES) >= MAX_CACHED_SERIES:
-            _SERIES.clear()
         child = _SERIES[key] = metric.labels(*labels)
     return child
 

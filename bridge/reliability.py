@@ -171,7 +171,7 @@ class CircuitBreaker:
             self._failures = 0
 
     def _reject(self, retry_after: int) -> int:
-        metrics.BREAKER_REJECTS.labels(*self.labels).inc()
+        metrics.series(metrics.BREAKER_REJECTS, *self.labels).inc()
         raise CircuitOpen(self, retry_after)
 
     def _next_window(self, now: float) -> float:
@@ -383,7 +383,7 @@ class Limits:
     def acquire(self, provider: str) -> Slot:
         """A slot for one intercepted request, or GatewayError 429 with Retry-After."""
         if self.max_concurrency and self.in_flight >= self.max_concurrency:
-            metrics.LIMIT_REJECTS.labels(provider, "concurrency").inc()
+            metrics.series(metrics.LIMIT_REJECTS, provider, "concurrency").inc()
             raise GatewayError(429, f"too many concurrent requests: this gateway process relays at most "
                                     f"{self.max_concurrency} at once; retry shortly",
                                headers={"Retry-After": "1"})
@@ -393,7 +393,7 @@ class Limits:
             self._refilled = now
             if self._tokens < 1:
                 wait = max(1, math.ceil((1 - self._tokens) / self.rate))
-                metrics.LIMIT_REJECTS.labels(provider, "rate").inc()
+                metrics.series(metrics.LIMIT_REJECTS, provider, "rate").inc()
                 raise GatewayError(429, f"rate limit exceeded: this gateway process accepts at most "
                                         f"{self.rate:g} requests per second; retry in {wait}s",
                                    headers={"Retry-After": str(wait)})
