@@ -342,7 +342,7 @@ def _refuse_unknown_names(store: Store, args: argparse.Namespace) -> None:
     from bridge.config import PROVIDER_TYPES
 
     def recorded(**filters: str) -> bool:
-        return store.query_interceptions(InterceptionFilter(**filters), limit=1)["count"] > 0
+        return store.any_interception(InterceptionFilter(**filters))
 
     user = args.initiator
     if user is not None and store.get_user(user) is None and not recorded(initiator=user):

@@ -628,30 +628,41 @@ class Store:
             ids = [row[0] for row in self.db.execute(page_sql, params)]
             return {"count": count, "results": self._interceptions_by_id(ids)}
 
+    def any_interception(self, filters: InterceptionFilter) -> bool:
+        """Whether any interception matches ``filters`` (one indexed probe: no count, no rows read)."""
+        initiators = self.initiator_ids(filters.initiator) if filters.initiator is not None else None
+        where, params = self._interception_where(filters, initiators)
+        return self.db.execute(f"SELECT 1 FROM aibridge_interceptions{_sql_where(where)} LIMIT 1", params).fetchone() is not None
+
     def interception_result(self, interception_id: str, viewer_id: str | None = None) -> dict[str, Any] | None:
         """One interception as query_interceptions() lists it; None when there is no such id or, with
         ``viewer_id``, when it is someone else's (so that ids of others cannot be told apart)."""
         if "\x00" in interception_id:  # no stored id has one (and PostgreSQL text cannot hold it)
             return None
-        found = self._interceptions_by_id([interception_id])
-        if not found or (viewer_id is not None and found[0]["initiator"]["id"] != viewer_id):
-            return None
-        return found[0]
+        found = self._interceptions_by_id([interception_id], viewer_id)
+        return found[0] if found else None
 
-    def _interceptions_by_id(self, ids: list[str]) -> list[dict[str, Any]]:
-        """Full results for these ids, in this order: one query for the rows, one per child table."""
+    def _interceptions_by_id(self, ids: list[str], viewer_id: str | None = None) -> list[dict[str, Any]]:
+        """Full results for these ids, in this order (only ``viewer_id``'s when given): one query for the
+        rows, then, if any, one per child table."""
         if not ids:
             return []
         columns = RECORD_COLUMNS["aibridge_interceptions"]
         condition, param = self._in("i.id", ids)
+        params = [param]
+        if viewer_id is not None:  # someone else's is not read at all, its children neither
+            condition += " AND i.initiator_id = ?"
+            params.append(viewer_id)
         rows = {
             values[0]: values
             for values in self.db.execute(
                 f"SELECT {', '.join('i.' + c for c in columns)}, u.username FROM aibridge_interceptions i"
                 f" LEFT JOIN users u ON u.id = i.initiator_id WHERE {condition}",
-                [param],
+                params,
             )
         }
+        if not rows:
+            return []
         children: dict[str, dict[str, list[dict[str, Any]]]] = {i: {name: [] for name in CHILD_TABLES} for i in ids}
         condition, param = self._in("interception_id", ids)
         for name, table in CHILD_TABLES.items():
