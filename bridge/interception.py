@@ -8,7 +8,7 @@ alone reads them with its interceptor, sets what the record says, and ends itsel
 from __future__ import annotations
 
 import time
-from typing import Mapping
+from typing import Callable, Mapping, TypeVar
 
 import orjson
 from loguru import logger
@@ -28,6 +28,8 @@ from bridge.recorder import InterceptionEnd, InterceptionStart, Recorder
 #: Characters a secret spans at most (keys and tokens are a few hundred at most): masked together with
 #: a cut text, so that one running across the cut is masked whole.
 _SECRET_SPAN_MAX = 1024
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 
 class Interception:
@@ -51,13 +53,17 @@ class Interception:
         self._text_max = recorded_text_max
         client = identify_client(headers)
         credential = own_credential(headers) if caller.byok else provider.settings.key
-        # Secrets a user may paste into a conversation: never stored, logged or shown back as they are
-        # (a client's own key under 8 characters is no key: masking it would garble the records).
-        masker = masker or Masker(provider_secrets(provider.settings))
-        self._masker = masker = masker.including(credential) if credential and len(credential) >= 8 else masker
+        # Secrets a user may paste into a conversation: never stored, logged or shown back as they are.
+        # The provider's key is among the masker's; a client's own key (BYOK; one under 8 characters
+        # is no key: masking it would garble the records) joins it only for a text that holds it
+        # (``_masked``): a masker with a new key takes ~16 ms to compile, and a text without the key
+        # comes out the same from either.
+        self._masker = masker or Masker(provider_secrets(provider.settings))
+        self._own_key = credential if caller.byok and credential and len(credential) >= 8 else None
+        masked = self._masked
         #: The model as the record, the logs and the circuit breaker name it. Like every client-chosen
         #: field of the row (user agent, session id, tool call id), masked: a client may put anything there.
-        self.model: str = masker.text(interceptor.model)
+        self.model: str = masked(interceptor.model)
         # The model label is bounded per provider (bridge.metrics): until the upstream serves the model
         # (end), the metrics count it as "other"; the client names are a fixed set.
         self._provider_name = provider.name
@@ -71,11 +77,11 @@ class Interception:
             "provider_name": provider.name,
             "model": self.model,
             "client": client.name,
-            "client_session_id": masker.text(client.session_id),
-            "user_agent": masker.text(headers.get("User-Agent")),
+            "client_session_id": masked(client.session_id),
+            "user_agent": masked(headers.get("User-Agent")),
             "credential_kind": "byok" if caller.byok else "centralized",
             "credential_hint": mask_secret(credential),
-            "correlating_tool_call_id": masker.text(text(interceptor.correlating_tool_call_id())),
+            "correlating_tool_call_id": masked(text(interceptor.correlating_tool_call_id())),
             "started_at": utc_now(),
             "ended_at": None,
             "owner": recorder.owner,  # the process serving it: its interceptions are ended if it stops
@@ -137,11 +143,7 @@ class Interception:
         return self.interceptor.rewrites_stream
 
     def rewrite(self, events: bytes) -> bytes:
-        try:
-            return self.interceptor.rewrite(events)
-        except Exception as exc:
-            self._unreadable_event(exc)
-            return events
+        return self._reading(self.interceptor.rewrite, events, events)
 
     def observe(self, events: bytes) -> None:
         interceptor = self.interceptor
@@ -153,11 +155,7 @@ class Interception:
                 self._unreadable_event(exc)
 
     def ends_stream(self, event: Event) -> bool:
-        try:
-            return self.interceptor.ends_stream(event)
-        except Exception as exc:
-            self._unreadable_event(exc)
-            return True
+        return self._reading(self.interceptor.ends_stream, event, True)
 
     def read_stopped(self, reason: str) -> None:
         self.incomplete = f"read for the record up to where it stopped: {reason}"
@@ -170,6 +168,14 @@ class Interception:
         if reason and not self._ended:
             self.error = reason
         self.end()
+
+    def _reading(self, read: Callable[[_T], _R], what: _T, unread: _R) -> _R:
+        """``read(what)``, or ``unread`` for what the interceptor cannot read (counted for the record)."""
+        try:
+            return read(what)
+        except Exception as exc:
+            self._unreadable_event(exc)
+            return unread
 
     def _unreadable_event(self, exc: Exception) -> None:
         if not self.unreadable:
@@ -260,6 +266,9 @@ class Interception:
         return orjson.dumps(kept).decode() if json else kept
 
     def _masked(self, text: str | None) -> str | None:
+        own_key = self._own_key
+        if own_key is not None and text and own_key in text:
+            return self._masker.including(own_key).text(text)
         return self._masker.text(text)
 
     def _count(self, usage, prompted: bool) -> None:
