@@ -24,6 +24,11 @@ _READ_SIZE = 65536
 _UNSEEN_READS_MAX = 16  # reads relayed ahead of the observer at most, when the upstream sends faster than it reads
 
 
+def _blank(data: bytes) -> bool:
+    """``not data.strip()``, without copying ``data`` (up to all the reads not yet shown to the observer)."""
+    return not data or data.isspace()
+
+
 class StreamDecoder(Protocol):
     """Turns an upstream's stream bytes into SSE bytes (e.g. AWS event stream frames)."""
 
@@ -234,9 +239,11 @@ class StreamRelay:
             unfinished = unfinished or self._splitter.pending
         if self._read_stopped:
             return True
-        if not unfinished.strip():  # the stream's bytes since the last event read for the record
-            unfinished = self._splitter.pending + b"".join(self._unseen) if self._unseen else self._splitter.pending
-        event = last_event(unfinished if unfinished.strip() else self._last_run)
+        if _blank(unfinished):  # the stream's bytes since the last event read for the record
+            if len(self._unseen) > 1:  # joined once: close() shows the observer these same bytes
+                self._unseen = [b"".join(self._unseen)]
+            unfinished = self._splitter.pending + self._unseen[0] if self._unseen else self._splitter.pending
+        event = last_event(self._last_run if _blank(unfinished) else unfinished)
         return event is not None and self._observer.ends_stream(event)
 
     def _fail(self, status: int, message: str) -> bytes:

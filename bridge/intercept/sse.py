@@ -68,11 +68,24 @@ def event_around(run: bytes, index: int, low: int = 0) -> tuple[int, int]:
 
 
 def last_event(run: bytes) -> Event | None:
-    """The last event of a run of events (its blank line may be missing: a stream's unfinished end)."""
-    body = run.rstrip(b"\r\n")
-    if not body:
+    """The last event of a run of events (its blank line may be missing: a stream's unfinished end).
+    Only the run's end is read (and copied): the run may be a whole stream."""
+    end = _end_of_content(run)
+    if not end:
         return None
-    return parse_event(run[_after_last_blank_line(body, 0, len(body)):])
+    return parse_event(run[_after_last_blank_line(run, 0, end):])
+
+
+def _end_of_content(run: bytes, step: int = 256) -> int:
+    """``len(run.rstrip(b"\r\n"))``, copying ``step`` bytes at a time from the end, not the run."""
+    end = len(run)
+    while end:
+        start = max(0, end - step)
+        kept = len(run[start:end].rstrip(b"\r\n"))
+        if kept:
+            return start + kept
+        end = start
+    return 0
 
 
 def events_holding(run: bytes, positions: Iterable[int]) -> Iterator[Event]:
