@@ -14,8 +14,9 @@ EVENT_DELAY_MS = 1.0
 SLOW_RSS_MB = 150.0
 
 
-def _f(value: Any, fmt: str = "{:.2f}") -> str:
-    return "-" if value is None else fmt.format(value)
+def fmt(value: Any, pattern: str = "{:.2f}") -> str:
+    """A figure for a table: "-" when not measured."""
+    return "-" if value is None else pattern.format(value)
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
@@ -52,16 +53,21 @@ def _div(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b == 0 else a / b
 
 
+def label(run: dict) -> str:
+    """The target's name, with the round when it was measured in several (a baseline comparison)."""
+    return run["target"] + (f" #{run['round']}" if run.get("round") else "")
+
+
 def main_table(results: dict) -> str:
     rows = []
     for r in results["runs"]:
         if r.get("status") != "ok":
-            rows.append([r["scenario"], r["target"], str(r.get("concurrency", "")), *["-"] * 7, r.get("status", "")])
+            rows.append([r["scenario"], label(r), str(r.get("concurrency", "")), *["-"] * 7, r.get("status", "")])
             continue
-        rows.append([r["scenario"], r["target"], str(r["concurrency"]), _f(r["rps"], "{:.0f}"),
-                     _f(_get(r, "latency_ms", "p50")), _f(_get(r, "latency_ms", "p99")),
-                     _f(_get(r, "ttfb_ms", "p50")), _f(_get(r, "ttfb_ms", "p99")),
-                     _f(r.get("cpu_ms_per_req")), _f(r.get("peak_rss_mb"), "{:.0f}"),
+        rows.append([r["scenario"], label(r), str(r["concurrency"]), fmt(r["rps"], "{:.0f}"),
+                     fmt(_get(r, "latency_ms", "p50")), fmt(_get(r, "latency_ms", "p99")),
+                     fmt(_get(r, "ttfb_ms", "p50")), fmt(_get(r, "ttfb_ms", "p99")),
+                     fmt(r.get("cpu_ms_per_req")), fmt(r.get("peak_rss_mb"), "{:.0f}"),
                      str(r["errors"]) + (f"  (of {r['ok'] + r['errors']})" if r["errors"] else "")])
     return table(["scenario", "target", "conc", "req/s", "p50 ms", "p99 ms", "ttfb p50", "ttfb p99",
                   "CPU ms/req", "peak RSS MB", "errors"], rows)
@@ -97,10 +103,10 @@ def ratios(results: dict) -> dict:
 
 
 def ratio_table(rat: dict) -> str:
-    rows = [[s, "", "", _f(e["bridge_added_p50_ms"]), _f(e["bridge_added_p99_ms"]), _f(e["bridge_added_ttfb_p50_ms"]),
-             _f(e["bridge_over_direct_p50"], "{:.2f}x"), _f(e["bridge_over_direct_rps"], "{:.2f}x"),
-             _f(e["litellm_added_p50_ms"]), _f(e["litellm_over_bridge_cpu"], "{:.1f}x"),
-             _f(e["litellm_over_bridge_rps"], "{:.2f}x")] for s, e in rat.items()]
+    rows = [[s, "", "", fmt(e["bridge_added_p50_ms"]), fmt(e["bridge_added_p99_ms"]), fmt(e["bridge_added_ttfb_p50_ms"]),
+             fmt(e["bridge_over_direct_p50"], "{:.2f}x"), fmt(e["bridge_over_direct_rps"], "{:.2f}x"),
+             fmt(e["litellm_added_p50_ms"]), fmt(e["litellm_over_bridge_cpu"], "{:.1f}x"),
+             fmt(e["litellm_over_bridge_rps"], "{:.2f}x")] for s, e in rat.items()]
     return table(["scenario", "", "", "bridge +p50", "+p99", "+ttfb p50", "b/d p50", "b/d req/s",
                   "litellm +p50", "L/b CPU", "L/b req/s"], rows)
 
@@ -109,14 +115,14 @@ def paced_table(results: dict) -> str:
     rows = []
     for p in results.get("paced", []):
         if p.get("status") != "ok":
-            rows.append([p["scenario"], p["target"], "", *["-"] * 9, p.get("status", "")])
+            rows.append([p["scenario"], label(p), "", *["-"] * 9, p.get("status", "")])
             continue
         d, g = p["event_delay_ms"], p["event_gap_ms"]
         added = p.get("added_delay_ms") or {}
-        rows.append([p["scenario"], p["target"], str(p["stamped_events"]), _f(d.get("p50"), "{:.3f}"),
-                     _f(d.get("p99"), "{:.3f}"), _f(d.get("max"), "{:.3f}"), _f(added.get("p50"), "{:+.3f}"),
-                     _f(added.get("p99"), "{:+.3f}"), _f(added.get("max"), "{:+.3f}"), _f(g.get("p50")),
-                     _f(g.get("p99")), _f(p.get("cpu_ms_per_req")), str(p["errors"])])
+        rows.append([p["scenario"], label(p), str(p["stamped_events"]), fmt(d.get("p50"), "{:.3f}"),
+                     fmt(d.get("p99"), "{:.3f}"), fmt(d.get("max"), "{:.3f}"), fmt(added.get("p50"), "{:+.3f}"),
+                     fmt(added.get("p99"), "{:+.3f}"), fmt(added.get("max"), "{:+.3f}"), fmt(g.get("p50")),
+                     fmt(g.get("p99")), fmt(p.get("cpu_ms_per_req")), str(p["errors"])])
     return table(["scenario", "target", "events", "delay p50", "p99", "max", "added p50", "p99", "max",
                   "gap p50", "gap p99", "CPU ms/stream", "errors"], rows)
 
@@ -131,8 +137,8 @@ def slow_table(results: dict) -> str:
     return table(["target", "streams", "ok", "errors", "incomplete", "unfinished", "RSS start MB", "RSS peak MB",
                   "duration p50 ms", "p99 ms", "CPU s"],
                  [[s["target"], str(s["streams"]), str(s["ok"]), str(s["errors"]), str(s["incomplete"]),
-                   str(s["unfinished"]), _f(s["rss_start_mb"], "{:.1f}"), _f(s["rss_peak_mb"], "{:.1f}"),
-                   _f(dur.get("p50"), "{:.0f}"), _f(dur.get("p99"), "{:.0f}"), _f(s.get("cpu_s"))]])
+                   str(s["unfinished"]), fmt(s["rss_start_mb"], "{:.1f}"), fmt(s["rss_peak_mb"], "{:.1f}"),
+                   fmt(dur.get("p50"), "{:.0f}"), fmt(dur.get("p99"), "{:.0f}"), fmt(s.get("cpu_s"))]])
 
 
 def targets(results: dict, rat: dict) -> list[dict]:
@@ -165,7 +171,8 @@ def targets(results: dict, rat: dict) -> list[dict]:
     for p in results.get("paced", []):
         if p["target"] == "bridge":
             added = p.get("added_delay_ms") or {}
-            check(f"per-event added delay {p['scenario']} (p99; max in table) <= 1 ms", added.get("p99"),
+            nth = f" #{p['round']}" if p.get("round") else ""
+            check(f"per-event added delay {p['scenario']}{nth} (p99; max in table) <= 1 ms", added.get("p99"),
                   EVENT_DELAY_MS, "ms", p.get("note", "not measured"))
     s = results.get("slow")
     if s and s.get("status") == "ok":

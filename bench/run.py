@@ -3,6 +3,7 @@
 
     python bench/run.py --quick            # < 2 minutes
     python bench/run.py                    # the fuller run (~6-8 minutes with LiteLLM)
+    python bench/run.py --baseline-rev REV # also bridge at REV, before/after in the same run
 
 Everything runs on 127.0.0.1 and stops by itself; every loop is bounded by a request count and by
 seconds. Nothing is installed unless asked (--install, --install-litellm). CI does not run this.
@@ -17,6 +18,12 @@ What runs
                      token from a fresh SQLite store, recording on (structured logging: --structured-logging).
             litellm  LiteLLM proxy from bench/litellm-venv (--install-litellm creates it), 1 worker,
                      master-key auth, no database. Skipped with a note when absent.
+            baseline with --baseline DIR (another checkout of bridge) or --baseline-rev REV (a git
+                     worktree of REV made in a temp dir, removed after the run): bridge's command run
+                     from that tree with this interpreter, importing that tree's bridge package. It
+                     and bridge alternate in every scenario, A B B A (--rounds); then each scenario's
+                     CPU per request current/baseline, PASS when <= 1.05 (issue 17). The 1,000 slow
+                     streams run on bridge only. --baseline . compares this tree with itself: the noise.
 
 What is measured, per scenario and target
   - concurrency 1 (latency) and concurrency N (throughput, --concurrency): req/s, latency p50/p99,
@@ -60,7 +67,9 @@ import report  # noqa: E402
 from mock import PyMock, canned_mock, nginx_binary, nginx_version  # noqa: E402
 from procs import Usage, rss_mb  # noqa: E402
 from scenarios import CANNED, CANNED_BY_NAME, CPU_TARGET_SCENARIOS, Scenario, paced  # noqa: E402
-from targets import LITELLM_VENV, REPO, Bridge, Direct, LiteLLM, Target, litellm_available, litellm_version  # noqa: E402
+from targets import (LITELLM_VENV, REPO, Bridge, Direct, LiteLLM, Target, git_rev, litellm_available,  # noqa: E402
+                     litellm_version)
+import baseline  # noqa: E402
 
 SETTLE_S = 0.7  # after the last answer: bridge's recorder batches for 0.5 s before writing
 SENT: dict[str, int] = {}  # requests sent to each target (to compare with the records bridge wrote)
@@ -85,6 +94,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--slow-events", type=int, help="events per slow stream (default 40; quick 20)")
     p.add_argument("--slow-interval-ms", type=int, default=250, help="ms between slow-stream events (default 250)")
     p.add_argument("--skip-paced", action="store_true", help="skip the paced-stream runs")
+    base = p.add_mutually_exclusive_group()
+    base.add_argument("--baseline", type=Path, metavar="DIR",
+                      help="also measure the bridge tree in DIR (same requirements), alternating with this one")
+    base.add_argument("--baseline-rev", metavar="REV",
+                      help="like --baseline, with a detached git worktree of REV made for the run and removed after")
+    p.add_argument("--rounds", type=int, default=2, choices=range(1, 11), metavar="{1..10}",
+                   help="with a baseline: runs of each tree per scenario, the order flipped each round "
+                        "(default 2: A B B A)")
     p.add_argument("--structured-logging", action="store_true",
                    help="bridge with CODER_AIBRIDGE_STRUCTURED_LOGGING on (JSON log file in the temp dir)")
     p.add_argument("--python-mock", action="store_true", help="serve the canned bodies with mockserver.py, not nginx")
@@ -202,12 +219,13 @@ def run_load(target: Target, scenario: Scenario, spec: dict, timeout: float) -> 
 
 def canned_runs(args, targets: list[Target], scenarios: list[Scenario], results: dict) -> None:
     for scenario in scenarios:
-        for target in targets:
+        for target, nth in baseline.run_order(targets, args.rounds):
+            tag = {"target": target.name, **({"round": nth} if nth else {})}
+            who = report.label(tag)
             note = probe(target, scenario)
             if note:
-                print(f"  {scenario.name:12} {target.name:8} {note}", flush=True)
-                results["runs"].append({"scenario": scenario.name, "target": target.name, "status": "skipped",
-                                        "note": note})
+                print(f"  {scenario.name:12} {who:11} {note}", flush=True)
+                results["runs"].append({"scenario": scenario.name, **tag, "status": "skipped", "note": note})
                 continue
             for conc, n, secs in ((1, args.latency_requests, args.latency_seconds),
                                   (args.concurrency, args.requests, args.seconds)):
@@ -220,10 +238,10 @@ def canned_runs(args, targets: list[Target], scenarios: list[Scenario], results:
                     traceback.print_exc()
                 else:
                     r["status"] = "ok"
-                r.update({"scenario": scenario.name, "target": target.name})
+                r.update({"scenario": scenario.name, **tag})
                 results["runs"].append(r)
                 if r["status"] == "ok":
-                    print(f"  {scenario.name:12} {target.name:8} c={conc:<3} {r['rps']:8.0f} req/s  "
+                    print(f"  {scenario.name:12} {who:11} c={conc:<3} {r['rps']:8.0f} req/s  "
                           f"p50 {r['latency_ms'].get('p50') or 0:7.2f} ms  p99 {r['latency_ms'].get('p99') or 0:7.2f} ms  "
                           f"CPU {r['cpu_ms_per_req'] or 0:6.2f} ms/req  errors {r['errors']}", flush=True)
 
@@ -231,12 +249,14 @@ def canned_runs(args, targets: list[Target], scenarios: list[Scenario], results:
 def paced_runs(args, targets: list[Target], scenarios: list[Scenario], results: dict) -> None:
     for scenario in scenarios:
         rows = []
-        for target in targets:
+        for target, nth in baseline.run_order(targets, args.rounds):
+            tag = {"target": target.name, **({"round": nth} if nth else {})}
+            who = report.label(tag)
             spec = {"mode": "paced", "concurrency": 3, "requests": args.paced_streams}
             note = probe(target, scenario)
             if note:
-                rows.append({"scenario": scenario.name, "target": target.name, "status": "skipped", "note": note})
-                print(f"  {scenario.name:14} {target.name:8} {note}", flush=True)
+                rows.append({"scenario": scenario.name, **tag, "status": "skipped", "note": note})
+                print(f"  {scenario.name:14} {who:11} {note}", flush=True)
                 continue
             try:
                 seconds = (args.paced_streams / 3 + 2) * scenario.events * scenario.interval_ms / 1000
@@ -245,11 +265,11 @@ def paced_runs(args, targets: list[Target], scenarios: list[Scenario], results: 
             except Exception as exc:  # noqa: BLE001
                 traceback.print_exc()
                 r = {"status": "failed", "note": f"failed: {exc}"}
-            r.update({"scenario": scenario.name, "target": target.name})
+            r.update({"scenario": scenario.name, **tag})
             rows.append(r)
             if r["status"] == "ok":
                 d = r["event_delay_ms"]
-                print(f"  {scenario.name:14} {target.name:8} events {r['stamped_events']:5}  delay p50 "
+                print(f"  {scenario.name:14} {who:11} events {r['stamped_events']:5}  delay p50 "
                       f"{d.get('p50') or 0:.3f} p99 {d.get('p99') or 0:.3f} max {d.get('max') or 0:.3f} ms  "
                       f"errors {r['errors']}", flush=True)
         direct = next((r for r in rows if r["target"] == "direct" and r["status"] == "ok"), None)
@@ -282,10 +302,28 @@ def slow_run(args, bridge: Bridge, scenario: Scenario, results: dict) -> None:
 
 # ---------------------------------------------------------------- main
 
-def git_rev() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "bridge"], cwd=REPO, capture_output=True, text=True)
-    return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+def start_bridges(args, workdir: Path, mocks: list, results: dict, stoppers: list) -> list[Bridge]:
+    """The bridge targets, started: the baseline tree's first when there is one, then this tree's.
+    Each is refused unless its server imports bridge from its own tree."""
+    trees = ([(args.baseline.resolve(), baseline.NAME)] if args.baseline else []) + [(REPO, baseline.CURRENT)]
+    started = []
+    for tree, name in trees:
+        target = Bridge(workdir, mocks, structured_logging=args.structured_logging, repo=tree, name=name)
+        results["meta"][name] = {**target.features, **baseline.check_tree(target)}
+        print(f"{name}: {results['meta'][name]['git']} from {results['meta'][name]['bridge_module']}", flush=True)
+        stoppers.append(target.stop)
+        started.append(target.start())
+    return started
+
+
+def baseline_error(args, wanted_targets: list[str]) -> str | None:
+    if not (args.baseline or args.baseline_rev):
+        return None
+    if "bridge" not in wanted_targets:
+        return "--baseline/--baseline-rev compare with bridge: keep bridge in --targets"
+    if args.baseline and not (args.baseline / "bridge" / "__init__.py").is_file():
+        return f"--baseline {args.baseline}: no bridge package there"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -302,6 +340,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in args.scenarios.split(",") if s and s not in CANNED_BY_NAME]
     if unknown:
         print(f"unknown scenario(s): {', '.join(unknown)}; known: {', '.join(CANNED_BY_NAME)}", file=sys.stderr)
+        return 2
+    error = baseline_error(args, wanted_targets)
+    if error:
+        print(error, file=sys.stderr)
         return 2
     canned = [CANNED_BY_NAME[s] for s in args.scenarios.split(",") if s]
     short = {"openai": "oai", "anthropic": "ant", "responses": "resp"}
@@ -324,12 +366,16 @@ def main(argv: list[str] | None = None) -> int:
                    "latency_seconds": args.latency_seconds, "paced_streams": args.paced_streams,
                    "paced_interval_ms": args.paced_interval_ms, "slow_streams": args.slow_streams,
                    "slow_events": args.slow_events, "slow_interval_ms": args.slow_interval_ms,
-                   "stream_events": bodies.STREAM_EVENTS, "paced_apis": args.paced_apis, "nice": args.nice},
+                   "stream_events": bodies.STREAM_EVENTS, "paced_apis": args.paced_apis, "nice": args.nice,
+                   "rounds": args.rounds if args.baseline or args.baseline_rev else 1},
         "runs": [], "paced": [], "slow": None, "notes": notes,
     }
     workdir = Path(tempfile.mkdtemp(prefix="bridge-bench-"))
     stoppers: list = []
     try:
+        if args.baseline_rev:
+            args.baseline = baseline.make_worktree(args.baseline_rev)
+            stoppers.append(lambda tree=args.baseline: baseline.remove_worktree(tree))  # last: after the servers
         mock = canned_mock(workdir, canned, want_nginx=not args.python_mock)
         stoppers.append(mock.stop)
         results["meta"]["mock"] = mock.kind
@@ -343,12 +389,11 @@ def main(argv: list[str] | None = None) -> int:
         targets: list[Target] = []
         if "direct" in wanted_targets:
             targets.append(Direct(mock, paced_mock))
-        bridge = None
-        if "bridge" in wanted_targets:
-            bridge = Bridge(workdir, mocks, structured_logging=args.structured_logging).start()
-            stoppers.append(bridge.stop)
-            targets.append(bridge)
-            results["meta"]["bridge"] = bridge.features
+        bridges = start_bridges(args, workdir, mocks, results, stoppers) if "bridge" in wanted_targets else []
+        targets += bridges
+        bridge = bridges[-1] if bridges else None
+        if args.baseline and args.slow_streams > 0:
+            notes.append(f"the {args.slow_streams} slow streams ran on bridge only, not on the baseline")
         if "litellm" in wanted_targets:
             if litellm_available():
                 print("starting LiteLLM proxy ...", flush=True)
@@ -378,6 +423,9 @@ def main(argv: list[str] | None = None) -> int:
             results["meta"]["bridge_records"] = bridge.records()
             bridge.stop()
             results["meta"]["bridge_records"] = bridge.records()
+        for base in bridges[:-1]:
+            base.stop()
+            results["meta"][base.name]["records"] = base.records()
     finally:
         for stop in reversed(stoppers):
             try:
@@ -393,16 +441,25 @@ def main(argv: list[str] | None = None) -> int:
 
     results["ratios"] = report.ratios(results)
     results["targets"] = report.targets(results, results["ratios"])
+    if args.baseline:
+        results["comparison"] = baseline.compare(results)
     results["meta"]["elapsed_s"] = round(time.monotonic() - started, 1)
     results["meta"]["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     if results["meta"].get("bridge_records") is not None:
         results["meta"]["bridge_requests_sent"] = SENT.get("bridge", 0)
         notes.append(f"bridge recorded {results['meta']['bridge_records']} interceptions in its store for "
                      f"{SENT.get('bridge', 0)} requests sent to it (recording was on)")
+    base_meta = results["meta"].get(baseline.NAME)
+    if base_meta and base_meta.get("records") is not None:
+        notes.append(f"the baseline recorded {base_meta['records']} interceptions for "
+                     f"{SENT.get(baseline.NAME, 0)} requests sent to it")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")
     print()
     print(report.render(results))
+    if args.baseline:
+        print("\n" + baseline.render(results["comparison"], results["meta"].get(baseline.NAME, {}),
+                                     results["meta"]["git"]))
     print(f"\nwritten {args.output} in {results['meta']['elapsed_s']}s")
     return 0
 

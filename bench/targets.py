@@ -79,19 +79,23 @@ def _base_url(mock: Mock, scenario: Scenario) -> str:
 
 class Bridge(Target):
     """``gunicorn -c gunicorn.conf.py bridge.wsgi:app --workers 1``, one provider per scenario, a real
-    gateway token from a fresh SQLite store, recording on."""
+    gateway token from a fresh SQLite store, recording on.
 
-    name = "bridge"
+    ``repo`` is the bridge tree to run (this one by default; another checkout for a before/after
+    comparison): the server and the CLI run from it with it first on PYTHONPATH, so its own
+    ``bridge`` package is imported, with this interpreter (the same venv for both trees)."""
 
     def __init__(self, workdir: Path, scenarios: list[tuple[Scenario, Mock]], workers: int = 1,
-                 structured_logging: bool = False) -> None:
-        self.dir = workdir / "bridge"
+                 structured_logging: bool = False, repo: Path = REPO, name: str = "bridge") -> None:
+        self.name, self.repo = name, repo
+        self.dir = workdir / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.db = self.dir / "bridge.db"
         self.workers = workers
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("CODER_")}
         self.env.update({"CODER_AIBRIDGE_ENABLED": "true", "CODER_AIBRIDGE_DATABASE_URL": f"sqlite:///{self.db}",
-                         "PYTHONDONTWRITEBYTECODE": "1"})
+                         "PYTHONDONTWRITEBYTECODE": "1",
+                         "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))})
         if structured_logging:
             self.env.update({"CODER_AIBRIDGE_STRUCTURED_LOGGING": "true",
                              "CODER_LOGGING_JSON": str(self.dir / "bridge.jsonl")})
@@ -102,14 +106,15 @@ class Bridge(Target):
                              f"CODER_AIBRIDGE_PROVIDER_{i}_KEY": PROVIDER_KEYS[scenario.api],
                              f"CODER_AIBRIDGE_PROVIDER_{i}_BASE_URL": _base_url(mock, scenario)})
         self.features = {"auth": "gateway token (SQLite store)", "recording": "on",
-                         "structured_logging": "on" if structured_logging else "off", "workers": workers}
+                         "structured_logging": "on" if structured_logging else "off", "workers": workers,
+                         "tree": str(repo)}
         self.token = self._make_token()
         self.server: Server | None = None
         self.starts = 0
 
     def _cli(self, *args: str) -> str:
         out = subprocess.run([sys.executable, "-m", "bridge", *args, "--database-url", f"sqlite:///{self.db}"],
-                             cwd=REPO, env=self.env, capture_output=True, text=True, timeout=60)
+                             cwd=self.repo, env=self.env, capture_output=True, text=True, timeout=60)
         if out.returncode != 0:
             raise RuntimeError(f"python -m bridge {' '.join(args)} failed: {out.stderr.strip()}")
         return out.stdout.strip()
@@ -123,7 +128,7 @@ class Bridge(Target):
         self.starts += 1
         cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "bridge.wsgi:app",
                "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers)]
-        self.server = Server("bridge", cmd, self.dir / f"gunicorn-{self.starts}.log", env=self.env, cwd=REPO)
+        self.server = Server(self.name, cmd, self.dir / f"gunicorn-{self.starts}.log", env=self.env, cwd=self.repo)
         self.server.wait_http(f"http://127.0.0.1:{self.port}/healthz", 60)
         return self
 
@@ -143,6 +148,14 @@ class Bridge(Target):
     def cost_pid(self, scenario: Scenario) -> int:
         return self.server.pid
 
+    def module_path(self) -> Path:
+        """Where the ``bridge`` package comes from with this target's interpreter, cwd and environment."""
+        out = subprocess.run([sys.executable, "-c", "import bridge; print(bridge.__file__)"], cwd=self.repo,
+                             env=self.env, capture_output=True, text=True, timeout=60)
+        if out.returncode != 0:
+            raise RuntimeError(f"{self.name}: import bridge failed: {out.stderr.strip()[-500:]}")
+        return Path(out.stdout.strip()).resolve()
+
     def records(self) -> int | None:
         """Interceptions in the store (a check that recording was really on)."""
         try:
@@ -150,6 +163,13 @@ class Bridge(Target):
                 return db.execute("SELECT count(*) FROM aibridge_interceptions").fetchone()[0]
         except sqlite3.Error:
             return None
+
+
+def git_rev(tree: Path = REPO) -> str:
+    """The tree's commit (git rev-parse HEAD), ``+dirty`` when its bridge/ has uncommitted changes."""
+    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tree, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "bridge"], cwd=tree, capture_output=True, text=True)
+    return (out.stdout.strip() or "unknown") + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def litellm_available() -> bool:
