@@ -148,6 +148,12 @@ def api_blueprint(gateway: Any) -> Blueprint:
         admin()
         return _json(run(Store.list_users))
 
+    @bp.get("/api/v2/users/me")
+    def get_me() -> Response:
+        """Who the token belongs to (any user; the dashboard's sign-in), from the authenticated caller."""
+        who = caller()
+        return _json({"id": who["user_id"], "username": who["username"], "is_admin": who["is_admin"]})
+
     @bp.post("/api/v2/users")
     def create_user() -> tuple[Response, int]:
         admin()

@@ -157,10 +157,12 @@ class Browser:
         with self._lock:
             return len(self._events)
 
-    def new_page(self) -> "Page":
-        target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+    def new_page(self, fresh_context: bool = False) -> "Page":
+        """A new tab; ``fresh_context``: in a browser context of its own (no storage shared with other tabs)."""
+        context = self.call("Target.createBrowserContext")["browserContextId"] if fresh_context else None
+        target = self.call("Target.createTarget", {"url": "about:blank", **({"browserContextId": context} if context else {})})["targetId"]
         session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-        return Page(self, target, session)
+        return Page(self, target, session, context)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
@@ -191,10 +193,11 @@ class Browser:
 class Page:
     """One tab: navigate, evaluate, wait for a condition, click, type, take screenshots."""
 
-    def __init__(self, browser: Browser, target_id: str, session_id: str) -> None:
+    def __init__(self, browser: Browser, target_id: str, session_id: str, context_id: str | None = None) -> None:
         self.browser = browser
         self.target_id = target_id
         self.session_id = session_id
+        self.context_id = context_id
         browser._listeners.append(self._on_event)
         for domain in ("Page", "Runtime", "Log"):
             self.call(f"{domain}.enable")
@@ -208,6 +211,16 @@ class Page:
 
     def call(self, method: str, timeout: float = COMMAND_TIMEOUT, **params: Any) -> dict:
         return self.browser.call(method, params, self.session_id, timeout=timeout)
+
+    def close(self) -> None:
+        """Close the tab (and its own browser context, if it has one)."""
+        self.browser.call("Target.closeTarget", {"targetId": self.target_id})
+        if self.context_id:
+            self.browser.call("Target.disposeBrowserContext", {"browserContextId": self.context_id})
+
+    def set_timezone(self, zone: str) -> None:
+        """The tab's time zone (an IANA name), as a viewer there would have it; set before the page loads."""
+        self.call("Emulation.setTimezoneOverride", timezoneId=zone)
 
     # -- what happened
 

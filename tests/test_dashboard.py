@@ -1,8 +1,9 @@
-"""The admin dashboard (SPEC §8) in a real headless Chromium against the real gateway under gunicorn.
+"""The dashboard (SPEC §8, issue 18) in a real headless Chromium against the real gateway under gunicorn.
 
 Records are made by real calls through the gateway to the fake upstream; the browser is Debian's
-``chromium`` driven over the DevTools protocol (tests/cdp.py). Every view is saved as a screenshot
-under test-artifacts/dashboard/ for a person to look at.
+``chromium`` driven over the DevTools protocol (tests/cdp.py), its tabs in the Europe/Berlin time zone
+(so a time shown in UTC by mistake is caught). Every view is saved as a 1440x900 screenshot under
+test-artifacts/dashboard/ for a person to look at.
 """
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ import json
 import os
 import re
 import time
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 import pytest
 import requests
 
 from tests.cdp import CHROMIUM, Browser, Page
+from tests.conftest import start_logged_gateway
 from tests.harness import REPO, wait_for_records
 from tests.sdk_calls import _split_kwargs, anthropic_client, load_fixtures, openai_client
 
@@ -23,6 +27,16 @@ ARTIFACTS = REPO / "test-artifacts" / "dashboard"
 STATIC = REPO / "bridge" / "dashboard" / "static"
 USAGE = "/api/v2/aibridge/usage"
 INTERCEPTIONS = "/api/v2/aibridge/interceptions"
+ME = "/api/v2/users/me"
+USERS = "/api/v2/users"
+MODELS = "/api/v2/aibridge/models"
+VIEWER_ZONE = "Europe/Berlin"
+WINDOW = (1440, 900)
+LEADERBOARD_PAGE = 25
+#: The leaderboard's sort links (URL value) and the usage figure each sorts by.
+SORTS = {"requests": ("interceptions",), "input": ("input_tokens",), "output": ("output_tokens",),
+         "cache_read": ("cache_read_input_tokens",), "cache_write": ("cache_write_input_tokens",),
+         "total": ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_write_input_tokens")}
 XSS_PROMPT = '<img src=x onerror="window.__xss = 1; alert(1)"> is <b id="xss-bold">this</b> bold? <script>window.__xss = 2</script>'
 FILTER_MODEL = "claude-dashboard-filter-test"
 TOTAL_KEYS = ("interceptions", "input_tokens", "output_tokens", "cache_read_input_tokens", "cache_write_input_tokens")
@@ -70,17 +84,23 @@ def seeded(gateway, identities, database) -> dict:
 def browser(tmp_path_factory):
     if not os.path.exists(CHROMIUM):
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium; .ci/run does)")
-    chromium = Browser(tmp_path_factory.mktemp("chromium") / "profile").start()
+    chromium = Browser(tmp_path_factory.mktemp("chromium") / "profile", window=WINDOW).start()
     yield chromium
     chromium.close()
 
 
+def new_tab(browser: Browser, fresh_context: bool = False) -> Page:
+    tab = browser.new_page(fresh_context=fresh_context)
+    tab.set_timezone(VIEWER_ZONE)
+    return tab
+
+
 @pytest.fixture
 def page(browser):
-    tab = browser.new_page()
+    tab = new_tab(browser)
     yield tab
     assert tab.exceptions == [], f"uncaught errors in the page: {tab.exceptions}"
-    browser.call("Target.closeTarget", {"targetId": tab.target_id})
+    tab.close()
 
 
 def shot(page: Page, name: str) -> None:
@@ -154,6 +174,45 @@ def check_requests_legend(page: Page, token: str, marker: str) -> None:
         assert sorted(totals.values(), reverse=True)[:7] == biggest
 
 
+def choose(page: Page, name: str, value: str) -> None:
+    """Set a filter of the list form, whether it is a pick list or (its values unknown) a text input."""
+    selector = f"form[data-form=filters] [name={name}]"
+    tag = page.wait_for(f"document.querySelector({json.dumps(selector)})?.tagName", what=f"the {name} filter")
+    if tag == "SELECT":
+        assert page.evaluate(f"[...document.querySelector({json.dumps(selector)}).options].some(o => o.value === {json.dumps(value)})")
+        page.evaluate(f"document.querySelector({json.dumps(selector)}).value = {json.dumps(value)}")
+    else:
+        page.type_into(selector, value)
+
+
+def signed_in_as(page: Page) -> tuple[str, str]:
+    """The header's user name and role, once the header shows them."""
+    page.wait_for("!document.getElementById('session').hidden", what="the signed-in header")
+    user, role = page.evaluate("[document.getElementById('session-user').textContent, document.getElementById('session-role').textContent]")
+    return user, role
+
+
+def time_titles(page: Page) -> list[str]:
+    """The titles of every table column, filter field and detail field that holds a time."""
+    return page.evaluate("""[...document.querySelectorAll('th, .field-label, .meta-item dt')].map(e => e.textContent)
+        .filter(t => /time|started|ended|date/i.test(t))""")
+
+
+def assert_times_name_their_zone(page: Page) -> None:
+    """Every time column and field says it is in the viewer's zone; every chart axis says UTC."""
+    for title in time_titles(page):
+        assert title.endswith(f"({VIEWER_ZONE})"), title
+    charts = page.evaluate("[...document.querySelectorAll('svg.chart-svg')].map(svg => "
+                           "[svg.dataset.zone, svg.querySelector('.axis-title')?.textContent])")
+    assert all(zone == "UTC" and re.fullmatch(r"(Hour|Day) \(UTC\)", title or "") for zone, title in charts), charts
+
+
+def in_viewer_zone(shown: str, iso: str) -> bool:
+    """Whether ``shown`` (e.g. "27 Nov 2026, 11:02:03") is the stored time ``iso`` on a wall clock in VIEWER_ZONE."""
+    at = datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone(ZoneInfo(VIEWER_ZONE))
+    return shown.startswith(f"{at:%d} ") and f" {at:%Y}, " in shown and shown.endswith(f"{at:%H:%M:%S}")
+
+
 def visible_rows(page: Page) -> list[dict]:
     return page.evaluate("""[...document.querySelectorAll('table[data-table=interceptions] tbody tr')].map(tr => ({
         id: tr.dataset.id, model: tr.children[3].textContent, user: tr.children[1].textContent }))""")
@@ -190,17 +249,58 @@ def test_dashboard_is_served_locally_with_a_strict_policy(gateway):
 # -- the browser flows -------------------------------------------------------------------------
 
 
-def test_bad_and_non_admin_tokens_are_refused(page, gateway, identities):
+def test_users_me_names_the_tokens_user(gateway, identities):
+    bob = api(gateway, identities.bob, ME)
+    assert {key: bob[key] for key in ("username", "is_admin")} == {"username": "bob", "is_admin": False}
+    alice = api(gateway, identities.alice, ME)
+    assert {key: alice[key] for key in ("username", "is_admin")} == {"username": "alice", "is_admin": True}
+    assert bob["id"] != alice["id"] and {u["username"]: u["id"] for u in api(gateway, identities.alice, USERS)}["bob"] == bob["id"]
+    for headers in ({}, {"Authorization": "Bearer not-a-gateway-token"}):
+        response = requests.get(f"{gateway.url}{ME}", headers=headers, timeout=10)
+        assert response.status_code == 401 and "token" in response.json()["message"]
+
+
+def test_a_bad_token_is_refused(page, gateway):
     sign_in(page, gateway, "not-a-gateway-token")
     assert "not accepted" in login_message(page)
     assert page.evaluate("sessionStorage.getItem('bridge.dashboard.token')") is None
+    assert page.evaluate("document.getElementById('nav').hidden") is True
     shot(page, "login-refused-bad-token")
 
+
+def test_a_non_admin_signs_in_and_sees_only_their_own_records(page, gateway, identities, seeded):
+    ids = seeded["ids"]
     sign_in(page, gateway, identities.bob)
-    assert "not belong to an administrator" in login_message(page)
-    assert page.evaluate("sessionStorage.getItem('bridge.dashboard.token')") is None
-    assert page.evaluate("document.getElementById('nav').hidden") is True
-    shot(page, "login-refused-non-admin")
+    wait_view(page, "!!document.querySelector('[data-view=overview] svg.chart-svg')", what="bob's overview")
+    assert signed_in_as(page) == ("bob", "user")
+    assert "your own usage" in page.evaluate("document.querySelector('[data-view=overview] .notice').textContent")
+    used = page.evaluate("performance.getEntriesByType('resource').map(e => e.name).filter(n => n.includes('/aibridge/usage?'))")
+    shown = page.evaluate("Number(document.querySelector('[data-total=interceptions]').dataset.value)")
+    assert shown == api(gateway, identities.bob, used[-1].removeprefix(gateway.url))["totals"]["interceptions"]
+    shot(page, "non-admin-overview")
+
+    page.click("#nav a[data-view=interceptions]")
+    wait_view(page, "document.querySelectorAll('table[data-table=interceptions] tbody tr').length > 0", what="bob's list")
+    own = api(gateway, identities.bob, INTERCEPTIONS, limit=50)["results"]
+    rows = visible_rows(page)
+    assert [row["id"] for row in rows] == [r["id"] for r in own]
+    assert {row["user"] for row in rows} == {"bob"}
+    assert {ids["cached"], ids["openai_tool"], *ids["filtered"]} <= {row["id"] for row in rows}
+    assert not {ids["tool_use"], ids["tool_result"], ids["thinking"], ids["xss"]} & {row["id"] for row in rows}
+    assert page.evaluate("document.querySelector('form[data-form=filters] [name=initiator]')") is None  # no one else to pick
+    shot(page, "non-admin-interceptions")
+
+    # Someone else's interception by its address: not found, nothing of it shown.
+    page.set_hash(f"#/interceptions/{ids['thinking']}")
+    wait_view(page, "!!document.querySelector('[data-view=detail] .notice.error')", what="the refusal of alice's record")
+    assert "was not found" in page.evaluate("document.querySelector('[data-view=detail] .notice.error').textContent")
+    assert seeded["records"][ids["thinking"]]["model_thoughts"][0]["content"] not in page.evaluate("document.body.innerText")
+
+    page.click("#nav a[data-view=leaderboard]")
+    wait_view(page, "!!document.querySelector('table[data-table=leaderboard]')", what="bob's leaderboard")
+    assert page.evaluate("[...document.querySelectorAll('table[data-table=leaderboard] tbody tr')].map(tr => tr.dataset.user)") == ["bob"]
+    assert "for administrators" in page.evaluate("document.querySelector('[data-view=leaderboard] .notice').textContent")
+    shot(page, "non-admin-leaderboard")
 
 
 def test_admin_signs_in_sees_the_overview_and_signs_out(page, gateway, identities, seeded):
@@ -212,6 +312,7 @@ def test_admin_signs_in_sees_the_overview_and_signs_out(page, gateway, identitie
     wait_view(page, "document.querySelectorAll('[data-view=overview] svg.chart-svg').length >= 3"
               " && document.querySelectorAll('svg.chart-svg rect.bar').length > 0", what="the overview charts")
     assert page.evaluate("sessionStorage.getItem('bridge.dashboard.token')") == identities.alice
+    assert signed_in_as(page) == ("alice", "admin")
 
     # The totals are the API's, for exactly the request the page made.
     used = page.evaluate("performance.getEntriesByType('resource').map(e => e.name).filter(n => n.includes('/aibridge/usage?'))")
@@ -262,7 +363,7 @@ def test_list_filters_by_model_and_pages_with_the_cursor(page, gateway, identiti
     assert visible_rows(page)[0]["id"] == newest  # newest first
     shot(page, "interceptions")
 
-    page.type_into("input[name=model]", FILTER_MODEL)
+    choose(page, "model", FILTER_MODEL)
     page.click("form[data-form=filters] button[type=submit]")
     wait_view(page, "location.hash.includes('model=')", what="the filtered list")
     expected = [r["id"] for r in api(gateway, identities.alice, INTERCEPTIONS, q=f"model:{FILTER_MODEL}")["results"]]
@@ -348,11 +449,204 @@ def test_a_prompt_with_html_is_shown_as_text(page, gateway, identities, seeded):
     assert page.dialogs == []
     shot(page, "detail-html-prompt")
 
-    # Its own URL (id and started_at), opened afresh: one small time-window query finds it.
-    assert page.evaluate("location.hash").startswith(f"#/interceptions/{xss}?at=")
+    # Its own URL (the id alone), opened afresh: one query by id finds it.
+    assert page.evaluate("location.hash") == f"#/interceptions/{xss}"
     page.reload()
     wait_view(page, f"document.querySelector('[data-view=detail]')?.dataset.id === '{xss}'", what="the detail view after a reload")
     assert page.evaluate("document.querySelector('[data-section=prompt] pre').textContent") == XSS_PROMPT
     queries = page.evaluate("performance.getEntriesByType('resource').map(e => e.name).filter(n => n.includes('/aibridge/interceptions'))")
-    assert len(queries) == 1 and "started_after" in requests.utils.unquote(queries[0]), queries
+    assert queries == [f"{gateway.url}{INTERCEPTIONS}/{xss}"], queries
     assert page.evaluate("document.querySelectorAll('img').length") == 0 and page.dialogs == []
+
+
+def test_a_pasted_deep_link_opens_after_sign_in(browser, gateway, identities, seeded):
+    """#/interceptions/ID pasted into a fresh browser (no token, nothing cached): the sign-in form,
+    then that interception, with no other parameter needed."""
+    target = seeded["ids"]["tool_use"]
+    tab = new_tab(browser, fresh_context=True)
+    try:
+        tab.navigate(f"{gateway.url}/dashboard/#/interceptions/{target}")
+        tab.wait_for("!!document.querySelector('form[data-form=login] #token')", what="the login form")
+        assert tab.evaluate("sessionStorage.length") == 0
+        shot(tab, "deep-link-before-sign-in")
+        tab.type_into("#token", identities.alice)
+        tab.press_enter()
+        wait_view(tab, f"document.querySelector('[data-view=detail]')?.dataset.id === '{target}'", what="the pasted interception")
+        assert tab.evaluate("location.hash") == f"#/interceptions/{target}"
+        assert tab.evaluate("[...document.querySelectorAll('[data-section=prompt] pre')].map(p => p.textContent)") == [
+            "What's the weather like in San Francisco?"]
+        assert signed_in_as(tab) == ("alice", "admin")
+        shot(tab, "deep-link-after-sign-in")
+        assert tab.exceptions == [], tab.exceptions
+    finally:
+        tab.close()
+
+
+def test_every_time_column_and_axis_names_its_zone(page, gateway, identities, seeded):
+    ids, records = seeded["ids"], seeded["records"]
+    sign_in(page, gateway, identities.alice)
+    wait_view(page, "document.querySelectorAll('[data-view=overview] svg.chart-svg').length >= 3", what="the overview")
+    assert page.evaluate("Intl.DateTimeFormat().resolvedOptions().timeZone") == VIEWER_ZONE
+    assert page.evaluate("document.querySelectorAll('svg.chart-svg').length") == 3
+    assert_times_name_their_zone(page)
+    subtitles = page.evaluate("[...document.querySelectorAll('.chart-card .card-header p')].map(p => p.textContent)")
+    assert len(subtitles) == 3 and all("(UTC)" in text for text in subtitles), subtitles
+
+    page.set_hash(f"#/interceptions?initiator=alice&limit=200")
+    wait_view(page, f"!!document.querySelector('tr[data-id=\"{ids['thinking']}\"]')", what="alice's interceptions")
+    titles = time_titles(page)
+    assert f"Started ({VIEWER_ZONE})" in titles and f"Started after ({VIEWER_ZONE})" in titles, titles
+    assert_times_name_their_zone(page)
+    # The time shown is the viewer's wall clock, not UTC.
+    shown = page.evaluate(f"document.querySelector('tr[data-id=\"{ids['thinking']}\"] td').textContent")
+    assert in_viewer_zone(shown, records[ids["thinking"]]["started_at"]), shown
+
+    page.set_hash(f"#/interceptions/{ids['tool_use']}")
+    wait_view(page, f"document.querySelector('[data-view=detail]')?.dataset.id === '{ids['tool_use']}'", what="the detail view")
+    titles = time_titles(page)
+    assert f"Started ({VIEWER_ZONE})" in titles and f"Ended ({VIEWER_ZONE})" in titles, titles
+    assert_times_name_their_zone(page)
+    assert page.evaluate("document.querySelector('[data-section=thread] [data-zone]').textContent") == f"times in {VIEWER_ZONE}"
+
+    page.set_hash("#/leaderboard")
+    wait_view(page, "!!document.querySelector('table[data-table=leaderboard]')", what="the leaderboard")
+    assert_times_name_their_zone(page)
+    assert "UTC hours" in page.evaluate("document.querySelector('[data-view=leaderboard] .toolbar p').textContent")
+
+
+def test_filters_are_pick_lists_of_what_exists(page, gateway, identities, seeded):
+    sign_in(page, gateway, identities.alice)
+    wait_view(page, "!!document.querySelector('[data-view=overview]')", what="the overview")
+    page.set_hash("#/interceptions")
+    options = "[...document.querySelectorAll('form[data-form=filters] select[name={}] option')].map(o => o.value)"
+    for name in ("client", "initiator", "provider_name"):
+        page.wait_for(f"{options.format(name)}.length > 1", what=f"the {name} pick list")
+    clients = api(gateway, identities.alice, "/api/v2/aibridge/clients")
+    assert set(page.evaluate(options.format("client"))) == {"", *(name for name in clients if name)}
+    assert set(page.evaluate(options.format("initiator"))) == {"", *(u["username"] for u in api(gateway, identities.alice, USERS))}
+    providers = api(gateway, identities.alice, USAGE, by="provider", bucket="day", since="90d")["series"]
+    assert set(page.evaluate(options.format("provider_name"))) == {"", *(s["key"] for s in providers if s["key"])}
+    # Models: a pick list when the gateway lists them, else a text input (and no error either way).
+    models = requests.get(f"{gateway.url}{MODELS}", headers={"Authorization": f"Bearer {identities.alice}"}, timeout=10)
+    if models.status_code == 200:
+        page.wait_for(f"{options.format('model')}.length > 1", what="the model pick list")
+        assert set(page.evaluate(options.format("model"))) == {"", *models.json()}
+    else:
+        assert page.evaluate("document.querySelector('form[data-form=filters] [name=model]').tagName") == "INPUT"
+    assert page.evaluate("document.querySelectorAll('.notice.error').length") == 0
+    shot(page, "interceptions-pick-lists")
+
+    choose(page, "client", "anthropic-python")
+    choose(page, "provider_name", "anthropic")
+    page.click("form[data-form=filters] button[type=submit]")
+    wait_view(page, "location.hash.includes('client=')", what="the list filtered by client and provider name")
+    expected = api(gateway, identities.alice, INTERCEPTIONS, q='client:"anthropic-python" provider_name:anthropic', limit=50)
+    assert [row["id"] for row in visible_rows(page)] == [r["id"] for r in expected["results"]] != []
+    assert page.evaluate("document.querySelector('select[name=client]').value") == "anthropic-python"
+
+
+# -- the leaderboard, on a gateway of its own with many users ----------------------------------------
+
+CROWD = 41
+
+
+@pytest.fixture(scope="module")
+def crowd(start_gateway, upstream, tmp_path_factory):
+    """A gateway whose store has alice (admin), bob and 41 more users, made through the API, each with
+    1 to 3 calls; every seventh also a call with many cache tokens (so the token order is not the
+    request order)."""
+    logged = start_logged_gateway(start_gateway, upstream, tmp_path_factory.mktemp("leaderboard"))
+    gateway, admin = logged.gateway, logged.alice
+    headers = {"Authorization": f"Bearer {admin}"}
+    calls = 0
+    for n in range(CROWD):
+        name = f"user{n:02d}"
+        assert requests.post(f"{gateway.url}{USERS}", json={"username": name}, headers=headers, timeout=10).status_code == 201
+        token = requests.post(f"{gateway.url}{USERS}/{name}/tokens", json={}, headers=headers, timeout=10).json()["token"]
+        for _ in range(n % 3 + 1):
+            _anthropic_call(gateway, token, "simple_text")
+            calls += 1
+        if n % 7 == 0:
+            _anthropic_call(gateway, token, "cached_tokens")
+            calls += 1
+    wait_usage_stable(gateway, admin, at_least=calls)
+    return logged
+
+
+def leaderboard_rows(page: Page) -> list[dict]:
+    return page.evaluate("""[...document.querySelectorAll('table[data-table=leaderboard] tbody tr')].map(tr => ({
+        user: tr.dataset.user, href: tr.querySelector('a').getAttribute('href'),
+        values: [...tr.querySelectorAll('td.num')].slice(1).map(td => Number(td.textContent.replace(/,/g, '')))}))""")
+
+
+def expected_leaderboard(page: Page, gateway, token: str, sort: str) -> list[tuple[str, int]]:
+    """Every user (the API's usage by user for the request the page made, and the users without
+    usage), most of the figure first, ties by name."""
+    used = page.evaluate("performance.getEntriesByType('resource').map(e => e.name).filter(n => n.includes('/aibridge/usage?'))")
+    assert "by=user" in used[-1], used
+    usage = api(gateway, token, used[-1].removeprefix(gateway.url))
+    value = {s["label"]: sum(point[key] for point in s["points"] for key in SORTS[sort]) for s in usage["series"]}
+    for user in api(gateway, token, USERS):
+        value.setdefault(user["username"], 0)
+    return sorted(value.items(), key=lambda item: (-item[1], item[0]))
+
+
+def walk_leaderboard(page: Page, sort: str) -> list[tuple[str, int]]:
+    """Every page of the leaderboard, by its Next links, as (user, value of the sorted column)."""
+    column = list(SORTS).index(sort)  # the figures' cells come in SORTS order
+    seen: list[tuple[str, int]] = []
+    for number in range(1, 10):
+        wait_view(page, f"!!document.querySelector('table[data-table=leaderboard]') && location.hash.includes('sort={sort}')",
+                  what=f"leaderboard page {number}")
+        rows = leaderboard_rows(page)
+        assert 0 < len(rows) <= LEADERBOARD_PAGE
+        seen += [(row["user"], row["values"][column]) for row in rows]
+        if page.evaluate("document.querySelector('[data-page=next]').classList.contains('disabled')"):
+            return seen
+        assert len(rows) == LEADERBOARD_PAGE
+        page.click("[data-page=next]")
+        page.wait_for(f"location.hash.includes('page={number + 1}')", what=f"the address of page {number + 1}")
+    raise AssertionError("the leaderboard did not end within 9 pages")
+
+
+def test_the_leaderboard_reaches_every_user_by_paging(page, crowd):
+    gateway, admin = crowd.gateway, crowd.alice
+    sign_in(page, gateway, admin)
+    wait_view(page, "document.querySelectorAll('[data-view=overview] svg.chart-svg').length >= 3", what="the overview")
+    # The charts' "Other" users are reachable: the link under the chart opens the leaderboard.
+    assert page.evaluate("[...document.querySelectorAll('.chart-card .legend-label')].some(l => l.textContent.startsWith('Other ('))")
+    shot(page, "overview-many-users")
+    page.click("[data-role=other]")
+    wait_view(page, "!!document.querySelector('table[data-table=leaderboard]')", what="the leaderboard from the Other link")
+    assert page.evaluate("location.hash") == "#/leaderboard?range=7d"
+    shot(page, "leaderboard")
+
+    page.set_hash("#/leaderboard?range=7d&sort=total")
+    by_tokens = walk_leaderboard(page, "total")
+    expected = expected_leaderboard(page, gateway, admin, "total")
+    assert by_tokens == expected and len(expected) == CROWD + 2 > LEADERBOARD_PAGE
+    assert "26–43 of 43 users" in page.evaluate("document.querySelector('[data-role=count]').textContent")
+    shot(page, "leaderboard-last-page")
+    page.click("[data-page=prev]")
+    wait_view(page, "location.hash.includes('page=1')", what="the first page again")
+    assert [row["user"] for row in leaderboard_rows(page)] == [user for user, _ in expected[:LEADERBOARD_PAGE]]
+
+    page.click("a[data-sort=requests]")
+    by_requests = walk_leaderboard(page, "requests")
+    assert by_requests == expected_leaderboard(page, gateway, admin, "requests")
+    assert [user for user, _ in by_requests] != [user for user, _ in by_tokens]  # the cache-heavy users move
+    assert page.evaluate("document.querySelector('th[aria-sort=descending] a').dataset.sort") == "requests"
+
+    page.set_hash("#/leaderboard?range=7d&sort=cache_read")
+    wait_view(page, "!!document.querySelector('table[data-table=leaderboard]')", what="the leaderboard by cache read")
+    first = leaderboard_rows(page)[0]
+    assert (first["user"], first["values"][3]) == expected_leaderboard(page, gateway, admin, "cache_read")[0]
+    shot(page, "leaderboard-by-cache-read")
+
+    # A row opens that user's records.
+    name = first["user"]
+    page.click(f"table[data-table=leaderboard] tr[data-user={name}] a")
+    wait_view(page, "document.querySelectorAll('table[data-table=interceptions] tbody tr').length > 0", what=f"{name}'s records")
+    assert page.evaluate("location.hash") == f"#/interceptions?initiator={name}"
+    own = api(gateway, admin, INTERCEPTIONS, q=f"initiator:{name}")["results"]
+    assert [row["id"] for row in visible_rows(page)] == [r["id"] for r in own] and {row["user"] for row in visible_rows(page)} == {name}

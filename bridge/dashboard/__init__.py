@@ -1,7 +1,8 @@
-"""The admin dashboard (SPEC §8): one HTML page, CSS and vanilla JS modules, all served from here.
+"""The dashboard (SPEC §8, §9): one HTML page, CSS and vanilla JS modules, all served from here.
 
 No build step and no external CDN: ``static/`` is served as is. The page talks only to the JSON API
-(``/api/v2/...``) with the gateway token the admin pasted, kept in the browser's sessionStorage; the
+(``/api/v2/...``) with the gateway token the user pasted (an admin sees everyone's records, anyone
+else their own: the API decides), kept in the browser's sessionStorage; the
 server side knows nothing of a dashboard session. Everything it shows is built with DOM calls
 (``textContent``), never HTML strings, and the Content-Security-Policy below forbids inline script,
 so a prompt or tool argument that looks like HTML stays text.

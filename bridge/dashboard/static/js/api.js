@@ -1,12 +1,16 @@
-// The JSON API with the gateway token the admin pasted (kept in sessionStorage for this tab only).
+// The JSON API with the gateway token the user pasted, and who that token belongs to (both kept in
+// sessionStorage for this tab only).
 
 const TOKEN_KEY = "bridge.dashboard.token";
+const IDENTITY_KEY = "bridge.dashboard.me";
 
 export const INTERCEPTIONS = "/api/v2/aibridge/interceptions";
 export const CLIENTS = "/api/v2/aibridge/clients";
 export const USAGE = "/api/v2/aibridge/usage";
 export const TOOLS = "/api/v2/aibridge/tools";
+export const MODELS = "/api/v2/aibridge/models";
 export const USERS = "/api/v2/users";
+export const ME = "/api/v2/users/me";
 
 export class ApiError extends Error {
   constructor(status, message, detail = null) {
@@ -21,19 +25,34 @@ export function getToken() {
   return sessionStorage.getItem(TOKEN_KEY);
 }
 
-export function setToken(token) {
-  sessionStorage.setItem(TOKEN_KEY, token);
+/** The signed-in user, {id, username, is_admin} as GET /api/v2/users/me answered, or null. */
+export function getIdentity() {
+  try {
+    return JSON.parse(sessionStorage.getItem(IDENTITY_KEY) || "null");
+  } catch {
+    return null;
+  }
 }
 
-export function clearToken() {
+export function isAdmin() {
+  return Boolean(getIdentity()?.is_admin);
+}
+
+export function signIn(token, identity) {
+  sessionStorage.setItem(TOKEN_KEY, token);
+  sessionStorage.setItem(IDENTITY_KEY, JSON.stringify(identity));
+}
+
+export function signOut() {
   sessionStorage.removeItem(TOKEN_KEY);
+  sessionStorage.removeItem(IDENTITY_KEY);
 }
 
 /** What a refusal means for the person at the keyboard. */
 export function explain(error) {
   if (!(error instanceof ApiError)) return error?.message || String(error);
   if (error.status === 401) return "The token was not accepted: it is unknown, expired or revoked.";
-  if (error.status === 403) return "This token does not belong to an administrator. The dashboard is for administrators only.";
+  if (error.status === 403) return "This is for administrators only.";
   return error.detail ? `${error.message} (${error.detail})` : error.message;
 }
 
@@ -78,6 +97,16 @@ export async function apiGet(path, params = {}, { signal, token } = {}) {
     throw error;
   }
   return body;
+}
+
+/** GET a route the gateway may not offer yet: its body, or null on any refusal (nothing is shown). */
+export async function apiGetOptional(path, params = {}, { signal } = {}) {
+  try {
+    return await apiGet(path, params, { signal, token: getToken() }); // a given token: a 401 signs nobody out
+  } catch (error) {
+    if (error?.name === "AbortError") throw error;
+    return null;
+  }
 }
 
 /** Quote a q filter value the way the API's shlex parser reads it back. */

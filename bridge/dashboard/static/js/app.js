@@ -1,15 +1,18 @@
-// The dashboard's router: #/overview, #/interceptions?filters, #/interceptions/<id>?at=<started_at>.
+// The dashboard's router: #/overview, #/leaderboard, #/interceptions?filters, #/interceptions/<id>.
 
-import { clearToken, getToken } from "./api.js";
+import { getIdentity, getToken, signOut } from "./api.js";
 import { h, notice, replace } from "./dom.js";
 import { renderDetail } from "./views/detail.js";
 import { renderInterceptions } from "./views/interceptions.js";
+import { renderLeaderboard } from "./views/leaderboard.js";
 import { renderLogin } from "./views/login.js";
 import { renderOverview } from "./views/overview.js";
 
 const main = document.getElementById("main");
 const nav = document.getElementById("nav");
 const session = document.getElementById("session");
+const sessionUser = document.getElementById("session-user");
+const sessionRole = document.getElementById("session-role");
 let current = null; // the AbortController of the view on screen
 
 function parseHash() {
@@ -21,6 +24,10 @@ function parseHash() {
 function setChrome(signedIn, view = "") {
   nav.hidden = !signedIn;
   session.hidden = !signedIn;
+  const identity = signedIn ? getIdentity() : null;
+  sessionUser.textContent = identity?.username || "";
+  sessionRole.textContent = identity?.is_admin ? "admin" : "user";
+  sessionRole.classList.toggle("admin", Boolean(identity?.is_admin));
   for (const link of nav.querySelectorAll("a")) {
     const active = link.dataset.view === view;
     link.classList.toggle("active", active);
@@ -42,7 +49,7 @@ function route(message = null) {
   }, (error) => {
     if (current === controller) showError(error);
   });
-  if (!getToken()) {
+  if (!getToken() || !getIdentity()) { // both are kept at sign-in (a tab from before the identity: sign in again)
     setChrome(false);
     document.title = "Sign in · bridge";
     renderLogin(main, { message, onSignedIn: () => route() });
@@ -55,6 +62,10 @@ function route(message = null) {
     setChrome(true, "overview");
     document.title = "Overview · bridge";
     done(renderOverview(main, params, ctx));
+  } else if (path === "/leaderboard") {
+    setChrome(true, "leaderboard");
+    document.title = "Leaderboard · bridge";
+    done(renderLeaderboard(main, params, ctx));
   } else if (path === "/interceptions") {
     setChrome(true, "interceptions");
     document.title = "Interceptions · bridge";
@@ -63,7 +74,7 @@ function route(message = null) {
     setChrome(true, "interceptions");
     const id = decodeURIComponent(match[1]);
     document.title = `Interception ${id.slice(0, 8)} · bridge`;
-    done(renderDetail(main, params, { ...ctx, id }));
+    done(renderDetail(main, { ...ctx, id }));
   } else {
     setChrome(true);
     replace(main, h("div", { class: "view" }, notice("error", "There is no such page."), h("a", { href: "#/overview" }, "Go to the overview")));
@@ -79,12 +90,12 @@ function showError(error) {
 }
 
 document.getElementById("logout").addEventListener("click", () => {
-  clearToken();
+  signOut();
   route();
 });
 
 window.addEventListener("bridge:unauthorized", (event) => {
-  clearToken();
+  signOut();
   route(`Signed out: ${event.detail}`);
 });
 

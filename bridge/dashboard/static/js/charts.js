@@ -35,9 +35,13 @@ function niceStep(raw) {
   return Math.max(nice * power, 1);
 }
 
-const hourLabel = new Intl.DateTimeFormat("en-GB", { hour: "2-digit", minute: "2-digit" });
-const dayLabel = new Intl.DateTimeFormat("en-GB", { day: "numeric", month: "short" });
-const fullLabel = new Intl.DateTimeFormat("en-GB", { day: "numeric", month: "short", hour: "2-digit", minute: "2-digit" });
+// The API buckets hours and days in UTC, so the axes are labelled in UTC and say so: a day bar is
+// one UTC day, which a local-time label would misdate west of Greenwich.
+export const AXIS_ZONE = "UTC";
+const hourLabel = new Intl.DateTimeFormat("en-GB", { hour: "2-digit", minute: "2-digit", timeZone: AXIS_ZONE });
+const dayLabel = new Intl.DateTimeFormat("en-GB", { day: "numeric", month: "short", timeZone: AXIS_ZONE });
+const fullLabel = new Intl.DateTimeFormat("en-GB", { day: "numeric", month: "short", hour: "2-digit", minute: "2-digit",
+  timeZone: AXIS_ZONE });
 
 function tickLabel(ms, bucket, spanMs) {
   const date = new Date(ms);
@@ -47,7 +51,7 @@ function tickLabel(ms, bucket, spanMs) {
 
 function tooltipTime(ms, bucket) {
   const date = new Date(ms);
-  return bucket === "day" ? dayLabel.format(date) : fullLabel.format(date);
+  return `${bucket === "day" ? dayLabel.format(date) : fullLabel.format(date)} ${AXIS_ZONE}`;
 }
 
 /**
@@ -61,8 +65,8 @@ function tooltipTime(ms, bucket) {
  */
 export function stackedBars({ axis, series, bucket, title, unit = "" }) {
   const width = 960;
-  const height = 240;
-  const margin = { top: 10, right: 12, bottom: 26, left: 52 };
+  const height = 256;
+  const margin = { top: 10, right: 12, bottom: 42, left: 52 };
   const plotW = width - margin.left - margin.right;
   const plotH = height - margin.top - margin.bottom;
 
@@ -75,8 +79,8 @@ export function stackedBars({ axis, series, bucket, title, unit = "" }) {
   const barW = Math.max(1, slot * (axis.length > 60 ? 0.86 : 0.72));
 
   const svg = s("svg", {
-    class: "chart-svg", viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": title,
-    preserveAspectRatio: "xMidYMid meet",
+    class: "chart-svg", viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": `${title} (${AXIS_ZONE})`,
+    preserveAspectRatio: "xMidYMid meet", dataset: { zone: AXIS_ZONE },
   });
   svg.append(s("title", {}, title));
 
@@ -114,9 +118,11 @@ export function stackedBars({ axis, series, bucket, title, unit = "" }) {
   for (let i = 0; i < axis.length; i += every) {
     const x = margin.left + i * slot + slot / 2;
     xAxis.append(s("line", { x1: x, x2: x, y1: y(0), y2: y(0) + 4, class: "tick" }));
-    xAxis.append(s("text", { x, y: height - 6, "text-anchor": "middle", class: "axis-label" },
+    xAxis.append(s("text", { x, y: y(0) + 18, "text-anchor": "middle", class: "axis-label" },
       tickLabel(axis[i], bucket, spanMs)));
   }
+  xAxis.append(s("text", { x: margin.left + plotW / 2, y: height - 4, "text-anchor": "middle", class: "axis-title" },
+    `${bucket === "day" ? "Day" : "Hour"} (${AXIS_ZONE})`));
   svg.append(xAxis);
 
   if (max === 0) {

@@ -72,8 +72,17 @@ export function fmtCompact(n) {
   return String(Math.round(v * 100) / 100);
 }
 
+/** The viewer's time zone (an IANA name such as "Europe/Berlin"): tables show times in it. */
+export const VIEWER_ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
+
+/** A time column's or field's title naming the zone its times are in: "Started (Europe/Berlin)". */
+export function zoned(title, zone = VIEWER_ZONE) {
+  return `${title} (${zone})`;
+}
+
 const dateTime = new Intl.DateTimeFormat("en-GB", {
   year: "numeric", month: "short", day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit",
+  timeZone: VIEWER_ZONE,
 });
 
 export function fmtTime(iso) {

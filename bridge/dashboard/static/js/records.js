@@ -76,40 +76,18 @@ export async function fetchPage(filters, { limit = 50, afterId = null, signal } 
   return page;
 }
 
-/**
- * One interception by id. ``at`` (its started_at, carried in the detail URL) finds it with a
- * one-millisecond time window; without it the API's GET by id is tried (an API addition), then the
- * newest pages are scanned, a bounded number of them.
- */
-export async function fetchInterception(id, { at = null, signal } = {}) {
+/** One interception by id (GET interceptions/{id}), or null when the API does not know it (or it is not the caller's). */
+export async function fetchInterception(id, { signal } = {}) {
   const known = cached(id);
   if (known?.ended_at) return known; // one still in progress is read again: it may have ended since
-  if (at && !Number.isNaN(Date.parse(at))) {
-    // [at truncated to the millisecond, +1 ms): the store keeps microseconds, JavaScript milliseconds
-    const page = await fetchPage({ started_after: isoPlusMs(at, 0), started_before: isoPlusMs(at, 1) },
-      { limit: 1000, signal });
-    const hit = page.results.find((r) => r.id === id);
-    if (hit) return hit;
-  }
   try {
     const one = await apiGet(`${INTERCEPTIONS}/${encodeURIComponent(id)}`, {}, { signal });
-    if (one && one.id === id) {
-      remember([one]);
-      return one;
-    }
+    remember([one]);
+    return one;
   } catch (error) {
-    if (!(error instanceof ApiError) || error.status === 401 || error.status === 403) throw error;
-    // 404 (no such route yet, or no such interception): fall back to the bounded scan
+    if (error instanceof ApiError && error.status === 404) return null;
+    throw error;
   }
-  let afterId = null;
-  for (let pageNo = 0; pageNo < 5; pageNo += 1) {
-    const page = await fetchPage({}, { limit: 200, afterId, signal });
-    const hit = page.results.find((r) => r.id === id);
-    if (hit) return hit;
-    if (page.results.length < 200) break;
-    afterId = page.results[page.results.length - 1].id;
-  }
-  return null;
 }
 
 async function tryFilter(feature, filters, signal) {

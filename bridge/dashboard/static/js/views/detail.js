@@ -1,7 +1,7 @@
 // One interception: prompt, tool calls with their arguments, thoughts, token usage, metadata, thread.
 
 import { explain } from "../api.js";
-import { fmtDuration, fmtInt, fmtTime, h, notice, prettyJson, replace, spinner, truncate } from "../dom.js";
+import { VIEWER_ZONE, fmtDuration, fmtInt, fmtTime, h, notice, prettyJson, replace, spinner, truncate, zoned } from "../dom.js";
 import { fetchInterception, findThread } from "../records.js";
 import { detailHref, lastList, tokenTotals, userName } from "./interceptions.js";
 
@@ -15,6 +15,13 @@ const FIGURES = [
 function section(title, name, ...children) {
   return h("section", { class: "card detail-section", dataset: { section: name } },
     h("header", { class: "card-header" }, h("h2", {}, title)), ...children);
+}
+
+/** A section whose header also says which zone its times are in. */
+function timedSection(title, name, ...children) {
+  return h("section", { class: "card detail-section", dataset: { section: name } },
+    h("header", { class: "card-header" }, h("h2", {}, title), h("span", { class: "muted small", dataset: { zone: VIEWER_ZONE } },
+      `times in ${VIEWER_ZONE}`)), ...children);
 }
 
 function codeBlock(value, className = "") {
@@ -37,8 +44,8 @@ function meta(record) {
     ["Client session", record.client_session_id || "—"],
     ["User agent", record.user_agent || "—"],
     ["Credential", [record.credential_kind, record.credential_hint].filter(Boolean).join(" · ") || "—"],
-    ["Started", fmtTime(record.started_at)],
-    ["Ended", record.ended_at ? fmtTime(record.ended_at) : "in progress"],
+    [zoned("Started"), fmtTime(record.started_at)],
+    [zoned("Ended"), record.ended_at ? fmtTime(record.ended_at) : "in progress"],
     ["Duration", record.ended_at ? fmtDuration(record.started_at, record.ended_at) : "—"],
     ["Answers tool call", record.correlating_tool_call_id || "—"],
   ];
@@ -144,11 +151,11 @@ async function fillThread(container, record, signal) {
     thread.complete ? null : h("p", { class: "muted small" }, "The search for more linked interceptions stopped here."));
 }
 
-export async function renderDetail(main, params, { id, signal }) {
+export async function renderDetail(main, { id, signal }) {
   replace(main, h("div", { class: "view", dataset: { view: "detail" } }, spinner("Loading the interception…")));
   let record;
   try {
-    record = await fetchInterception(id, { at: params.get("at"), signal });
+    record = await fetchInterception(id, { signal });
   } catch (error) {
     if (error?.name === "AbortError" || signal.aborted) return;
     replace(main, h("div", { class: "view", dataset: { view: "detail" } }, backLink(), notice("error", explain(error))));
@@ -157,7 +164,7 @@ export async function renderDetail(main, params, { id, signal }) {
   if (signal.aborted) return;
   if (!record) {
     replace(main, h("div", { class: "view", dataset: { view: "detail" } }, backLink(),
-      notice("error", `Interception ${id} was not found. Open it from the list of interceptions.`)));
+      notice("error", `Interception ${id} was not found: it does not exist, was deleted by retention, or is not yours to see.`)));
     return;
   }
   const thread = h("div", {}, spinner("Looking for linked interceptions…"));
@@ -174,7 +181,7 @@ export async function renderDetail(main, params, { id, signal }) {
         usageSection(record)),
       h("aside", { class: "detail-side" },
         section("Details", "meta", meta(record)),
-        section("Thread", "thread", thread),
+        timedSection("Thread", "thread", thread),
         section("Metadata", "metadata", isEmptyObject(record.metadata) ? notice("empty", "None.") : codeBlock(record.metadata))))));
   fillThread(thread, record, signal);
 }

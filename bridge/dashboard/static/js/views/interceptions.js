@@ -1,7 +1,7 @@
 // The interceptions list: filters (the API's q keys), newest first, paged with the after_id cursor.
 
-import { CLIENTS, USERS, apiGet, explain } from "../api.js";
-import { fmtInt, fmtTime, h, notice, replace, spinner, truncate } from "../dom.js";
+import { CLIENTS, MODELS, USAGE, USERS, apiGet, apiGetOptional, explain, isAdmin } from "../api.js";
+import { fmtInt, fmtTime, h, notice, replace, spinner, truncate, zoned } from "../dom.js";
 import { fetchPage } from "../records.js";
 
 const FILTER_KEYS = ["initiator", "provider", "provider_name", "model", "client", "after", "before"];
@@ -34,9 +34,9 @@ function fromLocalInput(value) {
   return Number.isNaN(ms) ? "" : new Date(ms).toISOString();
 }
 
+/** An interception's own address: it opens from any browser (GET interceptions/{id}), after sign-in too. */
 export function detailHref(record) {
-  const params = new URLSearchParams({ at: record.started_at || "" });
-  return `#/interceptions/${encodeURIComponent(record.id)}?${params.toString()}`;
+  return `#/interceptions/${encodeURIComponent(record.id)}`;
 }
 
 function listHref(filters, extra = {}) {
@@ -58,6 +58,24 @@ export function userName(record) {
 
 function field(label, control) {
   return h("label", { class: "field" }, h("span", { class: "field-label" }, label), control);
+}
+
+/**
+ * A filter that is a text input until the values it can take are known, then a pick list of them
+ * ("" = any). The value in the address stays selectable even when it is not among them.
+ */
+function pickList(name, current, anyLabel, placeholder) {
+  const input = h("input", { name, value: current, placeholder, autocomplete: "off" });
+  const holder = h("span", { class: "pick", dataset: { pick: name } }, input);
+  holder.fill = (values) => {
+    const chosen = input.value.trim(); // what the address gave, or what was typed before the list came
+    const names = [...new Set((values || []).filter((v) => typeof v === "string" && v !== ""))];
+    if (chosen && !names.includes(chosen)) names.push(chosen);
+    names.sort((a, b) => a.localeCompare(b));
+    replace(holder, h("select", { name }, h("option", { value: "" }, anyLabel),
+      names.map((value) => h("option", { value, selected: value === chosen }, value))));
+  };
+  return holder;
 }
 
 function row(record) {
@@ -95,25 +113,24 @@ export async function renderInterceptions(main, params, { signal }) {
     pager.offset = new Map();
   }
 
-  const userList = h("datalist", { id: "user-options" });
-  const clientSelect = h("select", { name: "client" }, h("option", { value: "" }, "Any client"),
-    filters.client ? h("option", { value: filters.client, selected: true }, filters.client) : null);
+  const admin = isAdmin();
+  const users = pickList("initiator", filters.initiator, "Any user", "username or id");
+  const providerNames = pickList("provider_name", filters.provider_name, "Any provider name", "e.g. team-b");
+  const models = pickList("model", filters.model, "Any model", "exact model name");
+  const clients = pickList("client", filters.client, "Any client", "e.g. Claude Code");
   const form = h("form", { class: "filters card", dataset: { form: "filters" } },
-    field("User", h("input", { name: "initiator", value: filters.initiator, list: "user-options", placeholder: "username or id",
-      autocomplete: "off" })),
+    admin ? field("User", users) : null, // the API shows a non-admin their own records only
     field("Provider", h("select", { name: "provider" }, h("option", { value: "" }, "Any provider"),
       PROVIDER_TYPES.map((type) => h("option", { value: type, selected: filters.provider === type }, type)))),
-    field("Provider name", h("input", { name: "provider_name", value: filters.provider_name, placeholder: "e.g. team-b",
-      autocomplete: "off" })),
-    field("Model", h("input", { name: "model", value: filters.model, placeholder: "exact model name", autocomplete: "off" })),
-    field("Client", clientSelect),
-    field("Started after", h("input", { name: "after", type: "datetime-local", value: toLocalInput(filters.after) })),
-    field("Started before", h("input", { name: "before", type: "datetime-local", value: toLocalInput(filters.before) })),
+    field("Provider name", providerNames),
+    field("Model", models),
+    field("Client", clients),
+    field(zoned("Started after"), h("input", { name: "after", type: "datetime-local", value: toLocalInput(filters.after) })),
+    field(zoned("Started before"), h("input", { name: "before", type: "datetime-local", value: toLocalInput(filters.before) })),
     field("Per page", h("select", { name: "limit" }, sizes.map((n) => h("option", { value: String(n), selected: n === limit }, String(n))))),
     h("div", { class: "form-actions" },
       h("button", { type: "submit", class: "button primary" }, "Apply"),
-      h("a", { href: "#/interceptions", class: "button ghost" }, "Clear")),
-    userList);
+      h("a", { href: "#/interceptions", class: "button ghost" }, "Clear")));
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     const data = new FormData(form);
@@ -130,16 +147,19 @@ export async function renderInterceptions(main, params, { signal }) {
   const results = h("div", { class: "results" }, spinner("Loading interceptions…"));
   replace(main, h("div", { class: "view", dataset: { view: "interceptions" } },
     h("div", { class: "toolbar" }, h("h1", {}, "Interceptions"), summary),
+    admin ? null : notice("empty", "You see your own interceptions. Administrators see everyone's."),
     form, results));
 
-  apiGet(CLIENTS, {}, { signal }).then((clients) => {
-    for (const name of clients || []) {
-      if (name !== filters.client) clientSelect.append(h("option", { value: name }, name));
-    }
+  // The pick lists' values; where one cannot be had (e.g. no models route yet) the text input stays.
+  const fill = (list, promise, values) => promise.then((body) => {
+    const found = body && !signal.aborted ? values(body) : null;
+    if (found) list.fill(found);
   }, () => {});
-  apiGet(USERS, {}, { signal }).then((users) => {
-    for (const user of users || []) userList.append(h("option", { value: user.username }));
-  }, () => {});
+  fill(clients, apiGet(CLIENTS, {}, { signal }), (body) => body);
+  fill(models, apiGetOptional(MODELS, {}, { signal }), (body) => (Array.isArray(body) ? body : null));
+  fill(providerNames, apiGet(USAGE, { by: "provider", bucket: "day", since: "90d" }, { signal }),
+    (body) => (body.series || []).map((one) => one.key));
+  if (admin) fill(users, apiGet(USERS, {}, { signal }), (body) => body.map((user) => user.username));
 
   const q = {
     initiator: filters.initiator, provider: filters.provider, provider_name: filters.provider_name, model: filters.model,
@@ -166,7 +186,7 @@ export async function renderInterceptions(main, params, { signal }) {
     return;
   }
   const table = h("table", { class: "data-table interceptions", dataset: { table: "interceptions" } },
-    h("thead", {}, h("tr", {}, ["Time", "User", "Provider", "Model", "Client", "Tokens in / out", "Tools", "Prompt"].map((title, i) =>
+    h("thead", {}, h("tr", {}, [zoned("Started"), "User", "Provider", "Model", "Client", "Tokens in / out", "Tools", "Prompt"].map((title, i) =>
       h("th", { class: i === 5 || i === 6 ? "num" : "" }, title)))),
     h("tbody", {}, page.results.map(row)));
   table.addEventListener("click", (event) => {

@@ -1,6 +1,7 @@
-// Sign in with a gateway token: it must be an administrator's (GET /api/v2/users answers 200).
+// Sign in with any user's gateway token (GET /api/v2/users/me says whose it is). The view the
+// address names (e.g. a pasted #/interceptions/<id>) opens once signed in.
 
-import { USERS, apiGet, explain, setToken } from "../api.js";
+import { ME, apiGet, explain, signIn } from "../api.js";
 import { h, notice, replace } from "../dom.js";
 
 export function renderLogin(main, { message = null, onSignedIn }) {
@@ -15,7 +16,8 @@ export function renderLogin(main, { message = null, onSignedIn }) {
     h("label", { for: "token", class: "field-label" }, "Gateway token"),
     input,
     h("p", { id: "login-help", class: "muted small" },
-      "An administrator's token (python -m bridge tokens create <user>). It is kept in this tab only and sent to this gateway's API."),
+      "Your gateway token (python -m bridge tokens create <user>). It is kept in this tab only and sent to this gateway's API. "
+      + "Administrators see everyone's records, other users their own."),
     submit,
     status);
   form.addEventListener("submit", async (event) => {
@@ -24,15 +26,16 @@ export function renderLogin(main, { message = null, onSignedIn }) {
     if (!token) return;
     submit.disabled = true;
     replace(status, h("div", { class: "muted small" }, "Checking the token…"));
+    let identity;
     try {
-      await apiGet(USERS, {}, { token });
+      identity = await apiGet(ME, {}, { token });
     } catch (error) {
       replace(status, notice("error", explain(error)));
       submit.disabled = false;
       input.select();
       return;
     }
-    setToken(token);
+    signIn(token, identity);
     onSignedIn();
   });
   replace(main, h("div", { class: "view login", dataset: { view: "login" } },

@@ -1,8 +1,9 @@
 // Overview: usage over time from the rollup-backed usage endpoint, totals, top tools.
 
-import { ApiError, TOOLS, USAGE, apiGet, explain } from "../api.js";
-import { OTHER_COLOR, PALETTE, bucketAxis, floorBucket, stackedBars } from "../charts.js";
+import { ApiError, TOOLS, USAGE, apiGet, explain, isAdmin } from "../api.js";
+import { AXIS_ZONE, OTHER_COLOR, PALETTE, bucketAxis, floorBucket, stackedBars } from "../charts.js";
 import { fmtInt, h, notice, replace, spinner } from "../dom.js";
+import { leaderboardHref, userRecordsHref } from "../links.js";
 
 const HOUR = 3600 * 1000;
 const DAY = 24 * HOUR;
@@ -23,6 +24,7 @@ export const FIGURES = [
 const KINDS = { all: "All kinds", ...Object.fromEntries(FIGURES.map(([key, label]) => [key, label])) };
 const KIND_COLORS = ["#3b5bdb", "#f08c00", "#2f9e44", "#ae3ec9"];
 const MAX_SERIES = 8;
+const TABLE_ROWS = 25;
 
 function link(params, changes) {
   const next = new URLSearchParams(params);
@@ -89,23 +91,30 @@ function totalsCards(totals) {
       h("div", { class: "stat-value" }, fmtInt(totals?.[key])))));
 }
 
-function chartCard(title, subtitle, chart, extra = null) {
+function chartCard(title, subtitle, chart, extra = null, footer = null) {
   return h("section", { class: "card chart-card" },
     h("header", { class: "card-header" }, h("div", {}, h("h2", {}, title), subtitle ? h("p", { class: "muted" }, subtitle) : null), extra),
-    chart);
+    chart, footer);
 }
 
-function groupTable(groups, groupLabel) {
-  const rows = groups.slice(0, 25);
+/** Where every group is listed: the leaderboard for users, else this table with all its rows. */
+function everyGroupHref(by, range, state) {
+  return by === "user" ? leaderboardHref(range) : link(state, { all: "1" });
+}
+
+function groupTable(groups, groupLabel, { by, showAll, allHref }) {
+  const rows = showAll ? groups : groups.slice(0, TABLE_ROWS);
+  const name = (one) => (by === "user" && one.label !== "(none)" ? h("a", { href: userRecordsHref(one.label) }, one.label) : one.label);
   return h("section", { class: "card" },
     h("header", { class: "card-header" }, h("h2", {}, `By ${groupLabel.toLowerCase()}`),
-      groups.length > rows.length ? h("span", { class: "muted" }, `top ${rows.length} of ${fmtInt(groups.length)}`) : null),
+      groups.length > rows.length ? h("span", { class: "muted" }, `top ${rows.length} of ${fmtInt(groups.length)} · `,
+        h("a", { href: allHref, dataset: { role: "all-groups" } }, `show all ${fmtInt(groups.length)}`)) : null),
     rows.length === 0 ? notice("empty", "No usage in this range.") :
       h("div", { class: "table-wrap" }, h("table", { class: "data-table", dataset: { table: "groups" } },
         h("thead", {}, h("tr", {}, h("th", {}, groupLabel), h("th", { class: "num" }, "Requests"),
           FIGURES.map(([, label]) => h("th", { class: "num" }, label)))),
         h("tbody", {}, rows.map((one) => h("tr", {},
-          h("td", {}, h("span", { class: "swatch inline", dataset: { color: one.color } }), one.label),
+          h("td", {}, h("span", { class: "swatch inline", dataset: { color: one.color } }), name(one)),
           h("td", { class: "num" }, fmtInt(one.total.interceptions)),
           FIGURES.map(([key]) => h("td", { class: "num" }, fmtInt(one.total[key])))))))));
 }
@@ -133,6 +142,7 @@ export async function renderOverview(main, params, { signal }) {
   const range = RANGES[params.get("range")] ? params.get("range") : "7d";
   const by = GROUPS[params.get("by")] ? params.get("by") : "user";
   const kind = KINDS[params.get("kind")] ? params.get("kind") : "all";
+  const showAll = params.get("all") === "1";
   const state = new URLSearchParams({ range, by, kind });
   const { bucket, ms } = RANGES[range];
   const until = new Date();
@@ -146,6 +156,7 @@ export async function renderOverview(main, params, { signal }) {
       h("div", { class: "controls" },
         segmented("Range", "range", Object.fromEntries(Object.entries(RANGES).map(([k, v]) => [k, k])), range, state),
         segmented("Group by", "by", GROUPS, by, state))),
+    isAdmin() ? null : notice("empty", "You see your own usage. Administrators see everyone's."),
     body,
     h("section", { class: "card" }, h("header", { class: "card-header" }, h("h2", {}, "Top tools"),
       h("span", { class: "muted" }, `last ${RANGES[range].label}`)), tools)));
@@ -175,6 +186,13 @@ export async function renderOverview(main, params, { signal }) {
   const axis = bucketAxis(sinceMs, untilMs, axisBucket);
   const { all, shown } = alignSeries(usage, axis, axisBucket);
   const groupLabel = GROUPS[by];
+  const allHref = everyGroupHref(by, range, state);
+  const otherCount = all.length - (shown.length - 1);
+  // The "Other" bucket of the charts, reachable: every group is listed where this link goes.
+  const otherLink = all.length > shown.length
+    ? h("p", { class: "small other-link" }, h("a", { href: allHref, dataset: { role: "other" } },
+      `Other: ${fmtInt(otherCount)} more ${by === "user" ? "users, on the leaderboard" : `${groupLabel.toLowerCase()}s, in the table`} ›`))
+    : null;
 
   const requests = stackedBars({
     axis, bucket: axisBucket, unit: "requests", title: `Requests per ${axisBucket} by ${groupLabel.toLowerCase()}`,
@@ -199,10 +217,11 @@ export async function renderOverview(main, params, { signal }) {
   replace(body,
     totalsCards(usage.totals),
     h("div", { class: "chart-grid" },
-      chartCard("Requests", `per ${axisBucket}, stacked by ${groupLabel.toLowerCase()}`, requests),
-      chartCard("Tokens", `per ${axisBucket}, stacked by ${groupLabel.toLowerCase()}`, tokens, kindPicker),
-      chartCard("Tokens by kind", "input, output, cache read and cache write", kinds)),
-    groupTable(all, groupLabel));
+      chartCard("Requests", `per ${axisBucket} (${AXIS_ZONE}), stacked by ${groupLabel.toLowerCase()}`, requests, null, otherLink),
+      chartCard("Tokens", `per ${axisBucket} (${AXIS_ZONE}), stacked by ${groupLabel.toLowerCase()}`, tokens, kindPicker,
+        otherLink?.cloneNode(true)),
+      chartCard("Tokens by kind", `per ${axisBucket} (${AXIS_ZONE}): input, output, cache read and cache write`, kinds)),
+    groupTable(all, groupLabel, { by, showAll, allHref }));
   colorSwatches(body);
   await toolsShown;
 }
