@@ -44,6 +44,8 @@ REPORT_EVERY = 40  # batches
 class _Collected:
     """Stands in for the Recorder: keeps what an interception records."""
 
+    owner = "bench-store-growth"  # the process an interception names as its owner
+
     def __init__(self) -> None:
         self.items: list = []
 

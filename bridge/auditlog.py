@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
-import orjson
+from typing import Any
+
 from loguru import logger
 
 MESSAGE = "interception log"
 
-# record_type → (row field → log field). Fields follow the public documentation's table, plus the
+# record_type → (record field → log field). Fields follow the public documentation's table, plus the
 # ones an auditor filters on (provider name, session, cache tokens, thought source).
 _FIELDS = {
     "interception_start": {"id": "interception_id", "initiator_id": "initiator_id", "provider": "provider",
@@ -16,7 +17,7 @@ _FIELDS = {
                            "client_session_id": "client_session_id", "user_agent": "user_agent",
                            "credential_kind": "credential_kind", "credential_hint": "credential_hint",
                            "correlating_tool_call_id": "correlating_tool_call_id", "started_at": "started_at"},
-    "interception_end": {"interception_id": "interception_id", "ended_at": "ended_at", "metadata": "metadata"},
+    "interception_end": {"id": "interception_id", "ended_at": "ended_at", "metadata": "metadata"},
     "token_usage": {"interception_id": "interception_id", "provider_response_id": "provider_response_id",
                     "input_tokens": "input_tokens", "output_tokens": "output_tokens",
                     "cache_read_input_tokens": "cache_read_input_tokens",
@@ -31,9 +32,7 @@ _FIELDS = {
 }
 
 
-def log_record(record_type: str, row: dict) -> None:
-    """Log one record (a row as the store writes it)."""
-    fields = {log_name: row.get(row_name) for row_name, log_name in _FIELDS[record_type].items()}
-    if isinstance(fields.get("metadata"), str):  # a JSON column: logged as the object it holds
-        fields["metadata"] = orjson.loads(fields["metadata"])
+def log_record(record_type: str, record: Any) -> None:
+    """Log one record (bridge.records: an ``InterceptionRecord``, ``TokenUsageRecord``, ...)."""
+    fields = {log_name: getattr(record, field) for field, log_name in _FIELDS[record_type].items()}
     logger.bind(record_type=record_type, **fields).info(MESSAGE)

@@ -21,7 +21,10 @@ from bridge.intercept.base import Interceptor
 from bridge.intercept.sse import Event
 from bridge.masking import Masker, mask_secret, provider_secrets
 from bridge.providers.base import Provider
-from bridge.records import TRUNCATION_MARKER, cut_text, json_text, new_id, size_text, text
+from bridge.records import (
+    TRUNCATION_MARKER, InterceptionEndRecord, InterceptionRecord, PromptRecord, ThoughtRecord, TokenUsageRecord,
+    ToolUsageRecord, cut_text, json_text, new_id, size_text, text,
+)
 from bridge.timestamps import utc_now
 from bridge.recorder import InterceptionEnd, InterceptionStart, Recorder
 
@@ -70,32 +73,31 @@ class Interception:
         self._client = client.name
         self._begin_labels = (provider.name, metrics.model_label(provider.name, self.model), client.name)
         self._served = False  # the upstream answered below 400: the model is a real one
-        self.row = {
-            "id": self.id,
-            "initiator_id": caller.user_id,
-            "provider": provider.type,
-            "provider_name": provider.name,
-            "model": self.model,
-            "client": client.name,
-            "client_session_id": masked(client.session_id),
-            "user_agent": masked(headers.get("User-Agent")),
-            "credential_kind": "byok" if caller.byok else "centralized",
-            "credential_hint": mask_secret(credential),
-            "correlating_tool_call_id": masked(text(interceptor.correlating_tool_call_id())),
-            "started_at": utc_now(),
-            "ended_at": None,
-            "owner": recorder.owner,  # the process serving it: its interceptions are ended if it stops
-            "metadata": json_text({"streaming": interceptor.streaming, **provider.interception_metadata(interceptor)}),
-        }
+        self.record = InterceptionRecord(
+            id=self.id,
+            initiator_id=caller.user_id,
+            provider=provider.type,
+            provider_name=provider.name,
+            model=self.model,
+            client=client.name,
+            client_session_id=masked(client.session_id),
+            user_agent=masked(headers.get("User-Agent")),
+            credential_kind="byok" if caller.byok else "centralized",
+            credential_hint=mask_secret(credential),
+            correlating_tool_call_id=masked(text(interceptor.correlating_tool_call_id())),
+            started_at=utc_now(),
+            owner=recorder.owner,  # the process serving it: its interceptions are ended if it stops
+            metadata={"streaming": interceptor.streaming, **provider.interception_metadata(interceptor)},
+        )
         # Taken now, cut: the request's body is let go once it is sent upstream (Interceptor.forget_request).
         self._prompt = self._cut(interceptor.prompt())
 
     def begin(self) -> None:
         self._started = time.monotonic()
         metrics.series(metrics.INFLIGHT, *self._begin_labels).inc()
-        self._recorder.record(InterceptionStart(self.row))
+        self._recorder.record(InterceptionStart(self.record))
         if self._log:
-            auditlog.log_record("interception_start", self.row)
+            auditlog.log_record("interception_start", self.record)
 
     # --- what the proxy hands it ---
 
@@ -211,38 +213,37 @@ class Interception:
                                               tool_usages, model_thoughts))
         self._count(usage, prompt is not None)
         if self._log:
-            for kind, rows in (("token_usage", token_usages), ("prompt_usage", user_prompts),
-                               ("tool_usage", tool_usages), ("model_thought", model_thoughts)):
-                for row in rows:
-                    auditlog.log_record(kind, row)
-            auditlog.log_record("interception_end", {"interception_id": self.id, "ended_at": ended_at,
-                                                     "metadata": metadata})
+            for kind, records in (("token_usage", token_usages), ("prompt_usage", user_prompts),
+                                  ("tool_usage", tool_usages), ("model_thought", model_thoughts)):
+                for record in records:
+                    auditlog.log_record(kind, record)
+            auditlog.log_record("interception_end", InterceptionEndRecord(id=self.id, ended_at=ended_at, metadata=metadata))
 
     def _children(self, created_at: str) -> tuple:
-        """The usage, the prompt and the child rows of everything the interceptor saw."""
+        """The usage, the prompt and the child records of everything the interceptor saw."""
         interceptor = self.interceptor
         interceptor.finish()
-        base = {"interception_id": self.id, "created_at": created_at}
+        interception_id = self.id
         response_id = text(interceptor.response_id)
         usage = interceptor.usage()
-        token_usages = [{
-            **base, "id": new_id(), "provider_response_id": response_id, "input_tokens": usage.input_tokens,
-            "output_tokens": usage.output_tokens, "cache_read_input_tokens": usage.cache_read_input_tokens,
-            "cache_write_input_tokens": usage.cache_write_input_tokens, "metadata": json_text(usage.metadata),
-        }] if usage else []
+        token_usages = [TokenUsageRecord(
+            id=new_id(), interception_id=interception_id, provider_response_id=response_id,
+            input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+            cache_read_input_tokens=usage.cache_read_input_tokens,
+            cache_write_input_tokens=usage.cache_write_input_tokens, metadata=usage.metadata, created_at=created_at,
+        )] if usage else []
         prompt = self._recorded(self._prompt)
-        user_prompts = [{
-            **base, "id": new_id(), "provider_response_id": response_id, "prompt": prompt, "metadata": "{}",
-        }] if prompt is not None else []
-        tool_usages = [{
-            **base, "id": new_id(), "provider_response_id": response_id, "provider_tool_call_id": text(call.id),
-            "tool": self._masked(text(call.name)), "input": self._recorded(self._cut(json_text(call.input)), json=True), "server_url": None,
-            "injected": False, "invocation_error": None, "metadata": "{}",
-        } for call in interceptor.tool_calls]
-        model_thoughts = [{
-            **base, "id": new_id(), "content": self._recorded(self._cut(text(thought.content))),
-            "metadata": json_text({"source": thought.source}),
-        } for thought in interceptor.thoughts]
+        user_prompts = [PromptRecord(id=new_id(), interception_id=interception_id, provider_response_id=response_id,
+                                     prompt=prompt, created_at=created_at)] if prompt is not None else []
+        tool_usages = [ToolUsageRecord(
+            id=new_id(), interception_id=interception_id, provider_response_id=response_id,
+            provider_tool_call_id=text(call.id), tool=self._masked(text(call.name)),
+            input=self._recorded(self._cut(json_text(call.input)), json=True), created_at=created_at,
+        ) for call in interceptor.tool_calls]
+        model_thoughts = [ThoughtRecord(
+            id=new_id(), interception_id=interception_id, content=self._recorded(self._cut(text(thought.content))),
+            metadata={"source": thought.source}, created_at=created_at,
+        ) for thought in interceptor.thoughts]
         return usage, prompt, token_usages, user_prompts, tool_usages, model_thoughts
 
     def _cut(self, value: str | None) -> tuple[str | None, int]:

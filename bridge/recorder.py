@@ -49,6 +49,9 @@ import gevent.event
 import gevent.queue
 from loguru import logger
 
+from bridge.records import (
+    InterceptionEndRecord, InterceptionRecord, PromptRecord, ThoughtRecord, TokenUsageRecord, ToolUsageRecord,
+)
 from bridge.retention import retention_cutoff
 from bridge.store import CHILD_TABLES, Database, RecordBatch, Store, journal_base, mask_url, refused
 from bridge.store.common import OwnerState
@@ -68,25 +71,22 @@ _SILENT_HEARTBEATS = 3
 _OWNERLESS_GRACE = 600.0
 
 
-@dataclass
+@dataclass(slots=True)
 class InterceptionStart:
-    row: dict[str, Any]  # the aibridge_interceptions row (ended_at None)
+    record: InterceptionRecord  # ended_at None
 
 
-@dataclass
+@dataclass(slots=True)
 class InterceptionEnd:
-    """The end of an interception with everything recorded for it.
-
-    Child rows are complete: id, interception_id, created_at, JSON columns already JSON text.
-    """
+    """The end of an interception with everything recorded for it."""
 
     interception_id: str
     ended_at: str
     metadata: dict[str, Any] | None = None  # merged into the interception's metadata
-    token_usages: list[dict[str, Any]] = field(default_factory=list)
-    user_prompts: list[dict[str, Any]] = field(default_factory=list)
-    tool_usages: list[dict[str, Any]] = field(default_factory=list)
-    model_thoughts: list[dict[str, Any]] = field(default_factory=list)
+    token_usages: list[TokenUsageRecord] = field(default_factory=list)
+    user_prompts: list[PromptRecord] = field(default_factory=list)
+    tool_usages: list[ToolUsageRecord] = field(default_factory=list)
+    model_thoughts: list[ThoughtRecord] = field(default_factory=list)
 
 
 class _Unavailable(Exception):
@@ -615,9 +615,9 @@ def _to_batch(items: list[InterceptionStart | InterceptionEnd]) -> RecordBatch:
     batch = RecordBatch()
     for item in items:
         if isinstance(item, InterceptionStart):
-            batch.interceptions.append(item.row)
+            batch.interceptions.append(item.record)
             continue
-        batch.ends.append({"id": item.interception_id, "ended_at": item.ended_at, "metadata": item.metadata})
+        batch.ends.append(InterceptionEndRecord(id=item.interception_id, ended_at=item.ended_at, metadata=item.metadata))
         for name in CHILD_TABLES:
             getattr(batch, name).extend(getattr(item, name))
     return batch

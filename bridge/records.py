@@ -1,19 +1,23 @@
-"""What the five kinds of audit record (SPEC §6) are made of, and the marshmallow schemas that
-normalize each provider's usage into them.
+"""The common record (SPEC §1, §6): what the five kinds of audit record are made of, and the
+marshmallow schemas that normalize each provider's payload into them.
 
 marshmallow normalizes each provider's usage payload into one ``TokenUsage``, once per response
-(never per stream chunk); the rows the store writes and structured logs carry are plain dicts.
+(never per stream chunk). The records themselves are typed objects (``InterceptionRecord``,
+``TokenUsageRecord``, ...), built by bridge.interception and carried through the recorder to the
+store, which alone turns them into rows. Their schemas load them back from JSON (the recorder's
+journal), checking every field; they are built directly on the hot path (a marshmallow load per
+record cost more than the rest of the record together).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import MISSING, dataclass, field, fields as dataclass_fields
+from typing import Any, ClassVar
 
 import orjson
-from marshmallow import INCLUDE, Schema, fields, post_load
+from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, post_load
 
 
 _RANDOM_PARTS_PER_READ = 64
@@ -159,9 +163,148 @@ ANTHROPIC_USAGE = AnthropicUsageSchema()
 OPENAI_USAGE = OpenAIUsageSchema()
 
 
-# --- Rows ----------------------------------------------------------------------------------------
-# Built as plain dicts (bridge.interception): the columns are text, integers and JSON text, and a
-# marshmallow dump per row cost more than the rest of the record together.
+# --- Records ------------------------------------------------------------------------------------
+# One class per record table, fields in the table's column order (the store's columns are these),
+# required where the column is NOT NULL; built with keywords. JSON columns (``metadata``, a tool
+# call's ``input``) hold Python values or JSON text; the store writes them as JSON text. Times are
+# store timestamps (bridge.timestamps.utc_now).
+
+
+@dataclass(slots=True, kw_only=True)
+class InterceptionRecord:
+    """An interception as it begins (aibridge_interceptions); its end is an ``InterceptionEndRecord``."""
+
+    TABLE: ClassVar[str] = "aibridge_interceptions"
+    id: str
+    initiator_id: str | None = None
+    provider: str | None = None
+    provider_name: str | None = None
+    model: str | None = None
+    client: str | None = None
+    client_session_id: str | None = None
+    user_agent: str | None = None
+    credential_kind: str | None = None
+    credential_hint: str | None = None
+    correlating_tool_call_id: str | None = None
+    started_at: str
+    ended_at: str | None = None
+    metadata: Any = None
+    owner: str | None = None  # the process serving it: its interceptions are ended if it stops
+
+
+@dataclass(slots=True, kw_only=True)
+class InterceptionEndRecord:
+    """An interception's end: its time, and metadata merged into what it began with (None: nothing)."""
+
+    id: str
+    ended_at: str
+    metadata: Any = None
+
+
+@dataclass(slots=True, kw_only=True)
+class TokenUsageRecord:
+    TABLE: ClassVar[str] = "aibridge_token_usages"
+    id: str
+    interception_id: str
+    provider_response_id: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cache_write_input_tokens: int = 0
+    metadata: Any = None
+    created_at: str
+
+
+@dataclass(slots=True, kw_only=True)
+class PromptRecord:
+    TABLE: ClassVar[str] = "aibridge_user_prompts"
+    id: str
+    interception_id: str
+    provider_response_id: str | None = None
+    prompt: str | None = None
+    metadata: Any = None
+    created_at: str
+
+
+@dataclass(slots=True, kw_only=True)
+class ToolUsageRecord:
+    TABLE: ClassVar[str] = "aibridge_tool_usages"
+    id: str
+    interception_id: str
+    provider_response_id: str | None = None
+    provider_tool_call_id: str | None = None
+    tool: str | None = None
+    input: Any = None  # the arguments: JSON text as the model sent them (or a cut text's JSON string)
+    server_url: str | None = None
+    injected: bool = False
+    invocation_error: str | None = None
+    metadata: Any = None
+    created_at: str
+
+
+@dataclass(slots=True, kw_only=True)
+class ThoughtRecord:
+    TABLE: ClassVar[str] = "aibridge_model_thoughts"
+    id: str
+    interception_id: str
+    content: str | None = None
+    metadata: Any = None
+    created_at: str
+
+
+#: The record classes of the tables an interception's end adds rows to, by the name of their list
+#: (``InterceptionEnd``, the store's ``RecordBatch``), in the order they are written and listed.
+CHILD_RECORDS: dict[str, type] = {
+    "token_usages": TokenUsageRecord,
+    "user_prompts": PromptRecord,
+    "tool_usages": ToolUsageRecord,
+    "model_thoughts": ThoughtRecord,
+}
+#: Every table's record class.
+TABLE_RECORDS: dict[str, type] = {cls.TABLE: cls for cls in (InterceptionRecord, *CHILD_RECORDS.values())}
+
+
+def record_columns(cls: type) -> tuple[str, ...]:
+    """A record class's fields: its table's columns, in order."""
+    return tuple(f.name for f in dataclass_fields(cls))
+
+
+_FIELD_TYPES = {"str": fields.String, "int": fields.Integer, "bool": fields.Boolean}
+
+
+def _record_schema(cls: type) -> Schema:
+    """A schema loading ``cls`` from its JSON form, every field checked; an unknown one refused."""
+    declared: dict[str, Any] = {}
+    for f in dataclass_fields(cls):
+        kind = f.type.split(" | ")[0]  # annotations are text (from __future__ import annotations)
+        required = f.default is MISSING and f.default_factory is MISSING
+        if kind == "Any":
+            declared[f.name] = fields.Raw(required=required, allow_none=True)
+        else:
+            declared[f.name] = _FIELD_TYPES[kind](required=required, allow_none="None" in f.type or not required)
+    declared["Meta"] = type("Meta", (), {"unknown": RAISE})
+    declared["make"] = post_load(lambda self, data, **_: cls(**data))
+    return type(f"{cls.__name__}Schema", (Schema,), declared)()
+
+
+_SCHEMAS = {cls: _record_schema(cls) for cls in (InterceptionRecord, InterceptionEndRecord, *CHILD_RECORDS.values())}
+
+
+def load_record(cls: type, data: Any) -> Any:
+    """A record of class ``cls`` from its JSON form (a dict); ValueError naming what is wrong."""
+    try:
+        return _SCHEMAS[cls].load(data)
+    except ValidationError as exc:
+        raise ValueError(f"{cls.__name__}: {_problems(exc.messages)}") from None
+
+
+def _problems(messages: Any) -> str:
+    """marshmallow's messages (``{"field": ["Unknown field."]}``) as one line."""
+    if isinstance(messages, dict):
+        return "; ".join(f"{name}: {_problems(problem)}" for name, problem in sorted(messages.items()))
+    if isinstance(messages, list):
+        return " ".join(str(message) for message in messages)
+    return str(messages)
 
 
 def json_text(value: Any) -> str | None:

@@ -65,7 +65,7 @@ def seed_dataset(path: Path, count: int = 90) -> Dataset:
             data.tokens[name], _ = store.create_token(name)
         names = ["alice", "bob", "carol", "dave"]
         rng = random.Random(count)
-        batch = RecordBatch()
+        batch: dict[str, list[dict]] = {name: [] for name in ("interceptions", "token_usages", "user_prompts", "tool_usages", "model_thoughts")}
         for i in range(count):
             user = names[i % 4] if i % 7 else "bob"
             provider, provider_name, model = PROVIDERS[i % 5]
@@ -81,7 +81,7 @@ def seed_dataset(path: Path, count: int = 90) -> Dataset:
                 "started_at": format_timestamp(started), "ended_at": format_timestamp(started + timedelta(seconds=4)),
                 "metadata": {"index": i},
             }
-            batch.interceptions.append(row)
+            batch["interceptions"].append(row)
             created = format_timestamp(started + timedelta(seconds=3))
             usages = [{"id": f"tu-{i}", "interception_id": row["id"], "provider_response_id": f"resp-{i}",
                        "input_tokens": 100 + i, "output_tokens": 10 + i, "cache_read_input_tokens": 2 * i,
@@ -94,13 +94,13 @@ def seed_dataset(path: Path, count: int = 90) -> Dataset:
                       "metadata": {}, "created_at": created} for n in range(2)] if i % 4 == 0 else []
             thoughts = [{"id": f"th-{i}", "interception_id": row["id"], "content": f"thinking about {i}",
                          "metadata": {"source": "thinking"}, "created_at": created}] if i % 5 == 0 else []
-            batch.token_usages += usages
-            batch.user_prompts += prompts
-            batch.tool_usages += tools
-            batch.model_thoughts += thoughts
+            batch["token_usages"] += usages
+            batch["user_prompts"] += prompts
+            batch["tool_usages"] += tools
+            batch["model_thoughts"] += thoughts
             data.records.append({**row, "username": user, "token_usages": usages, "user_prompts": prompts,
                                  "tool_usages": tools, "model_thoughts": thoughts})
-        store.write_records(batch)
+        store.write_records(RecordBatch.load(batch))
         store.delete_user("dave")
     finally:
         store.close()
@@ -288,9 +288,9 @@ def test_a_cursor_keeps_its_place_when_newer_records_arrive(tmp_path: Path) -> N
     first = ok(get(client, data.tokens["alice"], limit=5))
     store = Store(str(data.path))
     try:
-        store.write_records(RecordBatch(interceptions=[{
+        store.write_records(RecordBatch.load(dict(interceptions=[{
             "id": str(uuid.uuid4()), "initiator_id": data.users["alice"]["id"], "provider": "openai",
-            "started_at": format_timestamp(datetime.now(timezone.utc)), "metadata": {}}]))
+            "started_at": format_timestamp(datetime.now(timezone.utc)), "metadata": {}}])))
     finally:
         store.close()
     second = ok(get(client, data.tokens["alice"], limit=5, after_id=ids_of(first)[-1]))

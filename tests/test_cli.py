@@ -147,12 +147,12 @@ def test_retention_purge(cli, tmp_path: Path, db_path: Path) -> None:
     now = datetime.now(timezone.utc)
     with Store.from_path(str(db_path)) as store:
         store.write_records(
-            RecordBatch(
+            RecordBatch.load(dict(
                 interceptions=[
                     {"id": f"i{days}", "started_at": format_timestamp(now - timedelta(days=days))}
                     for days in (1, 40, 50, 90)
                 ]
-            )
+            ))
         )
 
     keep_forever = tmp_path / "forever.yaml"

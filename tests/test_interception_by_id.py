@@ -63,9 +63,9 @@ def test_the_store_finds_one_interception_for_its_owner_on_both_backends(store_u
 
     with Store.from_path(store_url) as store:
         owner, other = store.create_user("owner"), store.create_user("other")
-        store.write_records(RecordBatch(interceptions=[
+        store.write_records(RecordBatch.load(dict(interceptions=[
             {"id": "i-1", "initiator_id": owner["id"], "provider": "openai", "provider_name": "openai",
-             "model": "gpt-4o", "started_at": "2025-06-01T09:30:00.000000Z"}]))
+             "model": "gpt-4o", "started_at": "2025-06-01T09:30:00.000000Z"}])))
         listed = store.query_interceptions()["results"]
         assert store.interception_result("i-1") == store.interception_result("i-1", owner["id"]) == listed[0]
         assert store.interception_result("i-1", other["id"]) is None

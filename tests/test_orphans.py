@@ -20,7 +20,7 @@ import requests
 
 from bridge import recorder as recorder_module
 from bridge.recorder import InterceptionEnd, InterceptionStart, Recorder
-from bridge.records import new_id
+from bridge.records import InterceptionRecord, new_id
 from bridge.store import RecordBatch, Store
 from bridge.timestamps import format_timestamp, utc_now
 from tests.conftest import provider_env
@@ -64,11 +64,11 @@ def test_a_starting_recorder_ends_the_interceptions_of_processes_that_are_gone(s
         store.heartbeat(silent, "machine-b/boot/1", 4242, utc_now())
         store.heartbeat(elsewhere, "machine-c/boot/1", 4242, utc_now())
         rows = {owner: _row(owner) for owner in (exited, silent, unregistered, elsewhere)}
-        store.write_records(RecordBatch(interceptions=list(rows.values())))
+        store.write_records(RecordBatch.load(dict(interceptions=list(rows.values()))))
         store.db.execute("UPDATE bridge_processes SET heartbeat = heartbeat - 60 WHERE owner = ?", [silent])
     live = Recorder(store_url, batch_wait=0.01, journal_dir=_journal_dir(store_url, tmp_path))
     own = _row(live.owner)
-    live.record(InterceptionStart(own))
+    live.record(InterceptionStart(InterceptionRecord(**own)))
     assert live.flush(10)
 
     successor = Recorder(store_url, journal_dir=_journal_dir(store_url, tmp_path))  # heartbeat 10 s: silent is gone
@@ -94,11 +94,11 @@ def test_an_end_in_a_dead_process_journal_wins_over_ending_it_as_an_orphan(store
     done, open_one = _row(owner), _row(owner)
     with Store.from_path(store_url) as store:
         store.heartbeat(owner, recorder_module._HOST, pid, utc_now())
-        store.write_records(RecordBatch(interceptions=[done, open_one]))
+        store.write_records(RecordBatch.load(dict(interceptions=[done, open_one])))
     successor = Recorder(store_url, journal_dir=_journal_dir(store_url, tmp_path))
     journal = f"{successor._journal_base}.records-{pid}.jsonl"  # what the dead process left
     ended_at = utc_now()
-    end = RecordBatch(ends=[{"id": done["id"], "ended_at": ended_at, "metadata": json.dumps({"status": 200})}])
+    end = RecordBatch.load(dict(ends=[{"id": done["id"], "ended_at": ended_at, "metadata": json.dumps({"status": 200})}]))
     Path(journal).write_text(end.to_json() + "\n")
     successor.recover()
     successor.close()
@@ -117,13 +117,13 @@ def test_a_running_recorder_ends_them_once_a_process_falls_silent(store_url: str
     with Store.from_path(store_url) as store:
         store.heartbeat(other, "machine-b/boot/1", 4242, utc_now())
         theirs = _row(other)
-        store.write_records(RecordBatch(interceptions=[theirs]))
+        store.write_records(RecordBatch.load(dict(interceptions=[theirs])))
     recorder = Recorder(store_url, batch_wait=0.01, heartbeat_interval=0.5, journal_dir=_journal_dir(store_url, tmp_path))
     watcher = Recorder(store_url, batch_wait=0.01, heartbeat_interval=0.5, journal_dir=_journal_dir(store_url, tmp_path))
     try:
         ours = _row(recorder.owner)
-        recorder.record(InterceptionStart(ours))
-        watcher.record(InterceptionStart(_row(watcher.owner)))  # the watcher runs its periodic checks too
+        recorder.record(InterceptionStart(InterceptionRecord(**ours)))
+        watcher.record(InterceptionStart(InterceptionRecord(**_row(watcher.owner))))  # the watcher runs its periodic checks too
         deadline = time.monotonic() + WAIT
         while time.monotonic() < deadline:
             found = _interceptions(store_url, [theirs["id"], ours["id"]])
@@ -149,7 +149,7 @@ def test_interceptions_recorded_before_owners_existed_end_once_older_than_the_ol
         store.heartbeat("running-an-hour", "machine-b/boot/1", 4242, oldest)
         before = _row(None, format_timestamp(now - timedelta(hours=2)))
         after = _row(None, format_timestamp(now - timedelta(minutes=30)))  # an older version's live stream, maybe
-        store.write_records(RecordBatch(interceptions=[before, after]))
+        store.write_records(RecordBatch.load(dict(interceptions=[before, after])))
     successor = Recorder(store_url, journal_dir=_journal_dir(store_url, tmp_path))
     successor.recover()
     successor.close()

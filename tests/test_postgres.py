@@ -187,7 +187,7 @@ url, journal_dir, ids = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 recorder = Recorder(url, batch_wait=0.05, journal_dir=journal_dir)
 for interception_id in ids:
     recorder.record(InterceptionStart(start_row(interception_id)))
-    recorder.record(InterceptionEnd(interception_id, start_row(interception_id)["started_at"], **end_children(interception_id)))
+    recorder.record(InterceptionEnd(interception_id, start_row(interception_id).started_at, **end_children(interception_id)))
 assert recorder.flush(30)
 print(json.dumps({"backlog": recorder.backlog, "journal": recorder.journal_path}), flush=True)
 sys.stdin.readline()  # the test restarts the server, then says go on

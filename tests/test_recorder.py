@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 import pytest
 
+from bridge.records import InterceptionRecord, PromptRecord, ThoughtRecord, TokenUsageRecord, ToolUsageRecord
 from bridge.store import RecordBatch, Store
 from bridge.timestamps import format_timestamp, utc_now
 
@@ -42,8 +43,8 @@ conn.execute("COMMIT")
 # -- records used by both sides ------------------------------------------------------------------
 
 
-def start_row(interception_id: str, started_at: str | None = None) -> dict[str, Any]:
-    return {
+def start_row(interception_id: str, started_at: str | None = None) -> InterceptionRecord:
+    return InterceptionRecord(**{
         "id": interception_id,
         "initiator_id": "user-1",
         "provider": "openai",
@@ -54,20 +55,21 @@ def start_row(interception_id: str, started_at: str | None = None) -> dict[str, 
         "started_at": started_at or utc_now(),
         "ended_at": None,
         "metadata": json.dumps({"start": True}),
-    }
+    })
 
 
-def end_children(interception_id: str) -> dict[str, list[dict[str, Any]]]:
+def end_children(interception_id: str) -> dict[str, list[Any]]:
     now = utc_now()
 
-    def child(**columns: Any) -> dict[str, Any]:
-        return {"id": str(uuid.uuid4()), "interception_id": interception_id, "created_at": now, **columns}
+    def child(record_class: type, **columns: Any) -> Any:
+        return record_class(id=str(uuid.uuid4()), interception_id=interception_id, created_at=now, **columns)
 
     return {
-        "token_usages": [child(provider_response_id="r1", input_tokens=10, output_tokens=5)],
-        "user_prompts": [child(provider_response_id="r1", prompt="hello")],
-        "tool_usages": [child(provider_response_id="r1", provider_tool_call_id="c1", tool="read", input='{"p": 1}')],
-        "model_thoughts": [child(content="thinking", metadata='{"source": "thinking"}')],
+        "token_usages": [child(TokenUsageRecord, provider_response_id="r1", input_tokens=10, output_tokens=5)],
+        "user_prompts": [child(PromptRecord, provider_response_id="r1", prompt="hello")],
+        "tool_usages": [child(ToolUsageRecord, provider_response_id="r1", provider_tool_call_id="c1", tool="read",
+                              input='{"p": 1}')],
+        "model_thoughts": [child(ThoughtRecord, content="thinking", metadata='{"source": "thinking"}')],
     }
 
 
@@ -368,7 +370,7 @@ def scenario_refused(db: str) -> dict[str, Any]:
         "flushed": flushed,
         "good": sorted(good),
         "stored": sorted(interception_ids(db)),
-        "rejected_ends": [end["id"] for batch in rejected for end in batch.ends],
+        "rejected_ends": [end.id for batch in rejected for end in batch.ends],
         "counts": counts(db),
     }
 

@@ -15,7 +15,7 @@ def add(store: Store, started: datetime, n: int) -> None:
     rows = [{"id": str(uuid.uuid4()), "started_at": format_timestamp(started)} for _ in range(n)]
     prompts = [{"id": str(uuid.uuid4()), "interception_id": r["id"], "prompt": "p", "created_at": r["started_at"]}
                for r in rows]
-    store.write_records(RecordBatch(interceptions=rows, user_prompts=prompts))
+    store.write_records(RecordBatch.load(dict(interceptions=rows, user_prompts=prompts)))
 
 
 def test_retention_cutoff() -> None:

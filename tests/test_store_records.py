@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from bridge.records import InterceptionEndRecord
+
 from bridge.store import (
     CHILD_TABLES, RECORD_COLUMNS, InterceptionFilter, PostgresStore, RecordBatch, Store, StoreError, format_timestamp,
     refused,
@@ -40,14 +42,14 @@ def interception(started: datetime, **columns) -> RecordBatch:
 
     row = {"id": iid, "initiator_id": "u1", "provider": "anthropic", "provider_name": "anthropic",
            "model": "claude", "client": "Claude Code", "started_at": at, "metadata": '{"a": 1}', **columns}
-    return RecordBatch(
+    return RecordBatch.load(dict(
         interceptions=[row],
         ends=[{"id": iid, "ended_at": at, "metadata": '{"b": 2}'}],
         token_usages=[child(input_tokens=10, output_tokens=3, cache_read_input_tokens=7, metadata={"reasoning": 1})],
         user_prompts=[child(prompt="hi")],
         tool_usages=[child(tool="bash", provider_tool_call_id="t1", input={"cmd": "ls"}, injected=False)],
         model_thoughts=[child(content="hmm", metadata='{"source": "thinking"}')],
-    )
+    ))
 
 
 def combined(*batches: RecordBatch) -> RecordBatch:
@@ -88,7 +90,7 @@ def test_write_records_is_idempotent(store: Store) -> None:
 
 def test_end_sets_ended_at_and_merges_metadata(store: Store) -> None:
     batch = interception(NOW)
-    iid = batch.interceptions[0]["id"]
+    iid = batch.interceptions[0].id
     start = RecordBatch(interceptions=batch.interceptions)
     store.write_records(start)
     assert store.get_interception(iid)["ended_at"] is None
@@ -111,8 +113,8 @@ def test_end_metadata_is_a_merge_patch_on_both_backends(store: Store) -> None:
     """An end's null member removes the start's (RFC 7396, as SQLite's json_patch does): a record
     reads the same whichever database holds it."""
     batch = interception(NOW, metadata='{"streaming": true, "stop_reason": "x", "kept": 1}')
-    iid = batch.interceptions[0]["id"]
-    batch.ends = [{"id": iid, "ended_at": format_timestamp(NOW), "metadata": {"stop_reason": None, "status": 200}}]
+    iid = batch.interceptions[0].id
+    batch.ends = [InterceptionEndRecord(id=iid, ended_at=format_timestamp(NOW), metadata={"stop_reason": None, "status": 200})]
     store.write_records(batch)
     assert json.loads(store.get_interception(iid)["metadata"]) == {"streaming": True, "kept": 1, "status": 200}
 
@@ -125,33 +127,36 @@ def test_two_ends_adding_keys_in_steps_keep_both_steps_on_both_backends(store: S
     expected = {"a": 1, "error": "client disconnected", "status": 200, "orphaned": True}
 
     one_batch = interception(NOW)
-    iid = one_batch.interceptions[0]["id"]
-    one_batch.ends = [{"id": iid, "ended_at": format_timestamp(NOW), "metadata": steps[0]},
-                      {"id": iid, "ended_at": later, "metadata": steps[1]}]
+    iid = one_batch.interceptions[0].id
+    one_batch.ends = [InterceptionEndRecord(id=iid, ended_at=format_timestamp(NOW), metadata=steps[0]),
+                      InterceptionEndRecord(id=iid, ended_at=later, metadata=steps[1])]
     store.write_records(one_batch)
     row = store.get_interception(iid)
     assert json.loads(row["metadata"]) == expected
     assert row["ended_at"] == later
 
     two_batches = interception(NOW)
-    iid = two_batches.interceptions[0]["id"]
-    two_batches.ends = [{"id": iid, "ended_at": format_timestamp(NOW), "metadata": steps[0]}]
+    iid = two_batches.interceptions[0].id
+    two_batches.ends = [InterceptionEndRecord(id=iid, ended_at=format_timestamp(NOW), metadata=steps[0])]
     store.write_records(two_batches)
-    store.write_records(RecordBatch(ends=[{"id": iid, "ended_at": later, "metadata": steps[1]}]))
+    store.write_records(RecordBatch.load(dict(ends=[{"id": iid, "ended_at": later, "metadata": steps[1]}])))
     assert json.loads(store.get_interception(iid)["metadata"]) == expected
 
 
 def test_a_refused_batch_writes_nothing(store: Store) -> None:
     good = interception(NOW)
-    orphan_end = RecordBatch(ends=[{"id": "missing", "ended_at": format_timestamp(NOW), "metadata": None}])
+    orphan_end = RecordBatch.load(dict(ends=[{"id": "missing", "ended_at": format_timestamp(NOW), "metadata": None}]))
     with pytest.raises(StoreError, match="does not exist"):
         store.write_records(combined(good, orphan_end))
     bad_column = interception(NOW)
-    bad_column.user_prompts[0]["promt"] = "typo"
-    with pytest.raises(StoreError, match="unknown column"):
+    with pytest.raises(ValueError, match="promt: Unknown field"):  # a journal line with a misspelt column
+        RecordBatch.load({"user_prompts": [{"id": "p", "interception_id": bad_column.interceptions[0].id,
+                                            "created_at": format_timestamp(NOW), "promt": "typo"}]})
+    bad_column.tool_usages.append(bad_column.user_prompts[0])  # a record in the wrong table
+    with pytest.raises(StoreError, match="is not a ToolUsageRecord"):
         store.write_records(bad_column)
     no_start = interception(NOW)
-    no_start.interceptions[0]["started_at"] = None
+    no_start.interceptions[0].started_at = None
     with pytest.raises(Exception) as refusal:  # not silently skipped
         store.write_records(no_start)
     assert refused(refusal.value), refusal.value
@@ -167,19 +172,19 @@ def test_every_value_is_stored_exactly_whatever_the_batch_holds(store: Store) ->
     odd = "nul\x00inside \u2028 \U0001f600 \"quoted\" \\ back"
     stored = odd.replace("\x00", "\ufffd") if isinstance(store, PostgresStore) else odd
     plain, with_nul = interception(NOW, model=odd), interception(NOW)
-    with_nul.user_prompts[0]["prompt"] = odd
-    with_nul.model_thoughts[0]["content"] = odd
+    with_nul.user_prompts[0].prompt = odd
+    with_nul.model_thoughts[0].content = odd
     repeated = combined(plain, plain, with_nul)
-    iid = plain.interceptions[0]["id"]
-    repeated.ends.append({"id": iid, "ended_at": format_timestamp(NOW + timedelta(seconds=1)),
-                          "metadata": '{"c": 3}'})
+    iid = plain.interceptions[0].id
+    repeated.ends.append(InterceptionEndRecord(id=iid, ended_at=format_timestamp(NOW + timedelta(seconds=1)),
+                                               metadata='{"c": 3}'))
     store.write_records(repeated)
     assert store.count_records() == {table: 2 for table in RECORD_COLUMNS}
     first = store.get_interception(iid)
     assert first["model"] == stored
     assert first["ended_at"] == format_timestamp(NOW + timedelta(seconds=1))
     assert json.loads(first["metadata"]) == {"a": 1, "b": 2, "c": 3}  # the first end's key too
-    second = store.get_interception(with_nul.interceptions[0]["id"])
+    second = store.get_interception(with_nul.interceptions[0].id)
     assert [r["prompt"] for r in second["user_prompts"]] == [stored]
     assert [r["content"] for r in second["model_thoughts"]] == [stored]
     totals = {row["group"]: row for row in store.usage_summary("model")}
@@ -191,7 +196,7 @@ def test_ending_several_missing_interceptions_names_the_first(store: Store) -> N
     good = interception(NOW)
     ends = [{"id": name, "ended_at": format_timestamp(NOW), "metadata": None} for name in ("gone-1", "gone-2")]
     with pytest.raises(StoreError, match="cannot end interception 'gone-1'"):
-        store.write_records(combined(good, RecordBatch(ends=ends)))
+        store.write_records(combined(good, RecordBatch.load(dict(ends=ends))))
     assert store.count_records() == {table: 0 for table in RECORD_COLUMNS}
 
 
@@ -209,7 +214,7 @@ def test_purge_deletes_exactly_the_old_interceptions_with_their_children(store: 
     assert store.purge_records(format_timestamp(cutoff)) == 12
     assert store.count_records() == {table: 8 for table in RECORD_COLUMNS}
     kept = {r["id"] for r in store.db.query("SELECT id FROM aibridge_interceptions")}
-    assert kept == {b.interceptions[0]["id"] for b in new}
+    assert kept == {b.interceptions[0].id for b in new}
     for table in CHILD_TABLES.values():
         assert {r["interception_id"] for r in store.db.query(f"SELECT interception_id FROM {table}")} == kept
     assert store.purge_records(format_timestamp(cutoff)) == 0
@@ -268,7 +273,7 @@ def test_read_helpers(store: Store) -> None:
     assert store.count_records() == {table: 0 for table in RECORD_COLUMNS}
     batch = interception(NOW)
     store.write_records(batch)
-    row = store.get_interception(batch.interceptions[0]["id"])
+    row = store.get_interception(batch.interceptions[0].id)
     assert row["client"] == "Claude Code"
     assert {name: len(row[name]) for name in CHILD_TABLES} == {name: 1 for name in CHILD_TABLES}
 
@@ -295,7 +300,7 @@ def test_both_backends_answer_the_same(tmp_path: Path, postgres) -> None:
     for n in range(60):
         batch = interception(NOW - timedelta(hours=n * 3, seconds=n), initiator_id=users[n % 3],
                              model=("claude", "gpt-4o")[n % 2], client=("Claude Code", "Codex", None)[n % 3])
-        batch.token_usages[0]["input_tokens"] = n
+        batch.token_usages[0].input_tokens = n
         batches.append(batch)
     # Ends and children in a later batch than their interceptions for some: the rollup key comes from the table.
     early = combined(*batches[:30])

@@ -18,7 +18,7 @@ import requests
 
 from bridge.auth import Authenticator
 from bridge.recorder import InterceptionStart, Recorder
-from bridge.records import new_id
+from bridge.records import InterceptionRecord, new_id
 from bridge.store import Store
 from bridge.timestamps import utc_now
 from tests.conftest import provider_env
@@ -51,7 +51,7 @@ def test_a_read_only_connection_is_not_kept_to_pin_the_others(tmp_path: Path) ->
         finally:
             _chattr("-i", shm)
         row = {"id": new_id(), "started_at": utc_now(), "owner": recorder.owner}
-        recorder.record(InterceptionStart(row))
+        recorder.record(InterceptionStart(InterceptionRecord(**row)))
         deadline = time.monotonic() + WAIT
         written = None
         with Store(str(database)) as reader:

@@ -7,6 +7,7 @@ against sums computed from the records of the shared dataset of test_api.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import sqlite3
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from bridge.records import TokenUsageRecord
 from bridge.store import (
     CHILD_TABLES,
     MIGRATIONS,
@@ -119,7 +121,7 @@ class Traffic:
 
     def batch(self) -> RecordBatch:
         rng = self.rng
-        batch = RecordBatch()
+        rows: dict[str, list[dict]] = {name: [] for name in ("interceptions", "ends", "token_usages", "user_prompts", "tool_usages")}
         for _ in range(rng.randint(0, 12)):
             provider, name, model = rng.choice(self.PROVIDERS)
             # Minutes over four days, so that hours and days (UTC) are crossed often.
@@ -127,28 +129,28 @@ class Traffic:
             row = {"id": self.uid(), "initiator_id": rng.choice(self.USERS), "provider": provider,
                    "provider_name": name, "model": model, "client": rng.choice(self.CLIENTS), "started_at": started,
                    "metadata": {}}
-            batch.interceptions.append(row)
+            rows["interceptions"].append(row)
             self.open.append((row["id"], started))
         rng.shuffle(self.open)
         for _ in range(rng.randint(0, len(self.open))):
             iid, started = self.open.pop()
-            batch.ends.append({"id": iid, "ended_at": started, "metadata": None})
+            rows["ends"].append({"id": iid, "ended_at": started, "metadata": None})
             for _ in range(rng.choice((0, 1, 1, 2))):
-                batch.token_usages.append({
+                rows["token_usages"].append({
                     "id": self.uid(), "interception_id": iid, "input_tokens": rng.randint(0, 5000),
                     "output_tokens": rng.randint(0, 900), "cache_read_input_tokens": rng.choice((0, rng.randint(1, 9999))),
                     "cache_write_input_tokens": rng.choice((None, 0, rng.randint(1, 999))), "created_at": started})
             for _ in range(rng.choice((0, 0, 1, 3))):
-                batch.tool_usages.append({"id": self.uid(), "interception_id": iid, "tool": rng.choice(self.TOOLS),
+                rows["tool_usages"].append({"id": self.uid(), "interception_id": iid, "tool": rng.choice(self.TOOLS),
                                           "provider_tool_call_id": self.uid(), "input": "{}", "created_at": started})
             if rng.random() < 0.5:
-                batch.user_prompts.append({"id": self.uid(), "interception_id": iid, "prompt": "hi",
+                rows["user_prompts"].append({"id": self.uid(), "interception_id": iid, "prompt": "hi",
                                            "created_at": started})
-        if batch.token_usages and rng.random() < 0.2:  # the same row twice in one batch
-            batch.token_usages.append(dict(batch.token_usages[0]))
-        if batch.interceptions and rng.random() < 0.2:
-            batch.interceptions.append(dict(batch.interceptions[0]))
-        return batch
+        if rows["token_usages"] and rng.random() < 0.2:  # the same row twice in one batch
+            rows["token_usages"].append(dict(rows["token_usages"][0]))
+        if rows["interceptions"] and rng.random() < 0.2:
+            rows["interceptions"].append(dict(rows["interceptions"][0]))
+        return RecordBatch.load(rows)
 
     def write(self, store: Store) -> None:
         """A new batch (sometimes split per interception, as the recorder isolates a refused row),
@@ -214,17 +216,17 @@ def test_children_count_under_their_interceptions_hour_when_written_later(store:
     started = format_timestamp(T0 + timedelta(minutes=59, seconds=59))  # 21:59:59, day 28
     start = {"id": "i-1", "initiator_id": "u", "provider": "openai", "provider_name": "openai", "model": "gpt-5",
              "client": "Codex", "started_at": started}
-    store.write_records(RecordBatch(interceptions=[start]))
+    store.write_records(RecordBatch.load(dict(interceptions=[start])))
     later = format_timestamp(T0 + timedelta(hours=3))  # the next day
-    store.write_records(RecordBatch(
+    store.write_records(RecordBatch.load(dict(
         ends=[{"id": "i-1", "ended_at": later, "metadata": None}],
         token_usages=[{"id": "t-1", "interception_id": "i-1", "input_tokens": 5, "output_tokens": 7, "created_at": later}],
-        tool_usages=[{"id": "c-1", "interception_id": "i-1", "tool": "shell", "created_at": later}]))
+        tool_usages=[{"id": "c-1", "interception_id": "i-1", "tool": "shell", "created_at": later}])))
     # No end in this batch: the interception is looked up in the store.
-    store.write_records(RecordBatch(
+    store.write_records(RecordBatch.load(dict(
         token_usages=[{"id": "t-2", "interception_id": "i-1", "input_tokens": 1, "cache_read_input_tokens": 2,
                        "cache_write_input_tokens": 3, "created_at": later}],
-        tool_usages=[{"id": "c-2", "interception_id": "i-1", "tool": "shell", "created_at": later}]))
+        tool_usages=[{"id": "c-2", "interception_id": "i-1", "tool": "shell", "created_at": later}])))
     got = rollups(store)
     key = ("u", "openai", "openai", "gpt-5", "Codex")
     assert got[USAGE_ROLLUPS["hour"]] == {("2026-03-28T21:00:00Z", *key): (1, 6, 7, 2, 3)}
@@ -241,19 +243,19 @@ def test_a_refused_batch_adds_nothing_to_the_rollups(store: Store) -> None:
     store.write_records(good)
     before = rollups(store)
     bad = traffic.batch()
-    bad.interceptions.append({**good.interceptions[0], "id": "new-one"})
-    bad.token_usages.append({"id": "orphan", "interception_id": "missing", "created_at": "2026-03-29T00:00:00Z"})
+    bad.interceptions.append(dataclasses.replace(good.interceptions[0], id="new-one"))
+    bad.token_usages.append(TokenUsageRecord(id="orphan", interception_id="missing", created_at="2026-03-29T00:00:00Z"))
     with pytest.raises(Exception):  # the foreign key refuses the orphan: the whole batch rolls back
         store.write_records(bad)
-    with pytest.raises(StoreError):
-        store.write_records(RecordBatch(interceptions=[{**good.interceptions[0], "id": "x", "colour": "red"}]))
+    with pytest.raises(StoreError):  # a record in the wrong table
+        store.write_records(RecordBatch(interceptions=[dataclasses.replace(bad.token_usages[-1], id="x")]))
     assert rollups(store) == before == grouped_records(store)
 
 
 def test_a_purge_keeps_the_cutoffs_partial_hour_and_day(store: Store) -> None:
     rows = [{"id": f"i-{n}", "initiator_id": "u", "provider": "openai", "provider_name": "openai", "model": "m",
              "client": "c", "started_at": format_timestamp(T0 + timedelta(minutes=20 * n))} for n in range(12)]
-    store.write_records(RecordBatch(interceptions=rows))  # 21:00 .. 00:40 the next day, three per hour
+    store.write_records(RecordBatch.load(dict(interceptions=rows)))  # 21:00 .. 00:40 the next day, three per hour
     cutoff = T0 + timedelta(hours=2, minutes=30)  # 23:30
     assert store.purge_records(format_timestamp(cutoff), chunk=2) == 8  # up to 23:20
     hourly = {key[0]: figures[0] for key, figures in rollups(store)[USAGE_ROLLUPS["hour"]].items()}
@@ -303,8 +305,9 @@ def test_the_migration_backfills_the_rollups_from_existing_records(tmp_path: Pat
     for _ in range(30):
         batch = traffic.batch()
         for name in ("interceptions", *CHILD_TABLES):
-            for row in getattr(batch, name):
-                row = {k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in row.items()}
+            for record in getattr(batch, name):
+                row = {k: (json.dumps(v) if isinstance(v, dict) else v) for k in record.__slots__
+                       if (v := getattr(record, k)) is not None}
                 table = "aibridge_interceptions" if name == "interceptions" else CHILD_TABLES[name]
                 store.db.execute(f"INSERT OR IGNORE INTO {table} ({', '.join(row)}) VALUES"
                                  f" ({', '.join('?' * len(row))})", list(row.values()))
@@ -409,7 +412,7 @@ def data(tmp_path_factory) -> Dataset:
     rows = [{"id": f"extra-{tool}-{n}", "interception_id": newest["id"], "tool": tool, "created_at": newest["started_at"]}
             for tool, count in EXTRA_TOOLS.items() for n in range(count)]
     with Store(str(data.path)) as store:
-        store.write_records(RecordBatch(tool_usages=rows))
+        store.write_records(RecordBatch.load(dict(tool_usages=rows)))
     newest["tool_usages"] = newest["tool_usages"] + rows
     return data
 

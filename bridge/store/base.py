@@ -27,6 +27,7 @@ from bridge.store.common import (
     UnknownCursor, _add, _ceil_hour, _child_result, _day, _hash_secret, _hour, _interception_result, _json_text,
     _rollup_key, _segments, _sql_where, _token_dict, _usage_column, _user_dict, rollup_additions,
 )
+from bridge.records import InterceptionEndRecord, InterceptionRecord, TokenUsageRecord, ToolUsageRecord
 from bridge.timestamps import format_timestamp, utc_now
 
 _ROLLUP_CHILDREN = ("token_usages", "tool_usages")
@@ -190,25 +191,25 @@ class Store:
         """A filter column that must not pick the index (see _interception_where)."""
         return column
 
-    def _inserted(self, table: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Insert record rows (``ON CONFLICT (id) DO NOTHING``); returns those actually inserted."""
+    def _inserted(self, table: str, records: list[Any]) -> list[Any]:
+        """Insert records (``ON CONFLICT (id) DO NOTHING``); returns those actually inserted."""
         raise NotImplementedError
 
-    def _insert_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
-        self._inserted(table, rows)
+    def _insert_rows(self, table: str, records: list[Any]) -> None:
+        self._inserted(table, records)
 
     @staticmethod
-    def _first_of_each(rows: list[dict[str, Any]], new_ids: set[Any]) -> list[dict[str, Any]]:
-        """The rows whose id is in ``new_ids`` (the ids an insert stored), the first row of each id."""
+    def _first_of_each(records: list[Any], new_ids: set[Any]) -> list[Any]:
+        """The records whose id is in ``new_ids`` (the ids an insert stored), the first of each id."""
         new_ids = set(new_ids)
         new = []
-        for row in rows:
-            if row.get("id") in new_ids:
-                new_ids.discard(row["id"])
-                new.append(row)
+        for record in records:
+            if record.id in new_ids:
+                new_ids.discard(record.id)
+                new.append(record)
         return new
 
-    def _end_interceptions(self, ends: list[dict[str, Any]]) -> None:
+    def _end_interceptions(self, ends: list[InterceptionEndRecord]) -> None:
         raise NotImplementedError
 
     def _auth_changed(self) -> None:
@@ -230,7 +231,7 @@ class Store:
             new_interceptions = self._inserted("aibridge_interceptions", batch.interceptions)
             if batch.ends:
                 self._end_interceptions(batch.ends)
-            new_children: dict[str, list[dict[str, Any]]] = {}
+            new_children: dict[str, list[Any]] = {}
             for name, table in CHILD_TABLES.items():
                 rows = getattr(batch, name)
                 if name in _ROLLUP_CHILDREN:
@@ -239,8 +240,8 @@ class Store:
                     self._insert_rows(table, rows)
             self._add_to_rollups(new_interceptions, new_children["token_usages"], new_children["tool_usages"])
 
-    def _add_to_rollups(self, interceptions: list[dict[str, Any]], token_usages: list[dict[str, Any]],
-                        tool_usages: list[dict[str, Any]]) -> None:
+    def _add_to_rollups(self, interceptions: list[InterceptionRecord], token_usages: list[TokenUsageRecord],
+                        tool_usages: list[ToolUsageRecord]) -> None:
         """Add newly inserted rows to the rollups: aggregated in Python, then one upsert per key and table.
 
         A token or tool usage counts in the hour and under the dimensions (the rollup key) of its
@@ -250,10 +251,10 @@ class Store:
         if not (interceptions or token_usages or tool_usages):
             return
         keys: dict[Any, tuple[str, ...]] = {
-            row["id"]: _rollup_key(_hour(row["started_at"]), [row.get(c) for c in USAGE_DIMENSIONS])
-            for row in interceptions
+            record.id: _rollup_key(_hour(record.started_at), [getattr(record, c) for c in USAGE_DIMENSIONS])
+            for record in interceptions
         }
-        missing = {row["interception_id"] for row in token_usages} | {row["interception_id"] for row in tool_usages}
+        missing = {record.interception_id for record in token_usages} | {record.interception_id for record in tool_usages}
         missing.difference_update(keys)
         if missing:
             condition, param = self._in("id", [str(m) for m in missing])

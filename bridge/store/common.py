@@ -9,11 +9,16 @@ import os
 import re
 import string
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import orjson
+
+from bridge.records import (
+    CHILD_RECORDS, TABLE_RECORDS, InterceptionEndRecord, InterceptionRecord, PromptRecord, ThoughtRecord,
+    TokenUsageRecord, ToolUsageRecord, load_record, record_columns,
+)
 
 USERNAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$")
 TOKEN_ID_LENGTH = 10
@@ -34,34 +39,13 @@ def _hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode("ascii")).hexdigest()
 
 
-# Interception records (SPEC §6). Columns per table, in schema order; write_records() accepts
-# exactly these keys so that a misspelt column fails loudly instead of storing NULL.
-RECORD_COLUMNS: dict[str, tuple[str, ...]] = {
-    "aibridge_interceptions": (
-        "id", "initiator_id", "provider", "provider_name", "model", "client", "client_session_id",
-        "user_agent", "credential_kind", "credential_hint", "correlating_tool_call_id", "started_at",
-        "ended_at", "metadata", "owner",
-    ),
-    "aibridge_token_usages": (
-        "id", "interception_id", "provider_response_id", "input_tokens", "output_tokens",
-        "cache_read_input_tokens", "cache_write_input_tokens", "metadata", "created_at",
-    ),
-    "aibridge_user_prompts": ("id", "interception_id", "provider_response_id", "prompt", "metadata", "created_at"),
-    "aibridge_tool_usages": (
-        "id", "interception_id", "provider_response_id", "provider_tool_call_id", "tool", "input",
-        "server_url", "injected", "invocation_error", "metadata", "created_at",
-    ),
-    "aibridge_model_thoughts": ("id", "interception_id", "content", "metadata", "created_at"),
-}
+# Interception records (SPEC §6): one record class per table (bridge.records), its fields the
+# table's columns in schema order.
+RECORD_COLUMNS: dict[str, tuple[str, ...]] = {table: record_columns(cls) for table, cls in TABLE_RECORDS.items()}
 # RecordBatch field -> child table, in the order they are written and listed.
-CHILD_TABLES: dict[str, str] = {
-    "token_usages": "aibridge_token_usages",
-    "user_prompts": "aibridge_user_prompts",
-    "tool_usages": "aibridge_tool_usages",
-    "model_thoughts": "aibridge_model_thoughts",
-}
+CHILD_TABLES: dict[str, str] = {name: cls.TABLE for name, cls in CHILD_RECORDS.items()}
 _JSON_COLUMNS = {"metadata", "input"}
-# Values a missing or None column gets (the schema's NOT NULL defaults).
+# Values a None column gets (the schema's NOT NULL defaults).
 _COLUMN_DEFAULTS: dict[str, Any] = {
     "metadata": "{}",
     "input_tokens": 0,
@@ -72,43 +56,69 @@ _COLUMN_DEFAULTS: dict[str, Any] = {
 }
 
 
-@dataclass
+@dataclass(slots=True)
 class RecordBatch:
-    """Rows for one write_records() transaction (and one line of the recorder's journal).
+    """The records of one write_records() transaction (and one line of the recorder's journal).
 
-    ``ends`` holds ``{"id", "ended_at", "metadata"}`` with metadata as JSON text (merged into the
-    interception's) or None. JSON columns may be given as text or as Python values.
+    ``ends`` merge their metadata (a JSON object, as a Python value or JSON text; None: nothing) into
+    the interception's.
     """
 
-    interceptions: list[dict[str, Any]] = field(default_factory=list)
-    ends: list[dict[str, Any]] = field(default_factory=list)
-    token_usages: list[dict[str, Any]] = field(default_factory=list)
-    user_prompts: list[dict[str, Any]] = field(default_factory=list)
-    tool_usages: list[dict[str, Any]] = field(default_factory=list)
-    model_thoughts: list[dict[str, Any]] = field(default_factory=list)
+    interceptions: list[InterceptionRecord] = field(default_factory=list)
+    ends: list[InterceptionEndRecord] = field(default_factory=list)
+    token_usages: list[TokenUsageRecord] = field(default_factory=list)
+    user_prompts: list[PromptRecord] = field(default_factory=list)
+    tool_usages: list[ToolUsageRecord] = field(default_factory=list)
+    model_thoughts: list[ThoughtRecord] = field(default_factory=list)
 
     def __len__(self) -> int:
         return (len(self.interceptions) + len(self.ends) + len(self.token_usages) + len(self.user_prompts)
                 + len(self.tool_usages) + len(self.model_thoughts))
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=False, default=str)
+        try:
+            return orjson.dumps(self, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+        except TypeError:  # what orjson cannot write (integers beyond 64 bits): the standard library can
+            return json.dumps(_plain(self), separators=(",", ":"), ensure_ascii=False, default=str)
 
     @classmethod
     def from_json(cls, text: str) -> RecordBatch:
-        return cls(**json.loads(text))
+        """A batch from its JSON form (``to_json``); ValueError naming the first field that is wrong."""
+        return cls.load(json.loads(text))
+
+    @classmethod
+    def load(cls, data: Any) -> RecordBatch:
+        """A batch from plain data (``{"interceptions": [{...}], "ends": [...], ...}``), every record
+        checked by its schema (bridge.records.load_record); ValueError naming what is wrong."""
+        if not isinstance(data, dict) or not data.keys() <= _BATCH_RECORDS.keys():
+            raise ValueError(f"a record batch is an object with lists {', '.join(_BATCH_RECORDS)}")
+        batch = cls()
+        for name, rows in data.items():
+            if not isinstance(rows, list):
+                raise ValueError(f"a record batch's {name} is a list")
+            record_class = _BATCH_RECORDS[name]
+            getattr(batch, name).extend(load_record(record_class, row) for row in rows)
+        return batch
 
     def split(self) -> list[RecordBatch]:
-        """One batch per interception, in first-seen order: isolates a row the store rejects."""
+        """One batch per interception, in first-seen order: isolates a record the store rejects."""
         parts: dict[str, RecordBatch] = {}
-        for row in self.interceptions:
-            parts.setdefault(row.get("id"), RecordBatch()).interceptions.append(row)
-        for row in self.ends:
-            parts.setdefault(row.get("id"), RecordBatch()).ends.append(row)
+        for record in self.interceptions:
+            parts.setdefault(record.id, RecordBatch()).interceptions.append(record)
+        for end in self.ends:
+            parts.setdefault(end.id, RecordBatch()).ends.append(end)
         for name in CHILD_TABLES:
-            for row in getattr(self, name):
-                getattr(parts.setdefault(row.get("interception_id"), RecordBatch()), name).append(row)
+            for record in getattr(self, name):
+                getattr(parts.setdefault(record.interception_id, RecordBatch()), name).append(record)
         return list(parts.values())
+
+
+_BATCH_RECORDS: dict[str, type] = {"interceptions": InterceptionRecord, "ends": InterceptionEndRecord, **CHILD_RECORDS}
+
+
+def _plain(batch: RecordBatch) -> dict[str, list[dict[str, Any]]]:
+    return {name: [{column: getattr(record, column) for column in record_columns(type(record))}
+                   for record in getattr(batch, name)] for name in _BATCH_RECORDS}
 
 
 #: The gateway processes that own interceptions (an interception's ``owner``), with their heartbeats.
@@ -311,42 +321,41 @@ def _interception_result(row: dict[str, Any], children: dict[str, list[dict[str,
     return result
 
 
-def rollup_additions(keys: dict[Any, tuple[str, ...]], interceptions: list[dict[str, Any]],
-                     token_usages: list[dict[str, Any]], tool_usages: list[dict[str, Any]]
+def rollup_additions(keys: dict[Any, tuple[str, ...]], interceptions: list[InterceptionRecord],
+                     token_usages: list[TokenUsageRecord], tool_usages: list[ToolUsageRecord]
                      ) -> dict[str, list[tuple[Any, ...]]]:
     """What newly inserted rows add to each rollup table: ``{table: [(*key, *figures)]}``.
 
-    ``keys`` maps interception ids to their rollup key (``_rollup_key``); a child whose
+    ``keys`` maps interception ids to their rollup key (``_rollup_key``); a child record whose
     interception has no key is skipped (its insert has already failed on the foreign key).
     Rows come sorted by key, so that concurrent writers (several gateways on one PostgreSQL)
     lock rollup rows in the same order and never deadlock.
     """
     width = len(_USAGE_FIGURES)
     usage: dict[tuple[str, ...], list[int]] = {}
-    for row in interceptions:
-        key = keys[row["id"]]
+    for record in interceptions:
+        key = keys[record.id]
         figures = usage.get(key)
         if figures is None:
             figures = usage[key] = [0] * width
         figures[0] += 1
-    for row in token_usages:
-        key = keys.get(row["interception_id"])
+    for usage_record in token_usages:
+        key = keys.get(usage_record.interception_id)
         if key is None:
             continue
         figures = usage.get(key)
         if figures is None:
             figures = usage[key] = [0] * width
-        get = row.get
-        figures[1] += _figure(get("input_tokens"))
-        figures[2] += _figure(get("output_tokens"))
-        figures[3] += _figure(get("cache_read_input_tokens"))
-        figures[4] += _figure(get("cache_write_input_tokens"))
+        figures[1] += _figure(usage_record.input_tokens)
+        figures[2] += _figure(usage_record.output_tokens)
+        figures[3] += _figure(usage_record.cache_read_input_tokens)
+        figures[4] += _figure(usage_record.cache_write_input_tokens)
     tools: dict[tuple[str, ...], list[int]] = {}
-    for row in tool_usages:
-        key = keys.get(row["interception_id"])
+    for tool_record in tool_usages:
+        key = keys.get(tool_record.interception_id)
         if key is None:
             continue
-        tool = row.get("tool")
+        tool = tool_record.tool
         tool_key = (key[0], *[key[i] for i in _TOOL_POSITIONS], "" if tool is None else str(tool))
         calls = tools.get(tool_key)
         if calls is None:
@@ -372,18 +381,17 @@ def rollup_additions(keys: dict[Any, tuple[str, ...]], interceptions: list[dict[
     return additions
 
 
-def check_columns(table: str, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
-    """Rows as value tuples in RECORD_COLUMNS order (defaults filled in, JSON as text, booleans as
-    integers); a key that is not a column raises StoreError, so a misspelt column fails loudly
-    instead of storing NULL. (The record writer runs this for every row: kept to one pass.)"""
-    allowed, plan = _COLUMN_PLANS[table]
+def check_columns(table: str, records: list[Any]) -> list[tuple[Any, ...]]:
+    """Records as value tuples in RECORD_COLUMNS order (defaults filled in, JSON as text, booleans as
+    integers); a record of another table's class raises StoreError. (The record writer runs this
+    for every record: kept to one pass.)"""
+    record_class, plan = _COLUMN_PLANS[table]
     values = []
-    for row in rows:
-        if not row.keys() <= allowed:
-            raise StoreError(f"{table}: unknown column(s) {', '.join(sorted(row.keys() - allowed))}")
-        get = row.get
+    for record in records:
+        if record.__class__ is not record_class:
+            raise StoreError(f"{table}: a {type(record).__name__} is not a {record_class.__name__}")
         values.append(tuple([
-            default if (value := get(column)) is None
+            default if (value := getattr(record, column)) is None
             else _json_text(value) if is_json
             else int(value) if value.__class__ is bool  # booleans are integers in both schemas
             else value
@@ -392,9 +400,9 @@ def check_columns(table: str, rows: list[dict[str, Any]]) -> list[tuple[Any, ...
     return values
 
 
-# Per record table: its columns, and for each one its default and whether it holds JSON text.
-_COLUMN_PLANS: dict[str, tuple[frozenset[str], tuple[tuple[str, Any, bool], ...]]] = {
-    table: (frozenset(columns), tuple((c, _COLUMN_DEFAULTS.get(c), c in _JSON_COLUMNS) for c in columns))
+# Per record table: its record class, and for each column its default and whether it holds JSON text.
+_COLUMN_PLANS: dict[str, tuple[type, tuple[tuple[str, Any, bool], ...]]] = {
+    table: (TABLE_RECORDS[table], tuple((c, _COLUMN_DEFAULTS.get(c), c in _JSON_COLUMNS) for c in columns))
     for table, columns in RECORD_COLUMNS.items()
 }
 

@@ -27,6 +27,7 @@ the retention window plus one purge interval, without bloat.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import functools
 import logging
 import os
@@ -40,6 +41,7 @@ import psycopg
 import psycopg.errors
 from psycopg_pool import ConnectionPool
 
+from bridge.records import InterceptionEndRecord
 from bridge.store.base import Store
 from bridge.store.common import (
     _FILTER_COLUMNS, _USAGE_FIGURES, CHILD_TABLES, RECORD_COLUMNS, TOOL_DAILY_DIMENSIONS, TOOL_DIMENSIONS,
@@ -454,13 +456,13 @@ class PostgresStore(Store):
     def write_records(self, batch: RecordBatch) -> None:
         super().write_records(_without_nul(batch))
 
-    def _inserted(self, table: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _inserted(self, table: str, records: list[Any]) -> list[Any]:
         """Multi-row ``INSERT ... ON CONFLICT (id) DO NOTHING RETURNING id``: one round trip per
-        1000 rows, and the ids tell which rows are new (the first of their id, not stored before)."""
-        if not rows:
+        1000 rows, and the ids tell which records are new (the first of their id, not stored before)."""
+        if not records:
             return []
         columns = RECORD_COLUMNS[table]
-        values = check_columns(table, rows)
+        values = check_columns(table, records)
         row_sql = f"({', '.join(['%s'] * len(columns))})"
         new_ids: set[Any] = set()
         with self.db.connection() as conn:
@@ -472,12 +474,12 @@ class PostgresStore(Store):
                     [value for row in part for value in row],
                 )
                 new_ids.update(row[0] for row in cursor.fetchall())
-        return self._first_of_each(rows, new_ids)
+        return self._first_of_each(records, new_ids)
 
     def _is_unique_violation(self, exc: BaseException) -> bool:
         return isinstance(exc, psycopg.errors.UniqueViolation)
 
-    def _end_interceptions(self, ends: list[dict[str, Any]]) -> None:
+    def _end_interceptions(self, ends: list[InterceptionEndRecord]) -> None:
         # One statement for all ends; metadata is merged as SQLite's json_patch() merges it (RFC 7396,
         # one level: ours is flat): key by key, and a null member removes the key. Kept as text.
         # An UPDATE ... FROM changes each row once, whatever number of source rows match it, so the
@@ -490,37 +492,41 @@ class PostgresStore(Store):
             " - ARRAY(SELECT key FROM jsonb_each(e.metadata::jsonb) WHERE value = 'null'::jsonb))::text END"
             " FROM unnest(?::text[], ?::text[], ?::text[]) AS e(id, ended_at, metadata)"
             " WHERE i.id = e.id RETURNING i.id",
-            [[str(end["id"]) for end in ends], [end["ended_at"] for end in ends],
-             [_json_text(end.get("metadata")) for end in ends]],
+            [[str(end.id) for end in ends], [end.ended_at for end in ends], [_json_text(end.metadata) for end in ends]],
         )}
         for end in ends:
-            if end["id"] not in found:
-                raise StoreError(f"cannot end interception {end['id']!r}: it does not exist")
+            if end.id not in found:
+                raise StoreError(f"cannot end interception {end.id!r}: it does not exist")
 
 
-def _folded_ends(ends: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _folded_ends(ends: list[InterceptionEndRecord]) -> list[InterceptionEndRecord]:
     """One end per interception: the last end time, and the metadata patches applied in order (for
     flat patches, applying p1 then p2 is applying {**p1, **p2}: a later null still removes the key)."""
-    folded: dict[str, dict[str, Any]] = {}
+    folded: dict[str, InterceptionEndRecord] = {}
     for end in ends:
-        key = str(end["id"])
+        key = str(end.id)
         earlier = folded.get(key)
         if earlier is None:
             folded[key] = end
             continue
-        patches = [patch for patch in (earlier.get("metadata"), end.get("metadata")) if patch is not None]
+        patches = [patch for patch in (earlier.metadata, end.metadata) if patch is not None]
         merged: dict[str, Any] = {}
         for patch in patches:
             merged.update(orjson.loads(patch) if isinstance(patch, str) else patch)
-        folded[key] = {**end, "metadata": merged if patches else None}
+        folded[key] = InterceptionEndRecord(id=end.id, ended_at=end.ended_at, metadata=merged if patches else None)
     return list(folded.values())
 
 
 def _without_nul(batch: RecordBatch) -> RecordBatch:
     """The batch with every NUL in a text replaced by U+FFFD (the replacement character): PostgreSQL's
     text cannot hold NUL, and a prompt may carry one; the record is kept rather than refused."""
-    def clean(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [{name: value.replace("\x00", "\ufffd") if type(value) is str else value for name, value in row.items()}
-                for row in rows]
+    def clean(records: list[Any]) -> list[Any]:
+        return [_record_without_nul(record) for record in records]
 
     return RecordBatch(**{name: clean(getattr(batch, name)) for name in ("interceptions", "ends", *CHILD_TABLES)})
+
+
+def _record_without_nul(record: Any) -> Any:
+    changes = {name: value.replace("\x00", "\ufffd") for name in record.__slots__
+               if type(value := getattr(record, name)) is str and "\x00" in value}
+    return dataclasses.replace(record, **changes) if changes else record

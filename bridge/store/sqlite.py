@@ -19,6 +19,7 @@ from typing import Any
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
+from bridge.records import InterceptionEndRecord
 from bridge.store.base import Store, backfill_statements
 from bridge.store.common import (
     _FILTER_COLUMNS, _USAGE_FIGURES, RECORD_COLUMNS, TOOL_DAILY_DIMENSIONS, TOOL_DIMENSIONS, TOOL_ROLLUPS,
@@ -331,22 +332,22 @@ class SqliteStore(Store):
     # every step of a statement, and one statement per row meant a thousand GIL hand-overs per batch,
     # each waiting for the worker's busy main thread and then stalling it in turn.
 
-    def _insert_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
-        if rows:
-            self._insert_values(table, check_columns(table, rows))
+    def _insert_rows(self, table: str, records: list[Any]) -> None:
+        if records:
+            self._insert_values(table, check_columns(table, records))
 
-    def _inserted(self, table: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Insert ``rows``; returns those that were new (not stored before, and the first of their id in
-        the batch): the rollups count only those, so a replayed batch adds nothing."""
-        if not rows:
+    def _inserted(self, table: str, records: list[Any]) -> list[Any]:
+        """Insert ``records``; returns those that were new (not stored before, and the first of their id
+        in the batch): the rollups count only those, so a replayed batch adds nothing."""
+        if not records:
             return []
-        values = check_columns(table, rows)
+        values = check_columns(table, records)
         (unstored,) = self.db.conn.execute(  # the record tables' first column is their id
             f"SELECT json_group_array(value) FROM json_each(?) WHERE NOT EXISTS"
             f" (SELECT 1 FROM {table} AS stored WHERE stored.id = value)", [json.dumps([row[0] for row in values])],
         ).fetchone()
         self._insert_values(table, values)
-        return self._first_of_each(rows, set(json.loads(unstored)))
+        return self._first_of_each(records, set(json.loads(unstored)))
 
     def _insert_values(self, table: str, values: list[tuple[Any, ...]]) -> None:
         for part in self._statement_parts(values):
@@ -362,9 +363,9 @@ class SqliteStore(Store):
     def _is_unique_violation(self, exc: BaseException) -> bool:
         return isinstance(exc, sqlite3.IntegrityError) and "UNIQUE" in str(exc)
 
-    def _end_interceptions(self, ends: list[dict[str, Any]]) -> None:
+    def _end_interceptions(self, ends: list[InterceptionEndRecord]) -> None:
         conn = self.db.conn
-        values = [(end["id"], end["ended_at"], _json_text(end.get("metadata"))) for end in ends]
+        values = [(end.id, end.ended_at, _json_text(end.metadata)) for end in ends]
         if len({row[0] for row in values}) < len(values):
             # One by one, in order, where an interception is ended twice in a batch: each end's metadata is merged.
             parts = [[row] for row in values]
