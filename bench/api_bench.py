@@ -46,20 +46,20 @@ def main(argv: list[str] | None = None) -> int:
         "CODER_LOGGING_HUMAN": "/dev/null",
     })
     from bridge.app import create_app
-    from bridge.store import Store
+    from bridge.store import open_store
 
     started = time.perf_counter()
-    with Store.from_path(args.database) as store:
+    with open_store(args.database, migrate=True) as store:
         migrated = time.perf_counter() - started
         if migrated > 1:
             print(f"migrations applied in {migrated:.1f}s")
-        interceptions = store.count_records()["aibridge_interceptions"]
+        interceptions = store.queries.count_records()["aibridge_interceptions"]
         busiest = store.db.execute(
             "SELECT u.username FROM users u WHERE u.deleted_at IS NULL AND NOT u.is_admin ORDER BY"
             " (SELECT count(*) FROM aibridge_interceptions WHERE initiator_id = u.id) DESC LIMIT 1"
         ).fetchone()[0]
-        admin_token, _ = store.create_token("admin", lifetime=3600, name="api-bench")
-        user_token, _ = store.create_token(busiest, lifetime=3600, name="api-bench")
+        admin_token, _ = store.identity.create_token("admin", lifetime=3600, name="api-bench")
+        user_token, _ = store.identity.create_token(busiest, lifetime=3600, name="api-bench")
         # Cursors deep in the list: the interception at the middle, overall and among one model.
         middle = store.db.execute(
             "SELECT id FROM aibridge_interceptions ORDER BY started_at DESC, id DESC LIMIT 1 OFFSET ?",
@@ -155,16 +155,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'usage summary (CLI, store)':<38} {'groups':>6} {'':>9} {'':>5} {'median ms':>10} {'max ms':>8}"
           f" {'cpu ms':>7}")
     slow_summaries = 0
-    with Store(args.database) as store:
+    with open_store(args.database) as store:
         store.tune_for_queries()
         since = (datetime.now(timezone.utc) - timedelta(days=7)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         for by in ("user", "model", "client", "provider"):
             for label, cutoff in (("--since 7d", since), ("all time", None)):
                 times, cpu = [], []
-                store.usage_summary(by, cutoff)
+                store.queries.usage_summary(by, cutoff)
                 for _ in range(max(1, args.repeat // 2)):
                     started, started_cpu = time.perf_counter(), time.process_time()
-                    summary = store.usage_summary(by, cutoff)
+                    summary = store.queries.usage_summary(by, cutoff)
                     times.append((time.perf_counter() - started) * 1000)
                     cpu.append((time.process_time() - started_cpu) * 1000)
                 median = statistics.median(times)

@@ -75,12 +75,12 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="bridge-big-"))
     db = workdir / "bridge.db"
-    from bridge.store import Store
+    from bridge.store import open_store
 
-    store = Store(str(db))
+    store = open_store(str(db))
     store.migrate()
-    store.create_user("big")
-    token, _ = store.create_token("big")
+    store.identity.create_user("big")
+    token, _ = store.identity.create_token("big")
     store.close()
 
     upstream = ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)

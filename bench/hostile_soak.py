@@ -174,14 +174,14 @@ class HostileSoak:
     # -- setup -------------------------------------------------------------------------------
 
     def tokens(self) -> tuple[str, str]:
-        from bridge.store import Store
+        from bridge.store import open_store
 
-        store = Store(str(self.db))
+        store = open_store(str(self.db))
         try:
             store.migrate()
-            store.create_user("normal")
-            store.create_user("mallory")
-            return store.create_token("normal")[0], store.create_token("mallory")[0]
+            store.identity.create_user("normal")
+            store.identity.create_user("mallory")
+            return store.identity.create_token("normal")[0], store.identity.create_token("mallory")[0]
         finally:
             store.close()
 

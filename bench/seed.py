@@ -12,7 +12,7 @@ session correlated to the last call), some model thoughts. The schema is the gat
 Speed: one big transaction per chunk, ``synchronous=OFF``, and the record tables' secondary
 indexes dropped during the load and rebuilt at the end (their definitions are read from the
 schema, so they come back exactly as the migrations made them). The usage rollups are counted
-once at the end (``Store.rebuild_rollups``), as the migration backfills them. No ANALYZE: the API
+once at the end (``store.rollups.rebuild``), as the migration backfills them. No ANALYZE: the API
 must be fast without planner statistics, as a database the gateway grew itself has none.
 """
 
@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bridge.store import RECORD_COLUMNS, Store  # noqa: E402
+from bridge.store import RECORD_COLUMNS, open_store  # noqa: E402
 from bridge.timestamps import format_timestamp  # noqa: E402
 
 # (client, user agent, [(provider, provider_name, model, weight)], tools, session header?)
@@ -143,12 +143,12 @@ def _users(rng: random.Random, count: int) -> list[tuple[str, float, str, list]]
 
 def seed(path: str, count: int, users: int, days: float, seed_value: int, chunk: int = 50_000) -> dict[str, int]:
     rng = random.Random(seed_value)
-    store = Store.from_path(path)
+    store = open_store(path, migrate=True)
     try:
-        admin = store.get_user("admin") or store.create_user("admin", is_admin=True)
+        admin = store.identity.get_user("admin") or store.identity.create_user("admin", is_admin=True)
         people = []
         for name, weight, favourite in _users(rng, users):
-            user = store.get_user(name) or store.create_user(name)
+            user = store.identity.get_user(name) or store.identity.create_user(name)
             people.append((user["id"], weight, favourite))
     finally:
         store.close()
@@ -253,8 +253,8 @@ def seed(path: str, count: int, users: int, days: float, seed_value: int, chunk:
     conn.close()
     # The rows went in behind write_records' back: count the usage rollups (migration 0004) now.
     t0 = time.monotonic()
-    with Store(path) as store:
-        store.rebuild_rollups()
+    with open_store(path) as store:
+        store.rollups.rebuild()
         store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     print(f"usage rollups: {time.monotonic() - t0:.1f}s", file=sys.stderr)
     return totals

@@ -61,13 +61,13 @@ class Soak:
     # -- setup -------------------------------------------------------------------------------
 
     def token(self) -> str:
-        from bridge.store import Store
+        from bridge.store import open_store
 
-        store = Store(str(self.db))
+        store = open_store(str(self.db))
         try:
             store.migrate()
-            store.create_user("soak")
-            token, _ = store.create_token("soak")
+            store.identity.create_user("soak")
+            token, _ = store.identity.create_token("soak")
         finally:
             store.close()
         return token

@@ -5,7 +5,7 @@
 
 Interceptions are built as the gateway builds them (an OpenAI chat call with its answer: the
 interception and its token usage and prompt rows), queued in batches of 250 and written with
-Store.write_records into a fresh SQLite file in a temporary directory, as the writer thread does.
+store.records.write_records into a fresh SQLite file in a temporary directory, as the writer thread does.
 Every 40 batches it prints the mean write time per batch (wall clock and process CPU) and the
 file's size. With time-ordered ids the cost stays flat; --random-ids shows it growing with the
 store. Bounded by --interceptions; nothing but the temporary directory is touched.
@@ -35,7 +35,7 @@ from bridge.intercept.chat_completions import ChatCompletionsInterceptor  # noqa
 from bridge.interception import Interception  # noqa: E402
 from bridge.providers.openai import OpenAIProvider  # noqa: E402
 from bridge.recorder import _to_batch  # noqa: E402
-from bridge.store import Store  # noqa: E402
+from bridge.store import open_store  # noqa: E402
 
 BATCH = 250  # interceptions per batch: what the writer takes at ~1,000 calls/s
 REPORT_EVERY = 40  # batches
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     request, answer = orjson.dumps(bodies.openai_request(False)), bodies.openai_blocking()
     with tempfile.TemporaryDirectory(prefix="bridge-store-growth-") as directory:
         path = os.path.join(directory, "bridge.db")
-        store = Store(path)
+        store = open_store(path)
         store.migrate()
         print(f"record ids: {'random (version 4)' if args.random_ids else 'time-ordered (version 7)'}; "
               f"batches of {BATCH} interceptions")
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         for number in range(1, args.interceptions // BATCH + 1):
             batch = _to_batch(_batch_of_calls(provider, caller, request, answer))
             started, started_cpu = time.perf_counter(), time.process_time()
-            store.write_records(batch)
+            store.records.write_records(batch)
             wall += time.perf_counter() - started
             cpu += time.process_time() - started_cpu
             if number % REPORT_EVERY == 0:

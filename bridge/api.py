@@ -25,7 +25,7 @@ from bridge.queries import (
     DEFAULT_TOOLS_LIMIT, MAX_TOOLS_LIMIT, SEARCH_KEYS, USAGE_BUCKETS, USAGE_BY, QueryError, build_filter,
     parse_choice, parse_limit, parse_page, parse_range, parse_search, query_interceptions, usage_over_time,
 )
-from bridge.store import Store, StoreError, database_errors, mask_url
+from bridge.store import StoreError, database_errors, mask_url
 from bridge.units import parse_duration
 
 SESSION_TOKEN_HEADER = "Coder-Session-Token"
@@ -54,20 +54,14 @@ def api_blueprint(gateway: Any) -> Blueprint:
     bp = Blueprint("api", __name__)
     database = gateway.database
 
-    def on_store(call: Callable[..., _T], fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+    def run(call: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """A store call through the worker's Database (``database.queries.top_tools``: queries on its
+        read threads, changes on its write thread); the database failing is a 503."""
         try:
-            return call(fn, *args, **kwargs)
+            return call(*args, **kwargs)
         except database_errors() as exc:
             logger.bind(record_type="server").error("API store query failed: {}", mask_url(str(exc)))
             raise ApiError(503, "the record store is unavailable right now; try again shortly") from None
-
-    def run(fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-        """A query, on the worker's read threads."""
-        return on_store(database.read, fn, *args, **kwargs)
-
-    def write(fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-        """A change (users, tokens), on the worker's write thread."""
-        return on_store(database.write, fn, *args, **kwargs)
 
     def caller() -> dict[str, Any]:
         token = _session_token(request.headers)
@@ -99,7 +93,7 @@ def api_blueprint(gateway: Any) -> Blueprint:
             limit = parse_limit(args.get("limit"))
             after_id, offset = parse_page(args.get("after_id"), args.get("offset"))
             viewer = _viewer_id(who)
-            return _json(run(query_interceptions, search, limit, after_id, offset, viewer))
+            return _json(run(query_interceptions, database.queries, search, limit, after_id, offset, viewer))
         except QueryError as exc:
             raise ApiError(400, exc.message, exc.detail) from None
 
@@ -108,7 +102,7 @@ def api_blueprint(gateway: Any) -> Blueprint:
     @bp.get("/api/v2/aibridge/interceptions/<path:interception_id>")
     def get_interception(interception_id: str) -> Response:
         who = caller()
-        found = run(Store.interception_result, interception_id, _viewer_id(who))
+        found = run(database.queries.interception_result, interception_id, _viewer_id(who))
         if found is None:  # someone else's is "unknown" too: ids cannot be probed
             raise ApiError(404, f"unknown interception id {interception_id[:80]!r}")
         return _json(found)
@@ -116,7 +110,7 @@ def api_blueprint(gateway: Any) -> Blueprint:
     @bp.get("/api/v2/aibridge/clients")
     def list_clients() -> Response:
         who = caller()
-        return _json(run(Store.interception_clients, _viewer_id(who)))
+        return _json(run(database.queries.interception_clients, _viewer_id(who)))
 
     @bp.get("/api/v2/aibridge/usage")
     def usage() -> Response:
@@ -129,7 +123,7 @@ def api_blueprint(gateway: Any) -> Blueprint:
         except QueryError as exc:
             raise ApiError(400, exc.message, exc.detail) from None
         viewer = _viewer_id(who)
-        return _json(run(usage_over_time, by, bucket, since, until, viewer))
+        return _json(run(usage_over_time, database.queries, by, bucket, since, until, viewer))
 
     @bp.get("/api/v2/aibridge/tools")
     def top_tools() -> Response:
@@ -141,12 +135,12 @@ def api_blueprint(gateway: Any) -> Blueprint:
         except QueryError as exc:
             raise ApiError(400, exc.message, exc.detail) from None
         viewer = _viewer_id(who)
-        return _json({"tools": run(Store.top_tools, since, until, limit, viewer_id=viewer)})
+        return _json({"tools": run(database.queries.top_tools, since, until, limit, viewer_id=viewer)})
 
     @bp.get("/api/v2/users")
     def list_users() -> Response:
         admin()
-        return _json(run(Store.list_users))
+        return _json(run(database.identity.list_users))
 
     @bp.get("/api/v2/users/me")
     def get_me() -> Response:
@@ -158,18 +152,15 @@ def api_blueprint(gateway: Any) -> Blueprint:
     def create_user() -> tuple[Response, int]:
         admin()
         body = _json_body({"username": str, "is_admin": bool}, required=("username",))
-
-        def create(store: Store) -> dict[str, Any]:
-            if store.get_user(body["username"]) is not None:
-                raise ApiError(409, f"user {body['username']!r} already exists")
-            return store.create_user(body["username"], is_admin=body.get("is_admin", False))
-
-        return _json(write(_refusals(create))), 201
+        if run(database.identity.get_user, body["username"]) is not None:  # a name, or a user's id
+            raise ApiError(409, f"user {body['username']!r} already exists")
+        user = run(_refusals(database.identity.create_user), body["username"], is_admin=body.get("is_admin", False))
+        return _json(user), 201
 
     @bp.get("/api/v2/users/<name>")
     def get_user(name: str) -> Response:
         admin()
-        user = run(Store.get_user, name)
+        user = run(database.identity.get_user, name)
         if user is None:
             raise ApiError(404, f"unknown user {name!r}")
         return _json(user)
@@ -177,14 +168,14 @@ def api_blueprint(gateway: Any) -> Blueprint:
     @bp.delete("/api/v2/users/<name>")
     def delete_user(name: str) -> tuple[str, int]:
         admin()
-        if not write(Store.delete_user, name):
+        if not run(database.identity.delete_user, name):
             raise ApiError(404, f"unknown user {name!r}")
         return "", 204
 
     @bp.get("/api/v2/users/<name>/tokens")
     def list_tokens(name: str) -> Response:
         admin()
-        return _json(run(_refusals(Store.list_tokens), name))
+        return _json(run(_refusals(database.identity.list_tokens), name))
 
     @bp.post("/api/v2/users/<name>/tokens")
     def create_token(name: str) -> tuple[Response, int]:
@@ -196,13 +187,13 @@ def api_blueprint(gateway: Any) -> Blueprint:
                 lifetime = parse_duration(body["lifetime"])
             except ValueError as exc:
                 raise ApiError(400, f"invalid lifetime: {exc}") from None
-        token, row = write(_refusals(Store.create_token), name, lifetime=lifetime, name=body.get("name"))
+        token, row = run(_refusals(database.identity.create_token), name, lifetime=lifetime, name=body.get("name"))
         return _json({"token": token, **row}), 201
 
     @bp.delete("/api/v2/tokens/<token_id>")
     def revoke_token(token_id: str) -> tuple[str, int]:
         admin()
-        if not write(Store.revoke_token, token_id):
+        if not run(database.identity.revoke_token, token_id):
             raise ApiError(404, f"unknown token id {token_id!r}")
         return "", 204
 

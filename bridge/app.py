@@ -18,7 +18,7 @@ from bridge.gateway import Gateway
 from bridge.health import health_blueprint
 from bridge.logsetup import configure_logging
 from bridge.proxy import error_response, provider_blueprint
-from bridge.store import Store
+from bridge.store import open_store
 
 AIBRIDGE_PREFIX = "/api/v2/aibridge"
 _UNPREFIXED = frozenset({"CONTENT_TYPE", "CONTENT_LENGTH"})  # the two headers WSGI keeps without HTTP_
@@ -48,7 +48,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     configure_logging(settings.log_human, settings.log_json)
     for warning in settings.warnings:
         logger.warning(warning)
-    Store.from_path(settings.database_path).close()  # up to date before the worker's store threads open it
+    open_store(settings.database_path, migrate=True).close()  # up to date before the worker's store threads open it
 
     app = Flask("bridge", static_folder=None)
     app.request_class = GatewayRequest

@@ -14,7 +14,7 @@ from loguru import logger
 from bridge.credentials import bearer_token, split_scheme
 from bridge.errors import GatewayError
 from bridge.masking import holds_gateway_token
-from bridge.store import Database, Store
+from bridge.store import Database
 
 GOVERNANCE_HEADER = "X-Coder-AI-Governance-Token"
 _MISSING = ("missing gateway token: send it as Authorization: Bearer <token>, X-Api-Key, "
@@ -124,7 +124,7 @@ class Authenticator:
         cached = self._cache.get(key)
         if cached is not None and cached[1] == stamp and now < cached[2]:
             return cached[0]
-        found = self._database.read(Store.authenticate, token)
+        found = self._database.identity.authenticate(token)
         if found is not None:
             if len(self._cache) >= _CACHE_ENTRIES:
                 self._cache.clear()

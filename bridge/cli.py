@@ -18,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from bridge.queries import QueryError, parse_date_or_time, rfc3339
-from bridge.store import InterceptionFilter, Store, database_errors, is_postgres_url, mask_url
+from bridge.store import Database, InterceptionFilter, database_errors, is_postgres_url, mask_url
 from bridge.timestamps import format_timestamp, utc_now
 from bridge.units import format_duration, parse_duration
 
@@ -121,31 +121,36 @@ def _add_server_parser(commands: Any) -> None:
     p.set_defaults(handler=server.run)
 
 
-def _open_store(args: argparse.Namespace, create: bool = False) -> Store:
-    """The store the flags/env/YAML name. Unless ``create``, a SQLite file that does not exist is an
-    error: a mistyped path would otherwise become a new, empty database that answers "nothing"."""
+def _open_database(args: argparse.Namespace, write: bool = False) -> Database:
+    """The store the flags/env/YAML name, its calls run in this thread, the connection the command
+    uses (``write``: the write connection) opened and migrated. Unless ``write`` (a command that
+    changes the store may create it), a SQLite file that does not exist is an error: a mistyped path
+    would otherwise become a new, empty database that answers "nothing"."""
     from bridge.config import resolve_database_path
 
     flags = {"CODER_AIBRIDGE_DATABASE_URL": args.database_url} if args.database_url else {}
     path = resolve_database_path(flags=flags, config_path=args.config)
-    if not create and not is_postgres_url(path) and not os.path.exists(path):
+    if not write and not is_postgres_url(path) and not os.path.exists(path):
         raise CommandError(f"no database at {path}: check --database-url or CODER_AIBRIDGE_DATABASE_URL"
                            " (`users create` or the server creates it)")
+    database = Database(path, threads=False)
     try:
-        return Store.from_path(path)
+        database.connect(write=write)
     except database_errors() as exc:
+        database.close()
         raise CommandError(f"cannot open database {mask_url(path)}: {mask_url(str(exc))}") from None
+    return database
 
 
 def _users_create(args: argparse.Namespace) -> None:
-    with _open_store(args, create=True) as store:
-        user = store.create_user(args.name, is_admin=args.admin)
+    with _open_database(args, write=True) as database:
+        user = database.identity.create_user(args.name, is_admin=args.admin)
     print(json.dumps(user))
 
 
 def _users_list(args: argparse.Namespace) -> None:
-    with _open_store(args) as store:
-        users = store.list_users()
+    with _open_database(args) as database:
+        users = database.identity.list_users()
     if args.json:
         print(json.dumps(users, indent=2))
         return
@@ -156,8 +161,8 @@ def _users_list(args: argparse.Namespace) -> None:
 
 
 def _users_delete(args: argparse.Namespace) -> None:
-    with _open_store(args, create=True) as store:
-        if not store.delete_user(args.name):
+    with _open_database(args, write=True) as database:
+        if not database.identity.delete_user(args.name):
             raise CommandError(f"unknown user {args.name!r}")
     print(f"deleted user {args.name}")
 
@@ -169,14 +174,14 @@ def _tokens_create(args: argparse.Namespace) -> None:
         if lifetime <= 0:
             raise FlagError("--lifetime: a token lifetime must be positive"
                             " (omit --lifetime for a token that never expires)")
-    with _open_store(args, create=True) as store:
-        token, _ = store.create_token(args.name, lifetime=lifetime, name=args.label)
+    with _open_database(args, write=True) as database:
+        token, _ = database.identity.create_token(args.name, lifetime=lifetime, name=args.label)
     print(token)  # alone on stdout: scripts capture it
 
 
 def _tokens_list(args: argparse.Namespace) -> None:
-    with _open_store(args) as store:
-        tokens = store.list_tokens(args.name)
+    with _open_database(args) as database:
+        tokens = database.identity.list_tokens(args.name)
     if args.json:
         print(json.dumps(tokens, indent=2))
         return
@@ -188,8 +193,8 @@ def _tokens_list(args: argparse.Namespace) -> None:
 
 
 def _tokens_revoke(args: argparse.Namespace) -> None:
-    with _open_store(args, create=True) as store:
-        if not store.revoke_token(args.id):
+    with _open_database(args, write=True) as database:
+        if not database.identity.revoke_token(args.id):
             raise CommandError(f"unknown token id {args.id!r}")
     print(f"revoked token {args.id}")
 
@@ -314,10 +319,10 @@ def _interceptions_list(args: argparse.Namespace) -> None:
     limit = parse_limit(args.limit)
     after_id, offset = parse_page(args.after_id, args.offset)
     fetch = limit if args.json else limit + 1  # one more tells the table whether there is a next page
-    with _open_store(args) as store:
-        result = query_interceptions(store, search, fetch, after_id, offset, viewer_id=None)
+    with _open_database(args) as database:
+        result = query_interceptions(database.queries, search, fetch, after_id, offset, viewer_id=None)
         if result["count"] == 0:
-            _refuse_unknown_names(store, args)
+            _refuse_unknown_names(database, args)
     if args.json:
         _print_json(result)
         return
@@ -332,7 +337,7 @@ def _interceptions_list(args: argparse.Namespace) -> None:
     print(f"{len(records)} of {result['count']} matching interception(s){more}")
 
 
-def _refuse_unknown_names(store: Store, args: argparse.Namespace) -> None:
+def _refuse_unknown_names(database: Database, args: argparse.Namespace) -> None:
     """With nothing found, a user or provider that exists nowhere is a typo to report, not an empty answer.
 
     A user is known when it is a live user (name or id) or initiated any record; a provider type when
@@ -342,10 +347,10 @@ def _refuse_unknown_names(store: Store, args: argparse.Namespace) -> None:
     from bridge.config import PROVIDER_TYPES
 
     def recorded(**filters: str) -> bool:
-        return store.any_interception(InterceptionFilter(**filters))
+        return database.queries.any_interception(InterceptionFilter(**filters))
 
     user = args.initiator
-    if user is not None and store.get_user(user) is None and not recorded(initiator=user):
+    if user is not None and database.identity.get_user(user) is None and not recorded(initiator=user):
         raise CommandError(f"--initiator: unknown user {args.initiator!r} (`users list` shows the users)")
     if args.provider is not None and args.provider not in PROVIDER_TYPES and not recorded(provider=args.provider):
         raise CommandError(f"--provider: unknown provider type {args.provider!r}"
@@ -383,8 +388,8 @@ def _interception_row(record: dict[str, Any]) -> list[str]:
 
 
 def _interceptions_show(args: argparse.Namespace) -> None:
-    with _open_store(args) as store:
-        record = store.interception_result(args.id)
+    with _open_database(args) as database:
+        record = database.queries.interception_result(args.id)
     if record is None:
         raise CommandError(f"unknown interception id {args.id!r}")
     if args.json:
@@ -492,8 +497,8 @@ def _usage(args: argparse.Namespace) -> None:
     until = _time_flag("--until", args.until)
     if since is not None and until is not None and until <= since:
         raise FlagError(f"--until ({args.until}) must be later than --since ({args.since})")
-    with _open_store(args) as store:
-        summary = store.usage_summary(args.by, since, until)
+    with _open_database(args) as database:
+        summary = database.queries.usage_summary(args.by, since, until)
     if args.json:
         _print_json(summary)
         return

@@ -73,7 +73,7 @@ def on_starting(server) -> None:
 
     from bridge.config import load_settings, store_problem
     from bridge.logsetup import configure_logging
-    from bridge.store import Store
+    from bridge.store import open_store
 
     _clear_metrics_dir()  # counts of an earlier run of this directory would be added in
     try:
@@ -82,7 +82,7 @@ def on_starting(server) -> None:
         _stop(f"configuration error: {error}")
     configure_logging(settings.log_human, settings.log_json)
     try:  # migrate once here; closed before the workers fork
-        Store.from_path(settings.database_path).close()
+        open_store(settings.database_path, migrate=True).close()
     except Exception as error:  # a missing or read-only directory, a server that refuses: one line
         _stop(f"configuration error: {store_problem(settings.database_path, error)}")
     logger.info("bridge starting on {} with {} worker(s); providers: {}", ", ".join(server.cfg.bind), server.cfg.workers,

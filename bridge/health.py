@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hmac
+from operator import methodcaller
 
 from flask import Blueprint, Response, current_app, request
 from loguru import logger
 
 from bridge.metrics import exposition
-from bridge.store import Store, database_error_reason
+from bridge.store import database_error_reason
 
 health_blueprint = Blueprint("health", __name__)
 
@@ -41,7 +42,7 @@ def readyz() -> tuple[dict, int]:
     import gevent
 
     try:
-        database.read_within(READY_TIMEOUT, Store.check_writable, READY_LOCK_WAIT)
+        database.read_within(READY_TIMEOUT, methodcaller("check_writable", READY_LOCK_WAIT))
     except gevent.Timeout:
         return _unavailable(f"the record store did not answer within {READY_TIMEOUT:g}s")
     except Exception as exc:  # e.g. the file cannot be opened: then its message may name the path

@@ -9,7 +9,7 @@ import shlex
 from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping
 
-from bridge.store import InterceptionFilter, Store, UnknownCursor
+from bridge.store import InterceptionFilter, RecordQueries, UnknownCursor
 from bridge.timestamps import format_timestamp
 from bridge.units import DurationTooLong, parse_duration
 
@@ -160,11 +160,11 @@ def parse_page(after_id: str | None, offset: str | None) -> tuple[str | None, in
     return None, number
 
 
-def query_interceptions(store: Store, search: InterceptionFilter, limit: int, after_id: str | None,
+def query_interceptions(queries: RecordQueries, search: InterceptionFilter, limit: int, after_id: str | None,
                         offset: int | None, viewer_id: str | None) -> dict[str, Any]:
     """Run the query; an unknown (or invisible) after_id is a QueryError."""
     try:
-        return store.query_interceptions(search, limit=limit, after_id=after_id, offset=offset, viewer_id=viewer_id)
+        return queries.query_interceptions(search, limit=limit, after_id=after_id, offset=offset, viewer_id=viewer_id)
     except UnknownCursor:
         raise QueryError(f"unknown after_id {after_id!r}",
                          "after_id must be the id of an interception from a previous page") from None
@@ -219,8 +219,8 @@ def rfc3339(timestamp: str) -> str:
     return f"{timestamp[:19]}Z"
 
 
-def usage_over_time(store: Store, by: str, bucket: str, since: str, until: str,
+def usage_over_time(queries: RecordQueries, by: str, bucket: str, since: str, until: str,
                     viewer_id: str | None) -> dict[str, Any]:
     """The body of GET /api/v2/aibridge/usage (the range as the rollups count it: whole hours)."""
-    found = store.usage_series(by, bucket, since, until, viewer_id=viewer_id)
+    found = queries.usage_series(by, bucket, since, until, viewer_id=viewer_id)
     return {"by": by, "bucket": bucket, "since": rfc3339(since[:13] + ":00:00Z"), "until": rfc3339(until), **found}

@@ -53,9 +53,9 @@ from bridge.records import (
     InterceptionEndRecord, InterceptionRecord, PromptRecord, ThoughtRecord, TokenUsageRecord, ToolUsageRecord,
 )
 from bridge.retention import retention_cutoff
-from bridge.store import CHILD_TABLES, Database, RecordBatch, Store, journal_base, mask_url, refused
-from bridge.store.common import OwnerState
-from bridge.store.runner import file_id
+from bridge.store import (
+    CHILD_TABLES, Database, OwnerState, RecordBatch, Store, file_id, journal_base, mask_url, refused,
+)
 from bridge.timestamps import format_timestamp, utc_now
 
 _T = TypeVar("_T")
@@ -370,7 +370,7 @@ class Recorder:
             self._drop_store()
             raise _Unavailable(str(exc)) from exc
         try:
-            store.write_records(batch)
+            store.records.write_records(batch)
         except Exception as exc:
             if not refused(exc):
                 self._drop_store()  # a fresh connection on the next attempt
@@ -490,7 +490,7 @@ class Recorder:
 
     def _heartbeat(self, store: Store) -> None:
         pid, owner, started_at = self._identity()
-        store.heartbeat(owner, _HOST, pid, started_at)
+        store.processes.heartbeat(owner, _HOST, pid, started_at)
         self._registered = True
         self._heartbeat_at = time.monotonic() + self.heartbeat_interval
 
@@ -509,14 +509,14 @@ class Recorder:
         try:
             store = self._open_store()
             ended = 0
-            owners = store.open_interception_owners()
+            owners = store.processes.open_interception_owners()
             for state in owners:
                 why = self._why_gone(state) if state.owner is not None else None
                 if why is not None:
-                    ended += store.end_open_interceptions(state.owner, utc_now(), _orphan_metadata(state, why))
+                    ended += store.processes.end_open_interceptions(state.owner, utc_now(), _orphan_metadata(state, why))
             if any(state.owner is None for state in owners):
                 ended += self._end_ownerless(store)
-            store.forget_silent_processes(self._silence_limit)
+            store.processes.forget_silent_processes(self._silence_limit)
         except _Unavailable:
             raise
         except Exception as exc:
@@ -548,11 +548,11 @@ class Recorder:
     def _end_ownerless(self, store: Store) -> int:
         """Rows written before owners were recorded: ended once they started before the oldest live
         process and that process has run for _OWNERLESS_GRACE (older ones had time to finish)."""
-        oldest = store.oldest_live_process_start(self._silence_limit)
+        oldest = store.processes.oldest_live_process_start(self._silence_limit)
         if oldest is None or _age(oldest) < _OWNERLESS_GRACE:
             return 0
-        return store.end_open_interceptions(None, utc_now(), _orphan_metadata(OwnerState(None), "it was started"
-                                            " before the oldest running one"), started_before=oldest)
+        metadata = _orphan_metadata(OwnerState(None), "it was started before the oldest running one")
+        return store.processes.end_open_interceptions(None, utc_now(), metadata, started_before=oldest)
 
     def _replay_orphan(self, path: str) -> int:
         try:
@@ -581,7 +581,7 @@ class Recorder:
         if self._purge_at is None or now < self._purge_at:
             return
         try:
-            deleted = self._open_store().purge_records(
+            deleted = self._open_store().retention.purge_records(
                 retention_cutoff(self.retention), _PURGE_CHUNK, max_chunks=_PURGE_CHUNKS_PER_STEP
             )
         except Exception as exc:
@@ -598,7 +598,7 @@ class Recorder:
         store = self._database.writer.current
         if self._registered and not self.backlog and store is not None:
             with suppress(Exception):  # else its heartbeat ages out
-                store.forget_process(self.owner)
+                store.processes.forget_process(self.owner)
             self._registered = False
         if self._memory:
             logger.error("{} record batch(es) could not be written or journaled and are lost", len(self._memory))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from bridge.store import Store
+from bridge.store import open_store
 from bridge.timestamps import format_timestamp
 
 
@@ -21,5 +21,5 @@ def purge(database_path: str, retention_seconds: float, chunk: int = 5000) -> in
     """
     if retention_seconds <= 0:
         return 0
-    with Store.from_path(database_path) as store:
-        return store.purge_records(retention_cutoff(retention_seconds), chunk)
+    with open_store(database_path, migrate=True) as store:
+        return store.retention.purge_records(retention_cutoff(retention_seconds), chunk)

@@ -9,7 +9,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from bridge.store import Store
+from bridge.store import Store, open_store
 from tests.fakeupstream import FakeUpstream
 from tests.harness import GatewayProcess, json_log_line, store_with_users
 from tests.pg import PostgresServer
@@ -27,13 +27,13 @@ class Identities:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        store.create_user("alice", is_admin=True)
-        store.create_user("bob")
-        self.alice, _ = store.create_token("alice")
-        self.bob, _ = store.create_token("bob")
+        store.identity.create_user("alice", is_admin=True)
+        store.identity.create_user("bob")
+        self.alice, _ = store.identity.create_token("alice")
+        self.bob, _ = store.identity.create_token("bob")
 
     def token(self, username: str, **kwargs) -> tuple[str, dict]:
-        return self.store.create_token(username, **kwargs)
+        return self.store.identity.create_token(username, **kwargs)
 
 
 @pytest.fixture(scope="session")
@@ -76,7 +76,7 @@ def database(session_dir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def identities(database: Path) -> Iterator[Identities]:
-    store = Store(str(database))
+    store = open_store(str(database))
     store.migrate()
     yield Identities(store)
     store.close()

@@ -15,7 +15,7 @@ from pathlib import Path
 import orjson
 import requests
 
-from bridge.store import Store
+from bridge.store import open_store
 
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 30.0
@@ -100,14 +100,14 @@ class GatewayProcess:
 
 def wait_for_records(database, ids: list[str]) -> dict[str, dict]:
     """The interceptions with these ids (and their children) once the writer has stored them ended."""
-    store = Store(str(database))
+    store = open_store(str(database))
     try:
         deadline = time.monotonic() + RECORD_WAIT
         found: dict[str, dict] = {}
         while time.monotonic() < deadline:
             for interception_id in ids:
                 if interception_id not in found:
-                    record = store.get_interception(interception_id)
+                    record = store.queries.get_interception(interception_id)
                     if record and record["ended_at"]:
                         found[interception_id] = record
             if len(found) == len(ids):
@@ -121,7 +121,7 @@ def wait_for_records(database, ids: list[str]) -> dict[str, dict]:
 def wait_for_session(database, session_id: str, count: int) -> list[dict]:
     """The interceptions of one client session (its ``client_session_id``), in order, once the gateway's
     writer stored them ended; waits for at least ``count`` of them."""
-    store = Store(str(database))
+    store = open_store(str(database))
     try:
         deadline = time.monotonic() + RECORD_WAIT
         while True:
@@ -229,12 +229,12 @@ def assert_cli_error(result: subprocess.CompletedProcess[str], fragment: str, st
 
 def store_with_users(database: Path) -> tuple[str, str]:
     """A fresh store at ``database`` with alice (admin) and bob; their gateway tokens."""
-    store = Store(str(database))
+    store = open_store(str(database))
     try:
         store.migrate()
-        store.create_user("alice", is_admin=True)
-        store.create_user("bob")
-        return store.create_token("alice")[0], store.create_token("bob")[0]
+        store.identity.create_user("alice", is_admin=True)
+        store.identity.create_user("bob")
+        return store.identity.create_token("alice")[0], store.identity.create_token("bob")[0]
     finally:
         store.close()
 

@@ -20,7 +20,7 @@ import requests
 
 from bridge.app import create_app
 from bridge.config import load_settings
-from bridge.store import RecordBatch, Store
+from bridge.store import RecordBatch, RecordQueries, Store, open_store
 from bridge.timestamps import format_timestamp
 from tests.harness import wait_for_records
 from tests.sdk_calls import anthropic_client
@@ -58,11 +58,11 @@ def seed_dataset(path: Path, count: int = 90) -> Dataset:
     over the last days cycling through providers, models and clients; every tenth pair shares its
     started_at to exercise the id tie-break of the ordering."""
     data = Dataset(path, datetime.now(timezone.utc).replace(microsecond=0))
-    store = Store.from_path(str(path))
+    store = open_store(str(path), migrate=True)
     try:
         for name in ("alice", "bob", "carol", "dave"):
-            data.users[name] = store.create_user(name, is_admin=name == "alice")
-            data.tokens[name], _ = store.create_token(name)
+            data.users[name] = store.identity.create_user(name, is_admin=name == "alice")
+            data.tokens[name], _ = store.identity.create_token(name)
         names = ["alice", "bob", "carol", "dave"]
         rng = random.Random(count)
         batch: dict[str, list[dict]] = {name: [] for name in ("interceptions", "token_usages", "user_prompts", "tool_usages", "model_thoughts")}
@@ -100,8 +100,8 @@ def seed_dataset(path: Path, count: int = 90) -> Dataset:
             batch["model_thoughts"] += thoughts
             data.records.append({**row, "username": user, "token_usages": usages, "user_prompts": prompts,
                                  "tool_usages": tools, "model_thoughts": thoughts})
-        store.write_records(RecordBatch.load(batch))
-        store.delete_user("dave")
+        store.records.write_records(RecordBatch.load(batch))
+        store.identity.delete_user("dave")
     finally:
         store.close()
     return data
@@ -286,9 +286,9 @@ def test_a_cursor_keeps_its_place_when_newer_records_arrive(tmp_path: Path) -> N
     data = seed_dataset(tmp_path / "cursor.db", count=20)
     client = make_client(data.path)
     first = ok(get(client, data.tokens["alice"], limit=5))
-    store = Store(str(data.path))
+    store = open_store(str(data.path))
     try:
-        store.write_records(RecordBatch.load(dict(interceptions=[{
+        store.records.write_records(RecordBatch.load(dict(interceptions=[{
             "id": str(uuid.uuid4()), "initiator_id": data.users["alice"]["id"], "provider": "openai",
             "started_at": format_timestamp(datetime.now(timezone.utc)), "metadata": {}}])))
     finally:
@@ -316,9 +316,9 @@ def test_every_query_reads_one_index_and_children_in_one_query_each(data: Datase
     """No ANALYZE (a gateway's own database has no statistics): the count and the page come from a
     covering index (no table rows, no sort), children from their interception_id index, and the
     number of statements does not grow with the page (no N+1)."""
-    from bridge.store import InterceptionFilter
+    from bridge.store import InterceptionFilter, open_store
 
-    store = Store(str(data.path))
+    store = open_store(str(data.path))
     statements: list[str] = []
     try:
         kwargs: dict[str, Any] = {"limit": 50}
@@ -327,7 +327,7 @@ def test_every_query_reads_one_index_and_children_in_one_query_each(data: Datase
         elif page == "offset":
             kwargs["offset"] = 5
         store.db.conn.set_trace_callback(statements.append)
-        result = store.query_interceptions(InterceptionFilter(**filters), viewer_id=None, **kwargs)
+        result = store.queries.query_interceptions(InterceptionFilter(**filters), viewer_id=None, **kwargs)
         store.db.conn.set_trace_callback(None)
         assert result["results"] or filters, "the unfiltered query must return rows"
         plans = {sql: " | ".join(r[3] for r in store.db.execute(f"EXPLAIN QUERY PLAN {sql}"))
@@ -354,13 +354,14 @@ def test_every_query_reads_one_index_and_children_in_one_query_each(data: Datase
 def spy_store_threads(monkeypatch, method: str) -> list[int]:
     """Wrap ``Store.<method>``: the returned list collects the id of the thread of every call."""
     threads: list[int] = []
-    original = getattr(Store, method)
+    owner = RecordQueries if hasattr(RecordQueries, method) else Store
+    original = getattr(owner, method)
 
     def spy(self, *args, **kwargs):
         threads.append(threading.get_ident())
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(Store, method, spy)
+    monkeypatch.setattr(owner, method, spy)
     return threads
 
 
@@ -484,10 +485,10 @@ def test_admin_routes_refuse_users_and_anonymous_callers(client, data: Dataset, 
     assert refused.status_code == 403 and refused.get_json() == {"message": "this route is for administrators"}
     assert call(path, json=body).status_code == 401
     # nothing happened
-    store = Store(str(data.path))
+    store = open_store(str(data.path))
     try:
-        assert store.get_user("mallory") is None and store.get_user("carol") is not None
-        assert len(store.list_tokens("bob")) == 1
+        assert store.identity.get_user("mallory") is None and store.identity.get_user("carol") is not None
+        assert len(store.identity.list_tokens("bob")) == 1
     finally:
         store.close()
 
@@ -552,9 +553,9 @@ def test_admin_user_and_token_lifecycle(tmp_path: Path) -> None:
 
 def test_an_expired_token_is_refused(tmp_path: Path) -> None:
     data = seed_dataset(tmp_path / "expired.db", count=1)
-    store = Store(str(data.path))
+    store = open_store(str(data.path))
     try:
-        expired, _ = store.create_token("alice", lifetime=0.001)
+        expired, _ = store.identity.create_token("alice", lifetime=0.001)
     finally:
         store.close()
     client = make_client(data.path)
@@ -567,7 +568,7 @@ def test_an_expired_token_is_refused(tmp_path: Path) -> None:
 def test_a_call_the_gateway_recorded_is_served_by_the_api(gateway, identities, database) -> None:
     """gunicorn, two gevent workers: a user's call, read back by that user and by an admin."""
     name = f"api-{uuid.uuid4().hex[:8]}"
-    identities.store.create_user(name)
+    identities.store.identity.create_user(name)
     token, _ = identities.token(name)
     anthropic = anthropic_client(gateway.base("anthropic"), token, "anthropic/simple_text",
                                  **{"User-Agent": "claude-cli/2.1.0 (external, cli)"})

@@ -96,7 +96,7 @@ def world(start_gateway, upstream, identities, database, session_dir) -> World:
     state = World(gateway, gateway.log_path, log_json)
     for role in ("x", "y", "admin"):
         name = f"authz-{role}-{suffix}"
-        state.users[role] = identities.store.create_user(name, is_admin=role == "admin")
+        state.users[role] = identities.store.identity.create_user(name, is_admin=role == "admin")
         state.tokens[role], _ = identities.token(name)
     state.tokens["alice"] = identities.alice
     state.all_tokens |= {identities.alice, identities.bob, *state.tokens.values()}
@@ -309,7 +309,7 @@ def bad_tokens(world, identities) -> dict[str, str]:
     expires = 0.0
     for kind in ("revoked", "revoked-by-api", "expired", "deleted-user"):
         name = f"authz-bad-{kind}-{suffix}"
-        identities.store.create_user(name, is_admin=True)
+        identities.store.identity.create_user(name, is_admin=True)
         lifetime = 3.0 if kind == "expired" else None
         if lifetime:
             expires = time.monotonic() + lifetime
@@ -317,7 +317,7 @@ def bad_tokens(world, identities) -> dict[str, str]:
         for _ in range(4):  # both workers have it cached
             assert world.call("GET", INTERCEPTIONS, headers={"Authorization": f"Bearer {token}"}).status_code == 200
         if kind == "revoked":
-            identities.store.revoke_token(row["id"])
+            identities.store.identity.revoke_token(row["id"])
         elif kind == "revoked-by-api":
             assert world.api("admin", f"/api/v2/tokens/{row['id']}", method="DELETE").status_code == 204
         elif kind == "deleted-user":

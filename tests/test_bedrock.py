@@ -132,7 +132,7 @@ def test_records_match_the_direct_call(name, fixture, stream, runs, identities):
     for key in ("status", "stop_reason", "streaming"):
         assert metadata.get(key) == direct_metadata.get(key), key
     assert ("error" in metadata) == ("error" in direct_metadata)
-    assert through["initiator_id"] == identities.store.get_user("alice")["id"]
+    assert through["initiator_id"] == identities.store.identity.get_user("alice")["id"]
     assert through["credential_kind"] == "centralized"
     for kind, fields in (("token_usages", ("input_tokens", "output_tokens", "cache_read_input_tokens",
                                            "cache_write_input_tokens", "provider_response_id", "metadata")),

@@ -130,7 +130,7 @@ def test_claude_code_calls_through_bedrock_are_recorded(fixture, runs, database,
     assert _messages(direct)[0].headers["x-claude-code-session-id"] == direct_session  # --session-id is what it sends
     records = wait_for_session(database, session, len(through.requests))
     assert len(records) == len(through.requests), f"{len(through.requests)} interception(s) expected: {records}"
-    alice = identities.store.get_user("alice")
+    alice = identities.store.identity.get_user("alice")
     requested = _messages(direct)[0].json["model"]  # Claude Code's own model name, the same in both runs
     for record in records:
         assert record["model"] == MODELS[fixture]

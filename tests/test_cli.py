@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.store import Store
+from bridge.store import open_store
 from bridge.units import format_duration, parse_duration
 from tests.harness import assert_cli_error, cli_runner
 
@@ -43,8 +43,8 @@ def test_users_create_list_delete(cli, db_path: Path) -> None:
     deleted = cli("users", "delete", "alice")
     assert deleted.returncode == 0, deleted.stderr
     assert [u["username"] for u in json.loads(cli("users", "list", "--json").stdout)] == ["bob"]
-    with Store(str(db_path)) as store:
-        assert store.get_user("alice") is None
+    with open_store(str(db_path)) as store:
+        assert store.identity.get_user("alice") is None
 
 
 def test_user_errors(cli) -> None:
@@ -61,8 +61,8 @@ def test_tokens_create_prints_only_the_token_and_it_authenticates(cli, db_path: 
     assert created.stdout.endswith("\n") and created.stdout.count("\n") == 1
     token = created.stdout.strip()
     assert created.stdout == token + "\n"
-    with Store(str(db_path)) as store:
-        identity = store.authenticate(token)
+    with open_store(str(db_path)) as store:
+        identity = store.identity.authenticate(token)
     assert identity is not None and identity["user_id"] == alice["id"] and identity["username"] == "alice"
 
     listed = json.loads(cli("tokens", "list", "alice", "--json").stdout)
@@ -82,8 +82,8 @@ def test_tokens_create_prints_only_the_token_and_it_authenticates(cli, db_path: 
     revoked = cli("tokens", "revoke", identity["token_id"])
     assert revoked.returncode == 0, revoked.stderr
     assert cli("tokens", "list", "alice").stdout.splitlines()[1].split()[-1] == "revoked"
-    with Store(str(db_path)) as store:
-        assert store.authenticate(token) is None
+    with open_store(str(db_path)) as store:
+        assert store.identity.authenticate(token) is None
 
 
 def test_token_without_lifetime_never_expires(cli) -> None:
@@ -141,12 +141,12 @@ def test_missing_subcommand_is_a_usage_error(cli) -> None:
 def test_retention_purge(cli, tmp_path: Path, db_path: Path) -> None:
     from datetime import datetime, timedelta, timezone
 
-    from bridge.store import RecordBatch
+    from bridge.store import RecordBatch, open_store
     from bridge.timestamps import format_timestamp
 
     now = datetime.now(timezone.utc)
-    with Store.from_path(str(db_path)) as store:
-        store.write_records(
+    with open_store(str(db_path), migrate=True) as store:
+        store.records.write_records(
             RecordBatch.load(dict(
                 interceptions=[
                     {"id": f"i{days}", "started_at": format_timestamp(now - timedelta(days=days))}
@@ -173,7 +173,7 @@ def test_retention_purge(cli, tmp_path: Path, db_path: Path) -> None:
 
     result = cli("retention", "purge", "--retention", "30d")
     assert result.stdout == "purged 2 interception(s) older than 30d\n"
-    with Store(str(db_path)) as store:
+    with open_store(str(db_path)) as store:
         assert [r["id"] for r in store.db.query("SELECT id FROM aibridge_interceptions")] == ["i1"]
 
     assert_cli_error(cli("retention", "purge", "--retention", "soon"), "--retention: invalid duration", status=2)

@@ -193,7 +193,7 @@ def test_invalid_gateway_token_is_an_authentication_error(kind, case, claude, tm
         token = "bridge-not-a-real-token-0123456789abcdef"
     else:
         token, row = identities.token("bob")
-        assert identities.store.revoke_token(row["id"])
+        assert identities.store.identity.revoke_token(row["id"])
     run = run_claude(claude, tmp_path, upstream, gateway.base("anthropic"), _credentials(kind, token),
                      "anthropic/simple_text")
     assert run.returncode != 0, run.describe()
@@ -214,7 +214,7 @@ def test_claude_code_calls_are_recorded(claude, tmp_path, gateway, upstream, ide
     records = wait_for_session(database, session_id, len(messages))
     assert len(records) == len(messages), f"{len(messages)} interception(s) expected for session {session_id}: {records}"
     record = records[0]
-    alice = identities.store.get_user("alice")
+    alice = identities.store.identity.get_user("alice")
     assert record["initiator_id"] == alice["id"]
     assert (record["provider"], record["provider_name"]) == ("anthropic", "anthropic")
     assert record["model"] == messages[0].json["model"]

@@ -278,7 +278,7 @@ def test_codex_calls_are_recorded(name, codex, tmp_path, gateway, upstream, iden
     records = wait_for_session(database, _session_id(request), 1)
     assert len(records) == 1, f"one interception expected for session {_session_id(request)}: {records}"
     record = records[0]
-    assert record["initiator_id"] == identities.store.get_user("bob")["id"]
+    assert record["initiator_id"] == identities.store.identity.get_user("bob")["id"]
     assert (record["provider"], record["provider_name"]) == ("openai", "openai")
     assert record["model"] == MODEL == request.json["model"]
     assert record["client"] == "Codex"
@@ -342,7 +342,7 @@ def test_invalid_gateway_token_is_an_authentication_error(case, codex, tmp_path,
         token = "bridge-not-a-real-token-0123456789abcdef"
     else:
         token, row = identities.token("bob")
-        assert identities.store.revoke_token(row["id"])
+        assert identities.store.identity.revoke_token(row["id"])
     run = run_codex(codex, tmp_path, upstream, gateway.base("openai") + "/v1", token, "openai_responses/simple_text")
     assert run.returncode != 0, run.describe()
     # What Codex 0.171.0 prints (twice): "ERROR: unexpected status 401 Unauthorized: invalid gateway token: ..., url: ..."

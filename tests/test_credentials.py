@@ -88,11 +88,11 @@ def test_byok_refused_when_disabled(start_gateway, upstream, identities):
 
 def _bad_tokens(identities) -> dict[str, str]:
     revoked, row = identities.token("bob")
-    identities.store.revoke_token(row["id"])
+    identities.store.identity.revoke_token(row["id"])
     expired, _ = identities.token("bob", lifetime=0.001)
-    identities.store.create_user("carol")
+    identities.store.identity.create_user("carol")
     deleted_user_token, _ = identities.token("carol")
-    identities.store.delete_user("carol")
+    identities.store.identity.delete_user("carol")
     real = identities.alice
     return {
         "unknown": "not-a-token",
@@ -158,14 +158,14 @@ def test_revocation_takes_effect_at_once_for_a_token_in_use(how, gateway, upstre
     """Valid tokens are cached by the workers; revoking one (or deleting its user) still locks it
     out on the very next request, in every worker."""
     username = f"cached-{how}"
-    identities.store.create_user(username)
+    identities.store.identity.create_user(username)
     token, row = identities.token(username)
     url = f"{gateway.base('openai')}/v1/models"
     for _ in range(6):  # warm both workers' caches
         assert requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10).status_code == 200
     if how == "revoke":
-        identities.store.revoke_token(row["id"])
+        identities.store.identity.revoke_token(row["id"])
     else:
-        identities.store.delete_user(username)
+        identities.store.identity.delete_user(username)
     for _ in range(6):  # new connections: whichever worker answers
         assert requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10).status_code == 401

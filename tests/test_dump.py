@@ -16,7 +16,7 @@ import requests
 from bridge.dump import Dump, Dumper, mask_header
 from bridge.intercept.sse import SSESplitter
 from bridge.masking import mask_secret
-from bridge.store import Store
+from bridge.store import open_store
 from tests.conftest import ANTHROPIC_KEY, CORP_KEY, OPENAI_KEY, TEAM_B_KEY, provider_env
 from tests.harness import free_port, wait_for_records
 from tests.sdk_calls import load_fixtures
@@ -51,12 +51,12 @@ def dump_database(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def users(dump_database) -> Users:
-    store = Store(str(dump_database))
+    store = open_store(str(dump_database))
     try:
         store.migrate()
-        store.create_user("alice", is_admin=True)
-        store.create_user("bob")
-        return Users(store.create_token("alice")[0], store.create_token("bob")[0])
+        store.identity.create_user("alice", is_admin=True)
+        store.identity.create_user("bob")
+        return Users(store.identity.create_token("alice")[0], store.identity.create_token("bob")[0])
     finally:
         store.close()
 

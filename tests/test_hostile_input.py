@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge.errors import ANTHROPIC, OPENAI
-from bridge.store import Store
+from bridge.store import open_store
 from tests.harness import wait_for_records
 
 settings.register_profile("ci", max_examples=60, deadline=None, derandomize=True, database=None,
@@ -167,7 +167,7 @@ def _worker_pids(master: int) -> set[int]:
 @pytest.fixture(scope="module")
 def hostile(gateway, upstream, identities, database):
     name = f"hostile-{uuid.uuid4().hex[:8]}"
-    user = identities.store.create_user(name)
+    user = identities.store.identity.create_user(name)
     token, _ = identities.token(name)
     elsewhere = Listener()
     state = Hostile(gateway, upstream, database, token, user["id"], elsewhere,
@@ -680,7 +680,7 @@ def test_zz_the_gateway_is_unharmed_and_every_record_is_intact(hostile, identiti
         assert record["ended_at"] >= record["started_at"]
         metadata = orjson.loads(record["metadata"])
         assert metadata["status"] == status and "error" not in metadata, metadata
-    store = Store(str(hostile.database))
+    store = open_store(str(hostile.database))
     try:
         count = store.db.execute("SELECT count(*) FROM aibridge_interceptions WHERE initiator_id = ?",
                                  [hostile.user_id]).fetchone()[0]

@@ -23,7 +23,7 @@ def _get(gateway, interception_id: str, token: str | None) -> requests.Response:
 def test_one_interception_by_id_for_its_owner_and_admins_and_a_404_for_anyone_else(
         gateway, identities, database) -> None:
     owner = f"byid-{uuid.uuid4().hex[:8]}"
-    identities.store.create_user(owner)
+    identities.store.identity.create_user(owner)
     token, _ = identities.token(owner)
     anthropic = anthropic_client(gateway.base("anthropic"), token, "anthropic/simple_text")
     raw = anthropic.messages.with_raw_response.create(model="claude-haiku-4-5", max_tokens=10,
@@ -59,15 +59,15 @@ def test_one_interception_by_id_for_its_owner_and_admins_and_a_404_for_anyone_el
 
 
 def test_the_store_finds_one_interception_for_its_owner_on_both_backends(store_url: str) -> None:
-    from bridge.store import RecordBatch, Store
+    from bridge.store import RecordBatch, open_store
 
-    with Store.from_path(store_url) as store:
-        owner, other = store.create_user("owner"), store.create_user("other")
-        store.write_records(RecordBatch.load(dict(interceptions=[
+    with open_store(store_url, migrate=True) as store:
+        owner, other = store.identity.create_user("owner"), store.identity.create_user("other")
+        store.records.write_records(RecordBatch.load(dict(interceptions=[
             {"id": "i-1", "initiator_id": owner["id"], "provider": "openai", "provider_name": "openai",
              "model": "gpt-4o", "started_at": "2025-06-01T09:30:00.000000Z"}])))
-        listed = store.query_interceptions()["results"]
-        assert store.interception_result("i-1") == store.interception_result("i-1", owner["id"]) == listed[0]
-        assert store.interception_result("i-1", other["id"]) is None
+        listed = store.queries.query_interceptions()["results"]
+        assert store.queries.interception_result("i-1") == store.queries.interception_result("i-1", owner["id"]) == listed[0]
+        assert store.queries.interception_result("i-1", other["id"]) is None
         for unknown in ("i-2", "i-1\x00", ""):  # NUL: PostgreSQL text cannot even hold it
-            assert store.interception_result(unknown) is None
+            assert store.queries.interception_result(unknown) is None

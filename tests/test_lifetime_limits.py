@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from bridge.store import Store
+from bridge.store import open_store
 from tests.harness import assert_cli_error, cli_runner
 
 HUGE_DURATIONS = ["999999999999d", "9" * 400 + "h", "36526d", "876601h"]  # all beyond 100 years
@@ -19,8 +19,8 @@ HUGE_DURATIONS = ["999999999999d", "9" * 400 + "h", "36526d", "876601h"]  # all 
 
 @pytest.fixture(scope="module")
 def admin(gateway, identities) -> dict[str, str]:
-    if identities.store.get_user("lena") is None:
-        identities.store.create_user("lena")
+    if identities.store.identity.get_user("lena") is None:
+        identities.store.identity.create_user("lena")
     return {"Authorization": f"Bearer {identities.alice}"}
 
 
@@ -90,8 +90,8 @@ def _one_error_line(result: subprocess.CompletedProcess[str], status: int, fragm
 def test_cli_token_lifetime_beyond_100_years_is_one_line_and_exit_2(cli, lifetime: str) -> None:
     assert cli("users", "create", "lena").returncode == 0
     _one_error_line(cli("tokens", "create", "lena", "--lifetime", lifetime), 2, "--lifetime: duration")
-    with Store(str(cli.database)) as store:
-        assert store.list_tokens("lena") == []
+    with open_store(str(cli.database)) as store:
+        assert store.identity.list_tokens("lena") == []
 
 
 def test_cli_token_lifetime_errors_all_exit_2(cli) -> None:

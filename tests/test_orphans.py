@@ -21,7 +21,7 @@ import requests
 from bridge import recorder as recorder_module
 from bridge.recorder import InterceptionEnd, InterceptionStart, Recorder
 from bridge.records import InterceptionRecord, new_id
-from bridge.store import RecordBatch, Store
+from bridge.store import RecordBatch, open_store
 from bridge.timestamps import format_timestamp, utc_now
 from tests.conftest import provider_env
 from tests.sdk_calls import load_fixtures
@@ -47,8 +47,8 @@ def _journal_dir(store_url: str, tmp_path: Path) -> str | None:
 
 
 def _interceptions(store_url: str, ids: list[str]) -> dict[str, dict]:
-    with Store(store_url) as store:
-        return {i: store.get_interception(i) for i in ids}
+    with open_store(store_url) as store:
+        return {i: store.queries.get_interception(i) for i in ids}
 
 
 def _error(record: dict) -> str | None:
@@ -59,12 +59,12 @@ def test_a_starting_recorder_ends_the_interceptions_of_processes_that_are_gone(s
     """At start: a process of this host whose pid is gone, one silent for longer than three heartbeats
     (another machine), and an owner that is not registered at all; never a live process's."""
     exited, silent, unregistered, elsewhere = "exited", "silent", "unregistered", "elsewhere"
-    with Store.from_path(store_url) as store:
-        store.heartbeat(exited, recorder_module._HOST, _exited_pid(), utc_now())
-        store.heartbeat(silent, "machine-b/boot/1", 4242, utc_now())
-        store.heartbeat(elsewhere, "machine-c/boot/1", 4242, utc_now())
+    with open_store(store_url, migrate=True) as store:
+        store.processes.heartbeat(exited, recorder_module._HOST, _exited_pid(), utc_now())
+        store.processes.heartbeat(silent, "machine-b/boot/1", 4242, utc_now())
+        store.processes.heartbeat(elsewhere, "machine-c/boot/1", 4242, utc_now())
         rows = {owner: _row(owner) for owner in (exited, silent, unregistered, elsewhere)}
-        store.write_records(RecordBatch.load(dict(interceptions=list(rows.values()))))
+        store.records.write_records(RecordBatch.load(dict(interceptions=list(rows.values()))))
         store.db.execute("UPDATE bridge_processes SET heartbeat = heartbeat - 60 WHERE owner = ?", [silent])
     live = Recorder(store_url, batch_wait=0.01, journal_dir=_journal_dir(store_url, tmp_path))
     own = _row(live.owner)
@@ -92,9 +92,9 @@ def test_an_end_in_a_dead_process_journal_wins_over_ending_it_as_an_orphan(store
     pid = _exited_pid()
     owner = "journaled"
     done, open_one = _row(owner), _row(owner)
-    with Store.from_path(store_url) as store:
-        store.heartbeat(owner, recorder_module._HOST, pid, utc_now())
-        store.write_records(RecordBatch.load(dict(interceptions=[done, open_one])))
+    with open_store(store_url, migrate=True) as store:
+        store.processes.heartbeat(owner, recorder_module._HOST, pid, utc_now())
+        store.records.write_records(RecordBatch.load(dict(interceptions=[done, open_one])))
     successor = Recorder(store_url, journal_dir=_journal_dir(store_url, tmp_path))
     journal = f"{successor._journal_base}.records-{pid}.jsonl"  # what the dead process left
     ended_at = utc_now()
@@ -114,10 +114,10 @@ def test_a_running_recorder_ends_them_once_a_process_falls_silent(store_url: str
     """Periodically, without a restart: another machine's process stops giving heartbeats; meanwhile
     the running recorder's own heartbeat keeps its interceptions open for every other recorder."""
     other = "machine-b"
-    with Store.from_path(store_url) as store:
-        store.heartbeat(other, "machine-b/boot/1", 4242, utc_now())
+    with open_store(store_url, migrate=True) as store:
+        store.processes.heartbeat(other, "machine-b/boot/1", 4242, utc_now())
         theirs = _row(other)
-        store.write_records(RecordBatch.load(dict(interceptions=[theirs])))
+        store.records.write_records(RecordBatch.load(dict(interceptions=[theirs])))
     recorder = Recorder(store_url, batch_wait=0.01, heartbeat_interval=0.5, journal_dir=_journal_dir(store_url, tmp_path))
     watcher = Recorder(store_url, batch_wait=0.01, heartbeat_interval=0.5, journal_dir=_journal_dir(store_url, tmp_path))
     try:
@@ -145,11 +145,11 @@ def test_interceptions_recorded_before_owners_existed_end_once_older_than_the_ol
                                                                                              tmp_path: Path) -> None:
     now = datetime.now(timezone.utc)
     oldest = format_timestamp(now - timedelta(hours=1))
-    with Store.from_path(store_url) as store:
-        store.heartbeat("running-an-hour", "machine-b/boot/1", 4242, oldest)
+    with open_store(store_url, migrate=True) as store:
+        store.processes.heartbeat("running-an-hour", "machine-b/boot/1", 4242, oldest)
         before = _row(None, format_timestamp(now - timedelta(hours=2)))
         after = _row(None, format_timestamp(now - timedelta(minutes=30)))  # an older version's live stream, maybe
-        store.write_records(RecordBatch.load(dict(interceptions=[before, after])))
+        store.records.write_records(RecordBatch.load(dict(interceptions=[before, after])))
     successor = Recorder(store_url, journal_dir=_journal_dir(store_url, tmp_path))
     successor.recover()
     successor.close()
@@ -164,7 +164,7 @@ def test_interceptions_recorded_before_owners_existed_end_once_older_than_the_ol
 def _owners(database: Path, ids: list[str]) -> dict[str, int]:
     """Interception id -> pid of the worker serving it, once every one is stored and its worker registered."""
     deadline = time.monotonic() + WAIT
-    with Store(str(database)) as store:
+    with open_store(str(database)) as store:
         while True:
             rows = store.db.execute(
                 "SELECT i.id, p.pid FROM aibridge_interceptions i JOIN bridge_processes p ON p.owner = i.owner"

@@ -22,7 +22,7 @@ import pytest
 import requests
 
 from bridge.auth import POSTGRES_CACHE_SECONDS
-from bridge.store import Store
+from bridge.store import Store, open_store
 from tests.conftest import Identities, provider_env
 from tests.harness import REPO, GatewayProcess, wait_for_records
 from tests.pg import PostgresServer
@@ -42,13 +42,13 @@ REVOCATION_WAIT = 10.0  # well above the 2 s token cache of PostgreSQL mode
 def database(postgres: PostgresServer) -> str:
     """The shared database (a URL: wait_for_records and Store take it like a path)."""
     url = postgres.create_database("gateways")
-    Store.from_path(url).close()
+    open_store(url, migrate=True).close()
     return url
 
 
 @pytest.fixture(scope="module")
 def identities(database: str) -> Iterator[Identities]:
-    store = Store(database)
+    store = open_store(database)
     yield Identities(store)
     store.close()
 
@@ -146,7 +146,7 @@ def test_concurrent_load_through_both_instances_leaves_one_complete_record_per_r
     assert len(set(ids)) == len(ids) == 48
     records = wait_for_records(database, ids)
     assert set(records) == set(ids), "some requests left no complete record"
-    with Store(database) as store:
+    with open_store(database) as store:
         rows = store.db.execute("SELECT id, count(*) FROM aibridge_interceptions WHERE id = ANY(?) GROUP BY id",
                                 [ids]).fetchall()
         assert sorted(rows) == sorted((i, 1) for i in ids)
@@ -205,7 +205,7 @@ def test_records_are_journaled_while_postgresql_is_down_and_written_when_it_is_b
     server = PostgresServer().start()
     try:
         url = server.create_database("journal")
-        Store.from_path(url).close()
+        open_store(url, migrate=True).close()
         ids = [str(uuid.uuid4()) for _ in range(5)]
         server.stop()
         scenario = subprocess.Popen([sys.executable, "-c", JOURNAL_SCENARIO, url, str(tmp_path), json.dumps(ids)],
@@ -229,8 +229,8 @@ def test_records_are_journaled_while_postgresql_is_down_and_written_when_it_is_b
         assert set(records) == set(ids)
         assert all(len(r["token_usages"]) == len(end_children(i)["token_usages"]) for i, r in records.items())
         assert not journal.exists()  # replayed, then removed
-        with Store(url) as store:
-            assert store.count_records()["aibridge_interceptions"] == len(ids)
+        with open_store(url) as store:
+            assert store.queries.count_records()["aibridge_interceptions"] == len(ids)
     finally:
         server.remove()
 
@@ -242,7 +242,7 @@ def test_both_instances_are_ready(gateways):
 
 
 def test_an_unreachable_server_is_reported_without_its_password_or_address(tmp_path):
-    from bridge.store import postgres_error_reason
+    from bridge.store import open_store, postgres_error_reason
     from tests.harness import free_port
 
     url = f"postgresql://bridge:hunter2@127.0.0.1:{free_port()}/bridge"  # nothing listens there
@@ -250,7 +250,7 @@ def test_an_unreachable_server_is_reported_without_its_password_or_address(tmp_p
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and done.stderr.startswith("error: ")
     assert "hunter2" not in done.stderr + done.stdout and "***" in done.stderr
-    store = Store(url)
+    store = open_store(url)
     try:
         with pytest.raises(Exception) as caught:
             store.check_writable(0.5)

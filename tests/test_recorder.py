@@ -26,7 +26,7 @@ from typing import Any, Callable
 import pytest
 
 from bridge.records import InterceptionRecord, PromptRecord, ThoughtRecord, TokenUsageRecord, ToolUsageRecord
-from bridge.store import RecordBatch, Store
+from bridge.store import RecordBatch, open_store
 from bridge.timestamps import format_timestamp, utc_now
 
 REPO = Path(__file__).resolve().parent.parent
@@ -74,8 +74,8 @@ def end_children(interception_id: str) -> dict[str, list[Any]]:
 
 
 def counts(db: str) -> dict[str, int]:
-    with Store(db) as store:
-        return store.count_records()
+    with open_store(db) as store:
+        return store.queries.count_records()
 
 
 def interception_ids(db: str) -> set[str]:
@@ -271,7 +271,7 @@ def scenario_journal_unwritable(db: str) -> dict[str, Any]:
 
 def scenario_journal_and_hang(db: str) -> dict[str, Any] | None:
     gevent, Recorder, record_interception = _recorder_api()
-    Store.from_path(db).close()
+    open_store(db, migrate=True).close()
     locker = sqlite3.connect(db, isolation_level=None)
     locker.execute("BEGIN IMMEDIATE")
     recorder = Recorder(db, batch_wait=0.05, busy_timeout=0.3)
@@ -329,7 +329,7 @@ def scenario_close_in_hub_callback(db: str) -> dict[str, Any]:
 
 def scenario_close_locked(db: str) -> dict[str, Any]:
     gevent, Recorder, record_interception = _recorder_api()
-    Store.from_path(db).close()
+    open_store(db, migrate=True).close()
     locker = sqlite3.connect(db, isolation_level=None)
     locker.execute("BEGIN IMMEDIATE")
     recorder = Recorder(db, batch_wait=30, busy_timeout=0.3)
@@ -380,10 +380,10 @@ def scenario_retention(db: str) -> dict[str, Any]:
     old = format_timestamp(datetime.now(timezone.utc) - timedelta(days=10))
 
     def add_old(n: int) -> None:
-        with Store.from_path(db) as store:
+        with open_store(db, migrate=True) as store:
             for _ in range(n):
                 interception_id = str(uuid.uuid4())
-                store.write_records(RecordBatch(interceptions=[start_row(interception_id, old)], **end_children(interception_id)))
+                store.records.write_records(RecordBatch(interceptions=[start_row(interception_id, old)], **end_children(interception_id)))
 
     def old_count() -> int:
         conn = sqlite3.connect(db)
@@ -434,8 +434,8 @@ def assert_complete(db: Path, ids: list[str]) -> None:
         "aibridge_tool_usages": n,
         "aibridge_model_thoughts": n,
     }
-    with Store(str(db)) as store:
-        row = store.get_interception(ids[0])
+    with open_store(str(db)) as store:
+        row = store.queries.get_interception(ids[0])
         assert row["ended_at"] is not None
         assert json.loads(row["metadata"]) == {"start": True, "end": True}
 

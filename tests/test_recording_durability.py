@@ -66,7 +66,7 @@ def _count_for(database, user_id: str) -> int:
 
 
 def test_two_workers_under_concurrent_load_record_every_request_once(gateway, identities, database):
-    identities.store.create_user("load")
+    identities.store.identity.create_user("load")
     token, _ = identities.token("load")
     total, concurrency = 2000, 50
     local = threading.local()
@@ -84,7 +84,7 @@ def test_two_workers_under_concurrent_load_record_every_request_once(gateway, id
     assert len(set(ids)) == total
     records = wait_for_records(database, ids)
     assert len(records) == total, f"{total - len(records)} interceptions missing"
-    assert _count_for(database, identities.store.get_user("load")["id"]) == total  # and no extra ones
+    assert _count_for(database, identities.store.identity.get_user("load")["id"]) == total  # and no extra ones
     for record in records.values():
         assert len(record["token_usages"]) == 1
         assert len(record["user_prompts"]) == 1
@@ -93,7 +93,7 @@ def test_two_workers_under_concurrent_load_record_every_request_once(gateway, id
 def test_sigterm_during_load_loses_no_answered_request(start_gateway, upstream, identities, database):
     env = provider_env(upstream)
     gateway = start_gateway(env)
-    identities.store.create_user("sigterm")
+    identities.store.identity.create_user("sigterm")
     token, _ = identities.token("sigterm")
     answered: list[str] = []
     stop = threading.Event()
@@ -182,7 +182,7 @@ def test_structured_log_has_every_record_with_its_fields(logged, identities):
     by_type: dict[str, list[dict]] = {}
     for line in records:
         by_type.setdefault(line["record_type"], []).append(line)
-    alice = identities.store.get_user("alice")["id"]
+    alice = identities.store.identity.get_user("alice")["id"]
     starts = {line["interception_id"]: line for line in by_type["interception_start"]}
     assert set(starts) == set(ids.values())
     for line in starts.values():

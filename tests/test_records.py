@@ -83,7 +83,7 @@ def test_call_is_recorded_as_expected(name, fixture, stream, recorded, identitie
     record = recorded[(name, stream)]
     assert record is not None, "the interception was not recorded"
     anthropic_api = name.startswith("anthropic/")
-    alice = identities.store.get_user("alice")
+    alice = identities.store.identity.get_user("alice")
     assert record["initiator_id"] == alice["id"]
     assert record["provider"] == ("anthropic" if anthropic_api else "openai")
     assert record["provider_name"] == record["provider"]
@@ -146,7 +146,7 @@ def test_client_and_session_come_from_the_request_headers(gateway, identities, d
     interception_id = raw.headers["X-AIBridge-Interception-Id"]
     record = wait_for_records(database, [interception_id])[interception_id]
     assert (record["client"], record["client_session_id"]) == ("Claude Code", "sess-42")
-    assert record["initiator_id"] == identities.store.get_user("bob")["id"]
+    assert record["initiator_id"] == identities.store.identity.get_user("bob")["id"]
 
 
 def test_tool_result_turn_links_to_the_call_it_answers(gateway, identities, database):

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from bridge.retention import purge, retention_cutoff
-from bridge.store import RecordBatch, Store
+from bridge.store import RecordBatch, Store, open_store
 from bridge.timestamps import format_timestamp
 
 
@@ -15,7 +15,7 @@ def add(store: Store, started: datetime, n: int) -> None:
     rows = [{"id": str(uuid.uuid4()), "started_at": format_timestamp(started)} for _ in range(n)]
     prompts = [{"id": str(uuid.uuid4()), "interception_id": r["id"], "prompt": "p", "created_at": r["started_at"]}
                for r in rows]
-    store.write_records(RecordBatch.load(dict(interceptions=rows, user_prompts=prompts)))
+    store.records.write_records(RecordBatch.load(dict(interceptions=rows, user_prompts=prompts)))
 
 
 def test_retention_cutoff() -> None:
@@ -26,12 +26,12 @@ def test_retention_cutoff() -> None:
 def test_purge_deletes_records_older_than_the_retention(tmp_path: Path) -> None:
     db = str(tmp_path / "bridge.db")
     now = datetime.now(timezone.utc)
-    with Store.from_path(db) as store:
+    with open_store(db, migrate=True) as store:
         add(store, now - timedelta(days=40), 25)
         add(store, now - timedelta(days=10), 5)
     assert purge(db, 0) == 0  # 0 keeps forever
     assert purge(db, 30 * 86400, chunk=4) == 25
-    with Store(db) as store:
-        assert store.count_records()["aibridge_interceptions"] == 5
-        assert store.count_records()["aibridge_user_prompts"] == 5
+    with open_store(db) as store:
+        assert store.queries.count_records()["aibridge_interceptions"] == 5
+        assert store.queries.count_records()["aibridge_user_prompts"] == 5
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-import bridge.store.base as store_module
-from bridge.store import MIGRATIONS, PostgresStore, Store, StoreError
+import bridge.store.identity as store_module
+from bridge.store import MIGRATIONS, PostgresStore, Store, StoreError, open_store
 from bridge.timestamps import format_timestamp
 
 TOKEN_RE = re.compile(r"[a-z0-9]{10}-[A-Za-z0-9_-]{43}")
@@ -25,7 +25,7 @@ def db_path(tmp_path: Path) -> str:
 
 @pytest.fixture
 def store(store_url: str):
-    with Store.from_path(store_url) as s:
+    with open_store(store_url, migrate=True) as s:
         yield s
 
 
@@ -39,7 +39,7 @@ def _parse_time(text: str) -> datetime:
 
 
 def test_pragmas_are_set_per_connection(db_path: str) -> None:
-    with Store(db_path) as store:
+    with open_store(db_path) as store:
         assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
         assert store.db.execute("PRAGMA busy_timeout").fetchone()[0] == 10000
@@ -53,12 +53,12 @@ def _applied_migrations(s: Store) -> list[str]:
 
 
 def test_migrate_is_idempotent_and_keeps_data(store_url: str) -> None:
-    with Store.from_path(store_url) as s:
+    with open_store(store_url, migrate=True) as s:
         s.migrate()
-        s.create_user("alice")
-    with Store.from_path(store_url) as s:
+        s.identity.create_user("alice")
+    with open_store(store_url, migrate=True) as s:
         s.migrate()
-        assert [u["username"] for u in s.list_users()] == ["alice"]
+        assert [u["username"] for u in s.identity.list_users()] == ["alice"]
         names = _applied_migrations(s)
         first = ["0001_schema"] if isinstance(s, PostgresStore) else ["0001_users_and_tokens", "0002_records"]
         assert names[:len(first)] == first
@@ -73,7 +73,7 @@ def test_concurrent_migrate_on_a_fresh_database(store_url: str) -> None:
     def run() -> None:
         try:
             barrier.wait()
-            with Store.from_path(store_url):
+            with open_store(store_url, migrate=True):
                 pass
         except BaseException as exc:  # collected for the assertion below
             errors.append(exc)
@@ -84,7 +84,7 @@ def test_concurrent_migrate_on_a_fresh_database(store_url: str) -> None:
     for t in threads:
         t.join(30)
     assert errors == []
-    with Store(store_url) as s:
+    with open_store(store_url) as s:
         rows = _applied_migrations(s)
         if isinstance(s, PostgresStore):
             from bridge.store.postgres import MIGRATIONS as known
@@ -96,18 +96,18 @@ def test_concurrent_migrate_on_a_fresh_database(store_url: str) -> None:
 
 
 def test_two_connections_writing_concurrently_do_not_fail_with_locked(store_url: str) -> None:
-    Store.from_path(store_url).close()
+    open_store(store_url, migrate=True).close()
     errors: list[BaseException] = []
     barrier = threading.Barrier(4)
 
     def writer(worker: int) -> None:
         # Each thread has its own Store, i.e. its own connection, as a separate process would.
         try:
-            with Store(store_url) as s:
+            with open_store(store_url) as s:
                 barrier.wait()
                 for i in range(25):
-                    s.create_user(f"w{worker}-u{i}")
-                    s.create_token(f"w{worker}-u{i}")
+                    s.identity.create_user(f"w{worker}-u{i}")
+                    s.identity.create_token(f"w{worker}-u{i}")
         except BaseException as exc:
             errors.append(exc)
 
@@ -117,8 +117,8 @@ def test_two_connections_writing_concurrently_do_not_fail_with_locked(store_url:
     for t in threads:
         t.join(60)
     assert errors == []
-    with Store(store_url) as s:
-        assert len(s.list_users()) == 100
+    with open_store(store_url) as s:
+        assert len(s.identity.list_users()) == 100
         assert s.db.execute("SELECT count(*) FROM api_tokens").fetchone()[0] == 100
 
 
@@ -129,7 +129,7 @@ def test_write_transaction_rolls_back_on_error(store: Store) -> None:
                 "INSERT INTO users (id, username, is_admin, created_at) VALUES ('x', 'ghost', 0, '2026-01-01')"
             )
             raise RuntimeError("boom")
-    assert store.get_user("ghost") is None
+    assert store.identity.get_user("ghost") is None
     assert not store.db.conn.in_transaction
 
 
@@ -137,21 +137,21 @@ def test_write_transaction_rolls_back_on_error(store: Store) -> None:
 
 
 def test_user_lifecycle(store: Store) -> None:
-    bob = store.create_user("bob")
-    alice = store.create_user("alice", is_admin=True)
+    bob = store.identity.create_user("bob")
+    alice = store.identity.create_user("alice", is_admin=True)
     assert alice["is_admin"] is True and bob["is_admin"] is False
     assert alice["deleted_at"] is None
     _parse_time(alice["created_at"])
-    assert [u["username"] for u in store.list_users()] == ["alice", "bob"]
-    assert store.get_user("alice") == alice
-    assert store.get_user(alice["id"]) == alice
-    assert store.get_user("nobody") is None
+    assert [u["username"] for u in store.identity.list_users()] == ["alice", "bob"]
+    assert store.identity.get_user("alice") == alice
+    assert store.identity.get_user(alice["id"]) == alice
+    assert store.identity.get_user("nobody") is None
 
-    assert store.delete_user("alice") is True
-    assert store.delete_user("alice") is False
-    assert store.delete_user("nobody") is False
-    assert store.get_user("alice") is None
-    assert [u["username"] for u in store.list_users()] == ["bob"]
+    assert store.identity.delete_user("alice") is True
+    assert store.identity.delete_user("alice") is False
+    assert store.identity.delete_user("nobody") is False
+    assert store.identity.get_user("alice") is None
+    assert [u["username"] for u in store.identity.list_users()] == ["bob"]
     # The row is kept (soft delete) so audit records keep their initiator.
     row = store.db.execute("SELECT deleted_at FROM users WHERE id = ?", [alice["id"]]).fetchone()
     _parse_time(row[0])
@@ -160,29 +160,29 @@ def test_user_lifecycle(store: Store) -> None:
 def test_a_name_taken_between_the_check_and_the_insert_is_refused_the_same_way(store: Store, monkeypatch) -> None:
     """Two instances creating one name at once both pass the check; the unique index refuses the
     second, and its caller gets the same error as for any taken name (not a database error)."""
-    store.create_user("carol")
-    monkeypatch.setattr(store, "_live_user_row", lambda key, by_id: None)  # the other row not seen yet
+    store.identity.create_user("carol")
+    monkeypatch.setattr(store.identity, "_live_user_row", lambda key, by_id: None)  # the other row not seen yet
     with pytest.raises(StoreError, match="already exists"):
-        store.create_user("carol")
+        store.identity.create_user("carol")
     monkeypatch.undo()
-    assert [user["username"] for user in store.list_users()].count("carol") == 1
+    assert [user["username"] for user in store.identity.list_users()].count("carol") == 1
 
 
 def test_duplicate_username_is_refused_while_the_user_lives(store: Store) -> None:
-    first = store.create_user("alice")
+    first = store.identity.create_user("alice")
     with pytest.raises(StoreError, match="already exists"):
-        store.create_user("alice")
+        store.identity.create_user("alice")
     with pytest.raises(StoreError, match="already exists"):
-        store.create_user("ALICE")
-    store.delete_user("alice")
-    again = store.create_user("alice")
+        store.identity.create_user("ALICE")
+    store.identity.delete_user("alice")
+    again = store.identity.create_user("alice")
     assert again["id"] != first["id"]
 
 
 @pytest.mark.parametrize("name", ["", "-alice", ".a", "a b", "a/b", "a" * 65, "alice\n", "é"])
 def test_invalid_usernames(store: Store, name: str) -> None:
     with pytest.raises(StoreError, match="invalid username"):
-        store.create_user(name)
+        store.identity.create_user(name)
 
 
 def test_store_error_is_a_value_error() -> None:
@@ -193,77 +193,77 @@ def test_store_error_is_a_value_error() -> None:
 
 
 def test_token_lifecycle(store: Store) -> None:
-    user = store.create_user("alice", is_admin=True)
-    token, row = store.create_token("alice", lifetime=3600, name="laptop")
+    user = store.identity.create_user("alice", is_admin=True)
+    token, row = store.identity.create_token("alice", lifetime=3600, name="laptop")
     assert TOKEN_RE.fullmatch(token)
     assert row["id"] == token.split("-", 1)[0]
     assert row["name"] == "laptop" and row["user_id"] == user["id"] and row["revoked_at"] is None
     assert _parse_time(row["expires_at"]) - _parse_time(row["created_at"]) == timedelta(hours=1)
     assert "hashed_secret" not in row
 
-    assert store.authenticate(token) == {
+    assert store.identity.authenticate(token) == {
         "user_id": user["id"],
         "username": "alice",
         "is_admin": True,
         "token_id": row["id"],
         "expires_at": row["expires_at"],
     }
-    assert store.list_tokens("alice") == [row]
+    assert store.identity.list_tokens("alice") == [row]
 
-    assert store.revoke_token(row["id"]) is True
-    assert store.authenticate(token) is None
-    revoked_at = store.list_tokens("alice")[0]["revoked_at"]
+    assert store.identity.revoke_token(row["id"]) is True
+    assert store.identity.authenticate(token) is None
+    revoked_at = store.identity.list_tokens("alice")[0]["revoked_at"]
     _parse_time(revoked_at)
-    assert store.revoke_token(row["id"]) is True  # idempotent, keeps the first revocation time
-    assert store.list_tokens("alice")[0]["revoked_at"] == revoked_at
-    assert store.revoke_token("zzzzzzzzzz") is False
+    assert store.identity.revoke_token(row["id"]) is True  # idempotent, keeps the first revocation time
+    assert store.identity.list_tokens("alice")[0]["revoked_at"] == revoked_at
+    assert store.identity.revoke_token("zzzzzzzzzz") is False
 
 
 def test_token_without_lifetime_never_expires(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    store.create_user("alice")
-    token, row = store.create_token("alice")
+    store.identity.create_user("alice")
+    token, row = store.identity.create_token("alice")
     assert row["expires_at"] is None and row["name"] is None
     far_future = format_timestamp(datetime.now(timezone.utc) + timedelta(days=3650))
     monkeypatch.setattr(store_module, "utc_now", lambda: far_future)
-    assert store.authenticate(token) is not None
+    assert store.identity.authenticate(token) is not None
 
 
 def test_expired_token_fails(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    store.create_user("alice")
-    token, row = store.create_token("alice", lifetime=60)
-    assert store.authenticate(token) is not None
+    store.identity.create_user("alice")
+    token, row = store.identity.create_token("alice", lifetime=60)
+    assert store.identity.authenticate(token) is not None
     later = format_timestamp(_parse_time(row["expires_at"]) + timedelta(microseconds=1))
     monkeypatch.setattr(store_module, "utc_now", lambda: later)
-    assert store.authenticate(token) is None
+    assert store.identity.authenticate(token) is None
 
 
 def test_token_of_deleted_user_fails_even_after_the_name_is_reused(store: Store) -> None:
-    store.create_user("alice")
-    token, _ = store.create_token("alice")
-    store.delete_user("alice")
-    assert store.authenticate(token) is None
-    store.create_user("alice")
-    assert store.authenticate(token) is None
-    assert store.list_tokens("alice") == []
+    store.identity.create_user("alice")
+    token, _ = store.identity.create_token("alice")
+    store.identity.delete_user("alice")
+    assert store.identity.authenticate(token) is None
+    store.identity.create_user("alice")
+    assert store.identity.authenticate(token) is None
+    assert store.identity.list_tokens("alice") == []
 
 
 def test_create_token_errors(store: Store) -> None:
     with pytest.raises(StoreError, match="unknown user 'ghost'"):
-        store.create_token("ghost")
-    store.create_user("alice")
+        store.identity.create_token("ghost")
+    store.identity.create_user("alice")
     with pytest.raises(StoreError, match="lifetime must be positive"):
-        store.create_token("alice", lifetime=0)
+        store.identity.create_token("alice", lifetime=0)
     with pytest.raises(StoreError, match="name"):
-        store.create_token("alice", name="x" * 65)
+        store.identity.create_token("alice", name="x" * 65)
     with pytest.raises(StoreError, match="unknown user 'ghost'"):
-        store.list_tokens("ghost")
+        store.identity.list_tokens("ghost")
     assert store.db.execute("SELECT count(*) FROM api_tokens").fetchone()[0] == 0
 
 
 def test_only_the_hash_of_the_secret_is_stored(db_path: str) -> None:
-    with Store.from_path(db_path) as s:
-        s.create_user("alice")
-        tokens = [s.create_token("alice")[0] for _ in range(5)]
+    with open_store(db_path, migrate=True) as s:
+        s.identity.create_user("alice")
+        tokens = [s.identity.create_token("alice")[0] for _ in range(5)]
         stored = {row[0] for row in s.db.execute("SELECT hashed_secret FROM api_tokens")}
     raw = b"".join(p.read_bytes() for p in Path(db_path).parent.iterdir() if p.name.startswith("bridge.db"))
     for token in tokens:
@@ -275,8 +275,8 @@ def test_only_the_hash_of_the_secret_is_stored(db_path: str) -> None:
 
 
 def test_token_format_and_entropy(store: Store) -> None:
-    store.create_user("alice")
-    tokens = [store.create_token("alice")[0] for _ in range(50)]
+    store.identity.create_user("alice")
+    tokens = [store.identity.create_token("alice")[0] for _ in range(50)]
     ids, secrets_ = zip(*(t.split("-", 1) for t in tokens))
     assert all(TOKEN_RE.fullmatch(t) for t in tokens)
     assert len(set(ids)) == 50 and len(set(secrets_)) == 50
@@ -286,18 +286,18 @@ def test_token_format_and_entropy(store: Store) -> None:
 
 
 def test_malformed_and_wrong_tokens(store: Store) -> None:
-    store.create_user("alice")
-    token, row = store.create_token("alice")
+    store.identity.create_user("alice")
+    token, row = store.identity.create_token("alice")
     token_id, secret = token.split("-", 1)
-    other, _ = store.create_token("alice")
+    other, _ = store.identity.create_token("alice")
     wrong_secret = secret[:-1] + ("A" if secret[-1] != "A" else "B")
     for bad in [
         f"{token_id}-{wrong_secret}",  # right id, wrong secret
         f"{other.split('-', 1)[0]}-{secret}",  # secret of one token with the id of another
         f"zzzzzzzzzz-{secret}",  # unknown id
     ]:
-        assert store.authenticate(bad) is None
-    assert store.authenticate(token) is not None
+        assert store.identity.authenticate(bad) is None
+    assert store.identity.authenticate(token) is not None
 
 
 @pytest.mark.parametrize(
@@ -319,6 +319,6 @@ def test_malformed_and_wrong_tokens(store: Store) -> None:
     ],
 )
 def test_malformed_tokens_do_not_touch_the_database(store_url: str, bad: object) -> None:
-    s = Store.from_path(store_url)
+    s = open_store(store_url, migrate=True)
     s.close()  # any query would now raise
-    assert s.authenticate(bad) is None  # type: ignore[arg-type]
+    assert s.identity.authenticate(bad) is None  # type: ignore[arg-type]

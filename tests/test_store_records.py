@@ -14,7 +14,7 @@ from bridge.records import InterceptionEndRecord
 
 from bridge.store import (
     CHILD_TABLES, RECORD_COLUMNS, InterceptionFilter, PostgresStore, RecordBatch, Store, StoreError, format_timestamp,
-    refused,
+    open_store, refused,
 )
 
 NOW = datetime(2026, 6, 1, tzinfo=timezone.utc)
@@ -22,13 +22,13 @@ NOW = datetime(2026, 6, 1, tzinfo=timezone.utc)
 
 @pytest.fixture
 def store(store_url: str):
-    with Store.from_path(store_url) as s:
+    with open_store(store_url, migrate=True) as s:
         yield s
 
 
 @pytest.fixture
 def sqlite_store(tmp_path: Path):
-    with Store.from_path(str(tmp_path / "bridge.db")) as s:
+    with open_store(str(tmp_path / "bridge.db"), migrate=True) as s:
         yield s
 
 
@@ -79,24 +79,24 @@ def test_schema_has_exactly_the_spec_columns(store: Store) -> None:
 
 def test_write_records_is_idempotent(store: Store) -> None:
     batch = combined(*(interception(NOW - timedelta(minutes=n)) for n in range(3)))
-    store.write_records(batch)
+    store.records.write_records(batch)
     first = {table: list(store.db.query(f"SELECT * FROM {table} ORDER BY id")) for table in RECORD_COLUMNS}
-    store.write_records(batch)  # a journal replay
-    store.write_records(RecordBatch.from_json(batch.to_json()))
+    store.records.write_records(batch)  # a journal replay
+    store.records.write_records(RecordBatch.from_json(batch.to_json()))
     again = {table: list(store.db.query(f"SELECT * FROM {table} ORDER BY id")) for table in RECORD_COLUMNS}
     assert again == first
-    assert store.count_records() == {table: 3 for table in RECORD_COLUMNS}
+    assert store.queries.count_records() == {table: 3 for table in RECORD_COLUMNS}
 
 
 def test_end_sets_ended_at_and_merges_metadata(store: Store) -> None:
     batch = interception(NOW)
     iid = batch.interceptions[0].id
     start = RecordBatch(interceptions=batch.interceptions)
-    store.write_records(start)
-    assert store.get_interception(iid)["ended_at"] is None
+    store.records.write_records(start)
+    assert store.queries.get_interception(iid)["ended_at"] is None
     batch.interceptions = []
-    store.write_records(batch)
-    row = store.get_interception(iid)
+    store.records.write_records(batch)
+    row = store.queries.get_interception(iid)
     assert row["ended_at"] == format_timestamp(NOW)
     assert json.loads(row["metadata"]) == {"a": 1, "b": 2}
     assert [r["prompt"] for r in row["user_prompts"]] == ["hi"]
@@ -115,8 +115,8 @@ def test_end_metadata_is_a_merge_patch_on_both_backends(store: Store) -> None:
     batch = interception(NOW, metadata='{"streaming": true, "stop_reason": "x", "kept": 1}')
     iid = batch.interceptions[0].id
     batch.ends = [InterceptionEndRecord(id=iid, ended_at=format_timestamp(NOW), metadata={"stop_reason": None, "status": 200})]
-    store.write_records(batch)
-    assert json.loads(store.get_interception(iid)["metadata"]) == {"streaming": True, "kept": 1, "status": 200}
+    store.records.write_records(batch)
+    assert json.loads(store.queries.get_interception(iid)["metadata"]) == {"streaming": True, "kept": 1, "status": 200}
 
 
 def test_two_ends_adding_keys_in_steps_keep_both_steps_on_both_backends(store: Store) -> None:
@@ -130,37 +130,37 @@ def test_two_ends_adding_keys_in_steps_keep_both_steps_on_both_backends(store: S
     iid = one_batch.interceptions[0].id
     one_batch.ends = [InterceptionEndRecord(id=iid, ended_at=format_timestamp(NOW), metadata=steps[0]),
                       InterceptionEndRecord(id=iid, ended_at=later, metadata=steps[1])]
-    store.write_records(one_batch)
-    row = store.get_interception(iid)
+    store.records.write_records(one_batch)
+    row = store.queries.get_interception(iid)
     assert json.loads(row["metadata"]) == expected
     assert row["ended_at"] == later
 
     two_batches = interception(NOW)
     iid = two_batches.interceptions[0].id
     two_batches.ends = [InterceptionEndRecord(id=iid, ended_at=format_timestamp(NOW), metadata=steps[0])]
-    store.write_records(two_batches)
-    store.write_records(RecordBatch.load(dict(ends=[{"id": iid, "ended_at": later, "metadata": steps[1]}])))
-    assert json.loads(store.get_interception(iid)["metadata"]) == expected
+    store.records.write_records(two_batches)
+    store.records.write_records(RecordBatch.load(dict(ends=[{"id": iid, "ended_at": later, "metadata": steps[1]}])))
+    assert json.loads(store.queries.get_interception(iid)["metadata"]) == expected
 
 
 def test_a_refused_batch_writes_nothing(store: Store) -> None:
     good = interception(NOW)
     orphan_end = RecordBatch.load(dict(ends=[{"id": "missing", "ended_at": format_timestamp(NOW), "metadata": None}]))
     with pytest.raises(StoreError, match="does not exist"):
-        store.write_records(combined(good, orphan_end))
+        store.records.write_records(combined(good, orphan_end))
     bad_column = interception(NOW)
     with pytest.raises(ValueError, match="promt: Unknown field"):  # a journal line with a misspelt column
         RecordBatch.load({"user_prompts": [{"id": "p", "interception_id": bad_column.interceptions[0].id,
                                             "created_at": format_timestamp(NOW), "promt": "typo"}]})
     bad_column.tool_usages.append(bad_column.user_prompts[0])  # a record in the wrong table
     with pytest.raises(StoreError, match="is not a ToolUsageRecord"):
-        store.write_records(bad_column)
+        store.records.write_records(bad_column)
     no_start = interception(NOW)
     no_start.interceptions[0].started_at = None
     with pytest.raises(Exception) as refusal:  # not silently skipped
-        store.write_records(no_start)
+        store.records.write_records(no_start)
     assert refused(refusal.value), refusal.value
-    assert store.count_records() == {table: 0 for table in RECORD_COLUMNS}
+    assert store.queries.count_records() == {table: 0 for table in RECORD_COLUMNS}
     assert not store.db.conn.in_transaction
 
 
@@ -178,16 +178,16 @@ def test_every_value_is_stored_exactly_whatever_the_batch_holds(store: Store) ->
     iid = plain.interceptions[0].id
     repeated.ends.append(InterceptionEndRecord(id=iid, ended_at=format_timestamp(NOW + timedelta(seconds=1)),
                                                metadata='{"c": 3}'))
-    store.write_records(repeated)
-    assert store.count_records() == {table: 2 for table in RECORD_COLUMNS}
-    first = store.get_interception(iid)
+    store.records.write_records(repeated)
+    assert store.queries.count_records() == {table: 2 for table in RECORD_COLUMNS}
+    first = store.queries.get_interception(iid)
     assert first["model"] == stored
     assert first["ended_at"] == format_timestamp(NOW + timedelta(seconds=1))
     assert json.loads(first["metadata"]) == {"a": 1, "b": 2, "c": 3}  # the first end's key too
-    second = store.get_interception(with_nul.interceptions[0].id)
+    second = store.queries.get_interception(with_nul.interceptions[0].id)
     assert [r["prompt"] for r in second["user_prompts"]] == [stored]
     assert [r["content"] for r in second["model_thoughts"]] == [stored]
-    totals = {row["group"]: row for row in store.usage_summary("model")}
+    totals = {row["group"]: row for row in store.queries.usage_summary("model")}
     assert totals[stored]["interceptions"] == 1 and totals[stored]["input_tokens"] == 10
     assert totals["claude"]["interceptions"] == 1
 
@@ -196,8 +196,8 @@ def test_ending_several_missing_interceptions_names_the_first(store: Store) -> N
     good = interception(NOW)
     ends = [{"id": name, "ended_at": format_timestamp(NOW), "metadata": None} for name in ("gone-1", "gone-2")]
     with pytest.raises(StoreError, match="cannot end interception 'gone-1'"):
-        store.write_records(combined(good, RecordBatch.load(dict(ends=ends))))
-    assert store.count_records() == {table: 0 for table in RECORD_COLUMNS}
+        store.records.write_records(combined(good, RecordBatch.load(dict(ends=ends))))
+    assert store.queries.count_records() == {table: 0 for table in RECORD_COLUMNS}
 
 
 def test_split_isolates_each_interception() -> None:
@@ -210,34 +210,34 @@ def test_purge_deletes_exactly_the_old_interceptions_with_their_children(store: 
     cutoff = NOW - timedelta(days=30)
     old = [interception(cutoff - timedelta(seconds=n + 1)) for n in range(12)]
     new = [interception(cutoff + timedelta(seconds=n)) for n in range(8)]  # started_at == cutoff is kept
-    store.write_records(combined(*old, *new))
-    assert store.purge_records(format_timestamp(cutoff)) == 12
-    assert store.count_records() == {table: 8 for table in RECORD_COLUMNS}
+    store.records.write_records(combined(*old, *new))
+    assert store.retention.purge_records(format_timestamp(cutoff)) == 12
+    assert store.queries.count_records() == {table: 8 for table in RECORD_COLUMNS}
     kept = {r["id"] for r in store.db.query("SELECT id FROM aibridge_interceptions")}
     assert kept == {b.interceptions[0].id for b in new}
     for table in CHILD_TABLES.values():
         assert {r["interception_id"] for r in store.db.query(f"SELECT interception_id FROM {table}")} == kept
-    assert store.purge_records(format_timestamp(cutoff)) == 0
+    assert store.retention.purge_records(format_timestamp(cutoff)) == 0
 
 
 def test_purge_runs_in_chunks_of_short_transactions(sqlite_store: Store) -> None:
     store = sqlite_store
-    store.write_records(combined(*(interception(NOW - timedelta(days=90, seconds=n)) for n in range(50))))
+    store.records.write_records(combined(*(interception(NOW - timedelta(days=90, seconds=n)) for n in range(50))))
     statements: list[str] = []
     store.db.conn.set_trace_callback(statements.append)
-    assert store.purge_records(format_timestamp(NOW), chunk=7) == 50
+    assert store.retention.purge_records(format_timestamp(NOW), chunk=7) == 50
     store.db.conn.set_trace_callback(None)
     assert statements.count("BEGIN IMMEDIATE") == 8  # 7 full chunks and one of 1
     assert statements.count("COMMIT") == 8
-    assert store.count_records() == {table: 0 for table in RECORD_COLUMNS}
+    assert store.queries.count_records() == {table: 0 for table in RECORD_COLUMNS}
 
 
 def test_purge_max_chunks_bounds_one_call(store: Store) -> None:
-    store.write_records(combined(*(interception(NOW - timedelta(days=90, seconds=n)) for n in range(20))))
-    assert store.purge_records(format_timestamp(NOW), chunk=3, max_chunks=2) == 6
+    store.records.write_records(combined(*(interception(NOW - timedelta(days=90, seconds=n)) for n in range(20))))
+    assert store.retention.purge_records(format_timestamp(NOW), chunk=3, max_chunks=2) == 6
     # Oldest first: the remaining ones are the newest.
-    assert store.count_records()["aibridge_interceptions"] == 14
-    assert store.purge_records(format_timestamp(NOW), chunk=3) == 14
+    assert store.queries.count_records()["aibridge_interceptions"] == 14
+    assert store.retention.purge_records(format_timestamp(NOW), chunk=3) == 14
 
 
 def _plan(store: Store, sql: str, params: list) -> str:
@@ -246,7 +246,7 @@ def _plan(store: Store, sql: str, params: list) -> str:
 
 def test_indexes_serve_the_queries(sqlite_store: Store) -> None:
     store = sqlite_store
-    store.write_records(combined(*(interception(NOW - timedelta(minutes=n)) for n in range(30))))
+    store.records.write_records(combined(*(interception(NOW - timedelta(minutes=n)) for n in range(30))))
     store.db.execute("ANALYZE")
     page = _plan(
         store,
@@ -269,11 +269,11 @@ def test_indexes_serve_the_queries(sqlite_store: Store) -> None:
 
 
 def test_read_helpers(store: Store) -> None:
-    assert store.get_interception("nope") is None
-    assert store.count_records() == {table: 0 for table in RECORD_COLUMNS}
+    assert store.queries.get_interception("nope") is None
+    assert store.queries.count_records() == {table: 0 for table in RECORD_COLUMNS}
     batch = interception(NOW)
-    store.write_records(batch)
-    row = store.get_interception(batch.interceptions[0].id)
+    store.records.write_records(batch)
+    row = store.queries.get_interception(batch.interceptions[0].id)
     assert row["client"] == "Claude Code"
     assert {name: len(row[name]) for name in CHILD_TABLES} == {name: 1 for name in CHILD_TABLES}
 
@@ -282,7 +282,7 @@ def test_rollup_ranges_are_primary_key_searches(sqlite_store: Store) -> None:
     """The usage rollups are WITHOUT ROWID tables keyed (period, dimensions...): a time range is one
     range of the primary key b-tree, whatever else the query asks."""
     store = sqlite_store
-    store.write_records(combined(*(interception(NOW - timedelta(hours=n)) for n in range(30))))
+    store.records.write_records(combined(*(interception(NOW - timedelta(hours=n)) for n in range(30))))
     for period, table in (("hour", "aibridge_usage_hourly"), ("day", "aibridge_usage_daily"),
                           ("hour", "aibridge_tool_usage_hourly"), ("day", "aibridge_tool_usage_daily")):
         assert store.db[table].pks[0] == period
@@ -309,29 +309,29 @@ def test_both_backends_answer_the_same(tmp_path: Path, postgres) -> None:
     rest = RecordBatch(ends=late.ends, **{name: getattr(late, name) for name in CHILD_TABLES})
     answers = []
     for target in (str(tmp_path / "bridge.db"), postgres.create_database("agree")):
-        with Store.from_path(target) as store:
+        with open_store(target, migrate=True) as store:
             for batch in (early, starts_only, rest, early):  # early twice: a replay adds nothing
-                store.write_records(batch)
+                store.records.write_records(batch)
             since, until = format_timestamp(NOW - timedelta(days=10)), format_timestamp(NOW)
             found: dict[str, object] = {
-                "clients": store.interception_clients(),
-                "own clients": store.interception_clients(viewer_id="u2"),
-                "summary": [store.usage_summary(by, since) for by in ("user", "model", "client", "provider")],
-                "series": [store.usage_series("model", bucket, since, until, viewer_id=viewer)
+                "clients": store.queries.interception_clients(),
+                "own clients": store.queries.interception_clients(viewer_id="u2"),
+                "summary": [store.queries.usage_summary(by, since) for by in ("user", "model", "client", "provider")],
+                "series": [store.queries.usage_series("model", bucket, since, until, viewer_id=viewer)
                            for bucket in ("hour", "day") for viewer in (None, "u1")],
-                "tools": store.top_tools(since, until),
+                "tools": store.queries.top_tools(since, until),
             }
             pages = []
             for filters, kwargs in [(None, {"limit": 7}), (InterceptionFilter(model="gpt-4o"), {"limit": 5, "offset": 3}),
                                     (InterceptionFilter(initiator="u2", client="Codex"), {"limit": 100}),
                                     (InterceptionFilter(started_after=since, started_before=until), {"limit": 10})]:
-                page = store.query_interceptions(filters, **kwargs)
-                follow = (store.query_interceptions(filters, limit=4, after_id=page["results"][-1]["id"])
+                page = store.queries.query_interceptions(filters, **kwargs)
+                follow = (store.queries.query_interceptions(filters, limit=4, after_id=page["results"][-1]["id"])
                           if page["results"] else None)
                 pages.append((page, follow))
             found["pages"] = pages
-            found["purged"] = store.purge_records(format_timestamp(NOW - timedelta(days=5)))
-            found["after purge"] = (store.count_records(), store.usage_summary("model"), store.top_tools(since, until))
+            found["purged"] = store.retention.purge_records(format_timestamp(NOW - timedelta(days=5)))
+            found["after purge"] = (store.queries.count_records(), store.queries.usage_summary("model"), store.queries.top_tools(since, until))
             answers.append(found)
     sqlite_answers, postgres_answers = answers
     for key in sqlite_answers:

@@ -19,7 +19,7 @@ import requests
 from bridge.auth import Authenticator
 from bridge.recorder import InterceptionStart, Recorder
 from bridge.records import InterceptionRecord, new_id
-from bridge.store import Store
+from bridge.store import open_store
 from bridge.timestamps import utc_now
 from tests.conftest import provider_env
 
@@ -32,9 +32,9 @@ def _chattr(flag: str, *paths: Path) -> None:
 
 def test_a_read_only_connection_is_not_kept_to_pin_the_others(tmp_path: Path) -> None:
     database = tmp_path / "bridge.db"
-    with Store.from_path(str(database)) as store:
-        store.create_user("alice")
-        token, _ = store.create_token("alice")
+    with open_store(str(database), migrate=True) as store:
+        store.identity.create_user("alice")
+        token, _ = store.identity.create_token("alice")
     # Another worker keeps the database open: its -shm stays (and is never written while immutable).
     other = subprocess.Popen([sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]);"
                               " c.execute('SELECT count(*) FROM users').fetchone(); print('open', flush=True);"
@@ -54,10 +54,10 @@ def test_a_read_only_connection_is_not_kept_to_pin_the_others(tmp_path: Path) ->
         recorder.record(InterceptionStart(InterceptionRecord(**row)))
         deadline = time.monotonic() + WAIT
         written = None
-        with Store(str(database)) as reader:
+        with open_store(str(database)) as reader:
             while written is None and time.monotonic() < deadline:
                 recorder.flush(1)
-                written = reader.get_interception(row["id"])
+                written = reader.queries.get_interception(row["id"])
                 time.sleep(0.1)
         assert written is not None, "the recorder stayed read-only"
         assert authenticator.lookup(token)["username"] == "alice"
@@ -70,9 +70,9 @@ def test_a_read_only_connection_is_not_kept_to_pin_the_others(tmp_path: Path) ->
 def test_a_worker_started_on_read_only_files_says_so_then_writes_once_they_are_writable(
         start_gateway, upstream, tmp_path: Path) -> None:
     database = tmp_path / "bridge.db"
-    with Store.from_path(str(database)) as store:
-        store.create_user("admin", is_admin=True)
-        token, _ = store.create_token("admin")
+    with open_store(str(database), migrate=True) as store:
+        store.identity.create_user("admin", is_admin=True)
+        token, _ = store.identity.create_token("admin")
     headers = {"Authorization": f"Bearer {token}"}
     _chattr("+i", database)
     try:

@@ -21,8 +21,8 @@ def _thread(store: Store) -> int:
 def test_calls_run_on_native_threads_and_return_their_results(tmp_path: Path) -> None:
     database = Database(str(tmp_path / "bridge.db"))
     try:
-        user = database.write(Store.create_user, "alice", is_admin=True)
-        assert database.read(Store.get_user, "alice")["id"] == user["id"]
+        user = database.identity.create_user("alice", is_admin=True)
+        assert database.identity.get_user("alice")["id"] == user["id"]
         hub = threading.get_ident()
         writer = database.write(_thread)
         assert writer != hub and database.write(_thread) == writer  # one write thread

@@ -32,6 +32,7 @@ from bridge.store import (
     RecordBatch,
     Store,
     StoreError,
+    open_store,
 )
 from bridge.timestamps import format_timestamp
 from tests.test_api import Dataset, make_client, seed_dataset, spy_store_threads
@@ -159,7 +160,7 @@ class Traffic:
         batch = self.batch()
         parts = batch.split() if rng.random() < 0.2 else [batch]
         for part in parts:
-            store.write_records(part)
+            store.records.write_records(part)
         self.written.append(batch)
         if rng.random() < 0.3:
             self.replay(store, rng.choice(self.written))
@@ -171,14 +172,14 @@ class Traffic:
     @staticmethod
     def replay(store: Store, batch: RecordBatch) -> None:
         try:
-            store.write_records(batch)
+            store.records.write_records(batch)
         except (StoreError, sqlite3.IntegrityError):  # it ends (or adds to) an interception purged since:
             pass  # refused as a whole, as the recorder sets it aside; the rollups must not move either
 
 
 @pytest.fixture
 def store(tmp_path: Path):
-    with Store.from_path(str(tmp_path / "usage.db")) as s:
+    with open_store(str(tmp_path / "usage.db"), migrate=True) as s:
         yield s
 
 
@@ -191,11 +192,11 @@ def test_rollups_equal_a_group_by_over_the_records_through_replays_and_purges(st
         assert rollups(store) == grouped_records(store), f"round {round_}"
         # Purge at midnight (no partial hour or day is kept: see the test below), in chunks.
         cutoff = T0.replace(hour=0) + timedelta(days=round_ // 2 + traffic.rng.randint(0, 1))
-        store.purge_records(format_timestamp(cutoff), chunk=traffic.rng.choice((3, 10, 5000)))
+        store.retention.purge_records(format_timestamp(cutoff), chunk=traffic.rng.choice((3, 10, 5000)))
         traffic.open = [(iid, at) for iid, at in traffic.open if at >= format_timestamp(cutoff)]  # gone
         assert rollups(store) == grouped_records(store), f"after purge {round_}"
     assert sum(r[0] for r in rollups(store)[USAGE_ROLLUPS["hour"]].values()) > 20  # it did count something
-    store.purge_records(format_timestamp(T0 + timedelta(days=10)))
+    store.retention.purge_records(format_timestamp(T0 + timedelta(days=10)))
     assert all(not rows for rows in rollups(store).values())
 
 
@@ -203,12 +204,12 @@ def test_a_batch_written_twice_counts_once(store: Store) -> None:
     traffic = Traffic(7)
     batches = [traffic.batch() for _ in range(20)]
     for batch in batches:
-        store.write_records(batch)
+        store.records.write_records(batch)
     once = rollups(store)
     assert once == grouped_records(store)
     for batch in batches:
-        store.write_records(batch)
-        store.write_records(RecordBatch.from_json(batch.to_json()))
+        store.records.write_records(batch)
+        store.records.write_records(RecordBatch.from_json(batch.to_json()))
     assert rollups(store) == once
 
 
@@ -216,14 +217,14 @@ def test_children_count_under_their_interceptions_hour_when_written_later(store:
     started = format_timestamp(T0 + timedelta(minutes=59, seconds=59))  # 21:59:59, day 28
     start = {"id": "i-1", "initiator_id": "u", "provider": "openai", "provider_name": "openai", "model": "gpt-5",
              "client": "Codex", "started_at": started}
-    store.write_records(RecordBatch.load(dict(interceptions=[start])))
+    store.records.write_records(RecordBatch.load(dict(interceptions=[start])))
     later = format_timestamp(T0 + timedelta(hours=3))  # the next day
-    store.write_records(RecordBatch.load(dict(
+    store.records.write_records(RecordBatch.load(dict(
         ends=[{"id": "i-1", "ended_at": later, "metadata": None}],
         token_usages=[{"id": "t-1", "interception_id": "i-1", "input_tokens": 5, "output_tokens": 7, "created_at": later}],
         tool_usages=[{"id": "c-1", "interception_id": "i-1", "tool": "shell", "created_at": later}])))
     # No end in this batch: the interception is looked up in the store.
-    store.write_records(RecordBatch.load(dict(
+    store.records.write_records(RecordBatch.load(dict(
         token_usages=[{"id": "t-2", "interception_id": "i-1", "input_tokens": 1, "cache_read_input_tokens": 2,
                        "cache_write_input_tokens": 3, "created_at": later}],
         tool_usages=[{"id": "c-2", "interception_id": "i-1", "tool": "shell", "created_at": later}])))
@@ -240,31 +241,31 @@ def test_a_refused_batch_adds_nothing_to_the_rollups(store: Store) -> None:
     good = traffic.batch()
     while not good.interceptions:
         good = traffic.batch()
-    store.write_records(good)
+    store.records.write_records(good)
     before = rollups(store)
     bad = traffic.batch()
     bad.interceptions.append(dataclasses.replace(good.interceptions[0], id="new-one"))
     bad.token_usages.append(TokenUsageRecord(id="orphan", interception_id="missing", created_at="2026-03-29T00:00:00Z"))
     with pytest.raises(Exception):  # the foreign key refuses the orphan: the whole batch rolls back
-        store.write_records(bad)
+        store.records.write_records(bad)
     with pytest.raises(StoreError):  # a record in the wrong table
-        store.write_records(RecordBatch(interceptions=[dataclasses.replace(bad.token_usages[-1], id="x")]))
+        store.records.write_records(RecordBatch(interceptions=[dataclasses.replace(bad.token_usages[-1], id="x")]))
     assert rollups(store) == before == grouped_records(store)
 
 
 def test_a_purge_keeps_the_cutoffs_partial_hour_and_day(store: Store) -> None:
     rows = [{"id": f"i-{n}", "initiator_id": "u", "provider": "openai", "provider_name": "openai", "model": "m",
              "client": "c", "started_at": format_timestamp(T0 + timedelta(minutes=20 * n))} for n in range(12)]
-    store.write_records(RecordBatch.load(dict(interceptions=rows)))  # 21:00 .. 00:40 the next day, three per hour
+    store.records.write_records(RecordBatch.load(dict(interceptions=rows)))  # 21:00 .. 00:40 the next day, three per hour
     cutoff = T0 + timedelta(hours=2, minutes=30)  # 23:30
-    assert store.purge_records(format_timestamp(cutoff), chunk=2) == 8  # up to 23:20
+    assert store.retention.purge_records(format_timestamp(cutoff), chunk=2) == 8  # up to 23:20
     hourly = {key[0]: figures[0] for key, figures in rollups(store)[USAGE_ROLLUPS["hour"]].items()}
     # 21:00 and 22:00 are gone; 23:00 keeps its three (two of them purged); 00:00 untouched.
     assert hourly == {"2026-03-28T23:00:00Z": 3, "2026-03-29T00:00:00Z": 3}
     daily = {key[0]: figures[0] for key, figures in rollups(store)[USAGE_ROLLUPS["day"]].items()}
     assert daily == {"2026-03-28T00:00:00Z": 9, "2026-03-29T00:00:00Z": 3}  # the cutoff's day stays whole
     # Once the cutoff moves past them, the partial hour and day go.
-    store.purge_records(format_timestamp(T0 + timedelta(hours=3)))
+    store.retention.purge_records(format_timestamp(T0 + timedelta(hours=3)))
     assert {key[0] for key in rollups(store)[USAGE_ROLLUPS["hour"]]} == {"2026-03-29T00:00:00Z"}
     assert {key[0] for key in rollups(store)[USAGE_ROLLUPS["day"]]} == {"2026-03-29T00:00:00Z"}
     assert rollups(store) == grouped_records(store)
@@ -273,13 +274,13 @@ def test_a_purge_keeps_the_cutoffs_partial_hour_and_day(store: Store) -> None:
 def test_a_bounded_purge_never_drops_the_rollups_of_hours_still_holding_records(store: Store) -> None:
     traffic = Traffic(11)
     for _ in range(40):
-        store.write_records(traffic.batch())
+        store.records.write_records(traffic.batch())
     for batch in (traffic.batch() for _ in range(5)):  # end what is still open: all children written
-        store.write_records(batch)
+        store.records.write_records(batch)
     cutoff = format_timestamp(T0 + timedelta(days=3, minutes=30))
     expected_after = None
     while True:
-        deleted = store.purge_records(cutoff, chunk=4, max_chunks=1)
+        deleted = store.retention.purge_records(cutoff, chunk=4, max_chunks=1)
         got, raw = rollups(store), grouped_records(store)
         for table, rows in raw.items():
             for key, figures in rows.items():  # every hour (day) with records keeps its rollup row
@@ -297,7 +298,7 @@ def test_a_bounded_purge_never_drops_the_rollups_of_hours_still_holding_records(
 
 
 def test_the_migration_backfills_the_rollups_from_existing_records(tmp_path: Path) -> None:
-    store = Store(str(tmp_path / "old.db"))
+    store = open_store(str(tmp_path / "old.db"))
     # The schema before rollups (0001-0003), and records written behind write_records' back.
     with store.write():
         MIGRATIONS.apply(store.db, stop_before="0004_usage_rollups")
@@ -316,7 +317,7 @@ def test_the_migration_backfills_the_rollups_from_existing_records(tmp_path: Pat
     assert rollups(store) == grouped_records(store)
     assert sum(r[0] for r in rollups(store)[USAGE_ROLLUPS["day"]].values()) > 50
     store.db.execute("DELETE FROM aibridge_usage_daily")
-    store.rebuild_rollups()
+    store.rollups.rebuild()
     assert rollups(store) == grouped_records(store)
     store.close()
 
@@ -361,7 +362,7 @@ def test_usage_series_sums_whole_hours_of_the_range(store: Store, since: str, un
     for by, column in (("user", "initiator_id"), ("model", "model"), ("client", "client"), ("provider", "provider_name")):
         for bucket in ("hour", "day"):
             for viewer in (None, "u-ben"):
-                found = store.usage_series(by, bucket, since, until, viewer_id=viewer)
+                found = store.queries.usage_series(by, bucket, since, until, viewer_id=viewer)
                 got = {(s["key"] or "", p["t"]): [p[f] for f in FIGURES] for s in found["series"] for p in s["points"]}
                 assert got == _model_sums(store, column, low, high, bucket, viewer), (by, bucket, viewer)
                 for series in found["series"]:
@@ -372,7 +373,7 @@ def test_usage_series_sums_whole_hours_of_the_range(store: Store, since: str, un
                 assert tokens == sorted(tokens, reverse=True)
                 if viewer is not None and by == "user":
                     assert [s["key"] for s in found["series"]] in ([], ["u-ben"])
-        summary = store.usage_summary(by, since)
+        summary = store.queries.usage_summary(by, since)
         expected = {key: figures for (key, _), figures in _model_sums(store, column, low, "9999", None).items()}
         assert {r["user_id" if by == "user" else "group"] or "": [r[f] for f in FIGURES] for r in summary} == expected
 
@@ -391,9 +392,9 @@ def test_top_tools(store: Store) -> None:
             if "2026-03-29T05" <= started[:13] <= "2026-03-31T13" and viewer in (None, initiator):
                 expected[tool] += 1
         ranked = sorted(expected.items(), key=lambda item: (-item[1], item[0]))
-        assert store.top_tools(since, until, limit=100, viewer_id=viewer) == [
+        assert store.queries.top_tools(since, until, limit=100, viewer_id=viewer) == [
             {"tool": tool or None, "calls": calls} for tool, calls in ranked]
-        assert store.top_tools(since, until, limit=2, viewer_id=viewer) == [
+        assert store.queries.top_tools(since, until, limit=2, viewer_id=viewer) == [
             {"tool": tool or None, "calls": calls} for tool, calls in ranked[:2]]
 
 
@@ -411,8 +412,8 @@ def data(tmp_path_factory) -> Dataset:
     newest = max((r for r in data.records if r["initiator_id"] == bob), key=lambda r: r["started_at"])
     rows = [{"id": f"extra-{tool}-{n}", "interception_id": newest["id"], "tool": tool, "created_at": newest["started_at"]}
             for tool, count in EXTRA_TOOLS.items() for n in range(count)]
-    with Store(str(data.path)) as store:
-        store.write_records(RecordBatch.load(dict(tool_usages=rows)))
+    with open_store(str(data.path)) as store:
+        store.records.write_records(RecordBatch.load(dict(tool_usages=rows)))
     newest["tool_usages"] = newest["tool_usages"] + rows
     return data
 

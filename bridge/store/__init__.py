@@ -1,15 +1,24 @@
 """The store: the only package that speaks SQL. SQLite by default, PostgreSQL for several instances.
 
-``open_store(target)`` (or ``Store(target)``; ``Store.from_path`` also migrates) opens the backend
-``target`` names: a path or ``sqlite:///PATH`` -> ``sqlite.SqliteStore``; ``postgres://`` /
-``postgresql://`` -> ``postgres.PostgresStore``. Only this module chooses. Layout:
+``open_store(target, migrate=..., writable=..., busy_timeout=...)`` is the one way to open it:
+a path or ``sqlite:///PATH`` -> ``sqlite.SqliteStore``; ``postgres://`` / ``postgresql://`` ->
+``postgres.PostgresStore``. A process reaches it through a ``Database`` (runner.py). Layout, each
+module importing only those above it:
 
-- ``common.py``: the record model and the plain-Python helpers (no SQL);
-- ``base.py``: ``Store``, every query written once in the SQL both dialects share;
-- ``sqlite.py`` / ``postgres.py``: connections, transactions, migrations, and the few
-  fragments each dialect spells its own way;
-- ``runner.py``: ``Database``, a worker's write thread and read pool, through which the recorder,
-  auth, the API and /readyz reach the store (never from the gevent hub).
+- ``common.py``: ``RecordBatch`` (typed records, bridge.records), the columns, the plain-Python helpers (no SQL);
+- ``dialect.py``: ``Dialect``, what the concerns use of a backend: a connection, transactions and
+  the few fragments each dialect spells its own way; ``@writes`` marks the methods that write;
+- ``identity.py`` (users, tokens, authentication), ``rollups.py`` (the usage rollups),
+  ``writes.py`` (record batches), ``retention.py`` (purging), ``processes.py`` (heartbeats, the
+  interceptions of processes that are gone), ``queries.py`` (reading records and usage): one class
+  per concern, holding a Dialect, its SQL written once for both databases;
+- ``backend.py``: ``Store``, a Dialect with its concerns as attributes (``store.identity``,
+  ``store.records``, ``store.rollups``, ``store.retention``, ``store.processes``, ``store.queries``);
+- ``sqlite.py`` / ``postgres.py``: each backend's connection, transactions, migrations and fragments;
+- ``opening.py``: which backend a setting names, and ``open_store``;
+- ``runner.py``: ``Database``, a process's write thread and read pool (or its own thread, for the
+  CLI), through which the recorder, auth, the API, /readyz and the CLI reach the store
+  (``database.queries.top_tools(...)``), never from the gevent hub.
 """
 
 from __future__ import annotations
@@ -18,42 +27,33 @@ import sqlite3
 import sys
 from typing import Any
 
-from bridge.store.base import Store, is_postgres_url
+from bridge.store.backend import Store
 from bridge.store.common import (
     CHILD_TABLES, RECORD_COLUMNS, ROLLUP_TABLES, TOKEN_ID_LENGTH, TOOL_DAILY_DIMENSIONS, TOOL_DIMENSIONS,
-    TOOL_ROLLUPS, USAGE_DIMENSIONS, USAGE_GROUPS, USAGE_ROLLUPS, USERNAME_RE, InterceptionFilter, RecordBatch,
-    StoreError, UnknownCursor, auth_stamp_path, mask_url, touch_auth_stamp,
+    TOOL_ROLLUPS, USAGE_DIMENSIONS, USAGE_GROUPS, USAGE_ROLLUPS, USERNAME_RE, InterceptionFilter, OwnerState,
+    RecordBatch, StoreError, UnknownCursor, auth_stamp_path, mask_url, touch_auth_stamp,
 )
-from bridge.store.runner import Database, database_errors, journal_base
+from bridge.store.identity import Identity
+from bridge.store.opening import is_postgres_url, open_store
+from bridge.store.processes import Processes
+from bridge.store.queries import RecordQueries
+from bridge.store.retention import Retention
+from bridge.store.rollups import Rollups
+from bridge.store.runner import Database, database_errors, file_id, journal_base
 from bridge.store.sqlite import MIGRATIONS, SqliteStore  # MIGRATIONS: SQLite's (sqlite-utils), as before the split
+from bridge.store.writes import RecordWrites
 from bridge.timestamps import format_timestamp, utc_now
 
 
 __all__ = [
-    "CHILD_TABLES", "Database", "MIGRATIONS", "RECORD_COLUMNS", "ROLLUP_TABLES", "TOKEN_ID_LENGTH", "TOOL_DAILY_DIMENSIONS",
+    "CHILD_TABLES", "Database", "Identity", "MIGRATIONS", "OwnerState", "Processes", "RECORD_COLUMNS", "ROLLUP_TABLES",
+    "RecordQueries", "RecordWrites", "Retention", "Rollups", "TOKEN_ID_LENGTH", "TOOL_DAILY_DIMENSIONS",
     "TOOL_DIMENSIONS", "TOOL_ROLLUPS", "USAGE_DIMENSIONS", "USAGE_GROUPS", "USAGE_ROLLUPS", "USERNAME_RE",
     "InterceptionFilter", "PostgresStore", "RecordBatch", "SqliteStore", "Store", "StoreError", "UnknownCursor",
-    "auth_stamp_path", "database_error_reason", "database_errors", "format_timestamp", "is_postgres_url", "journal_base", "mask_url", "open_store", "postgres_error_reason", "refused",
-    "store_class", "touch_auth_stamp", "utc_now",
+    "auth_stamp_path", "database_error_reason", "database_errors", "file_id", "format_timestamp", "is_postgres_url",
+    "journal_base", "mask_url", "open_store", "postgres_error_reason", "refused", "touch_auth_stamp",
+    "utc_now",
 ]
-
-
-def store_class(target: str) -> type[Store]:
-    """The backend for a database setting. PostgreSQL's (psycopg, which also loads asyncio and ssl)
-    is imported on first use, so that the gunicorn master of a SQLite gateway never loads it."""
-    if is_postgres_url(target):
-        from bridge.store.postgres import PostgresStore
-
-        return PostgresStore
-    return SqliteStore
-
-
-def open_store(target: str) -> Store:
-    """Open the store ``target`` names (a path, ``sqlite:///PATH`` or ``postgres://...``)."""
-    return store_class(target)(target)
-
-
-Store._backend = store_class  # Store(target), as callers open it, asks the package which backend
 
 
 def database_error_reason(exc: BaseException) -> str | None:

@@ -280,7 +280,7 @@ class InterceptionFilter:
     """What query_interceptions() matches; None means any. Times are store timestamps
     (``format_timestamp``): ``started_after`` inclusive, ``started_before`` exclusive."""
 
-    initiator: str | None = None  # user id or username (see Store.initiator_ids)
+    initiator: str | None = None  # user id or username (see identity.Identity.initiator_ids)
     provider: str | None = None
     provider_name: str | None = None
     model: str | None = None

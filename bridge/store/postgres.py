@@ -16,7 +16,7 @@ results are identical), created by this module's own migrations recorded in
 plain b-tree range scans on the ISO timestamps. Usernames are unique and matched
 case-insensitively through ``lower(username)``.
 
-Retention: batched deletes (``Store.purge_records``: 5000 interceptions per short transaction,
+Retention: batched deletes (``store.retention.purge_records``: 5000 interceptions per short transaction,
 children by their indexed interception_id), not partitions. Children carry no ``started_at``, so
 partitioning them by time would need a new column in every table and composite keys; and the
 space freed by each purge is reused by the next inserts once autovacuum has run, which the
@@ -42,12 +42,13 @@ import psycopg.errors
 from psycopg_pool import ConnectionPool
 
 from bridge.records import InterceptionEndRecord
-from bridge.store.base import Store
+from bridge.store.backend import Store
 from bridge.store.common import (
     _FILTER_COLUMNS, _USAGE_FIGURES, CHILD_TABLES, RECORD_COLUMNS, TOOL_DAILY_DIMENSIONS, TOOL_DIMENSIONS,
     TOOL_ROLLUPS, USAGE_DIMENSIONS, USAGE_ROLLUPS, PROCESSES_TABLE, RecordBatch, StoreError, _json_text, check_columns,
     mask_url,
 )
+from bridge.store.writes import first_of_each
 
 #: Connections per process (recorder + token lookups + API threads, and one to spare).
 POOL_MAX_SIZE = 5
@@ -453,8 +454,8 @@ class PostgresStore(Store):
     def _in(self, column: str, values: list[Any]) -> tuple[str, Any]:
         return f"{column} = ANY(?)", list(values)
 
-    def write_records(self, batch: RecordBatch) -> None:
-        super().write_records(_without_nul(batch))
+    def _storable(self, batch: RecordBatch) -> RecordBatch:
+        return _without_nul(batch)
 
     def _inserted(self, table: str, records: list[Any]) -> list[Any]:
         """Multi-row ``INSERT ... ON CONFLICT (id) DO NOTHING RETURNING id``: one round trip per
@@ -474,7 +475,7 @@ class PostgresStore(Store):
                     [value for row in part for value in row],
                 )
                 new_ids.update(row[0] for row in cursor.fetchall())
-        return self._first_of_each(records, new_ids)
+        return first_of_each(records, new_ids)
 
     def _is_unique_violation(self, exc: BaseException) -> bool:
         return isinstance(exc, psycopg.errors.UniqueViolation)

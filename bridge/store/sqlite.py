@@ -20,11 +20,13 @@ from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
 from bridge.records import InterceptionEndRecord
-from bridge.store.base import Store, backfill_statements
+from bridge.store.backend import Store
 from bridge.store.common import (
     _FILTER_COLUMNS, _USAGE_FIGURES, RECORD_COLUMNS, TOOL_DAILY_DIMENSIONS, TOOL_DIMENSIONS, TOOL_ROLLUPS,
     USAGE_DIMENSIONS, USAGE_ROLLUPS, PROCESSES_TABLE, StoreError, _json_text, check_columns, touch_auth_stamp,
 )
+from bridge.store.rollups import backfill_statements
+from bridge.store.writes import first_of_each
 
 _ROWS_PER_STATEMENT = 250  # record rows per INSERT (fewer where SQLite allows fewer parameters)
 _QUERY_MMAP_SIZE = 1 << 30  # 1 GiB (address space, not memory: pages come from the OS page cache)
@@ -59,7 +61,7 @@ def _enable_wal(conn: sqlite3.Connection, wait: float = 10.0) -> None:
             time.sleep(0.01)
 
 
-# Schema versions, applied in order by Store.migrate(). Append new migrations; never edit old ones.
+# Schema versions, applied in order by SqliteStore.migrate(). Append new migrations; never edit old ones.
 MIGRATIONS = Migrations("bridge")
 
 
@@ -347,7 +349,7 @@ class SqliteStore(Store):
             f" (SELECT 1 FROM {table} AS stored WHERE stored.id = value)", [json.dumps([row[0] for row in values])],
         ).fetchone()
         self._insert_values(table, values)
-        return self._first_of_each(records, set(json.loads(unstored)))
+        return first_of_each(records, set(json.loads(unstored)))
 
     def _insert_values(self, table: str, values: list[tuple[Any, ...]]) -> None:
         for part in self._statement_parts(values):

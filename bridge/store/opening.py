@@ -1,0 +1,44 @@
+"""Which backend a database setting names, and opening it: the one place that chooses."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from bridge.store.backend import Store
+from bridge.store.sqlite import SqliteStore
+
+
+def is_postgres_url(target: str) -> bool:
+    """Whether a database setting names PostgreSQL (``postgres://`` or ``postgresql://``)."""
+    return target.split("://", 1)[0].lower() in ("postgres", "postgresql") and "://" in target
+
+
+def store_class(target: str) -> type[Store]:
+    """The backend for a database setting. PostgreSQL's (psycopg, which also loads asyncio and ssl)
+    is imported on first use, so that the gunicorn master of a SQLite gateway never loads it."""
+    if is_postgres_url(target):
+        from bridge.store.postgres import PostgresStore
+
+        return PostgresStore
+    return SqliteStore
+
+
+def open_store(target: str, *, migrate: bool = False, writable: bool = False,
+               busy_timeout: float | None = None) -> Store:
+    """Open the store ``target`` names (a path, ``sqlite:///PATH`` or ``postgres://...``).
+
+    ``migrate``: bring its schema up to date (every opener that migrates comes here). ``writable``:
+    refuse a store SQLite opened read-only (sqlite3.OperationalError; see ``Store.read_only``).
+    ``busy_timeout``: how long its writes, the migration first, wait for the lock."""
+    store = store_class(target)(target)
+    try:
+        if writable and store.read_only:
+            raise sqlite3.OperationalError("the database is read-only")
+        if busy_timeout is not None:
+            store.set_busy_timeout(busy_timeout)
+        if migrate:
+            store.migrate()
+    except BaseException:
+        store.close()
+        raise
+    return store

@@ -1,0 +1,298 @@
+"""Reading the records (the API, the CLI): interceptions by filter or id, usage from the rollups.
+
+Every interception query is answered from one index: the count from a covering index range, a page
+from an index in newest-first order (keyset or offset), the rows and their children by id.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bridge.store.common import (
+    _FILTER_COLUMNS, _USAGE_FIGURES, CHILD_TABLES, RECORD_COLUMNS, TOOL_ROLLUPS, USAGE_ROLLUPS, InterceptionFilter,
+    StoreError, UnknownCursor, _add, _ceil_hour, _child_result, _hour, _interception_result, _segments, _sql_where,
+    _usage_column,
+)
+from bridge.store.dialect import Dialect
+from bridge.store.identity import Identity
+
+
+class RecordQueries:
+    """Interceptions (a filtered page, one by id, the client names) and usage (summaries, series, top tools)."""
+
+    def __init__(self, store: Dialect, identity: Identity) -> None:
+        self.store = store
+        self.identity = identity
+
+    def _interception_where(self, filters: InterceptionFilter,
+                            initiators: list[str] | None) -> tuple[list[str], list[Any]]:
+        values: dict[str, list[str]] = {}
+        if initiators is not None:
+            values["initiator_id"] = initiators
+        for column in _FILTER_COLUMNS[1:]:
+            value = getattr(filters, column)
+            if value is not None:
+                values[column] = [value]
+        where: list[str] = []
+        params: list[Any] = []
+        for n, column in enumerate(c for c in _FILTER_COLUMNS if c in values):
+            # Each filter column leads an index holding all the others (migration 0003): the first
+            # one picks that index and the hint keeps the rest from competing (SQLite), so they are
+            # checked inside it.
+            ref = column if n == 0 else self.store._hint(column)
+            if len(values[column]) == 1:
+                where.append(f"{ref} = ?")
+                params.append(values[column][0])
+            else:
+                condition, param = self.store._in(ref, values[column])
+                where.append(condition)
+                params.append(param)
+        if filters.started_after is not None:
+            where.append("started_at >= ?")
+            params.append(filters.started_after)
+        if filters.started_before is not None:
+            where.append("started_at < ?")
+            params.append(filters.started_before)
+        return where, params
+
+    def query_interceptions(
+        self,
+        filters: InterceptionFilter | None = None,
+        *,
+        limit: int = 100,
+        after_id: str | None = None,
+        offset: int | None = None,
+        viewer_id: str | None = None,
+    ) -> dict[str, Any]:
+        """``{"count": matching interceptions, "results": one page of them, newest first}``.
+
+        ``viewer_id`` restricts everything (results, count, the cursor) to that user's records.
+        ``after_id`` continues after that interception in newest-first order (started_at desc, id
+        desc); it must exist and be visible, else UnknownCursor. Results carry their children, JSON
+        columns decoded (a tool call's ``input`` stays the text the model sent).
+        """
+        filters = filters or InterceptionFilter()
+        if after_id is not None and offset is not None:
+            raise StoreError("after_id and offset cannot be combined")
+        with self.store._read_snapshot():
+            initiators = self.identity.initiator_ids(filters.initiator) if filters.initiator is not None else None
+            if viewer_id is not None:
+                initiators = [viewer_id] if initiators is None or viewer_id in initiators else []
+            cursor = None
+            if after_id is not None:
+                sql = "SELECT started_at, id FROM aibridge_interceptions WHERE id = ?"
+                params: list[Any] = [after_id]
+                if viewer_id is not None:
+                    sql += " AND initiator_id = ?"
+                    params.append(viewer_id)
+                cursor = self.store.db.execute(sql, params).fetchone()
+                if cursor is None:
+                    raise UnknownCursor(f"unknown after_id {after_id!r}: no such interception")
+            if initiators == []:
+                return {"count": 0, "results": []}
+            where, params = self._interception_where(filters, initiators)
+            count = self.store.db.execute(f"SELECT count(*) FROM aibridge_interceptions{_sql_where(where)}", params).fetchone()[0]
+            if cursor is not None:
+                where = [*where, "(started_at, id) < (?, ?)"]
+                params = [*params, *cursor]
+            page_sql = f"SELECT id FROM aibridge_interceptions{_sql_where(where)} ORDER BY started_at DESC, id DESC LIMIT ?"
+            params.append(limit)
+            if offset:
+                page_sql += " OFFSET ?"
+                params.append(offset)
+            ids = [row[0] for row in self.store.db.execute(page_sql, params)]
+            return {"count": count, "results": self._interceptions_by_id(ids)}
+
+    def any_interception(self, filters: InterceptionFilter) -> bool:
+        """Whether any interception matches ``filters`` (one indexed probe: no count, no rows read)."""
+        initiators = self.identity.initiator_ids(filters.initiator) if filters.initiator is not None else None
+        where, params = self._interception_where(filters, initiators)
+        return self.store.db.execute(f"SELECT 1 FROM aibridge_interceptions{_sql_where(where)} LIMIT 1", params).fetchone() is not None
+
+    def interception_result(self, interception_id: str, viewer_id: str | None = None) -> dict[str, Any] | None:
+        """One interception as query_interceptions() lists it; None when there is no such id or, with
+        ``viewer_id``, when it is someone else's (so that ids of others cannot be told apart)."""
+        if "\x00" in interception_id:  # no stored id has one (and PostgreSQL text cannot hold it)
+            return None
+        found = self._interceptions_by_id([interception_id], viewer_id)
+        return found[0] if found else None
+
+    def _interceptions_by_id(self, ids: list[str], viewer_id: str | None = None) -> list[dict[str, Any]]:
+        """Full results for these ids, in this order (only ``viewer_id``'s when given): one query for the
+        rows, then, if any, one per child table."""
+        if not ids:
+            return []
+        columns = RECORD_COLUMNS["aibridge_interceptions"]
+        condition, param = self.store._in("i.id", ids)
+        params = [param]
+        if viewer_id is not None:  # someone else's is not read at all, its children neither
+            condition += " AND i.initiator_id = ?"
+            params.append(viewer_id)
+        rows = {
+            values[0]: values
+            for values in self.store.db.execute(
+                f"SELECT {', '.join('i.' + c for c in columns)}, u.username FROM aibridge_interceptions i"
+                f" LEFT JOIN users u ON u.id = i.initiator_id WHERE {condition}",
+                params,
+            )
+        }
+        if not rows:
+            return []
+        children: dict[str, dict[str, list[dict[str, Any]]]] = {i: {name: [] for name in CHILD_TABLES} for i in ids}
+        condition, param = self.store._in("interception_id", ids)
+        for name, table in CHILD_TABLES.items():
+            child_columns = RECORD_COLUMNS[table]
+            for values in self.store.db.execute(
+                f"SELECT {', '.join(child_columns)} FROM {table} WHERE {condition}"
+                f" ORDER BY created_at, {self.store._WRITE_ORDER}",
+                [param],
+            ):
+                child = _child_result(dict(zip(child_columns, values)))
+                children[child["interception_id"]][name].append(child)
+        return [_interception_result(dict(zip((*columns, "initiator_username"), rows[i])), children[i])
+                for i in ids if i in rows]
+
+    def interception_clients(self, viewer_id: str | None = None) -> list[str]:
+        """Distinct client names, sorted; only the viewer's own when ``viewer_id`` is given."""
+        if viewer_id is not None:
+            sql = ("SELECT DISTINCT client FROM aibridge_interceptions WHERE initiator_id = ? AND client IS NOT NULL"
+                   " ORDER BY client")
+            return [row[0] for row in self.store.db.execute(sql, [viewer_id])]
+        # A loose index scan: one seek per distinct name instead of reading every row.
+        sql = """WITH RECURSIVE names(client) AS (
+                     SELECT min(client) FROM aibridge_interceptions
+                     UNION ALL
+                     SELECT (SELECT min(client) FROM aibridge_interceptions WHERE client > names.client)
+                     FROM names WHERE names.client IS NOT NULL)
+                 SELECT client FROM names WHERE client IS NOT NULL"""
+        return [row[0] for row in self.store.db.execute(sql)]
+
+    # -- usage (the rollups of migration 0004) ------------------------------------------------
+    # Rollups count by the hour an interception started in, so a time range is taken in whole
+    # hours: from the start of the hour ``since`` falls in to the end of the hour ``until`` falls in.
+
+    @property
+    def _sum_figures(self) -> str:
+        return ", ".join(self.store._SUM.format(c) for c in _USAGE_FIGURES)
+
+    def usage_summary(self, by: str, since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
+        """Interceptions and token totals per user, model, client or provider, most interceptions first.
+
+        ``since`` (a store timestamp) counts interceptions started in its hour or later, ``until`` those
+        started before the end of its hour; their token usages are counted whenever they were written.
+        """
+        column = _usage_column(by)
+        totals: dict[str, list[int]] = {}
+        with self.store._read_snapshot():
+            for period, low, high in _segments(None if since is None else _hour(since),
+                                               None if until is None else _ceil_hour(until)):
+                where, params = _period_where(period, low, high, None)
+                for key, *figures in self.store.db.execute(
+                    f"SELECT {column}, {self._sum_figures} FROM {USAGE_ROLLUPS[period]}{where} GROUP BY 1", params
+                ):
+                    _add(totals.setdefault(key, [0] * len(_USAGE_FIGURES)), figures)
+            names = self._usernames(totals) if column == "initiator_id" else {}
+        summary = []
+        for key, figures in totals.items():
+            value = key or None
+            row: dict[str, Any] = {"group": names.get(key, value) if column == "initiator_id" else value}
+            if column == "initiator_id":
+                row["user_id"] = value
+            row.update(zip(_USAGE_FIGURES, figures))
+            summary.append(row)
+        summary.sort(key=lambda r: (-r["interceptions"], str(r["group"])))
+        return summary
+
+    def usage_series(self, by: str, bucket: str, since: str, until: str, viewer_id: str | None = None) -> dict[str, Any]:
+        """Usage over time per user, model, client or provider: ``{"series": [...], "totals": {...}}``.
+
+        Each series is ``{"key", "label", "points": [{"t", "interceptions", <token figures>}]}``, its
+        points one per ``bucket`` ("hour" or "day", UTC) that has data, oldest first; series come
+        biggest first by total tokens (input + output + cache read + cache write). ``key`` is the
+        dimension's value (a user id for "user", whose ``label`` is the username). ``viewer_id``
+        restricts everything to that user's own usage.
+        """
+        column = _usage_column(by)
+        if bucket not in ("hour", "day"):
+            raise StoreError(f"cannot bucket usage by {bucket!r}: use hour or day")
+        low, high = _hour(since), _ceil_hour(until)
+        points: dict[str, dict[str, list[int]]] = {}
+        with self.store._read_snapshot():
+            for period, start, end in [("hour", low, high)] if bucket == "hour" else _segments(low, high):
+                where, params = _period_where(period, start, end, viewer_id)
+                t = period if period == bucket else f"substr({period}, 1, 10) || 'T00:00:00Z'"
+                for key, at, *figures in self.store.db.execute(
+                    f"SELECT {column}, {t}, {self._sum_figures} FROM {USAGE_ROLLUPS[period]}{where} GROUP BY 1, 2", params
+                ):
+                    _add(points.setdefault(key, {}).setdefault(at, [0] * len(_USAGE_FIGURES)), figures)
+            names = self._usernames(points) if column == "initiator_id" else {}
+        series, totals = [], [0] * len(_USAGE_FIGURES)
+        for key, by_time in points.items():
+            sums = [0] * len(_USAGE_FIGURES)
+            for figures in by_time.values():
+                _add(sums, figures)
+            _add(totals, sums)
+            series.append(((-sum(sums[1:]), -sums[0], key), {
+                "key": key or None,
+                "label": names.get(key) or key or "(none)",
+                "points": [{"t": at, **dict(zip(_USAGE_FIGURES, by_time[at]))} for at in sorted(by_time)],
+            }))
+        series.sort(key=lambda item: item[0])
+        return {"series": [item[1] for item in series], "totals": dict(zip(_USAGE_FIGURES, totals))}
+
+    def top_tools(self, since: str, until: str, limit: int = 20, viewer_id: str | None = None) -> list[dict[str, Any]]:
+        """The most called tools in the range, ``[{"tool", "calls"}]`` most calls first."""
+        calls: dict[str, int] = {}
+        with self.store._read_snapshot():
+            for period, start, end in _segments(_hour(since), _ceil_hour(until)):
+                where, params = _period_where(period, start, end, viewer_id)
+                for tool, count in self.store.db.execute(
+                    f"SELECT tool, {self.store._SUM.format('calls')} FROM {TOOL_ROLLUPS[period]}{where} GROUP BY 1", params
+                ):
+                    calls[tool] = calls.get(tool, 0) + count
+        ranked = sorted(calls.items(), key=lambda item: (-item[1], item[0]))[:limit]
+        return [{"tool": tool or None, "calls": count} for tool, count in ranked]
+
+    def _usernames(self, user_ids: Any) -> dict[str, str]:
+        """Usernames (of live or deleted users) by id."""
+        ids = [key for key in user_ids if key]
+        if not ids:
+            return {}
+        condition, param = self.store._in("id", ids)
+        return dict(self.store.db.execute(f"SELECT id, username FROM users WHERE {condition}", [param]).fetchall())
+
+    # -- whole records (tests, tools) -----------------------------------------------------------
+
+    def count_records(self) -> dict[str, int]:
+        """Rows per record table."""
+        return {table: self.store.db.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in RECORD_COLUMNS}
+
+    def get_interception(self, interception_id: str) -> dict[str, Any] | None:
+        """An interception row (JSON columns as stored text) with its children under their field names.
+
+        Children come in time order, ties in the order they were written.
+        """
+        columns = ", ".join(RECORD_COLUMNS["aibridge_interceptions"])
+        row = next(iter(self.store.db.query(f"SELECT {columns} FROM aibridge_interceptions WHERE id = ?", [interception_id])), None)
+        if row is None:
+            return None
+        for name, table in CHILD_TABLES.items():
+            row[name] = list(self.store.db.query(
+                f"SELECT {', '.join(RECORD_COLUMNS[table])} FROM {table} WHERE interception_id = ?"
+                f" ORDER BY created_at, {self.store._WRITE_ORDER}", [interception_id]
+            ))
+        return row
+
+
+def _period_where(period: str, start: str | None, end: str | None, viewer_id: str | None) -> tuple[str, list[Any]]:
+    conditions, params = [], []
+    if viewer_id is not None:
+        conditions.append("initiator_id = ?")
+        params.append(viewer_id)
+    if start is not None:
+        conditions.append(f"{period} >= ?")
+        params.append(start)
+    if end is not None:
+        conditions.append(f"{period} < ?")
+        params.append(end)
+    return _sql_where(conditions), params
