@@ -18,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from bridge.queries import QueryError, parse_date_or_time, rfc3339
-from bridge.store import Database, InterceptionFilter, database_errors, is_postgres_url, mask_url
+from bridge.store import Database, InterceptionFilter, database_errors, mask_url, store_exists
 from bridge.timestamps import format_timestamp, utc_now
 from bridge.units import format_duration, parse_duration
 
@@ -130,7 +130,7 @@ def _open_database(args: argparse.Namespace, write: bool = False) -> Database:
 
     flags = {"CODER_AIBRIDGE_DATABASE_URL": args.database_url} if args.database_url else {}
     path = resolve_database_path(flags=flags, config_path=args.config)
-    if not write and not is_postgres_url(path) and not os.path.exists(path):
+    if not write and not store_exists(path):
         raise CommandError(f"no database at {path}: check --database-url or CODER_AIBRIDGE_DATABASE_URL"
                            " (`users create` or the server creates it)")
     database = Database(path, threads=False)

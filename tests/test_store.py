@@ -130,7 +130,7 @@ def test_write_transaction_rolls_back_on_error(store: Store) -> None:
             )
             raise RuntimeError("boom")
     assert store.identity.get_user("ghost") is None
-    assert not store.db.conn.in_transaction
+    assert not store.in_transaction
 
 
 # -- users ----------------------------------------------------------------------------------

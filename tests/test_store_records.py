@@ -161,7 +161,7 @@ def test_a_refused_batch_writes_nothing(store: Store) -> None:
         store.records.write_records(no_start)
     assert refused(refusal.value), refusal.value
     assert store.queries.count_records() == {table: 0 for table in RECORD_COLUMNS}
-    assert not store.db.conn.in_transaction
+    assert not store.in_transaction
 
 
 def test_every_value_is_stored_exactly_whatever_the_batch_holds(store: Store) -> None:

@@ -34,7 +34,7 @@ from bridge.store.common import (
     RecordBatch, StoreError, UnknownCursor, auth_stamp_path, mask_url, touch_auth_stamp,
 )
 from bridge.store.identity import Identity
-from bridge.store.opening import is_postgres_url, open_store
+from bridge.store.opening import is_postgres_url, open_store, store_exists
 from bridge.store.processes import Processes
 from bridge.store.queries import RecordQueries
 from bridge.store.retention import Retention
@@ -51,7 +51,7 @@ __all__ = [
     "TOOL_DIMENSIONS", "TOOL_ROLLUPS", "USAGE_DIMENSIONS", "USAGE_GROUPS", "USAGE_ROLLUPS", "USERNAME_RE",
     "InterceptionFilter", "PostgresStore", "RecordBatch", "SqliteStore", "Store", "StoreError", "UnknownCursor",
     "auth_stamp_path", "database_error_reason", "database_errors", "file_id", "format_timestamp", "is_postgres_url",
-    "journal_base", "mask_url", "open_store", "postgres_error_reason", "refused", "touch_auth_stamp",
+    "journal_base", "mask_url", "open_store", "postgres_error_reason", "refused", "store_exists", "touch_auth_stamp",
     "utc_now",
 ]
 

@@ -91,6 +91,15 @@ class Dialect:
     def _check_writable(self, timeout: float) -> None:
         raise NotImplementedError
 
+    @property
+    def in_transaction(self) -> bool:
+        """Whether a transaction is open on this connection (none is left open after a failure)."""
+        raise NotImplementedError
+
+    def _executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        """One statement for many parameter rows, inside the current transaction."""
+        raise NotImplementedError
+
     def tune_for_queries(self) -> None:
         """Settings for a read-mostly connection (the API's)."""
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 
 from bridge.store.backend import Store
-from bridge.store.sqlite import SqliteStore
+from bridge.store.sqlite import SqliteStore, sqlite_path
 
 
 def is_postgres_url(target: str) -> bool:
@@ -21,6 +22,12 @@ def store_class(target: str) -> type[Store]:
 
         return PostgresStore
     return SqliteStore
+
+
+def store_exists(target: str) -> bool:
+    """Whether the store ``target`` names is there to be read: false only for a SQLite file that does
+    not exist (a PostgreSQL database is created by its administrator, not by opening it)."""
+    return is_postgres_url(target) or os.path.exists(sqlite_path(target))
 
 
 def open_store(target: str, *, migrate: bool = False, writable: bool = False,

@@ -227,7 +227,6 @@ class PgDatabase:
         self.url = url
         self.pool = _acquire_pool(url)
         self._pinned: psycopg.Connection | None = None
-        self.conn = self  # tests and callers look at ``db.conn.in_transaction``
 
     @property
     def in_transaction(self) -> bool:
@@ -453,6 +452,13 @@ class PostgresStore(Store):
 
     def _in(self, column: str, values: list[Any]) -> tuple[str, Any]:
         return f"{column} = ANY(?)", list(values)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.db.in_transaction
+
+    def _executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        self.db.executemany(sql, rows)
 
     def _storable(self, batch: RecordBatch) -> RecordBatch:
         return _without_nul(batch)

@@ -92,7 +92,7 @@ class Rollups:
                                                [param]):
                 keys[found[0]] = _rollup_key(found[1], found[2:])
         for table, rows in rollup_additions(keys, interceptions, token_usages, tool_usages).items():
-            self.store.db.conn.executemany(UPSERTS[table], rows)  # sqlite3's; PgDatabase is its own ``conn``
+            self.store._executemany(UPSERTS[table], rows)
 
     @writes
     def rebuild(self) -> None:

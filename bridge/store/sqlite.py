@@ -242,7 +242,7 @@ class SqliteStore(Store):
     """Users, API tokens and interception records in one SQLite file."""
 
     def __init__(self, path: str) -> None:
-        path = _sqlite_path(path)
+        path = sqlite_path(path)
         # isolation_level=None: no implicit deferred BEGINs; transactions are explicit (write()).
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10.0)
         try:
@@ -327,6 +327,13 @@ class SqliteStore(Store):
     def _in(self, column: str, values: list[Any]) -> tuple[str, Any]:
         return f"{column} IN (SELECT value FROM json_each(?))", json.dumps(values)  # one parameter, any length
 
+    @property
+    def in_transaction(self) -> bool:
+        return self.db.conn.in_transaction
+
+    def _executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        self.db.conn.executemany(sql, rows)
+
     def _hint(self, column: str) -> str:
         return f"+{column}"  # unary plus: the planner does not use an index for this column
 
@@ -401,6 +408,6 @@ def _insert_sql(table: str, rows: int) -> str:
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([row] * rows)} ON CONFLICT (id) DO NOTHING"
 
 
-def _sqlite_path(target: str) -> str:
+def sqlite_path(target: str) -> str:
     """``sqlite:///relative.db`` / ``sqlite:////abs.db`` -> the path; a path -> itself."""
     return target[len("sqlite:///"):] if target.startswith("sqlite:///") else target
