@@ -6,7 +6,6 @@ import hashlib
 import os
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Mapping
 
 from loguru import logger
@@ -15,6 +14,7 @@ from bridge.credentials import bearer_token, split_scheme
 from bridge.errors import GatewayError
 from bridge.masking import holds_gateway_token
 from bridge.store import Database
+from bridge.timestamps import seconds_since
 
 GOVERNANCE_HEADER = "X-Coder-AI-Governance-Token"
 _MISSING = ("missing gateway token: send it as Authorization: Bearer <token>, X-Api-Key, "
@@ -33,8 +33,7 @@ def _seconds_valid(expires_at: str | None, limit: float) -> float:
     """How long a looked-up token may be taken from the cache: ``limit``, or until it expires."""
     if expires_at is None:
         return limit
-    remaining = (datetime.fromisoformat(expires_at.replace("Z", "+00:00")) - datetime.now(timezone.utc)).total_seconds()
-    return max(0.0, min(limit, remaining))
+    return max(0.0, min(limit, -seconds_since(expires_at)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from typing import Any
 
 from bridge.queries import QueryError, parse_date_or_time, rfc3339
 from bridge.store import Database, InterceptionFilter, database_errors, mask_url, store_exists
-from bridge.timestamps import format_timestamp, utc_now
+from bridge.timestamps import format_timestamp, parse_timestamp, utc_now
 from bridge.units import format_duration, parse_duration
 
 
@@ -488,8 +488,7 @@ def _pretty_arguments(value: Any) -> str:
 
 
 def _seconds_between(start: str, end: str) -> float:
-    return (datetime.fromisoformat(end.replace("Z", "+00:00"))
-            - datetime.fromisoformat(start.replace("Z", "+00:00"))).total_seconds()
+    return (parse_timestamp(end) - parse_timestamp(start)).total_seconds()
 
 
 def _usage(args: argparse.Namespace) -> None:

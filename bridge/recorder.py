@@ -56,7 +56,7 @@ from bridge.retention import retention_cutoff
 from bridge.store import (
     CHILD_TABLES, Database, OwnerState, RecordBatch, Store, file_id, journal_base, mask_url, refused,
 )
-from bridge.timestamps import format_timestamp, utc_now
+from bridge.timestamps import format_timestamp, seconds_since, utc_now
 
 _T = TypeVar("_T")
 _STOP = object()
@@ -549,7 +549,7 @@ class Recorder:
         """Rows written before owners were recorded: ended once they started before the oldest live
         process and that process has run for _OWNERLESS_GRACE (older ones had time to finish)."""
         oldest = store.processes.oldest_live_process_start(self._silence_limit)
-        if oldest is None or _age(oldest) < _OWNERLESS_GRACE:
+        if oldest is None or seconds_since(oldest) < _OWNERLESS_GRACE:
             return 0
         metadata = _orphan_metadata(OwnerState(None), "it was started before the oldest running one")
         return store.processes.end_open_interceptions(None, utc_now(), metadata, started_before=oldest)
@@ -662,11 +662,6 @@ def _orphan_metadata(state: OwnerState, why: str) -> dict[str, Any]:
     if state.last_seen is not None:
         metadata["process_last_seen"] = format_timestamp(datetime.fromtimestamp(state.last_seen, timezone.utc))
     return metadata
-
-
-def _age(timestamp: str) -> float:
-    """Seconds since a store timestamp."""
-    return (datetime.now(timezone.utc) - datetime.fromisoformat(timestamp.replace("Z", "+00:00"))).total_seconds()
 
 
 def _same_file(fd: int, path: str) -> bool:

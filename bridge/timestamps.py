@@ -14,3 +14,13 @@ def format_timestamp(moment: datetime) -> str:
 
 def utc_now() -> str:
     return format_timestamp(datetime.now(timezone.utc))
+
+
+def parse_timestamp(timestamp: str) -> datetime:
+    """A store timestamp (``format_timestamp``) as an aware datetime."""
+    return datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+
+
+def seconds_since(timestamp: str) -> float:
+    """Seconds from a store timestamp until now (negative for one in the future)."""
+    return (datetime.now(timezone.utc) - parse_timestamp(timestamp)).total_seconds()
