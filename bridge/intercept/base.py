@@ -144,8 +144,10 @@ class Interceptor:
         return messages[-1] if messages and isinstance(messages[-1], dict) else None
 
     def prompt(self) -> str | None:
-        """The last user prompt, only when the conversation's last message is the user's."""
-        return None
+        """The last user prompt, only when the conversation's last message is the user's (chat
+        completions and messages; the Responses API's input has its own shape)."""
+        last = self.last_message()
+        return text_of(last.get("content")) if last and last.get("role") == "user" else None
 
     def correlating_tool_call_id(self) -> str | None:
         """The tool call whose result this request returns (links the interception to the one that made it)."""

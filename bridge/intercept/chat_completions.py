@@ -13,7 +13,7 @@ from typing import Iterator
 
 import orjson
 
-from bridge.intercept.base import Interceptor, check_field, json_object, text_of
+from bridge.intercept.base import Interceptor, check_field, json_object
 from bridge.intercept.sse import Event, event_around, parse_event
 from bridge.records import OPENAI_USAGE, Thought, ToolCall, call_arguments
 
@@ -152,10 +152,6 @@ class ChatCompletionsInterceptor(Interceptor):
                     self.thoughts.append(Thought(message[name], "reasoning_content"))
                     break
             self.stop_reason = choice.get("finish_reason") or self.stop_reason
-
-    def prompt(self) -> str | None:
-        last = self.last_message()
-        return text_of(last.get("content")) if last and last.get("role") == "user" else None
 
     def correlating_tool_call_id(self) -> str | None:
         last = self.last_message()

@@ -6,7 +6,7 @@ import re
 
 import orjson
 
-from bridge.intercept.base import Interceptor, check_field, json_object, text_of
+from bridge.intercept.base import Interceptor, check_field, json_object
 from bridge.intercept.sse import Event
 from bridge.records import ANTHROPIC_USAGE, Thought, ToolCall
 
@@ -113,10 +113,6 @@ class MessagesInterceptor(Interceptor):
         # Claude Code ends the conversation with a "system" message (its environment) after the user's turn.
         messages = [m for m in self.body.get("messages") or () if not (isinstance(m, dict) and m.get("role") == "system")]
         return messages[-1] if messages and isinstance(messages[-1], dict) else None
-
-    def prompt(self) -> str | None:
-        last = self.last_message()
-        return text_of(last.get("content")) if last and last.get("role") == "user" else None
 
     def correlating_tool_call_id(self) -> str | None:
         last = self.last_message()
