@@ -1,5 +1,5 @@
-"""The operating API (SPEC §8): interception records, usage over time and top tools for everyone
-(their own, or all for admins), user and token administration for admins.
+"""The operating API (SPEC §8, §9): interception records, sessions and their threads, usage over time
+and top tools for everyone (their own, or all for admins), user and token administration for admins.
 
 Every route needs a gateway token (``Authorization: Bearer`` or ``Coder-Session-Token``). Errors are
 JSON ``{"message": ...}``; a bad interceptions, usage or tools query is a 400 with a ``detail`` that
@@ -19,17 +19,22 @@ from flask import Blueprint, Response, request
 from loguru import logger
 from werkzeug.exceptions import HTTPException
 
+from bridge.config import PROVIDER_TYPES
 from bridge.credentials import bearer_token
 from bridge.errors import GatewayError
 from bridge.queries import (
-    DEFAULT_TOOLS_LIMIT, MAX_TOOLS_LIMIT, SEARCH_KEYS, USAGE_BUCKETS, USAGE_BY, QueryError, build_filter,
-    parse_choice, parse_limit, parse_page, parse_range, parse_search, query_interceptions, usage_over_time,
+    DEFAULT_TOOLS_LIMIT, MAX_TOOLS_LIMIT, SEARCH_KEYS, SESSION_SEARCH_KEYS, USAGE_BUCKETS, USAGE_BY, QueryError,
+    build_filter, build_session_filter, get_session, list_sessions, parse_choice, parse_limit, parse_page, parse_range,
+    parse_search, parse_session_page, query_interceptions, usage_over_time,
 )
 from bridge.store import StoreError, database_errors, mask_url
 from bridge.units import parse_duration
 
 SESSION_TOKEN_HEADER = "Coder-Session-Token"
 QUERY_PARAMETERS = ("q", "limit", "after_id", "offset")
+#: GET /api/v2/aibridge/sessions, and one session (``initiator``: whose, for an id several users' sessions share).
+SESSIONS_PARAMETERS = ("q", "limit", "after_session_id", "offset")
+SESSION_PARAMETERS = ("limit", "after_id", "before_id", "initiator")
 #: GET /api/v2/aibridge/usage and /tools.
 USAGE_PARAMETERS = ("by", "bucket", "since", "until")
 TOOLS_PARAMETERS = ("since", "until", "limit")
@@ -112,11 +117,43 @@ def api_blueprint(gateway: Any) -> Blueprint:
         who = caller()
         return _json(run(database.queries.interception_clients, _viewer_id(who)))
 
+    @bp.get("/api/v2/aibridge/models")
+    def list_models() -> Response:
+        who = caller()
+        return _json(run(database.queries.interception_models, _viewer_id(who)))
+
+    @bp.get("/api/v2/aibridge/sessions")
+    def sessions() -> Response:
+        who = caller()
+        try:
+            args = _single_args(SESSIONS_PARAMETERS, hint_keys=SESSION_SEARCH_KEYS)
+            search = build_session_filter(parse_search(args.get("q"), SESSION_SEARCH_KEYS), me=who["user_id"])
+            limit = parse_limit(args.get("limit"))
+            after, offset = parse_session_page(args.get("after_session_id"), args.get("offset"))
+            return _json(run(list_sessions, database.session_queries, database.queries, database.identity, search,
+                             limit, after, offset, _viewer_id(who), PROVIDER_TYPES, set(gateway.providers)))
+        except QueryError as exc:
+            raise ApiError(400, exc.message, exc.detail) from None
+
+    @bp.get("/api/v2/aibridge/sessions/<path:session_id>")
+    def session(session_id: str) -> Response:
+        who = caller()
+        try:
+            args = _single_args(SESSION_PARAMETERS, hint_keys=())
+            limit = parse_limit(args.get("limit"))
+            found = run(get_session, database.session_queries, session_id, args.get("initiator"), _viewer_id(who),
+                        limit, args.get("after_id"), args.get("before_id"))
+        except QueryError as exc:
+            raise ApiError(400, exc.message, exc.detail) from None
+        if found is None:  # someone else's is "unknown" too
+            raise ApiError(404, f"unknown session id {session_id[:80]!r}")
+        return _json(found)
+
     @bp.get("/api/v2/aibridge/usage")
     def usage() -> Response:
         who = caller()
         try:
-            args = _single_args(USAGE_PARAMETERS, filters_hint=False)
+            args = _single_args(USAGE_PARAMETERS, hint_keys=())
             by = parse_choice("by", args.get("by"), USAGE_BY, "model")
             bucket = parse_choice("bucket", args.get("bucket"), USAGE_BUCKETS, "day")
             since, until = parse_range(args.get("since"), args.get("until"))
@@ -129,7 +166,7 @@ def api_blueprint(gateway: Any) -> Blueprint:
     def top_tools() -> Response:
         who = caller()
         try:
-            args = _single_args(TOOLS_PARAMETERS, filters_hint=False)
+            args = _single_args(TOOLS_PARAMETERS, hint_keys=())
             since, until = parse_range(args.get("since"), args.get("until"))
             limit = parse_limit(args.get("limit"), DEFAULT_TOOLS_LIMIT, MAX_TOOLS_LIMIT)
         except QueryError as exc:
@@ -228,13 +265,13 @@ def _session_token(headers: Mapping[str, str]) -> str | None:
     return bearer_token(headers)
 
 
-def _single_args(known: tuple[str, ...], filters_hint: bool = True) -> dict[str, str]:
-    """The query string, each parameter at most once and known (interception filters go in ``q``)."""
+def _single_args(known: tuple[str, ...], hint_keys: tuple[str, ...] = SEARCH_KEYS) -> dict[str, str]:
+    """The query string, each parameter at most once and known (the filters ``hint_keys`` go in ``q``)."""
     args: dict[str, str] = {}
     for key in request.args:
         values = request.args.getlist(key)
         if key not in known:
-            hint = f"; filters go in q, e.g. q={key}:value" if filters_hint and key in SEARCH_KEYS else ""
+            hint = f"; filters go in q, e.g. q={key}:value" if key in hint_keys else ""
             raise QueryError(f"unknown query parameter {key!r}", f"accepted: {', '.join(known)}{hint}")
         if len(values) > 1:
             raise QueryError(f"query parameter {key!r} given more than once", "give it once")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+from typing import Any
 
 from flask import Flask, Request, Response, request
 from loguru import logger
@@ -21,6 +22,8 @@ from bridge.proxy import error_response, provider_blueprint
 from bridge.store import open_store
 
 AIBRIDGE_PREFIX = "/api/v2/aibridge"
+#: Coder's newer prefix: every route under AIBRIDGE_PREFIX (API and providers) answers under it too (SPEC §9).
+AI_GATEWAY_PREFIX = "/api/v2/ai-gateway"
 _UNPREFIXED = frozenset({"CONTENT_TYPE", "CONTENT_LENGTH"})  # the two headers WSGI keeps without HTTP_
 
 
@@ -41,6 +44,20 @@ class GatewayRequest(Request):
         self.headers = _Headers(environ)
 
 
+class NewerPrefix:
+    """WSGI middleware: a path under AI_GATEWAY_PREFIX is served as the same path under AIBRIDGE_PREFIX
+    (one rewrite before routing, so every route, error shape and record is the same)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict, start_response: Any) -> Any:
+        path = environ.get("PATH_INFO", "")
+        if path.startswith(AI_GATEWAY_PREFIX) and path[len(AI_GATEWAY_PREFIX):len(AI_GATEWAY_PREFIX) + 1] in ("", "/"):
+            environ["PATH_INFO"] = AIBRIDGE_PREFIX + path[len(AI_GATEWAY_PREFIX):]
+        return self.app(environ, start_response)
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the WSGI app for ``settings`` (read from flags/env/YAML when not given)."""
     if settings is None:
@@ -52,6 +69,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     app = Flask("bridge", static_folder=None)
     app.request_class = GatewayRequest
+    app.wsgi_app = NewerPrefix(app.wsgi_app)  # type: ignore[method-assign]
     app.url_map.merge_slashes = False  # "a//b" is a 404 like any unknown route, not a redirect to "a/b"
     gateway = Gateway(settings)
     app.extensions["bridge"] = gateway

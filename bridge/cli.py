@@ -1,4 +1,4 @@
-"""``python -m bridge``: manage users and tokens, read the records, purge old ones, start the server.
+"""``python -m bridge``: manage users and tokens, read the records and sessions, purge old ones, start the server.
 
 Expected failures (unknown user, bad value, unreadable or missing database) print one ``error: ...``
 line on stderr and exit 1. A bad duration or time flag (``--lifetime``, ``--retention``, ``--since``,
@@ -262,13 +262,7 @@ def _add_record_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
         dest="interceptions_command", required=True, metavar="COMMAND"
     )
     p = interceptions.add_parser("list", parents=[common], help="list interceptions of all users, newest first")
-    p.add_argument("--initiator", metavar="USER", help="username or user id")
-    p.add_argument("--provider", metavar="TYPE", help="provider type: openai, anthropic, copilot")
-    p.add_argument("--provider-name", metavar="NAME", help="provider instance name")
-    p.add_argument("--model", help="model as the client asked for it")
-    p.add_argument("--client", help='client name, e.g. "Claude Code"')
-    p.add_argument("--started-after", metavar="TIME", help=f"{_TIME_HELP} (inclusive)")
-    p.add_argument("--started-before", metavar="TIME", help=f"{_TIME_HELP} (exclusive)")
+    _add_filter_flags(p, "")
     p.add_argument("--after-id", metavar="ID", help="the page after this interception (keyset pagination)")
     p.add_argument("--offset", metavar="N", help="skip N interceptions (instead of --after-id)")
     p.add_argument("--limit", metavar="N", help="page size, 1-1000 (default 100)")
@@ -279,6 +273,8 @@ def _add_record_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("id", help="interception id")
     p.add_argument("--json", action="store_true", help="print the API's JSON object instead")
     p.set_defaults(handler=_interceptions_show)
+
+    _add_session_parsers(commands, common)
 
     p = commands.add_parser("usage", parents=[common],
                             help="interceptions and tokens per model, user, client or provider",
@@ -294,6 +290,51 @@ def _add_record_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=_usage)
 
 
+def _add_session_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
+    sessions = commands.add_parser("sessions", help="query sessions (an agent's run) and their threads").add_subparsers(
+        dest="sessions_command", required=True, metavar="COMMAND"
+    )
+    p = sessions.add_parser("list", parents=[common], help="list sessions of all users, most recently active first")
+    _add_filter_flags(p, "sessions that used ")
+    p.add_argument("--session-id", metavar="ID", help="the sessions with this id")
+    p.add_argument("--after-session-id", metavar="ID", help="the page after this session (keyset pagination)")
+    p.add_argument("--offset", metavar="N", help="skip N sessions (instead of --after-session-id)")
+    p.add_argument("--limit", metavar="N", help="page size, 1-1000 (default 100)")
+    p.add_argument("--json", action="store_true", help="print the API's JSON (count and sessions) instead of a table")
+    p.set_defaults(handler=_sessions_list)
+    p = sessions.add_parser("show", parents=[common], help="one session: its threads, turn by turn")
+    p.add_argument("id", help="session id")
+    p.add_argument("--initiator", metavar="USER", help="whose session, when several users' sessions have this id")
+    p.add_argument("--after-id", metavar="ID", help="the interceptions after this one")
+    p.add_argument("--before-id", metavar="ID", help="the interceptions before this one")
+    p.add_argument("--limit", metavar="N", help="interceptions per page, 1-1000 (default 100)")
+    p.add_argument("--json", action="store_true", help="print the API's JSON object instead")
+    p.set_defaults(handler=_sessions_show)
+
+
+def _add_filter_flags(p: argparse.ArgumentParser, used: str) -> None:
+    """The filters interceptions and sessions share (``used`` starts the help of those a session
+    matches when any of its interceptions does)."""
+    p.add_argument("--initiator", metavar="USER", help="username or user id")
+    p.add_argument("--provider", metavar="TYPE", help=f"{used}provider type: openai, anthropic, copilot")
+    p.add_argument("--provider-name", metavar="NAME", help=f"{used}provider instance name")
+    p.add_argument("--model", help=f"{used}model as the client asked for it")
+    p.add_argument("--client", help='client name, e.g. "Claude Code"')
+    p.add_argument("--started-after", metavar="TIME", help=f"{_TIME_HELP} (inclusive)")
+    p.add_argument("--started-before", metavar="TIME", help=f"{_TIME_HELP} (exclusive)")
+
+
+def _filter_flags(args: argparse.Namespace) -> dict[str, str | None]:
+    """The shared filter flags' values (``_add_filter_flags``), times as store timestamps."""
+    after = _time_flag("--started-after", args.started_after)
+    before = _time_flag("--started-before", args.started_before)
+    if after is not None and before is not None and before <= after:
+        raise FlagError(f"--started-before ({args.started_before}) must be later than --started-after"
+                        f" ({args.started_after})")
+    return {"initiator": args.initiator, "provider": args.provider, "provider_name": args.provider_name,
+            "model": args.model, "client": args.client, "started_after": after, "started_before": before}
+
+
 def _time_flag(flag: str, text: str | None) -> str | None:
     """A date or RFC 3339 flag as a store timestamp; an error names the flag."""
     if text is None:
@@ -307,15 +348,7 @@ def _time_flag(flag: str, text: str | None) -> str | None:
 def _interceptions_list(args: argparse.Namespace) -> None:
     from bridge.queries import build_filter, parse_limit, parse_page, query_interceptions
 
-    after = _time_flag("--started-after", args.started_after)
-    before = _time_flag("--started-before", args.started_before)
-    if after is not None and before is not None and before <= after:
-        raise FlagError(f"--started-before ({args.started_before}) must be later than --started-after"
-                        f" ({args.started_after})")
-    search = build_filter({
-        "initiator": args.initiator, "provider": args.provider, "provider_name": args.provider_name, "model": args.model,
-        "client": args.client, "started_after": after, "started_before": before,
-    })
+    search = build_filter(_filter_flags(args))
     limit = parse_limit(args.limit)
     after_id, offset = parse_page(args.after_id, args.offset)
     fetch = limit if args.json else limit + 1  # one more tells the table whether there is a next page
@@ -335,6 +368,125 @@ def _interceptions_list(args: argparse.Namespace) -> None:
                  [_interception_row(record) for record in records], right=frozenset({6, 7, 8}))
     more = f"; next page: --after-id {records[-1]['id']}" if len(result["results"]) > limit else ""
     print(f"{len(records)} of {result['count']} matching interception(s){more}")
+
+
+def _sessions_list(args: argparse.Namespace) -> None:
+    from bridge.config import PROVIDER_TYPES
+    from bridge.queries import build_session_filter, list_sessions, parse_limit, parse_session_page
+
+    search = build_session_filter({**_filter_flags(args), "session_id": args.session_id})
+    limit = parse_limit(args.limit)
+    after_session_id, offset = parse_session_page(args.after_session_id, args.offset)
+    fetch = limit if args.json else limit + 1  # one more tells the table whether there is a next page
+    with _open_database(args) as database:
+        result = list_sessions(database.session_queries, database.queries, database.identity, search, fetch,
+                               after_session_id, offset, None, PROVIDER_TYPES, _configured_provider_names(args))
+    if args.json:
+        _print_json(result)
+        return
+    sessions = result["sessions"][:limit]
+    if not sessions:
+        print(f"no more of the {result['count']} matching session(s)" if result["count"] else "no sessions match")
+        return
+    _print_table(["LAST ACTIVE", "SESSION", "USER", "CLIENT", "MODELS", "TURNS", "THREADS", "INPUT", "OUTPUT",
+                  "LAST PROMPT"],
+                 [_session_row(session) for session in sessions], right=frozenset({5, 6, 7, 8}))
+    more = f"; next page: --after-session-id {sessions[-1]['id']}" if len(result["sessions"]) > limit else ""
+    print(f"{len(sessions)} of {result['count']} matching session(s){more}")
+
+
+def _session_row(session: dict[str, Any]) -> list[str]:
+    return [
+        rfc3339(session["last_active_at"]),
+        session["id"],
+        _username(session["initiator"]),
+        session["client"] or "-",
+        ", ".join(session["models"]) or "-",
+        str(session["interception_count"]),
+        str(session["thread_count"]),
+        f"{session['token_usage']['input']:,}",
+        f"{session['token_usage']['output']:,}",
+        _one_line(session["last_prompt"], 40),
+    ]
+
+
+def _username(initiator: dict[str, Any]) -> str:
+    return initiator["username"] or initiator["id"] or "-"
+
+
+def _one_line(text: str | None, width: int) -> str:
+    """A text's first line, cut to ``width`` characters ("-" for none)."""
+    if not text:
+        return "-"
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= width else line[:width - 1] + "…"
+
+
+def _sessions_show(args: argparse.Namespace) -> None:
+    from bridge.queries import get_session, parse_limit
+
+    limit = parse_limit(args.limit)
+    with _open_database(args) as database:
+        session = get_session(database.session_queries, args.id, args.initiator, None, limit, args.after_id,
+                              args.before_id)
+    if session is None:
+        raise CommandError(f"unknown session id {args.id!r}" + (f" of {args.initiator!r}" if args.initiator else ""))
+    if args.json:
+        _print_json(session)
+        return
+    _print_session(session)
+
+
+def _print_session(session: dict[str, Any]) -> None:
+    """The session's fields, then each thread on this page: its prompt and its turns."""
+    initiator = session["initiator"]
+    user = f"{initiator['username']} ({initiator['id']})" if initiator["username"] else initiator["id"] or "-"
+    tokens = session["token_usage"]
+    fields = [
+        ("session", session["id"]),
+        ("user", user),
+        ("client", session["client"]),
+        ("providers", ", ".join(session["providers"])),
+        ("models", ", ".join(session["models"])),
+        ("started", rfc3339(session["started_at"])),
+        ("last active", rfc3339(session["last_active_at"])),
+        ("interceptions", f"{session['interception_count']} in {session['thread_count']} thread(s)"),
+        ("tokens", f"input {tokens['input']:,} · output {tokens['output']:,} · cache read {tokens['cache_read']:,}"
+                   f" · cache write {tokens['cache_write']:,}"),
+        ("last prompt", _one_line(session["last_prompt"], 100)),
+    ]
+    width = max(len(label) for label, _ in fields) + 2
+    for label, value in fields:
+        print(f"{label:<{width}}{value or '-'}")
+    calls = {tool["provider_tool_call_id"]: tool["tool"] for thread in session["threads"]
+             for record in thread["interceptions"] for tool in record["tool_usages"] if tool["provider_tool_call_id"]}
+    shown = 0
+    for thread in session["threads"]:
+        tokens = thread["token_usage"]
+        _heading(f"thread {thread['id']} · started {rfc3339(thread['started_at'])} · input {tokens['input']:,}"
+                 f" · output {tokens['output']:,}")
+        print(f"  prompt: {_one_line(thread['prompt'], 100)}" if thread["prompt"] else "  (no prompt recorded)")
+        rows = [["  " + rfc3339(record["started_at"]), record["id"], record["model"] or "-", _turn_start(record, calls),
+                 ", ".join(tool["tool"] or "-" for tool in record["tool_usages"]) or "-",
+                 f"{sum(u['input_tokens'] for u in record['token_usages']):,}",
+                 f"{sum(u['output_tokens'] for u in record['token_usages']):,}"]
+                for record in thread["interceptions"]]
+        shown += len(rows)
+        _print_table(["  STARTED", "ID", "MODEL", "TURN", "TOOL CALLS", "INPUT", "OUTPUT"], rows, right=frozenset({5, 6}))
+    if shown < session["interception_count"] and session["threads"]:
+        last = session["threads"][-1]["interceptions"][-1]["id"]
+        print(f"\n{shown} of {session['interception_count']} interception(s) shown; more: --after-id {last}"
+              " (or --before-id for earlier ones)")
+
+
+def _turn_start(record: dict[str, Any], calls: dict[str, str | None]) -> str:
+    """What started a turn: a prompt, or the results of the tool call it answers."""
+    if record["user_prompts"]:
+        return "prompt"
+    answered = record["correlating_tool_call_id"]
+    if answered:
+        return f"tool results for {calls.get(answered) or answered}"
+    return "-"
 
 
 def _refuse_unknown_names(database: Database, args: argparse.Namespace) -> None:

@@ -23,7 +23,8 @@ Choices where SPEC §2 is silent:
   ACCESS_KEY_SECRET go in pairs (neither: botocore's default credential chain); without a region, the
   region is read from an AWS BEDROCK_BASE_URL host (``bedrock-runtime.us-west-2.amazonaws.com``); a
   base URL that names none (a proxy) needs BEDROCK_REGION, since SigV4 signs for a region.
-- Provider names ``interceptions``, ``clients``, ``usage`` and ``tools`` are reserved: /api/v2/aibridge/ serves them (§8).
+- Provider names ``interceptions``, ``clients``, ``usage``, ``tools``, ``sessions`` and ``models`` are reserved:
+  /api/v2/aibridge/ serves them (§8, §9).
 - Provider indices are plain numbers: ``01`` is rejected rather than silently read as 1.
 - INCLUDE_USAGE on a non-openai provider, legacy variables that cannot take effect (e.g.
   OPENAI_BASE_URL without OPENAI_KEY), a keyless provider while BYOK is off, and an enabled gateway
@@ -245,8 +246,8 @@ def _database_path(raw: str) -> str:
 
 
 _PROVIDER_NAME = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
-# Gateway routes that live next to the provider instances under /api/v2/aibridge/ (SPEC §8).
-_RESERVED_NAMES = ("interceptions", "clients", "usage", "tools")
+# Gateway routes that live next to the provider instances under /api/v2/aibridge/ (SPEC §8, §9).
+_RESERVED_NAMES = ("interceptions", "clients", "usage", "tools", "sessions", "models")
 
 
 def _provider_type(raw: str) -> str:

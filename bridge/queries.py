@@ -1,5 +1,5 @@
-"""The queries of the operating API and the CLI, parsed and run: interception filters and pages,
-usage and tools ranges. Pure parsing (no Flask), so ``python -m bridge`` shares it without loading
+"""The queries of the operating API and the CLI, parsed and run: interception and session filters
+and pages, usage and tools ranges. Pure parsing (no Flask), so ``python -m bridge`` shares it without loading
 the web stack; the API (bridge.api) turns a QueryError into a 400, the CLI into one error line."""
 
 from __future__ import annotations
@@ -9,12 +9,17 @@ import shlex
 from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping
 
-from bridge.store import InterceptionFilter, RecordQueries, UnknownCursor
+from bridge.store import (
+    AmbiguousSession, Identity, InterceptionFilter, RecordQueries, SessionFilter, SessionQueries, UnknownCursor,
+)
 from bridge.timestamps import format_timestamp
 from bridge.units import DurationTooLong, parse_duration
 
 #: The ``q`` filter keys of GET /api/v2/aibridge/interceptions, in documentation order.
 SEARCH_KEYS = ("initiator", "provider", "provider_name", "model", "client", "started_after", "started_before")
+#: The ``q`` filter keys of GET /api/v2/aibridge/sessions.
+SESSION_SEARCH_KEYS = ("initiator", "provider", "provider_name", "model", "client", "session_id", "started_after",
+                       "started_before")
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_OFFSET = 2**63 - 1  # sqlite's integers
@@ -43,8 +48,9 @@ class QueryError(ValueError):
 # -- the interceptions query ---------------------------------------------------------------
 
 
-def parse_search(q: str | None) -> dict[str, str]:
-    """``initiator:me model:"gpt 4o"`` -> ``{"initiator": "me", "model": "gpt 4o"}``, keys checked."""
+def parse_search(q: str | None, keys: tuple[str, ...] = SEARCH_KEYS) -> dict[str, str]:
+    """``initiator:me model:"gpt 4o"`` -> ``{"initiator": "me", "model": "gpt 4o"}``, keys checked
+    (``keys``: the interceptions' or the sessions')."""
     if not q or not q.strip():
         return {}
     try:
@@ -57,9 +63,9 @@ def parse_search(q: str | None) -> dict[str, str]:
         key = key.strip().lower()
         if not colon:
             raise QueryError(f"invalid q: {term!r} is not a key:value filter",
-                             f"write filters as key:value separated by spaces, with keys {', '.join(SEARCH_KEYS)}")
-        if key not in SEARCH_KEYS:
-            raise QueryError(f"invalid q: unknown filter {key!r}", f"valid filters are {', '.join(SEARCH_KEYS)}")
+                             f"write filters as key:value separated by spaces, with keys {', '.join(keys)}")
+        if key not in keys:
+            raise QueryError(f"invalid q: unknown filter {key!r}", f"valid filters are {', '.join(keys)}")
         if key in found:
             raise QueryError(f"invalid q: filter {key!r} given more than once", "give each filter at most once")
         if not value:
@@ -104,10 +110,19 @@ def parse_date_or_time(key: str, value: str) -> str:
 
 def build_filter(values: Mapping[str, str | None], me: str | None = None) -> InterceptionFilter:
     """Checked filters from ``q`` keys (or CLI flags); ``initiator:me`` becomes ``me`` (a user id)."""
+    return InterceptionFilter(**_filter_values(values, SEARCH_KEYS, me))
+
+
+def build_session_filter(values: Mapping[str, str | None], me: str | None = None) -> SessionFilter:
+    """Checked session filters from ``q`` keys (or CLI flags), as ``build_filter``."""
+    return SessionFilter(**_filter_values(values, SESSION_SEARCH_KEYS, me))
+
+
+def _filter_values(values: Mapping[str, str | None], keys: tuple[str, ...], me: str | None) -> dict[str, str | None]:
     given = {key: value for key, value in values.items() if value is not None}
-    unknown = set(given) - set(SEARCH_KEYS)
+    unknown = set(given) - set(keys)
     if unknown:
-        raise QueryError(f"unknown filter {sorted(unknown)[0]!r}", f"valid filters are {', '.join(SEARCH_KEYS)}")
+        raise QueryError(f"unknown filter {sorted(unknown)[0]!r}", f"valid filters are {', '.join(keys)}")
     initiator = given.get("initiator")
     if initiator is not None and initiator.lower() == "me":
         if me is None:
@@ -119,15 +134,8 @@ def build_filter(values: Mapping[str, str | None], me: str | None = None) -> Int
         raise QueryError("started_before must be later than started_after",
                          f"started_after {given['started_after']} and started_before {given['started_before']}"
                          " leave no time between them")
-    return InterceptionFilter(
-        initiator=initiator,
-        provider=given.get("provider"),
-        provider_name=given.get("provider_name"),
-        model=given.get("model"),
-        client=given.get("client"),
-        started_after=after,
-        started_before=before,
-    )
+    return {**{key: given.get(key) for key in keys}, "initiator": initiator, "started_after": after,
+            "started_before": before}
 
 
 def parse_limit(text: str | None, default: int = DEFAULT_LIMIT, maximum: int = MAX_LIMIT) -> int:
@@ -168,6 +176,87 @@ def query_interceptions(queries: RecordQueries, search: InterceptionFilter, limi
     except UnknownCursor:
         raise QueryError(f"unknown after_id {after_id!r}",
                          "after_id must be the id of an interception from a previous page") from None
+
+
+# -- sessions (SPEC §9) ---------------------------------------------------------------------------
+
+
+def parse_cursor(name: str, value: str | None, what: str) -> str | None:
+    """A page cursor (an id), not empty."""
+    if value is not None and not value.strip():
+        raise QueryError(f"invalid {name}: empty", f"give the id of {what}")
+    return value
+
+
+def parse_session_page(after_session_id: str | None, offset: str | None) -> tuple[str | None, int | None]:
+    """The sessions list's cursor or offset (not both)."""
+    if after_session_id is not None and offset is not None:
+        raise QueryError("after_session_id and offset cannot be combined",
+                         "page with after_session_id (the last id of the previous page) or with offset, not both")
+    parse_cursor("after_session_id", after_session_id, "the last session of the previous page")
+    return after_session_id, parse_page(None, offset)[1]
+
+
+def list_sessions(sessions: SessionQueries, records: RecordQueries, identity: Identity, search: SessionFilter,
+                  limit: int, after_session_id: str | None, offset: int | None, viewer_id: str | None,
+                  provider_types: tuple[str, ...], provider_names: set[str]) -> dict[str, Any]:
+    """Run the sessions query. An unknown (or invisible) cursor is a QueryError, and so is a filter value
+    that names nothing (``refuse_unknown_values``) when nothing matched."""
+    try:
+        found = sessions.list_sessions(search, limit=limit, after_session_id=after_session_id, offset=offset,
+                                       viewer_id=viewer_id)
+    except UnknownCursor:
+        raise QueryError(f"unknown after_session_id {after_session_id!r}",
+                         "after_session_id must be the id of a session from a previous page") from None
+    if found["count"] == 0:
+        refuse_unknown_values(search, sessions, records, identity, viewer_id, provider_types, provider_names)
+    return found
+
+
+def refuse_unknown_values(search: SessionFilter, sessions: SessionQueries, records: RecordQueries, identity: Identity,
+                          viewer_id: str | None, provider_types: tuple[str, ...], provider_names: set[str]) -> None:
+    """A filter value that names nothing is an error, not an empty answer (SPEC §9): a user that is
+    neither a user nor the initiator of any record; a provider type or name neither configured nor
+    recorded; a model, client or session id the viewer never recorded."""
+
+    def recorded(**filters: str | None) -> bool:
+        return records.any_interception(InterceptionFilter(**filters))
+
+    if search.initiator is not None and identity.get_user(search.initiator) is None \
+            and not recorded(initiator=search.initiator):
+        raise QueryError(f"unknown initiator {search.initiator!r}", "give a username or user id, or me")
+    if search.provider is not None and search.provider not in provider_types and not recorded(provider=search.provider):
+        raise QueryError(f"unknown provider {search.provider!r}",
+                         f"provider is a provider type: {', '.join(provider_types)}; provider_name names an instance")
+    if search.provider_name is not None and search.provider_name not in provider_names \
+            and not recorded(provider_name=search.provider_name):
+        raise QueryError(f"unknown provider_name {search.provider_name!r}",
+                         f"configured providers are {', '.join(sorted(provider_names)) or 'none'}")
+    if search.model is not None and not recorded(model=search.model, initiator=viewer_id):
+        raise QueryError(f"unknown model {search.model!r}", "no interception recorded it")
+    if search.client is not None and not recorded(client=search.client, initiator=viewer_id):
+        raise QueryError(f"unknown client {search.client!r}", "no interception recorded it")
+    if search.session_id is not None and not sessions.any_session(search.session_id, viewer_id):
+        raise QueryError(f"unknown session_id {search.session_id!r}", "no session has this id")
+
+
+def get_session(sessions: SessionQueries, session_id: str, initiator: str | None, viewer_id: str | None, limit: int,
+                after_id: str | None, before_id: str | None) -> dict[str, Any] | None:
+    """One session and a page of its threads (None: no such session for this viewer). A cursor that is
+    not one of its interceptions, or an id several users' sessions share without ``initiator``, is a
+    QueryError."""
+    if after_id is not None and before_id is not None:
+        raise QueryError("after_id and before_id cannot be combined", "page forward with after_id or back with before_id")
+    parse_cursor("after_id", after_id, "the last interception of the previous page")
+    parse_cursor("before_id", before_id, "the first interception of the next page")
+    try:
+        return sessions.session(session_id, initiator=initiator, viewer_id=viewer_id, limit=limit, after_id=after_id,
+                                before_id=before_id)
+    except UnknownCursor:
+        name, value = ("after_id", after_id) if after_id is not None else ("before_id", before_id)
+        raise QueryError(f"unknown {name} {value!r}", "give the id of one of this session's interceptions") from None
+    except AmbiguousSession as exc:
+        raise QueryError(str(exc), "say whose with initiator=USERNAME") from None
 
 
 # -- usage over time and top tools (from the usage rollups) --------------------------------------

@@ -160,8 +160,8 @@ def test_results_are_newest_first_with_every_field_and_child(client, data: Datas
     result = by_id[record["id"]]
     assert list(result) == ["id", "initiator", "provider", "provider_name", "model", "client", "client_session_id",
                             "user_agent", "credential_kind", "credential_hint", "correlating_tool_call_id",
-                            "started_at", "ended_at", "metadata", "token_usages", "user_prompts", "tool_usages",
-                            "model_thoughts"]
+                            "started_at", "ended_at", "metadata", "session_id", "thread_id", "token_usages",
+                            "user_prompts", "tool_usages", "model_thoughts"]
     assert result["initiator"] == {"id": record["initiator_id"], "username": record["username"]}
     for key in ("provider", "provider_name", "model", "client", "client_session_id", "user_agent", "credential_kind",
                 "credential_hint", "correlating_tool_call_id", "started_at", "ended_at"):

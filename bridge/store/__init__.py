@@ -9,11 +9,13 @@ module importing only those above it:
 - ``dialect.py``: ``Dialect``, what the concerns use of a backend: a connection, transactions and
   the few fragments each dialect spells its own way; ``@writes`` marks the methods that write;
 - ``identity.py`` (users, tokens, authentication), ``rollups.py`` (the usage rollups),
-  ``writes.py`` (record batches), ``retention.py`` (purging), ``processes.py`` (heartbeats, the
-  interceptions of processes that are gone), ``queries.py`` (reading records and usage): one class
-  per concern, holding a Dialect, its SQL written once for both databases;
+  ``sessions.py`` (sessions and threads, kept with the records), ``writes.py`` (record batches),
+  ``retention.py`` (purging), ``processes.py`` (heartbeats, the interceptions of processes that are
+  gone), ``queries.py`` (reading records and usage), ``session_queries.py`` (reading sessions): one
+  class per concern, holding a Dialect, its SQL written once for both databases;
 - ``backend.py``: ``Store``, a Dialect with its concerns as attributes (``store.identity``,
-  ``store.records``, ``store.rollups``, ``store.retention``, ``store.processes``, ``store.queries``);
+  ``store.records``, ``store.rollups``, ``store.sessions``, ``store.retention``, ``store.processes``,
+  ``store.queries``, ``store.session_queries``);
 - ``sqlite.py`` / ``postgres.py``: each backend's connection, transactions, migrations and fragments;
 - ``opening.py``: which backend a setting names, and ``open_store``;
 - ``runner.py``: ``Database``, a process's write thread and read pool (or its own thread, for the
@@ -29,9 +31,10 @@ from typing import Any
 
 from bridge.store.backend import Store
 from bridge.store.common import (
-    CHILD_TABLES, RECORD_COLUMNS, ROLLUP_TABLES, TOKEN_ID_LENGTH, TOOL_DAILY_DIMENSIONS, TOOL_DIMENSIONS,
-    TOOL_ROLLUPS, USAGE_DIMENSIONS, USAGE_GROUPS, USAGE_ROLLUPS, USERNAME_RE, InterceptionFilter, OwnerState,
-    RecordBatch, StoreError, UnknownCursor, auth_stamp_path, mask_url, touch_auth_stamp,
+    CHILD_TABLES, RECORD_COLUMNS, ROLLUP_TABLES, SESSION_MEMBERS_TABLE, SESSIONS_TABLE, TOKEN_ID_LENGTH,
+    TOOL_DAILY_DIMENSIONS, TOOL_DIMENSIONS, TOOL_ROLLUPS, USAGE_DIMENSIONS, USAGE_GROUPS, USAGE_ROLLUPS, USERNAME_RE,
+    AmbiguousSession, InterceptionFilter, OwnerState, RecordBatch, SessionFilter, StoreError, UnknownCursor,
+    auth_stamp_path, mask_url, touch_auth_stamp,
 )
 from bridge.store.identity import Identity
 from bridge.store.opening import is_postgres_url, open_store, store_exists
@@ -40,6 +43,8 @@ from bridge.store.queries import RecordQueries
 from bridge.store.retention import Retention
 from bridge.store.rollups import Rollups
 from bridge.store.runner import Database, database_errors, file_id, journal_base
+from bridge.store.session_queries import SessionQueries
+from bridge.store.sessions import Sessions
 from bridge.store.sqlite import MIGRATIONS, SqliteStore  # MIGRATIONS: SQLite's (sqlite-utils), as before the split
 from bridge.store.writes import RecordWrites
 from bridge.timestamps import format_timestamp, utc_now
@@ -47,6 +52,7 @@ from bridge.timestamps import format_timestamp, utc_now
 
 __all__ = [
     "CHILD_TABLES", "Database", "Identity", "MIGRATIONS", "OwnerState", "Processes", "RECORD_COLUMNS", "ROLLUP_TABLES",
+    "AmbiguousSession", "SESSIONS_TABLE", "SESSION_MEMBERS_TABLE", "SessionFilter", "SessionQueries", "Sessions",
     "RecordQueries", "RecordWrites", "Retention", "Rollups", "TOKEN_ID_LENGTH", "TOOL_DAILY_DIMENSIONS",
     "TOOL_DIMENSIONS", "TOOL_ROLLUPS", "USAGE_DIMENSIONS", "USAGE_GROUPS", "USAGE_ROLLUPS", "USERNAME_RE",
     "InterceptionFilter", "PostgresStore", "RecordBatch", "SqliteStore", "Store", "StoreError", "UnknownCursor",

@@ -6,7 +6,9 @@ connection (``Dialect``) with the store's concerns on it, each created on first 
 - ``store.rollups``: the usage rollups (rollups.py);
 - ``store.retention``: purging old records (retention.py);
 - ``store.processes``: heartbeats and the interceptions of processes that are gone (processes.py);
-- ``store.queries``: reading records and usage (queries.py).
+- ``store.sessions``: sessions and threads, kept with the records (sessions.py);
+- ``store.queries``: reading records and usage (queries.py);
+- ``store.session_queries``: reading sessions and their threads (session_queries.py).
 
 Open one with ``bridge.store.open_store(target)``.
 """
@@ -21,6 +23,8 @@ from bridge.store.processes import Processes
 from bridge.store.queries import RecordQueries
 from bridge.store.retention import Retention
 from bridge.store.rollups import Rollups
+from bridge.store.session_queries import SessionQueries
+from bridge.store.sessions import Sessions
 from bridge.store.writes import RecordWrites
 
 
@@ -36,17 +40,25 @@ class Store(Dialect):
         return Rollups(self)
 
     @cached_property
+    def sessions(self) -> Sessions:
+        return Sessions(self)
+
+    @cached_property
     def records(self) -> RecordWrites:
-        return RecordWrites(self, self.rollups)
+        return RecordWrites(self, self.rollups, self.sessions)
 
     @cached_property
     def retention(self) -> Retention:
-        return Retention(self)
+        return Retention(self, self.sessions)
 
     @cached_property
     def processes(self) -> Processes:
-        return Processes(self)
+        return Processes(self, self.sessions)
 
     @cached_property
     def queries(self) -> RecordQueries:
         return RecordQueries(self, self.identity)
+
+    @cached_property
+    def session_queries(self) -> SessionQueries:
+        return SessionQueries(self, self.identity, self.queries)

@@ -289,6 +289,62 @@ class InterceptionFilter:
     started_before: str | None = None
 
 
+# -- sessions and threads (SPEC §9; migration 0006) ------------------------------------------------
+
+#: Each interception's session and thread (derived data kept by the record writer, like the rollups):
+#: the record tables keep exactly the Coder columns.
+SESSION_MEMBERS_TABLE = "aibridge_session_interceptions"
+#: One row per session: what the sessions list shows, kept current by the record writer.
+SESSIONS_TABLE = "aibridge_sessions"
+#: A session's summary columns after its key (session_id, initiator_id), in table order.
+SESSION_COLUMNS = ("client", "provider_types", "provider_names", "models", "started_at", "ended_at", "last_active_at",
+                   "last_prompt_interception_id", "last_prompt_started_at", "interception_count", "thread_count",
+                   *_TOKEN_FIGURES)
+
+
+def session_key(initiator_id: str | None, client_session_id: str | None, interception_id: str) -> tuple[str, str]:
+    """An interception's session: ``(initiator, session id)``. A session is one initiator's interceptions
+    with the same client session id; one without (or with an empty one) is a session of its own, whose
+    id is the interception's. ``''`` stands for no initiator."""
+    return initiator_id or "", client_session_id or interception_id
+
+
+@dataclass(frozen=True)
+class SessionFilter:
+    """What list_sessions() matches; None means any. A session matches ``provider``, ``provider_name``
+    or ``model`` when any of its interceptions has it; times bound its start (``started_after``
+    inclusive, ``started_before`` exclusive)."""
+
+    initiator: str | None = None  # user id or username (see identity.Identity.initiator_ids)
+    provider: str | None = None
+    provider_name: str | None = None
+    model: str | None = None
+    client: str | None = None
+    session_id: str | None = None
+    started_after: str | None = None
+    started_before: str | None = None
+
+
+class AmbiguousSession(StoreError):
+    """A session id that several initiators' sessions share (an admin must say whose)."""
+
+    def __init__(self, session_id: str, usernames: list[str]) -> None:
+        super().__init__(f"session id {session_id!r} names sessions of several users: {', '.join(usernames)}")
+        self.usernames = usernames
+
+
+def _between(column: str, after: str | None, before: str | None) -> tuple[list[str], list[Any]]:
+    """Conditions for ``after <= column < before`` (either may be None), with their parameters."""
+    where, params = [], []
+    if after is not None:
+        where.append(f"{column} >= ?")
+        params.append(after)
+    if before is not None:
+        where.append(f"{column} < ?")
+        params.append(before)
+    return where, params
+
+
 def _sql_where(conditions: list[str]) -> str:
     return f" WHERE {' AND '.join(conditions)}" if conditions else ""
 
@@ -317,6 +373,8 @@ def _interception_result(row: dict[str, Any], children: dict[str, list[dict[str,
     result = {"id": row["id"], "initiator": {"id": row["initiator_id"], "username": row["initiator_username"]}}
     result.update((column, row[column]) for column in _RESULT_COLUMNS)
     result["metadata"] = _json_value(row["metadata"])
+    result["session_id"] = row["session_id"]
+    result["thread_id"] = row["thread_id"]
     result.update(children)
     return result
 

@@ -49,6 +49,9 @@ class Dialect:
     _NOW_SECONDS = "((julianday('now') - 2440587.5) * 86400.0)"
     #: An interception's metadata with the JSON object parameter merged in (as an end merges it).
     _MERGE_METADATA = "json_patch(COALESCE(metadata, '{}'), ?)"
+    #: Whether writers lock the sessions they touch (``_lock_sessions``): PostgreSQL's writers run
+    #: concurrently; SQLite's are serialized by the write lock.
+    _LOCKS_SESSIONS = False
     #: Whether the connection can only read. SQLite opens a database read-only, silently, when its
     #: files cannot be written at that moment, and the connection stays so; its -shm is moreover
     #: shared by all connections of a process, so one such connection kept open makes every later
@@ -110,9 +113,21 @@ class Dialect:
         """``column`` is one of ``values``: the SQL condition and its single parameter."""
         raise NotImplementedError
 
+    def _any_of(self, column: str, values: list[Any]) -> tuple[str, Any]:
+        """``column`` is one of ``values``: ``= ?`` for one (what the planner does best), else ``_in``."""
+        return (f"{column} = ?", values[0]) if len(values) == 1 else self._in(column, values)
+
     def _hint(self, column: str) -> str:
         """A filter column that must not pick the index (see queries.RecordQueries._interception_where)."""
         return column
+
+    def _list_has(self, column: str, value: str) -> tuple[str, list[Any]]:
+        """The JSON array of strings in ``column`` (a sessions summary list) holds ``value``: the SQL
+        condition and its parameters (a substring test first, which an exact test then confirms)."""
+        raise NotImplementedError
+
+    def _lock_sessions(self, keys: list[tuple[str, str]]) -> None:
+        """Lock these sessions until the transaction ends, in one order (see ``_LOCKS_SESSIONS``)."""
 
     def _storable(self, batch: RecordBatch) -> RecordBatch:
         """The batch as this database can hold it (PostgreSQL's text cannot hold NUL)."""

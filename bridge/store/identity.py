@@ -158,6 +158,14 @@ class Identity:
         return {"user_id": row[1], "username": row[2], "is_admin": bool(row[3]), "token_id": token_id,
                 "expires_at": row[4]}
 
+    def visible_initiators(self, user: str | None, viewer_id: str | None) -> list[str] | None:
+        """The initiator ids an ``initiator`` filter value (None: anyone) stands for, narrowed to the
+        viewer's own when ``viewer_id`` is given; None means anyone, ``[]`` no one visible."""
+        initiators = self.initiator_ids(user) if user is not None else None
+        if viewer_id is not None:
+            return [viewer_id] if initiators is None or viewer_id in initiators else []
+        return initiators
+
     def initiator_ids(self, user: str) -> list[str]:
         """The user ids an ``initiator`` filter value stands for: a user id, else a live username,
         else the deleted users of that name; a value matching no user is taken as a raw initiator id."""

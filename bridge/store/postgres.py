@@ -29,6 +29,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import functools
+import hashlib
 import logging
 import os
 import threading
@@ -48,6 +49,7 @@ from bridge.store.common import (
     TOOL_ROLLUPS, USAGE_DIMENSIONS, USAGE_ROLLUPS, PROCESSES_TABLE, RecordBatch, StoreError, _json_text, check_columns,
     mask_url,
 )
+from bridge.store.sessions import session_schema
 from bridge.store.writes import first_of_each
 
 #: Connections per process (recorder + token lookups + API threads, and one to spare).
@@ -379,11 +381,17 @@ def _m0002_interception_owners() -> list[str]:
     ]
 
 
+#: SQLite's migration 0006: sessions and threads, filled from the records stored before (PostgresStore.migrate).
+_SESSIONS_MIGRATION = "0003_sessions"
+
 #: (name, statements), applied in order. Append new migrations; never edit old ones.
 MIGRATIONS: list[tuple[str, list[str]]] = [
     ("0001_schema", _m0001_schema()),
     ("0002_interception_owners", _m0002_interception_owners()),
+    (_SESSIONS_MIGRATION, session_schema(_TEXT, "BIGINT", " WITH (autovacuum_vacuum_scale_factor = 0.02)")),
 ]
+#: pg_advisory_xact_lock(key1, key2)'s first key for the session locks (see PostgresStore._lock_sessions).
+_SESSION_LOCKS = 0x73657373
 
 
 class PostgresStore(Store):
@@ -395,6 +403,7 @@ class PostgresStore(Store):
     _SUM = "sum({})::bigint"  # sum(bigint) is numeric: back to a Python int
     _backfill_key = "i.id"
     _NOW_SECONDS = "extract(epoch FROM clock_timestamp())::double precision"
+    _LOCKS_SESSIONS = True
     # As _end_interceptions merges (RFC 7396, one level; the orphan metadata has no null member).
     _MERGE_METADATA = "(COALESCE(metadata, '{}')::jsonb || ?::jsonb)::text"
 
@@ -437,6 +446,8 @@ class PostgresStore(Store):
                     continue
                 for statement in statements:
                     db.execute(statement)
+                if name == _SESSIONS_MIGRATION:
+                    self.sessions.fill()  # sessions and threads of the records stored before
                 db.execute("INSERT INTO bridge_migrations (name, applied_at) VALUES (?, to_char(now() AT TIME ZONE 'UTC',"
                            " 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'))", [name])
 
@@ -452,6 +463,19 @@ class PostgresStore(Store):
 
     def _in(self, column: str, values: list[Any]) -> tuple[str, Any]:
         return f"{column} = ANY(?)", list(values)
+
+    def _list_has(self, column: str, value: str) -> tuple[str, list[Any]]:
+        needle = orjson.dumps(value).decode()
+        return f"(strpos({column}, ?) > 0 AND {column}::jsonb @> jsonb_build_array(?::text))", [needle, value]
+
+    def _lock_sessions(self, keys: list[tuple[str, str]]) -> None:
+        """Transaction-scoped advisory locks, one per session (a 32-bit hash of its key: a collision only
+        makes two sessions wait for each other), taken in ascending order: writers never deadlock."""
+        if keys:
+            numbers = sorted({int.from_bytes(hashlib.blake2b(f"{initiator}\x00{session}".encode(), digest_size=4)
+                                              .digest(), "big", signed=True) for initiator, session in keys})
+            self.db.execute(f"SELECT pg_advisory_xact_lock({_SESSION_LOCKS}, k) FROM unnest(?::integer[]) AS k",
+                            [numbers])
 
     @property
     def in_transaction(self) -> bool:

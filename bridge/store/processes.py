@@ -7,13 +7,15 @@ from typing import Any
 
 from bridge.store.common import PROCESSES_TABLE, OwnerState, _json_text
 from bridge.store.dialect import Dialect, writes
+from bridge.store.sessions import Sessions
 
 
 class Processes:
     """Each process's heartbeat, and the owners of open interceptions."""
 
-    def __init__(self, store: Dialect) -> None:
+    def __init__(self, store: Dialect, sessions: Sessions) -> None:
         self.store = store
+        self.sessions = sessions
 
     @writes
     def heartbeat(self, owner: str, host: str, pid: int, started_at: str) -> None:
@@ -59,11 +61,17 @@ class Processes:
         else:
             condition, params = "owner = ?", [owner]
         with self.store.write() as db:
-            ended = db.execute(
+            # Their sessions are locked first (as the record writer locks them), then their end times told.
+            open_ids = [row[0] for row in db.execute(
+                f"SELECT id FROM aibridge_interceptions WHERE ended_at IS NULL AND {condition}", params)]
+            self.sessions.lock_keys(member.key for member in self.sessions.members(open_ids).values())
+            ended_ids = [row[0] for row in db.execute(
                 f"UPDATE aibridge_interceptions SET ended_at = ?, metadata = {self.store._MERGE_METADATA}"
-                f" WHERE ended_at IS NULL AND {condition}",
+                f" WHERE ended_at IS NULL AND {condition} RETURNING id",
                 [ended_at, _json_text(metadata), *params],
-            ).rowcount
+            )]
+            self.sessions.ended([(interception_id, ended_at) for interception_id in ended_ids])
+            ended = len(ended_ids)
             if owner is not None:
                 db.execute(f"DELETE FROM {PROCESSES_TABLE} WHERE owner = ?", [owner])
         return ended

@@ -9,9 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from bridge.store.common import (
-    _FILTER_COLUMNS, _USAGE_FIGURES, CHILD_TABLES, RECORD_COLUMNS, TOOL_ROLLUPS, USAGE_ROLLUPS, InterceptionFilter,
+    _FILTER_COLUMNS, _USAGE_FIGURES, CHILD_TABLES, RECORD_COLUMNS, SESSION_MEMBERS_TABLE, TOOL_ROLLUPS, USAGE_ROLLUPS,
+    InterceptionFilter,
     StoreError, UnknownCursor, _add, _ceil_hour, _child_result, _hour, _interception_result, _segments, _sql_where,
-    _usage_column,
+    _between, _usage_column,
 )
 from bridge.store.dialect import Dialect
 from bridge.store.identity import Identity
@@ -39,21 +40,11 @@ class RecordQueries:
             # Each filter column leads an index holding all the others (migration 0003): the first
             # one picks that index and the hint keeps the rest from competing (SQLite), so they are
             # checked inside it.
-            ref = column if n == 0 else self.store._hint(column)
-            if len(values[column]) == 1:
-                where.append(f"{ref} = ?")
-                params.append(values[column][0])
-            else:
-                condition, param = self.store._in(ref, values[column])
-                where.append(condition)
-                params.append(param)
-        if filters.started_after is not None:
-            where.append("started_at >= ?")
-            params.append(filters.started_after)
-        if filters.started_before is not None:
-            where.append("started_at < ?")
-            params.append(filters.started_before)
-        return where, params
+            condition, param = self.store._any_of(column if n == 0 else self.store._hint(column), values[column])
+            where.append(condition)
+            params.append(param)
+        times, bounds = _between("started_at", filters.started_after, filters.started_before)
+        return [*where, *times], [*params, *bounds]
 
     def query_interceptions(
         self,
@@ -75,9 +66,7 @@ class RecordQueries:
         if after_id is not None and offset is not None:
             raise StoreError("after_id and offset cannot be combined")
         with self.store._read_snapshot():
-            initiators = self.identity.initiator_ids(filters.initiator) if filters.initiator is not None else None
-            if viewer_id is not None:
-                initiators = [viewer_id] if initiators is None or viewer_id in initiators else []
+            initiators = self.identity.visible_initiators(filters.initiator, viewer_id)
             cursor = None
             if after_id is not None:
                 sql = "SELECT started_at, id FROM aibridge_interceptions WHERE id = ?"
@@ -101,7 +90,7 @@ class RecordQueries:
                 page_sql += " OFFSET ?"
                 params.append(offset)
             ids = [row[0] for row in self.store.db.execute(page_sql, params)]
-            return {"count": count, "results": self._interceptions_by_id(ids)}
+            return {"count": count, "results": self.interceptions_by_id(ids)}
 
     def any_interception(self, filters: InterceptionFilter) -> bool:
         """Whether any interception matches ``filters`` (one indexed probe: no count, no rows read)."""
@@ -114,10 +103,10 @@ class RecordQueries:
         ``viewer_id``, when it is someone else's (so that ids of others cannot be told apart)."""
         if "\x00" in interception_id:  # no stored id has one (and PostgreSQL text cannot hold it)
             return None
-        found = self._interceptions_by_id([interception_id], viewer_id)
+        found = self.interceptions_by_id([interception_id], viewer_id)
         return found[0] if found else None
 
-    def _interceptions_by_id(self, ids: list[str], viewer_id: str | None = None) -> list[dict[str, Any]]:
+    def interceptions_by_id(self, ids: list[str], viewer_id: str | None = None) -> list[dict[str, Any]]:
         """Full results for these ids, in this order (only ``viewer_id``'s when given): one query for the
         rows, then, if any, one per child table."""
         if not ids:
@@ -131,8 +120,10 @@ class RecordQueries:
         rows = {
             values[0]: values
             for values in self.store.db.execute(
-                f"SELECT {', '.join('i.' + c for c in columns)}, u.username FROM aibridge_interceptions i"
-                f" LEFT JOIN users u ON u.id = i.initiator_id WHERE {condition}",
+                f"SELECT {', '.join('i.' + c for c in columns)}, u.username,"
+                " coalesce(m.session_id, nullif(i.client_session_id, ''), i.id), coalesce(m.thread_id, i.id)"
+                f" FROM aibridge_interceptions i LEFT JOIN users u ON u.id = i.initiator_id"
+                f" LEFT JOIN {SESSION_MEMBERS_TABLE} m ON m.interception_id = i.id WHERE {condition}",
                 params,
             )
         }
@@ -149,22 +140,30 @@ class RecordQueries:
             ):
                 child = _child_result(dict(zip(child_columns, values)))
                 children[child["interception_id"]][name].append(child)
-        return [_interception_result(dict(zip((*columns, "initiator_username"), rows[i])), children[i])
-                for i in ids if i in rows]
+        names = (*columns, "initiator_username", "session_id", "thread_id")
+        return [_interception_result(dict(zip(names, rows[i])), children[i]) for i in ids if i in rows]
 
     def interception_clients(self, viewer_id: str | None = None) -> list[str]:
         """Distinct client names, sorted; only the viewer's own when ``viewer_id`` is given."""
+        return self._distinct("client", viewer_id)
+
+    def interception_models(self, viewer_id: str | None = None) -> list[str]:
+        """Distinct model names as recorded, sorted; only the viewer's own when ``viewer_id`` is given."""
+        return self._distinct("model", viewer_id)
+
+    def _distinct(self, column: str, viewer_id: str | None) -> list[str]:
+        """The distinct values of an indexed interception column (client, model), sorted."""
         if viewer_id is not None:
-            sql = ("SELECT DISTINCT client FROM aibridge_interceptions WHERE initiator_id = ? AND client IS NOT NULL"
-                   " ORDER BY client")
+            sql = (f"SELECT DISTINCT {column} FROM aibridge_interceptions WHERE initiator_id = ? AND {column} IS NOT NULL"
+                   f" ORDER BY {column}")
             return [row[0] for row in self.store.db.execute(sql, [viewer_id])]
         # A loose index scan: one seek per distinct name instead of reading every row.
-        sql = """WITH RECURSIVE names(client) AS (
-                     SELECT min(client) FROM aibridge_interceptions
+        sql = f"""WITH RECURSIVE names(value) AS (
+                     SELECT min({column}) FROM aibridge_interceptions
                      UNION ALL
-                     SELECT (SELECT min(client) FROM aibridge_interceptions WHERE client > names.client)
-                     FROM names WHERE names.client IS NOT NULL)
-                 SELECT client FROM names WHERE client IS NOT NULL"""
+                     SELECT (SELECT min({column}) FROM aibridge_interceptions WHERE {column} > names.value)
+                     FROM names WHERE names.value IS NOT NULL)
+                 SELECT value FROM names WHERE value IS NOT NULL"""
         return [row[0] for row in self.store.db.execute(sql)]
 
     # -- usage (the rollups of migration 0004) ------------------------------------------------
@@ -191,7 +190,7 @@ class RecordQueries:
                     f"SELECT {column}, {self._sum_figures} FROM {USAGE_ROLLUPS[period]}{where} GROUP BY 1", params
                 ):
                     _add(totals.setdefault(key, [0] * len(_USAGE_FIGURES)), figures)
-            names = self._usernames(totals) if column == "initiator_id" else {}
+            names = self.usernames(totals) if column == "initiator_id" else {}
         summary = []
         for key, figures in totals.items():
             value = key or None
@@ -225,7 +224,7 @@ class RecordQueries:
                     f"SELECT {column}, {t}, {self._sum_figures} FROM {USAGE_ROLLUPS[period]}{where} GROUP BY 1, 2", params
                 ):
                     _add(points.setdefault(key, {}).setdefault(at, [0] * len(_USAGE_FIGURES)), figures)
-            names = self._usernames(points) if column == "initiator_id" else {}
+            names = self.usernames(points) if column == "initiator_id" else {}
         series, totals = [], [0] * len(_USAGE_FIGURES)
         for key, by_time in points.items():
             sums = [0] * len(_USAGE_FIGURES)
@@ -253,7 +252,7 @@ class RecordQueries:
         ranked = sorted(calls.items(), key=lambda item: (-item[1], item[0]))[:limit]
         return [{"tool": tool or None, "calls": count} for tool, count in ranked]
 
-    def _usernames(self, user_ids: Any) -> dict[str, str]:
+    def usernames(self, user_ids: Any) -> dict[str, str]:
         """Usernames (of live or deleted users) by id."""
         ids = [key for key in user_ids if key]
         if not ids:
@@ -285,14 +284,6 @@ class RecordQueries:
 
 
 def _period_where(period: str, start: str | None, end: str | None, viewer_id: str | None) -> tuple[str, list[Any]]:
-    conditions, params = [], []
-    if viewer_id is not None:
-        conditions.append("initiator_id = ?")
-        params.append(viewer_id)
-    if start is not None:
-        conditions.append(f"{period} >= ?")
-        params.append(start)
-    if end is not None:
-        conditions.append(f"{period} < ?")
-        params.append(end)
-    return _sql_where(conditions), params
+    conditions, params = (["initiator_id = ?"], [viewer_id]) if viewer_id is not None else ([], [])
+    times, bounds = _between(period, start, end)
+    return _sql_where([*conditions, *times]), [*params, *bounds]

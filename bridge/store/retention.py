@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from bridge.store.common import CHILD_TABLES, TOOL_ROLLUPS, USAGE_ROLLUPS, _day, _hour
+from bridge.store.common import CHILD_TABLES, SESSION_MEMBERS_TABLE, TOOL_ROLLUPS, USAGE_ROLLUPS, _day, _hour
 from bridge.store.dialect import Dialect, writes
+from bridge.store.sessions import Sessions
 
 
 class Retention:
     """Deletes old interceptions (bridge.recorder's periodic purge, ``bridge retention purge``)."""
 
-    def __init__(self, store: Dialect) -> None:
+    def __init__(self, store: Dialect, sessions: Sessions) -> None:
         self.store = store
+        self.sessions = sessions
 
     @writes
     def purge_records(self, cutoff_iso: str, chunk: int = 5000, *, max_chunks: int | None = None) -> int:
@@ -25,6 +27,8 @@ class Retention:
         that hour's day. The cutoff's own partial hour (and day, in the daily rollups) stays, so the
         rollups keep counting interceptions of that hour (day) started before the cutoff until a
         later purge moves past it (the periodic purge does, hourly).
+
+        The sessions a chunk took interceptions from are recounted from what is left (or forgotten).
         """
         cutoff_hour = _hour(cutoff_iso)
         deleted = chunks = 0
@@ -36,9 +40,12 @@ class Retention:
                 ).fetchall()
                 ids = [row[0] for row in rows]
                 if ids:
-                    for table in (*CHILD_TABLES.values(), "aibridge_interceptions"):
+                    sessions = {member.key for member in self.sessions.members(ids).values()}
+                    self.sessions.lock_keys(sessions)
+                    for table in (*CHILD_TABLES.values(), SESSION_MEMBERS_TABLE, "aibridge_interceptions"):
                         condition, param = self.store._in("id" if table == "aibridge_interceptions" else "interception_id", ids)
                         db.execute(f"DELETE FROM {table} WHERE {condition}", [param])
+                    self.sessions.recount(sessions)
                 # Interceptions go oldest first: every hour before the last one deleted is now empty
                 # (all of them up to the cutoff's hour once the chunk is not full).
                 emptied = cutoff_hour if len(ids) < chunk else min(cutoff_hour, _hour(rows[-1][1]))

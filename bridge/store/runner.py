@@ -42,6 +42,8 @@ from bridge.store.processes import Processes
 from bridge.store.queries import RecordQueries
 from bridge.store.retention import Retention
 from bridge.store.rollups import Rollups
+from bridge.store.session_queries import SessionQueries
+from bridge.store.sessions import Sessions
 from bridge.store.writes import RecordWrites
 
 _T = TypeVar("_T")
@@ -177,7 +179,9 @@ class Database:
     rollups = _Concern(Rollups)
     retention = _Concern(Retention)
     processes = _Concern(Processes)
+    sessions = _Concern(Sessions)
     queries = _Concern(RecordQueries)
+    session_queries = _Concern(SessionQueries)
 
     def __init__(self, target: str, *, read_threads: int = READ_THREADS, busy_timeout: float = 10.0,
                  threads: bool = True) -> None:

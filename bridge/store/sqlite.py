@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import orjson
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
@@ -26,6 +27,7 @@ from bridge.store.common import (
     USAGE_DIMENSIONS, USAGE_ROLLUPS, PROCESSES_TABLE, StoreError, _json_text, check_columns, touch_auth_stamp,
 )
 from bridge.store.rollups import backfill_statements
+from bridge.store.sessions import session_schema
 from bridge.store.writes import first_of_each
 
 _ROWS_PER_STATEMENT = 250  # record rows per INSERT (fewer where SQLite allows fewer parameters)
@@ -216,6 +218,18 @@ def _m0005_interception_owners(db: Database) -> None:
     )
 
 
+_SESSIONS_MIGRATION = "0006_sessions"
+
+
+@MIGRATIONS(name=_SESSIONS_MIGRATION)
+def _m0006_sessions(db: Database) -> None:
+    """Sessions and threads (SPEC §9): each interception's session and thread, one summary row per
+    session, and the indexes that link an answer to the tool call it answers. Filled from the records
+    stored before by SqliteStore.migrate (store.sessions.fill) in the same transaction."""
+    for statement in session_schema("TEXT", "INTEGER"):
+        db.execute(statement)
+
+
 def _write_header(conn: sqlite3.Connection) -> None:
     """Rewrite the header's user_version unchanged: a write (the caller rolls it back) that fails with
     SQLITE_READONLY on a read-only connection, where ``BEGIN IMMEDIATE`` alone succeeds."""
@@ -286,7 +300,10 @@ class SqliteStore(Store):
         # Re-checked under the write lock, so a racing process that migrated first wins cleanly;
         # sqlite-utils' per-migration atomic() nests as savepoints inside this transaction.
         with self.write():
+            pending = {migration.name for migration in MIGRATIONS.pending(self.db)}
             MIGRATIONS.apply(self.db)
+            if _SESSIONS_MIGRATION in pending:
+                self.sessions.fill()  # sessions and threads of the records stored before
 
     def _check_writable(self, timeout: float) -> None:
         """Take the write lock, write the header and let both go at once (rolled back), waiting at most
@@ -333,6 +350,11 @@ class SqliteStore(Store):
 
     def _executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         self.db.conn.executemany(sql, rows)
+
+    def _list_has(self, column: str, value: str) -> tuple[str, list[Any]]:
+        needle = orjson.dumps(value).decode()
+        return (f"(instr({column}, ?) > 0 AND EXISTS (SELECT 1 FROM json_each({column}) WHERE value = ?))",
+                [needle, value])
 
     def _hint(self, column: str) -> str:
         return f"+{column}"  # unary plus: the planner does not use an index for this column

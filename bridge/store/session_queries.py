@@ -1,0 +1,215 @@
+"""Reading sessions and their threads (SPEC §9): the sessions list from the summary rows (one index
+range, most recently active first, keyset or offset pages), one session with a page of its
+interceptions grouped into threads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from bridge.store.common import (
+    _TOKEN_FIGURES, SESSION_COLUMNS, SESSION_MEMBERS_TABLE, SESSIONS_TABLE, AmbiguousSession, SessionFilter, StoreError,
+    UnknownCursor, _sql_where, _between,
+)
+from bridge.store.dialect import Dialect
+from bridge.store.identity import Identity
+from bridge.store.queries import RecordQueries
+
+#: The API's names of the token figures (``token_usage``), in _TOKEN_FIGURES order.
+_TOKEN_USAGE = ("input", "output", "cache_read", "cache_write")
+_ORDER = "s.last_active_at DESC, s.session_id DESC, s.initiator_id DESC"
+_SUMMARY = ", ".join(f"s.{column}" for column in ("session_id", "initiator_id", *SESSION_COLUMNS))
+
+
+class SessionQueries:
+    """Sessions (a filtered page, one by id with its threads)."""
+
+    def __init__(self, store: Dialect, identity: Identity, records: RecordQueries) -> None:
+        self.store = store
+        self.identity = identity
+        self.records = records
+
+    def list_sessions(self, filters: SessionFilter | None = None, *, limit: int = 100, after_session_id: str | None = None,
+                      offset: int | None = None, viewer_id: str | None = None) -> dict[str, Any]:
+        """``{"count": matching sessions, "sessions": one page, most recently active first}``.
+
+        ``viewer_id`` restricts everything to that user's sessions. ``after_session_id`` continues
+        after that session (visible and matching, else UnknownCursor; an id several users' sessions
+        share continues after the most recently active of them).
+        """
+        filters = filters or SessionFilter()
+        if after_session_id is not None and offset is not None:
+            raise StoreError("after_session_id and offset cannot be combined")
+        with self.store._read_snapshot():
+            initiators = self.identity.visible_initiators(filters.initiator, viewer_id)
+            if initiators == []:
+                if after_session_id is not None:
+                    raise UnknownCursor(f"unknown after_session_id {after_session_id!r}: no such session")
+                return {"count": 0, "sessions": []}
+            where, params = self._where(filters, initiators)
+            count = self.store.db.execute(f"SELECT count(*) FROM {SESSIONS_TABLE} s{_sql_where(where)}", params).fetchone()[0]
+            if after_session_id is not None:
+                cursor = self.store.db.execute(
+                    f"SELECT s.last_active_at, s.session_id, s.initiator_id FROM {SESSIONS_TABLE} s"
+                    f"{_sql_where([*where, 's.session_id = ?'])} ORDER BY {_ORDER} LIMIT 1",
+                    [*params, after_session_id]).fetchone()
+                if cursor is None:
+                    raise UnknownCursor(f"unknown after_session_id {after_session_id!r}: no such session")
+                where = [*where, "(s.last_active_at, s.session_id, s.initiator_id) < (?, ?, ?)"]
+                params = [*params, *cursor]
+            sql = f"SELECT {_SUMMARY} FROM {SESSIONS_TABLE} s{_sql_where(where)} ORDER BY {_ORDER} LIMIT ?"
+            params.append(limit)
+            if offset:
+                sql += " OFFSET ?"
+                params.append(offset)
+            return {"count": count, "sessions": self._results(self.store.db.execute(sql, params).fetchall())}
+
+    def any_session(self, session_id: str, viewer_id: str | None = None) -> bool:
+        """Whether a session (the viewer's own, when given) has this id."""
+        where, params = ["session_id = ?"], [session_id]
+        if viewer_id is not None:
+            where.append("initiator_id = ?")
+            params.append(viewer_id)
+        return self.store.db.execute(f"SELECT 1 FROM {SESSIONS_TABLE}{_sql_where(where)} LIMIT 1", params).fetchone() is not None
+
+    def session(self, session_id: str, *, initiator: str | None = None, viewer_id: str | None = None, limit: int = 100,
+                after_id: str | None = None, before_id: str | None = None) -> dict[str, Any] | None:
+        """One session (as listed) with ``threads``: a page of ``limit`` of its interceptions in session
+        order (from the start, after ``after_id`` or before ``before_id``), grouped by thread, oldest
+        thread first. Each thread's figures (start, end, tokens) are the whole thread's.
+
+        None when no session (the viewer's own, when given; ``initiator``'s, when given) has this id.
+        An id several initiators' sessions share raises AmbiguousSession unless ``initiator`` says
+        whose; a cursor that is not one of the session's interceptions raises UnknownCursor.
+        """
+        if after_id is not None and before_id is not None:
+            raise StoreError("after_id and before_id cannot be combined")
+        if "\x00" in session_id:  # no stored id has one (and PostgreSQL text cannot hold it)
+            return None
+        with self.store._read_snapshot():
+            where, params = ["s.session_id = ?"], [session_id]
+            initiators = self.identity.visible_initiators(initiator, viewer_id)
+            if initiators is not None:
+                condition, param = self.store._in("s.initiator_id", initiators)
+                where.append(condition)
+                params.append(param)
+            found = self._results(self.store.db.execute(
+                f"SELECT {_SUMMARY} FROM {SESSIONS_TABLE} s{_sql_where(where)} ORDER BY {_ORDER}", params).fetchall())
+            if not found:
+                return None
+            if len(found) > 1:
+                raise AmbiguousSession(session_id, [s["initiator"]["username"] or s["initiator"]["id"] or "(none)"
+                                                    for s in found])
+            [result] = found
+            result["threads"] = self._threads(session_id, result["initiator"]["id"] or "", limit, after_id, before_id)
+            return result
+
+    def _threads(self, session_id: str, initiator_id: str, limit: int, after_id: str | None,
+                 before_id: str | None) -> list[dict[str, Any]]:
+        db = self.store.db
+        members = db.execute(
+            f"SELECT interception_id, thread_id, started_at FROM {SESSION_MEMBERS_TABLE}"
+            " WHERE session_id = ? AND initiator_id = ? ORDER BY started_at, interception_id",
+            [session_id, initiator_id]).fetchall()
+        order = [row[0] for row in members]
+        thread_of = {row[0]: row[1] or row[0] for row in members}
+        position = {interception_id: n for n, interception_id in enumerate(order)}
+        cursor = after_id if after_id is not None else before_id
+        if cursor is not None and cursor not in position:
+            name = "after_id" if after_id is not None else "before_id"
+            raise UnknownCursor(f"unknown {name} {cursor!r}: not an interception of this session")
+        if after_id is not None:
+            page = order[position[after_id] + 1:position[after_id] + 1 + limit]
+        elif before_id is not None:
+            page = order[max(0, position[before_id] - limit):position[before_id]]
+        else:
+            page = order[:limit]
+        roots = list(dict.fromkeys(thread_of[i] for i in page))
+        roots.sort(key=lambda root: position[root])
+        members_of: dict[str, list[str]] = {root: [] for root in roots}  # every interception of the page's threads
+        for interception_id in order:
+            if thread_of[interception_id] in members_of:
+                members_of[thread_of[interception_id]].append(interception_id)
+        ended, tokens = self._figures([i for ids in members_of.values() for i in ids])
+        prompts = self._prompts(roots)
+        started = {row[0]: row[2] for row in members}
+        threads: dict[str, dict[str, Any]] = {}
+        for root, ids in members_of.items():
+            ends = [ended[i] for i in ids if ended.get(i)]
+            sums = [sum(tokens.get(i, (0,) * len(_TOKEN_USAGE))[n] for i in ids) for n in range(len(_TOKEN_USAGE))]
+            threads[root] = {"id": root, "prompt": prompts.get(root), "started_at": started[root],
+                             "ended_at": max(ends) if ends else None, "token_usage": dict(zip(_TOKEN_USAGE, sums)),
+                             "cost_usd": None, "interceptions": []}
+        for record in self.records.interceptions_by_id(page):
+            threads[thread_of[record["id"]]]["interceptions"].append(record)
+        return list(threads.values())
+
+    def _figures(self, ids: list[str]) -> tuple[dict[str, str | None], dict[str, tuple[int, ...]]]:
+        """End times and token sums of these interceptions."""
+        if not ids:
+            return {}, {}
+        condition, param = self.store._in("id", ids)
+        ended = dict(self.store.db.execute(f"SELECT id, ended_at FROM aibridge_interceptions WHERE {condition}",
+                                           [param]).fetchall())
+        condition, param = self.store._in("interception_id", ids)
+        sums = ", ".join(self.store._SUM.format(c) for c in _TOKEN_FIGURES)
+        tokens = {row[0]: tuple(row[1:]) for row in self.store.db.execute(
+            f"SELECT interception_id, {sums} FROM aibridge_token_usages WHERE {condition} GROUP BY interception_id",
+            [param])}
+        return ended, tokens
+
+    def _prompts(self, ids: list[str]) -> dict[str, str]:
+        """The prompt each of these interceptions recorded (the last written, should there be several)."""
+        if not ids:
+            return {}
+        condition, param = self.store._in("interception_id", ids)
+        return {row[0]: row[1] for row in self.store.db.execute(
+            f"SELECT interception_id, prompt FROM aibridge_user_prompts WHERE {condition}"
+            f" ORDER BY created_at, {self.store._WRITE_ORDER}", [param])}
+
+    def _where(self, filters: SessionFilter, initiators: list[str] | None) -> tuple[list[str], list[Any]]:
+        where: list[str] = []
+        params: list[Any] = []
+        if initiators is not None:
+            condition, param = self.store._any_of("s.initiator_id", initiators)
+            where.append(condition)
+            params.append(param)
+        for column, value in (("s.session_id", filters.session_id), ("s.client", filters.client)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        for column, value in (("s.provider_types", filters.provider), ("s.provider_names", filters.provider_name),
+                              ("s.models", filters.model)):
+            if value is not None:
+                condition, values = self.store._list_has(column, value)
+                where.append(condition)
+                params.extend(values)
+        times, bounds = _between("s.started_at", filters.started_after, filters.started_before)
+        return [*where, *times], [*params, *bounds]
+
+    def _results(self, rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+        """Summary rows (``_SUMMARY``) as the API's session objects, with usernames and last prompts."""
+        if not rows:
+            return []
+        names = self.records.usernames({row[1] for row in rows})
+        prompts = self._prompts([row[9] for row in rows if row[9] is not None])
+        sessions = []
+        for (session_id, initiator_id, client, _types, provider_names, models, started_at, ended_at, last_active_at,
+             prompt_id, _prompt_at, interception_count, thread_count, *tokens) in rows:
+            sessions.append({
+                "id": session_id,
+                "initiator": {"id": initiator_id or None, "username": names.get(initiator_id)},
+                "client": client,
+                "providers": orjson.loads(provider_names),
+                "models": orjson.loads(models),
+                "started_at": started_at,
+                "ended_at": ended_at,
+                "last_active_at": last_active_at,
+                "last_prompt": prompts.get(prompt_id) if prompt_id is not None else None,
+                "interception_count": int(interception_count),
+                "thread_count": int(thread_count),
+                "token_usage": dict(zip(_TOKEN_USAGE, (int(t) for t in tokens))),
+                "cost_usd": None,  # priced by issue 19
+            })
+        return sessions

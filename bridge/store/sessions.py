@@ -1,0 +1,449 @@
+"""Sessions and threads (SPEC §9), kept by the record writer in its transaction, like the usage rollups:
+
+- ``aibridge_session_interceptions``: each interception's session (its initiator and client session id,
+  or its own id) and thread (NULL: the thread it starts), written with the interception;
+- ``aibridge_sessions``: one summary row per session (times, counts, token sums, providers, models,
+  the last prompt): what the sessions list reads, most recently active first, from an index.
+
+A thread follows from the records (``thread_ids``): an interception that records a prompt starts one;
+one whose correlating_tool_call_id names a tool call recorded earlier in its session joins that
+call's thread; any other starts its own. Workers write out of order: an answer's start can be
+stored before the end that recorded the call it answers (another worker, a later batch), and a
+prompt is recorded at its turn's end. So a new interception is linked from what is stored, and a
+session is recounted whole (``recount``) when a late tool call or prompt changes a link made
+before. On PostgreSQL a writer first takes an advisory lock per session it touches (in one order),
+so that writers of several instances see each other's rows of a session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from bridge.records import InterceptionEndRecord, InterceptionRecord, PromptRecord, TokenUsageRecord, ToolUsageRecord
+from bridge.store.common import (
+    _TOKEN_FIGURES, SESSION_COLUMNS, SESSION_MEMBERS_TABLE, SESSIONS_TABLE, RecordBatch, _figure, session_key,
+)
+from bridge.store.dialect import Dialect, writes
+
+Key = tuple[str, str]  # (initiator id or '', session id)
+#: Sessions recounted per round of queries (each an IN list of session ids).
+_RECOUNT_CHUNK = 1000
+_SUMMARY_COLUMNS = ("session_id", "initiator_id", *SESSION_COLUMNS)
+_UPSERT_SUMMARY = (
+    f"INSERT INTO {SESSIONS_TABLE} ({', '.join(_SUMMARY_COLUMNS)}) VALUES ({', '.join('?' * len(_SUMMARY_COLUMNS))})"
+    f" ON CONFLICT (session_id, initiator_id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in SESSION_COLUMNS)
+)
+_INSERT_MEMBER = (f"INSERT INTO {SESSION_MEMBERS_TABLE} (interception_id, initiator_id, session_id, started_at, thread_id)"
+                  " VALUES (?, ?, ?, ?, ?) ON CONFLICT (interception_id) DO NOTHING")
+
+
+def session_schema(text: str, integer: str, table_options: str = "") -> list[str]:
+    """The tables and indexes of sessions and threads, in a backend's types (SQLite migration 0006,
+    PostgreSQL 0003)."""
+    figures = ", ".join(f"{name} {integer} NOT NULL DEFAULT 0" for name in _TOKEN_FIGURES)
+    return [
+        f"""CREATE TABLE {SESSION_MEMBERS_TABLE} (
+            interception_id {text} PRIMARY KEY REFERENCES aibridge_interceptions (id) ON DELETE CASCADE,
+            initiator_id {text} NOT NULL,
+            session_id {text} NOT NULL,
+            started_at {text} NOT NULL,
+            thread_id {text}
+        ){table_options}""",
+        # A session's interceptions in order, with their threads, from the index alone.
+        f"CREATE INDEX {SESSION_MEMBERS_TABLE}_session ON {SESSION_MEMBERS_TABLE}"
+        " (session_id, initiator_id, started_at, interception_id, thread_id)",
+        f"""CREATE TABLE {SESSIONS_TABLE} (
+            session_id {text} NOT NULL,
+            initiator_id {text} NOT NULL,
+            client {text},
+            provider_types {text} NOT NULL,
+            provider_names {text} NOT NULL,
+            models {text} NOT NULL,
+            started_at {text} NOT NULL,
+            ended_at {text},
+            last_active_at {text} NOT NULL,
+            last_prompt_interception_id {text},
+            last_prompt_started_at {text},
+            interception_count {integer} NOT NULL DEFAULT 0,
+            thread_count {integer} NOT NULL DEFAULT 0,
+            {figures},
+            PRIMARY KEY (session_id, initiator_id)
+        )""",
+        # Most recently active first (keyset pages), for everyone, per user, per client.
+        f"CREATE INDEX {SESSIONS_TABLE}_last_active ON {SESSIONS_TABLE} (last_active_at, session_id, initiator_id)",
+        f"CREATE INDEX {SESSIONS_TABLE}_by_initiator ON {SESSIONS_TABLE} (initiator_id, last_active_at, session_id)",
+        f"CREATE INDEX {SESSIONS_TABLE}_by_client ON {SESSIONS_TABLE}"
+        " (client, last_active_at, session_id, initiator_id)",
+        # An answer's tool call (the writer links a new answer) and a tool call's answers (a late call).
+        "CREATE INDEX aibridge_tool_usages_call_id ON aibridge_tool_usages (provider_tool_call_id)"
+        " WHERE provider_tool_call_id IS NOT NULL",
+        "CREATE INDEX aibridge_interceptions_answers ON aibridge_interceptions (correlating_tool_call_id)"
+        " WHERE correlating_tool_call_id IS NOT NULL",
+    ]
+
+
+@dataclass(slots=True)
+class Member:
+    """An interception's place in its session: its key, start, and thread (None: the one it starts)."""
+
+    id: str
+    key: Key
+    started_at: str
+    thread_id: str | None = None
+
+    @property
+    def order(self) -> tuple[str, str]:
+        """Its place in the session's order (started_at, then id)."""
+        return self.started_at, self.id
+
+
+def thread_ids(members: list[tuple[str, str | None, bool]], calls: list[tuple[str, str]]) -> dict[str, str]:
+    """The thread of each interception of one session: ``members`` in session order as ``(id,
+    correlating_tool_call_id, prompted)``, ``calls`` the session's tool calls as ``(tool call id, the
+    interception that recorded it)``. An answer joins the thread of the first interception that
+    recorded the call, when that one came before it."""
+    position = {member[0]: n for n, member in enumerate(members)}
+    first: dict[str, str] = {}
+    for call_id, owner in calls:
+        if owner in position and (call_id not in first or position[owner] < position[first[call_id]]):
+            first[call_id] = owner
+    threads: dict[str, str] = {}
+    for n, (interception_id, answers, prompted) in enumerate(members):
+        owner = None if prompted or answers is None else first.get(answers)
+        threads[interception_id] = threads[owner] if owner is not None and position[owner] < n else interception_id
+    return threads
+
+
+@dataclass(slots=True)
+class Summary:
+    """A session's summary row as Python values (``aibridge_sessions``)."""
+
+    client: str | None = None  # the least, by name, of its interceptions' clients (one in practice)
+    provider_types: set[str] = field(default_factory=set)
+    provider_names: set[str] = field(default_factory=set)
+    models: set[str] = field(default_factory=set)
+    started_at: str | None = None
+    ended_at: str | None = None
+    last_active_at: str | None = None
+    last_prompt: tuple[str, str] | None = None  # (its interception's started_at, that interception's id)
+    interception_count: int = 0
+    thread_count: int = 0
+    tokens: list[int] = field(default_factory=lambda: [0] * len(_TOKEN_FIGURES))
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> Summary:
+        (client, types, names, models, started_at, ended_at, last_active_at, prompt_id, prompt_at, count, threads,
+         *tokens) = row
+        return cls(client, set(orjson.loads(types)), set(orjson.loads(names)), set(orjson.loads(models)), started_at,
+                   ended_at, last_active_at, (prompt_at, prompt_id) if prompt_id is not None else None, count, threads,
+                   [int(t) for t in tokens])
+
+    def row(self, key: Key) -> tuple[Any, ...]:
+        prompt_at, prompt_id = self.last_prompt or (None, None)
+        return (key[1], key[0], self.client, _list_text(self.provider_types), _list_text(self.provider_names),
+                _list_text(self.models), self.started_at, self.ended_at, self.last_active_at, prompt_id, prompt_at,
+                self.interception_count, self.thread_count, *self.tokens)
+
+    def add_interception(self, record: Any, starts_thread: bool) -> None:
+        """An interception (a record, or a row with the same attributes) joins the session."""
+        self.interception_count += 1
+        self.thread_count += starts_thread
+        if record.client is not None and (self.client is None or record.client < self.client):
+            self.client = record.client
+        for values, value in ((self.provider_types, record.provider), (self.provider_names, record.provider_name),
+                              (self.models, record.model)):
+            if value is not None:
+                values.add(value)
+        if self.started_at is None or record.started_at < self.started_at:
+            self.started_at = record.started_at
+        self._active(record.started_at)
+        if record.ended_at is not None:
+            self.end(record.ended_at)
+
+    def end(self, ended_at: str) -> None:
+        if self.ended_at is None or ended_at > self.ended_at:
+            self.ended_at = ended_at
+        self._active(ended_at)
+
+    def use(self, figures: Iterable[Any]) -> None:
+        """A token usage's figures, in _TOKEN_FIGURES order."""
+        for n, value in enumerate(figures):
+            self.tokens[n] += _figure(value)
+
+    def prompt(self, member: Member) -> None:
+        """The interception ``member`` recorded a prompt: the session's last prompt if it is the latest."""
+        if self.last_prompt is None or member.order > self.last_prompt:
+            self.last_prompt = member.order
+
+    def _active(self, at: str) -> None:
+        if self.last_active_at is None or at > self.last_active_at:
+            self.last_active_at = at
+
+
+def _list_text(values: set[str]) -> str:
+    """A summary's list column: a sorted JSON array (see Dialect._list_has for how filters read it)."""
+    return orjson.dumps(sorted(values)).decode()
+
+
+@dataclass(slots=True)
+class _Stored:
+    """An interception's row as a recount reads it (the attributes Summary.add_interception reads)."""
+
+    id: str
+    member: Member
+    ended_at: str | None
+    provider: str | None
+    provider_name: str | None
+    model: str | None
+    client: str | None
+    correlating_tool_call_id: str | None
+    started_at: str = ""
+
+    def __post_init__(self) -> None:
+        self.started_at = self.member.started_at
+
+
+class Sessions:
+    """Keeps the sessions and threads of the records current (the record writer, retention, the
+    ending of orphaned interceptions) and rebuilds them from the records."""
+
+    def __init__(self, store: Dialect) -> None:
+        self.store = store
+
+    # -- the record writer's steps, in its transaction ---------------------------------------------
+
+    def lock(self, batch: RecordBatch, new: list[InterceptionRecord]) -> None:
+        """Before the batch's ends and children are written: on PostgreSQL, lock the sessions it touches."""
+        if not self.store._LOCKS_SESSIONS:
+            return
+        keys = {session_key(r.initiator_id, r.client_session_id, r.id) for r in new}
+        new_ids = {r.id for r in new}
+        referenced = {end.id for end in batch.ends}
+        for name in ("token_usages", "user_prompts", "tool_usages", "model_thoughts"):
+            referenced.update(record.interception_id for record in getattr(batch, name))
+        keys.update(member.key for member in self.members(referenced - new_ids).values())
+        self.store._lock_sessions(sorted(keys))
+
+    def add(self, new: list[InterceptionRecord], ends: list[InterceptionEndRecord], token_usages: list[TokenUsageRecord],
+            prompts: list[PromptRecord], tool_calls: list[ToolUsageRecord]) -> None:
+        """Newly inserted records join their sessions: the new interceptions are linked into threads
+        and their memberships written; a session where a late tool call or prompt changes earlier links
+        is recounted whole; the other sessions' summaries get what the records add."""
+        if not (new or ends or token_usages or prompts or tool_calls):
+            return
+        fresh = {r.id: Member(r.id, session_key(r.initiator_id, r.client_session_id, r.id), r.started_at) for r in new}
+        referenced = {end.id for end in ends} | {r.interception_id for r in (*token_usages, *prompts, *tool_calls)}
+        members = {**self.members(referenced - fresh.keys()), **fresh}
+        prompted = {p.interception_id for p in prompts}
+        recount = self._late_links(members, fresh, prompted, tool_calls)
+        self._link(new, fresh, prompted)
+        self.store._executemany(_INSERT_MEMBER, [(m.id, *m.key, m.started_at, m.thread_id) for m in fresh.values()])
+
+        summaries = self._summaries({m.key for m in members.values()} - recount)
+        fresh_keys = {m.key for m in fresh.values()}
+        for key, summary in summaries.items():
+            if summary.started_at is None and key not in fresh_keys:
+                recount.add(key)  # no summary row yet for a stored interception's session: count it whole
+        for record in new:
+            member = fresh[record.id]
+            if member.key not in recount:
+                summaries[member.key].add_interception(record, member.thread_id is None)
+        for end in ends:
+            member = members.get(end.id)
+            if member is not None and member.key not in recount:
+                summaries[member.key].end(end.ended_at)
+        for usage in token_usages:
+            member = members.get(usage.interception_id)
+            if member is not None and member.key not in recount:
+                summaries[member.key].use([getattr(usage, name) for name in _TOKEN_FIGURES])
+        for interception_id in prompted:
+            member = members.get(interception_id)
+            if member is not None and member.key not in recount:
+                summaries[member.key].prompt(member)
+        self._write_summaries({key: s for key, s in summaries.items() if key not in recount})
+        self.recount(recount)
+
+    def _late_links(self, members: dict[str, Member], fresh: dict[str, Member], prompted: set[str],
+                    tool_calls: list[ToolUsageRecord]) -> set[Key]:
+        """The sessions whose stored links these records change: an interception stored before answers
+        one of the new tool calls, or one stored as joining a thread now has a prompt."""
+        changed: set[Key] = set()
+        owners = {call.provider_tool_call_id: members[call.interception_id] for call in tool_calls
+                  if call.provider_tool_call_id is not None and call.interception_id in members}
+        if owners:
+            condition, param = self.store._in("correlating_tool_call_id", list(owners))
+            for interception_id, initiator_id, client_session_id, answers in self.store.db.execute(
+                    "SELECT id, initiator_id, client_session_id, correlating_tool_call_id FROM aibridge_interceptions"
+                    f" WHERE correlating_tool_call_id IS NOT NULL AND {condition}", [param]):
+                key = session_key(initiator_id, client_session_id, interception_id)
+                if interception_id not in fresh and owners[answers].key == key:
+                    changed.add(key)
+        for interception_id in prompted:
+            member = members.get(interception_id)
+            if member is not None and interception_id not in fresh and member.thread_id is not None:
+                changed.add(member.key)
+        return changed
+
+    def _link(self, new: list[InterceptionRecord], fresh: dict[str, Member], prompted: set[str]) -> None:
+        """Set each new interception's thread from the tool calls stored (this batch's included)."""
+        answers = {r.id: r.correlating_tool_call_id for r in new
+                   if r.correlating_tool_call_id is not None and r.id not in prompted}
+        if not answers:
+            return
+        condition, param = self.store._in("provider_tool_call_id", list(set(answers.values())))
+        owners: dict[str, list[str]] = {}
+        for call_id, owner in self.store.db.execute(
+                f"SELECT provider_tool_call_id, interception_id FROM aibridge_tool_usages"
+                f" WHERE provider_tool_call_id IS NOT NULL AND {condition}", [param]):
+            owners.setdefault(call_id, []).append(owner)
+        known = {**self.members({o for found in owners.values() for o in found} - fresh.keys()), **fresh}
+        for member in sorted(fresh.values(), key=lambda m: m.order):
+            if member.id not in answers:
+                continue
+            candidates = [known[o] for o in owners.get(answers[member.id], ()) if o in known]
+            before = [o for o in candidates if o.key == member.key and o.order < member.order]
+            if before:
+                owner = min(before, key=lambda m: m.order)
+                member.thread_id = owner.thread_id or owner.id
+
+    # -- shared by the writer, retention and the ending of orphans --------------------------------
+
+    def members(self, ids: Iterable[str]) -> dict[str, Member]:
+        """The stored memberships of these interceptions (those that have one)."""
+        ids = list(ids)
+        if not ids:
+            return {}
+        condition, param = self.store._in("interception_id", ids)
+        return {row[0]: Member(row[0], (row[1], row[2]), row[3], row[4]) for row in self.store.db.execute(
+            f"SELECT interception_id, initiator_id, session_id, started_at, thread_id FROM {SESSION_MEMBERS_TABLE}"
+            f" WHERE {condition}", [param])}
+
+    def lock_keys(self, keys: Iterable[Key]) -> None:
+        """Lock these sessions for the transaction (PostgreSQL; SQLite's writers are serialized)."""
+        if self.store._LOCKS_SESSIONS:
+            self.store._lock_sessions(sorted(set(keys)))
+
+    def ended(self, ends: list[tuple[str, str]]) -> None:
+        """Interceptions ended outside a record batch (``(id, ended_at)``): their sessions' end times."""
+        members = self.members(interception_id for interception_id, _ in ends)
+        summaries = self._summaries({m.key for m in members.values()})
+        for interception_id, ended_at in ends:
+            member = members.get(interception_id)
+            if member is not None and summaries[member.key].started_at is not None:
+                summaries[member.key].end(ended_at)
+        self._write_summaries({key: s for key, s in summaries.items() if s.started_at is not None})
+
+    def recount(self, keys: Iterable[Key]) -> None:
+        """Recount these sessions from their records: every member's thread, and the summary row
+        (deleted when the session has no interception left)."""
+        keys = set(keys)
+        session_ids = sorted({key[1] for key in keys})
+        for start in range(0, len(session_ids), _RECOUNT_CHUNK):
+            self._recount_chunk(keys, session_ids[start:start + _RECOUNT_CHUNK])
+
+    def _recount_chunk(self, keys: set[Key], session_ids: list[str]) -> None:
+        db = self.store.db
+        condition, param = self.store._in("m.session_id", session_ids)
+        sessions: dict[Key, list[_Stored]] = {}
+        for (interception_id, initiator_id, session_id, started_at, thread_id, ended_at, provider, provider_name, model,
+             client, answers) in db.execute(
+                "SELECT m.interception_id, m.initiator_id, m.session_id, m.started_at, m.thread_id, i.ended_at,"
+                " i.provider, i.provider_name, i.model, i.client, i.correlating_tool_call_id"
+                f" FROM {SESSION_MEMBERS_TABLE} AS m JOIN aibridge_interceptions AS i ON i.id = m.interception_id"
+                f" WHERE {condition}", [param]):
+            key = (initiator_id, session_id)
+            if key in keys:
+                member = Member(interception_id, key, started_at, thread_id)
+                sessions.setdefault(key, []).append(_Stored(interception_id, member, ended_at, provider, provider_name,
+                                                            model, client, answers))
+        rows = {row.id: row for rows in sessions.values() for row in rows}
+        prompted, all_calls, usages = self._children(list(rows))
+        calls: dict[Key, list[tuple[str, str]]] = {}
+        for call in all_calls:
+            calls.setdefault(rows[call[1]].member.key, []).append(call)
+        summaries: dict[Key, Summary] = {}
+        moved: list[tuple[str | None, str]] = []
+        for key, stored in sessions.items():
+            stored.sort(key=lambda row: row.member.order)
+            threads = thread_ids([(row.id, row.correlating_tool_call_id, row.id in prompted) for row in stored],
+                                 calls.get(key, []))
+            summary = summaries[key] = Summary()
+            for row in stored:
+                thread_id = None if threads[row.id] == row.id else threads[row.id]
+                if thread_id != row.member.thread_id:
+                    moved.append((thread_id, row.id))
+                summary.add_interception(row, thread_id is None)
+                for usage in usages.get(row.id, ()):
+                    summary.use(usage)
+                if row.id in prompted:
+                    summary.prompt(row.member)
+        if moved:
+            self.store._executemany(f"UPDATE {SESSION_MEMBERS_TABLE} SET thread_id = ? WHERE interception_id = ?", moved)
+        self._write_summaries(summaries)
+        gone = [(key[1], key[0]) for key in keys if key[1] in session_ids and key not in sessions]
+        if gone:
+            self.store._executemany(f"DELETE FROM {SESSIONS_TABLE} WHERE session_id = ? AND initiator_id = ?", gone)
+
+    def _children(self, ids: list[str]) -> tuple[set[str], list[tuple[str, str]], dict[str, list[tuple[Any, ...]]]]:
+        """What a recount reads of these interceptions' children: which recorded a prompt, their tool
+        calls ``(call id, interception id)``, and their token usages."""
+        if not ids:
+            return set(), [], {}
+        db = self.store.db
+        condition, param = self.store._in("interception_id", ids)
+        prompted = {row[0] for row in db.execute(
+            f"SELECT DISTINCT interception_id FROM aibridge_user_prompts WHERE {condition}", [param])}
+        calls = [(row[0], row[1]) for row in db.execute(
+            "SELECT provider_tool_call_id, interception_id FROM aibridge_tool_usages"
+            f" WHERE provider_tool_call_id IS NOT NULL AND {condition}", [param])]
+        usages: dict[str, list[tuple[Any, ...]]] = {}
+        for interception_id, *figures in db.execute(
+                f"SELECT interception_id, {', '.join(_TOKEN_FIGURES)} FROM aibridge_token_usages WHERE {condition}",
+                [param]):
+            usages.setdefault(interception_id, []).append(tuple(figures))
+        return prompted, calls, usages
+
+    def _summaries(self, keys: set[Key]) -> dict[Key, Summary]:
+        """The stored summaries of these sessions (an empty one where there is none yet)."""
+        found = {key: Summary() for key in keys}
+        if not keys:
+            return found
+        condition, param = self.store._in("session_id", sorted({key[1] for key in keys}))
+        for session_id, initiator_id, *row in self.store.db.execute(
+                f"SELECT {', '.join(_SUMMARY_COLUMNS)} FROM {SESSIONS_TABLE} WHERE {condition}", [param]):
+            if (initiator_id, session_id) in found:
+                found[(initiator_id, session_id)] = Summary.from_row(tuple(row))
+        return found
+
+    def _write_summaries(self, summaries: dict[Key, Summary]) -> None:
+        # Sorted: writers of several instances lock summary rows in one order (no deadlock).
+        rows = [summaries[key].row(key) for key in sorted(summaries) if summaries[key].started_at is not None]
+        if rows:
+            self.store._executemany(_UPSERT_SUMMARY, rows)
+
+    # -- from scratch ------------------------------------------------------------------------------
+
+    @writes
+    def rebuild(self) -> None:
+        """Recount every session and thread from the records (after the migration that adds them, or
+        for a database filled behind write_records' back, e.g. bench/seed.py). One transaction."""
+        with self.store.write():
+            self.fill()
+
+    def fill(self) -> None:
+        """``rebuild`` inside the caller's transaction (the migration's)."""
+        db = self.store.db
+        db.execute(f"DELETE FROM {SESSION_MEMBERS_TABLE}")
+        db.execute(f"DELETE FROM {SESSIONS_TABLE}")
+        db.execute(
+            f"INSERT INTO {SESSION_MEMBERS_TABLE} (interception_id, initiator_id, session_id, started_at)"
+            " SELECT id, coalesce(initiator_id, ''), coalesce(nullif(client_session_id, ''), id), started_at"
+            " FROM aibridge_interceptions")
+        keys = {(row[0], row[1]) for row in db.execute(
+            f"SELECT DISTINCT initiator_id, session_id FROM {SESSION_MEMBERS_TABLE}")}
+        self.recount(keys)
