@@ -1,0 +1,495 @@
+"""Sessions and threads (SPEC §9; issue 18): the store keeps them from the records on SQLite and
+PostgreSQL, whatever order the records are written in; the API and the CLI show them.
+
+The end-to-end session is Claude-Code-shaped and driven through the real gateway (gunicorn) against
+the fake upstream replaying recorded Anthropic traffic: X-Claude-Code-Session-Id on every call, each
+turn answering the previous turn's tool calls with tool_result blocks, and a new user prompt halfway.
+Each turn's recorded answer gets tool call ids of its own (a real model never repeats one).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import requests
+
+from bridge.store import MIGRATIONS, RecordBatch, open_store
+from tests.conftest import Identities, provider_env
+from tests.harness import assert_cli_error, cli_runner, wait_until
+from tests.sdk_calls import load_fixtures
+
+FIXTURES = dict(load_fixtures("anthropic"))
+API = "/api/v2/aibridge"
+NEWER = "/api/v2/ai-gateway"
+CLAUDE_CODE = "claude-cli/2.1.0 (external, cli)"
+FIRST_PROMPT = FIXTURES["anthropic/tool_use"]["expect"]["prompt"]
+SECOND_PROMPT = "And now compare Paris and Tokyo"
+
+
+# -- a Claude-Code-shaped session through the gateway ------------------------------------------------
+
+
+def _renamed(fixture: str, turn: str) -> dict[str, Any]:
+    """A recorded answer whose tool call ids are made this turn's own."""
+    text = json.dumps(FIXTURES[fixture])
+    for call in FIXTURES[fixture]["expect"]["tool_calls"]:
+        text = text.replace(call["id"], f"{call['id'][:-6]}{turn}")
+    return json.loads(text)
+
+
+class Turn:
+    """One call of the session: the answer's fixture, and what the call recorded."""
+
+    def __init__(self, fixture: dict[str, Any], stream: bool, prefix: str = API) -> None:
+        self.fixture, self.stream, self.prefix = fixture, stream, prefix
+        self.interception_id = ""
+
+    @property
+    def calls(self) -> list[dict[str, Any]]:
+        return self.fixture["expect"]["tool_calls"]
+
+    @property
+    def usage(self) -> dict[str, int]:
+        return self.fixture["expect"]["usage"]
+
+
+def run_claude_code_session(gateway_url: str, token: str, upstream) -> tuple[str, list[Turn]]:
+    """Five turns of one Claude Code session: a prompt and two tool round trips (one with parallel
+    calls) answered in turn, then a new prompt and one round trip. The third turn goes through the
+    /api/v2/ai-gateway/ prefix. Returns the session id and the turns with their interception ids."""
+    tag = uuid.uuid4().hex[:6]
+    turns = [Turn(_renamed("anthropic/tool_use", f"1{tag[:5]}"), False),
+             Turn(_renamed("anthropic/parallel_tool_use", f"2{tag[:5]}"), True),
+             Turn(copy.deepcopy(FIXTURES["anthropic/tool_result"]), False, NEWER),
+             Turn(_renamed("anthropic/tool_use", f"4{tag[:5]}"), True),
+             Turn(copy.deepcopy(FIXTURES["anthropic/tool_result"]), False)]
+    session_id = str(uuid.uuid4())
+    request = FIXTURES["anthropic/tool_use"]["request"]
+    messages: list[dict[str, Any]] = [{"role": "user", "content": FIRST_PROMPT}]
+    for n, turn in enumerate(turns):
+        name = f"session-{tag}/turn{n + 1}"
+        upstream.fixtures[name] = turn.fixture
+        if n == 3:  # the answer before had no tool calls: the user asks something new
+            messages.append({"role": "user", "content": SECOND_PROMPT})
+        body = {**request, "model": turn.fixture["request"]["model"], "stream": turn.stream, "messages": messages}
+        response = requests.post(f"{gateway_url}{turn.prefix}/anthropic/v1/messages", json=body, timeout=30, headers={
+            "X-Api-Key": token, "anthropic-version": "2023-06-01", "User-Agent": CLAUDE_CODE,
+            "X-Claude-Code-Session-Id": session_id, "X-Fixture": name})
+        assert response.status_code == 200, response.text
+        turn.interception_id = response.headers["X-AIBridge-Interception-Id"]
+        answer = turn.fixture["blocking"]["body"]["content"]
+        messages = [*messages, {"role": "assistant", "content": answer}]
+        if turn.calls:  # Claude Code runs the tools and sends every result back in one user message
+            messages.append({"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": call["id"], "content": "18°C, sunny"} for call in turn.calls]})
+    return session_id, turns
+
+
+def _api(gateway_url: str, token: str, path: str, prefix: str = API, **params: Any) -> requests.Response:
+    return requests.get(f"{gateway_url}{prefix}/{path}", params=params, headers={"Authorization": f"Bearer {token}"},
+                        timeout=10)
+
+
+def _ok(response: requests.Response) -> Any:
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _recorded_session(gateway_url: str, admin: str, session_id: str, count: int) -> dict[str, Any]:
+    """The session once the writers stored all ``count`` interceptions ended."""
+    def whole() -> dict[str, Any] | None:
+        response = _api(gateway_url, admin, f"sessions/{session_id}")
+        if response.status_code != 200:
+            return None
+        found = response.json()
+        ended = all(r["ended_at"] for t in found["threads"] for r in t["interceptions"])
+        return found if found["interception_count"] == count and ended else None
+    return wait_until(whole, f"session {session_id} with {count} ended interceptions", timeout=20)
+
+
+def check_claude_code_session(gateway_url: str, upstream, owner: str, owner_token: str, admin: str, other: str) -> None:
+    """The session shows exactly its turns, in two threads, to its owner and admins, to no one else,
+    under both prefixes."""
+    session_id, turns = run_claude_code_session(gateway_url, owner_token, upstream)
+    ids = [turn.interception_id for turn in turns]
+    session = _recorded_session(gateway_url, admin, session_id, len(turns))
+
+    threads = [[ids[0], ids[1], ids[2]], [ids[3], ids[4]]]
+    assert [t["id"] for t in session["threads"]] == [ids[0], ids[3]]
+    assert [[r["id"] for r in t["interceptions"]] for t in session["threads"]] == threads
+    assert [t["prompt"] for t in session["threads"]] == [FIRST_PROMPT, SECOND_PROMPT]
+    for thread, members in zip(session["threads"], threads):
+        used = [turns[ids.index(i)].usage for i in members]
+        assert thread["token_usage"] == {"input": sum(u["input_tokens"] for u in used),
+                                         "output": sum(u["output_tokens"] for u in used),
+                                         "cache_read": sum(u["cache_read_input_tokens"] for u in used),
+                                         "cache_write": sum(u["cache_write_input_tokens"] for u in used)}
+        assert thread["started_at"] == thread["interceptions"][0]["started_at"] and thread["cost_usd"] is None
+        assert thread["ended_at"] == max(r["ended_at"] for r in thread["interceptions"])
+        for record in thread["interceptions"]:
+            assert (record["session_id"], record["thread_id"]) == (session_id, thread["id"])
+            assert record["client"] == "Claude Code" and record["client_session_id"] == session_id
+    answered = [r["correlating_tool_call_id"] for t in session["threads"] for r in t["interceptions"]]
+    assert answered == [None, turns[0].calls[-1]["id"], turns[1].calls[-1]["id"], None, turns[3].calls[-1]["id"]]
+    assert [len(r["tool_usages"]) for t in session["threads"] for r in t["interceptions"]] == [1, 3, 0, 1, 0]
+
+    listed = _ok(_api(gateway_url, admin, "sessions", q=f"session_id:{session_id}"))
+    assert listed["count"] == 1
+    [summary] = listed["sessions"]
+    assert summary == {key: value for key, value in session.items() if key != "threads"}
+    models = sorted({turn.fixture["request"]["model"] for turn in turns})
+    assert summary["initiator"]["username"] == owner and summary["client"] == "Claude Code"
+    assert summary["providers"] == ["anthropic"] and summary["models"] == models
+    assert (summary["interception_count"], summary["thread_count"]) == (5, 2)
+    assert summary["last_prompt"] == SECOND_PROMPT and summary["cost_usd"] is None
+    assert summary["token_usage"]["input"] == sum(turn.usage["input_tokens"] for turn in turns)
+    records = [r for t in session["threads"] for r in t["interceptions"]]
+    assert summary["started_at"] == records[0]["started_at"]
+    assert summary["last_active_at"] == summary["ended_at"] == max(r["ended_at"] for r in records)
+
+    # One interception by id, and in the list, carries its session and thread.
+    by_id = _ok(_api(gateway_url, owner_token, f"interceptions/{ids[1]}"))
+    assert (by_id["session_id"], by_id["thread_id"]) == (session_id, ids[0])
+    assert set(models) <= set(_ok(_api(gateway_url, owner_token, "models")))
+
+    # The owner sees it; another user does not, by any route; the newer prefix answers the same.
+    assert _ok(_api(gateway_url, owner_token, f"sessions/{session_id}")) == session
+    assert _ok(_api(gateway_url, admin, f"sessions/{session_id}", prefix=NEWER)) == session
+    assert _ok(_api(gateway_url, admin, "sessions", prefix=NEWER, q=f"session_id:{session_id}")) == listed
+    assert _api(gateway_url, other, f"sessions/{session_id}").status_code == 404
+    assert session_id not in {s["id"] for s in _ok(_api(gateway_url, other, "sessions", limit=1000))["sessions"]}
+    assert _api(gateway_url, other, "sessions", q=f"session_id:{session_id}").status_code == 400  # not theirs: unknown
+
+    # Pages of the session: two interceptions at a time, forward and back, threads cut where the page ends.
+    page = _ok(_api(gateway_url, admin, f"sessions/{session_id}", limit=2, after_id=ids[1]))
+    assert [[r["id"] for r in t["interceptions"]] for t in page["threads"]] == [[ids[2]], [ids[3]]]
+    assert page["threads"][0]["token_usage"] == session["threads"][0]["token_usage"]  # the whole thread's
+    page = _ok(_api(gateway_url, admin, f"sessions/{session_id}", limit=2, before_id=ids[3]))
+    assert [[r["id"] for r in t["interceptions"]] for t in page["threads"]] == [[ids[1], ids[2]]]
+
+
+def test_a_claude_code_session_through_the_gateway_sqlite(gateway, upstream, identities: Identities) -> None:
+    owner = f"cc-{uuid.uuid4().hex[:8]}"
+    identities.store.identity.create_user(owner)
+    token, _ = identities.token(owner)
+    check_claude_code_session(gateway.url, upstream, owner, token, identities.alice, identities.bob)
+
+
+@pytest.fixture(scope="module")
+def pg_world(postgres, start_gateway, upstream) -> Iterator[tuple[Any, Identities]]:
+    url = postgres.create_database("sessions_gateway")
+    store = open_store(url, migrate=True)
+    try:
+        identities = Identities(store)
+        yield start_gateway({**provider_env(upstream), "CODER_AIBRIDGE_DATABASE_URL": url}), identities
+    finally:
+        store.close()
+
+
+def test_a_claude_code_session_through_the_gateway_postgres(pg_world, upstream) -> None:
+    gateway, identities = pg_world
+    identities.store.identity.create_user("carol")
+    token, _ = identities.token("carol")
+    check_claude_code_session(gateway.url, upstream, "carol", token, identities.alice, identities.bob)
+
+
+def test_unknown_filter_values_are_a_400_naming_them(gateway, identities: Identities) -> None:
+    cases = [
+        ({"q": "initiator:nobody-at-all"}, "unknown initiator 'nobody-at-all'"),
+        ({"q": "provider_name:no-such-provider"}, "unknown provider_name 'no-such-provider'"),
+        ({"q": "provider:gemini"}, "unknown provider 'gemini'"),
+        ({"q": "model:no-such-model"}, "unknown model 'no-such-model'"),
+        ({"q": "client:NoSuchClient"}, "unknown client 'NoSuchClient'"),
+        ({"q": "session_id:no-such-session"}, "unknown session_id 'no-such-session'"),
+        ({"q": "started_after:yesterday"}, "invalid started_after"),
+        ({"q": "colour:red"}, "unknown filter 'colour'"),
+        ({"model": "x"}, "unknown query parameter 'model'"),
+        ({"limit": "0"}, "invalid limit 0"),
+        ({"after_session_id": "nope"}, "unknown after_session_id 'nope'"),
+        ({"after_session_id": "a", "offset": "1"}, "after_session_id and offset cannot be combined"),
+    ]
+    for params, fragment in cases:
+        response = _api(gateway.url, identities.alice, "sessions", **params)
+        assert response.status_code == 400 and fragment in response.json()["message"], (params, response.text)
+        assert response.json()["detail"], params
+    # A provider configured but never used, and a known user without sessions, are honest empties.
+    identities.store.identity.create_user("quiet-user")
+    for q in ("provider_name:team-b initiator:quiet-user", "initiator:quiet-user"):
+        assert _ok(_api(gateway.url, identities.alice, "sessions", q=q)) == {"count": 0, "sessions": []}
+    detail = _api(gateway.url, identities.alice, "sessions/x", after_id="a", before_id="b")
+    assert detail.status_code == 400 and "cannot be combined" in detail.json()["message"]
+    assert _api(gateway.url, identities.alice, "sessions/no-such-session").status_code == 404
+
+
+# -- the store: any write order, pages and filters, retention, the migration ---------------------------
+
+
+T0 = "2026-03-01T10:00:"
+
+
+def _at(second: int) -> str:
+    return f"{T0}{second:02d}.000000Z"
+
+
+def _script(users: dict[str, str]) -> list[RecordBatch]:
+    """One interception per batch pair (start, end) for several sessions, tool calls and answers
+    crossing: the expected threads are in ``EXPECTED``."""
+    ann, ben = users["ann"], users["ben"]
+    steps = [  # id, user, session, model, second, answers, calls, prompt
+        ("a1", ann, "S", "m-1", 1, None, ["ca1"], "first"),
+        ("a2", ann, "S", "m-1", 2, "ca1", ["ca2", "ca3"], None),
+        ("a3", ann, "S", "m-2", 3, "ca3", [], None),
+        ("a4", ann, "S", "m-1", 4, "cb1", [], None),           # answers a call of ben's session: its own thread
+        ("a5", ann, "S", "m-1", 5, "ca2", ["ca5"], "second"),  # a prompt wins over the tool result it carries
+        ("a6", ann, "S", "m-1", 6, "ca5", [], None),
+        ("b1", ben, "S", "m-3", 1, None, ["cb1"], "ben's"),   # the same client session id, another user
+        ("b2", ben, "S", "m-3", 2, "cb1", [], None),
+        ("x1", ann, None, "m-1", 7, "ca1", [], None),          # no session id: a session of its own
+    ]
+    batches = []
+    for iid, user, session, model, second, answers, calls, prompt in steps:
+        batches.append(RecordBatch.load({"interceptions": [{
+            "id": iid, "initiator_id": user, "provider": "anthropic", "provider_name": "anthropic", "model": model,
+            "client": "Claude Code", "client_session_id": session, "correlating_tool_call_id": answers,
+            "started_at": _at(second)}]}))
+        end: dict[str, list] = {
+            "ends": [{"id": iid, "ended_at": _at(second).replace(".000000", ".500000")}],
+            "token_usages": [{"id": f"{iid}-u", "interception_id": iid, "input_tokens": second, "output_tokens": 1,
+                              "created_at": _at(second)}],
+            "tool_usages": [{"id": f"{iid}-{c}", "interception_id": iid, "provider_tool_call_id": c, "tool": "Read",
+                             "input": "{}", "created_at": _at(second)} for c in calls],
+            "user_prompts": [{"id": f"{iid}-p", "interception_id": iid, "prompt": prompt, "created_at": _at(second)}]
+            if prompt else []}
+        batches.append(RecordBatch.load(end))
+    return batches
+
+
+EXPECTED = {("ann", "S"): [["a1", "a2", "a3"], ["a4"], ["a5", "a6"]], ("ben", "S"): [["b1", "b2"]],
+            ("ann", "x1"): [["x1"]]}
+
+
+def _threads(store, users: dict[str, str]) -> dict[tuple[str, str], list[list[str]]]:
+    found = {}
+    for user, session_id in EXPECTED:
+        session = store.session_queries.session(session_id, initiator=users[user], limit=1000)
+        found[(user, session_id)] = [[r["id"] for r in t["interceptions"]] for t in session["threads"]]
+    return found
+
+
+def _orders(batches: list[RecordBatch], rng: random.Random) -> list[RecordBatch]:
+    """The batches in a random order in which each interception starts before it ends, some merged."""
+    starts, ends = batches[0::2], batches[1::2]
+    pending = list(range(len(starts)))
+    started: list[int] = []
+    out: list[RecordBatch] = []
+    while pending or started:
+        if pending and (not started or rng.random() < 0.5):
+            n = pending.pop(rng.randrange(len(pending)))
+            out.append(starts[n])
+            started.append(n)
+        else:
+            out.append(ends[started.pop(rng.randrange(len(started)))])
+        if len(out) > 1 and rng.random() < 0.25:  # two batches written as one
+            last = out.pop()
+            merged = RecordBatch()
+            for part in (out.pop(), last):
+                for name in ("interceptions", "ends", "token_usages", "user_prompts", "tool_usages", "model_thoughts"):
+                    getattr(merged, name).extend(getattr(part, name))
+            out.append(merged)
+    return out
+
+
+def _summaries(store) -> list[tuple]:
+    return sorted(store.db.execute("SELECT * FROM aibridge_sessions").fetchall())
+
+
+def test_threads_are_the_same_whatever_order_the_records_are_written_in(store_url: str) -> None:
+    with open_store(store_url, migrate=True) as store:
+        users = {name: store.identity.create_user(name)["id"] for name in ("ann", "ben")}
+        script = _script(users)
+        for seed in range(12):
+            for table in ("aibridge_sessions", "aibridge_session_interceptions", "aibridge_token_usages",
+                          "aibridge_user_prompts", "aibridge_tool_usages", "aibridge_interceptions"):
+                store.db.execute(f"DELETE FROM {table}")
+            rng = random.Random(seed)
+            written = _orders(script, rng)
+            for batch in written:
+                store.records.write_records(batch)
+            for batch in rng.sample(written, 3):  # journal replays change nothing
+                store.records.write_records(batch)
+            assert _threads(store, users) == EXPECTED, seed
+            kept = _summaries(store)
+            store.sessions.rebuild()  # the same as counted from scratch
+            assert _summaries(store) == kept, seed
+        # Retention: a purge that takes a session's first turns leaves it counted from what is left.
+        store.retention.purge_records(_at(3))
+        assert _threads_left(store, users["ann"], "S") == [["a3"], ["a4"], ["a5", "a6"]]
+        assert [s["id"] for s in store.session_queries.list_sessions(viewer_id=users["ben"])["sessions"]] == []
+        kept = _summaries(store)
+        store.sessions.rebuild()
+        assert _summaries(store) == kept
+
+
+def _threads_left(store, user: str, session_id: str) -> list[list[str]]:
+    session = store.session_queries.session(session_id, initiator=user, limit=1000)
+    return [[r["id"] for r in t["interceptions"]] for t in session["threads"]]
+
+
+def test_the_migration_fills_sessions_and_threads_from_existing_records(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "old.db"))
+    with store.write():  # the schema before sessions, and records written behind write_records' back
+        MIGRATIONS.apply(store.db, stop_before="0006_sessions")
+    users = {name: store.identity.create_user(name)["id"] for name in ("ann", "ben")}
+    for batch in _script(users):
+        for name in ("interceptions", "ends", "token_usages", "user_prompts", "tool_usages"):
+            for record in getattr(batch, name):
+                if name == "ends":
+                    store.db.execute("UPDATE aibridge_interceptions SET ended_at = ? WHERE id = ?",
+                                     [record.ended_at, record.id])
+                    continue
+                row = {k: v for k in record.__slots__ if (v := getattr(record, k)) is not None}
+                table = "aibridge_interceptions" if name == "interceptions" else f"aibridge_{name}"
+                store.db.execute(f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                                 list(row.values()))
+    assert "aibridge_sessions" not in store.db.table_names()
+    store.migrate()
+    assert _threads(store, users) == EXPECTED
+    listed = store.session_queries.list_sessions(limit=10)
+    assert listed["count"] == 3
+    ann_s = next(s for s in listed["sessions"] if s["id"] == "S" and s["initiator"]["id"] == users["ann"])
+    assert (ann_s["interception_count"], ann_s["thread_count"], ann_s["last_prompt"]) == (6, 3, "second")
+    assert ann_s["models"] == ["m-1", "m-2"] and ann_s["token_usage"]["input"] == 1 + 2 + 3 + 4 + 5 + 6
+    assert (ann_s["started_at"], ann_s["ended_at"]) == (_at(1), _at(6).replace(".000000", ".500000"))
+    store.close()
+
+
+def _dataset(store) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """Forty sessions of three users, three clients, several models (one session spans two)."""
+    rng = random.Random(7)
+    users = {name: store.identity.create_user(name)["id"] for name in ("ann", "ben", "cid")}
+    expected = []
+    for n in range(40):
+        user = rng.choice(list(users))
+        client, provider, name, model = rng.choice([("Claude Code", "anthropic", "anthropic", "claude-x"),
+                                                    ("Codex", "openai", "openai", "gpt-x"),
+                                                    ("Zed", "openai", "team-b", "gpt-y")])
+        session_id = f"s-{n:02d}" if client != "Zed" else None
+        turns = rng.randint(1, 3)
+        start = rng.randint(0, 50)
+        models = {model}
+        batch: dict[str, list] = {"interceptions": [], "token_usages": []}
+        for turn in range(turns):
+            iid = f"i-{n:02d}-{turn}"
+            used = model if turn < 2 else "extra-model"
+            models.add(used)
+            batch["interceptions"].append({
+                "id": iid, "initiator_id": users[user], "provider": provider, "provider_name": name, "model": used,
+                "client": client, "client_session_id": session_id, "started_at": f"2026-03-{1 + start // 24:02d}T"
+                f"{start % 24:02d}:{turn:02d}:00.000000Z", "ended_at": None})
+            batch["token_usages"].append({"id": f"{iid}-u", "interception_id": iid, "input_tokens": 10,
+                                          "created_at": "2026-03-01T00:00:00Z"})
+        if session_id is None:  # every interception is a session of its own
+            for record in batch["interceptions"]:
+                expected.append({"id": record["id"], "user": user, "client": client, "provider": provider,
+                                 "provider_name": name, "models": [record["model"]], "started_at": record["started_at"]})
+        else:
+            expected.append({"id": session_id, "user": user, "client": client, "provider": provider,
+                             "provider_name": name, "models": sorted(models),
+                             "started_at": batch["interceptions"][0]["started_at"],
+                             "last": batch["interceptions"][-1]["started_at"]})
+        store.records.write_records(RecordBatch.load(batch))
+    for session in expected:
+        session.setdefault("last", session["started_at"])
+    expected.sort(key=lambda s: (s["last"], s["id"], users[s["user"]]), reverse=True)
+    return users, expected
+
+
+def test_sessions_list_pages_and_filters(store_url: str) -> None:
+    from bridge.store import SessionFilter
+
+    with open_store(store_url, migrate=True) as store:
+        users, expected = _dataset(store)
+        queries = store.session_queries
+
+        def ids(filters: SessionFilter | None = None, viewer: str | None = None) -> list[str]:
+            found = queries.list_sessions(filters, limit=1000, viewer_id=viewer)
+            assert found["count"] == len(found["sessions"])
+            return [s["id"] for s in found["sessions"]]
+
+        assert ids() == [s["id"] for s in expected]
+        middle = expected[len(expected) // 2]["started_at"]
+        cases = [
+            (SessionFilter(initiator="ben"), lambda s: s["user"] == "ben"),
+            (SessionFilter(initiator=users["cid"]), lambda s: s["user"] == "cid"),
+            (SessionFilter(provider="openai"), lambda s: s["provider"] == "openai"),
+            (SessionFilter(provider_name="team-b"), lambda s: s["provider_name"] == "team-b"),
+            (SessionFilter(model="extra-model"), lambda s: "extra-model" in s["models"]),
+            (SessionFilter(model="gpt-x"), lambda s: "gpt-x" in s["models"]),
+            (SessionFilter(client="Codex"), lambda s: s["client"] == "Codex"),
+            (SessionFilter(session_id="s-03"), lambda s: s["id"] == "s-03"),
+            (SessionFilter(started_after=middle), lambda s: s["started_at"] >= middle),
+            (SessionFilter(started_before=middle), lambda s: s["started_at"] < middle),
+            (SessionFilter(initiator="ann", client="Claude Code", model="claude-x"),
+             lambda s: s["user"] == "ann" and s["client"] == "Claude Code"),
+        ]
+        for filters, predicate in cases:
+            assert ids(filters) == [s["id"] for s in expected if predicate(s)], filters
+        assert ids(viewer=users["ben"]) == [s["id"] for s in expected if s["user"] == "ben"]
+        assert ids(SessionFilter(initiator="ann"), viewer=users["ben"]) == []
+
+        # Keyset and offset pages give the whole list, in order, once.
+        keyset, offset, cursor = [], [], None
+        for _ in range(len(expected)):
+            page = queries.list_sessions(limit=7, after_session_id=cursor)
+            assert page["count"] == len(expected)
+            if not page["sessions"]:
+                break
+            keyset += [s["id"] for s in page["sessions"]]
+            cursor = page["sessions"][-1]["id"]
+        for start in range(0, len(expected) + 7, 7):
+            offset += [s["id"] for s in queries.list_sessions(limit=7, offset=start)["sessions"]]
+        assert keyset == offset == [s["id"] for s in expected]
+
+
+@pytest.fixture
+def cli_store(tmp_path: Path) -> tuple[Any, dict[str, str], Any]:
+    database = tmp_path / "cli.db"
+    with open_store(str(database), migrate=True) as store:
+        users = {name: store.identity.create_user(name)["id"] for name in ("ann", "ben")}
+        for batch in _script(users):
+            store.records.write_records(batch)
+    return cli_runner(f"sqlite:///{database}", tmp_path / "home"), users, database
+
+
+def test_cli_sessions_list_and_show(cli_store) -> None:
+    cli, users, database = cli_store
+    listed = cli("sessions", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    with open_store(str(database)) as store:
+        assert json.loads(listed.stdout) == store.session_queries.list_sessions()
+        shown = store.session_queries.session("S", initiator="ann")
+    table = cli("sessions", "list").stdout.splitlines()
+    assert table[0].split() == ["LAST", "ACTIVE", "SESSION", "USER", "CLIENT", "MODELS", "TURNS", "THREADS", "INPUT",
+                                "OUTPUT", "LAST", "PROMPT"]
+    assert table[1].split()[1:4] == ["x1", "ann", "Claude"] and table[-1] == "3 of 3 matching session(s)"
+    ann_row = next(line for line in table if " S " in line and " ann " in line).split()
+    assert ann_row[-5:] == ["6", "3", "21", "6", "second"]  # turns, threads, input, output, last prompt
+    paged = cli("sessions", "list", "--limit", "1", "--initiator", "ben").stdout.splitlines()
+    assert paged[-1] == "1 of 1 matching session(s)"
+
+    as_json = cli("sessions", "show", "S", "--initiator", "ann", "--json")
+    assert json.loads(as_json.stdout) == shown
+    text = cli("sessions", "show", "S", "--initiator", "ann").stdout
+    assert "interceptions  6 in 3 thread(s)" in text and "last prompt    second" in text
+    assert [line.split()[1] for line in text.splitlines() if line.startswith("thread ")] == ["a1", "a4", "a5"]
+    assert "tool results for Read" in text and "prompt: first" in text
+    assert_cli_error(cli("sessions", "show", "S"), "names sessions of several users: ann, ben")
+    assert_cli_error(cli("sessions", "show", "nope"), "unknown session id 'nope'")
+    assert_cli_error(cli("sessions", "list", "--initiator", "nobody"), "unknown initiator 'nobody'")
+    assert_cli_error(cli("sessions", "list", "--started-after", "soon"), "--started-after", status=2)
