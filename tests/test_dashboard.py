@@ -1,6 +1,7 @@
-"""The dashboard (SPEC §8, issue 18) in a real headless Chromium against the real gateway under gunicorn.
+"""The dashboard (SPEC §8, §9, issue 18) in a real headless Chromium against the real gateway under gunicorn.
 
-Records are made by real calls through the gateway to the fake upstream; the browser is Debian's
+Records are made by real calls through the gateway to the fake upstream (a Claude-Code-shaped session
+too); only a 210-turn session, for paging, is written with the store. The browser is Debian's
 ``chromium`` driven over the DevTools protocol (tests/cdp.py), its tabs in the Europe/Berlin time zone
 (so a time shown in UTC by mistake is caught). Every view is saved as a 1440x900 screenshot under
 test-artifacts/dashboard/ for a person to look at.
@@ -12,12 +13,15 @@ import json
 import os
 import re
 import time
-from datetime import datetime
+import uuid
+from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
 import requests
 
+from bridge.store import RecordBatch, open_store
+from bridge.timestamps import format_timestamp
 from tests.cdp import CHROMIUM, Browser, Page
 from tests.conftest import start_logged_gateway
 from tests.harness import REPO, wait_for_records
@@ -27,6 +31,7 @@ ARTIFACTS = REPO / "test-artifacts" / "dashboard"
 STATIC = REPO / "bridge" / "dashboard" / "static"
 USAGE = "/api/v2/aibridge/usage"
 INTERCEPTIONS = "/api/v2/aibridge/interceptions"
+SESSIONS = "/api/v2/aibridge/sessions"
 ME = "/api/v2/users/me"
 USERS = "/api/v2/users"
 MODELS = "/api/v2/aibridge/models"
@@ -643,10 +648,372 @@ def test_the_leaderboard_reaches_every_user_by_paging(page, crowd):
     assert (first["user"], first["values"][3]) == expected_leaderboard(page, gateway, admin, "cache_read")[0]
     shot(page, "leaderboard-by-cache-read")
 
-    # A row opens that user's records.
+    # A row opens that user's sessions.
     name = first["user"]
     page.click(f"table[data-table=leaderboard] tr[data-user={name}] a")
-    wait_view(page, "document.querySelectorAll('table[data-table=interceptions] tbody tr').length > 0", what=f"{name}'s records")
-    assert page.evaluate("location.hash") == f"#/interceptions?initiator={name}"
-    own = api(gateway, admin, INTERCEPTIONS, q=f"initiator:{name}")["results"]
-    assert [row["id"] for row in visible_rows(page)] == [r["id"] for r in own] and {row["user"] for row in visible_rows(page)} == {name}
+    wait_view(page, "document.querySelectorAll('table[data-table=sessions] tbody tr').length > 0", what=f"{name}'s sessions")
+    assert page.evaluate("location.hash") == f"#/sessions?initiator={name}"
+    own = api(gateway, admin, SESSIONS, q=f"initiator:{name}")["sessions"]
+    rows = page.evaluate("[...document.querySelectorAll('table[data-table=sessions] tbody tr')].map(tr => [tr.dataset.id, tr.children[1].textContent])")
+    assert rows == [[s["id"], name] for s in own] != []
+
+
+# -- sessions (SPEC §9), on a gateway of their own ----------------------------------------------------
+
+CLAUDE_UA = "claude-cli/2.0.14 (external, cli)"
+LONG_TURNS = 210  # more than four pages of the session view's 50 turns
+SESSION_PAGE = 50
+LONG_TOOLS = ("Read", "Grep", "Bash")  # the long session's turns call these in turn
+
+
+def _tool_blocks(content: list[dict]) -> list[dict]:
+    return [block for block in content if block["type"] == "tool_use"]
+
+
+def drive_claude_code_session(gateway, token: str, session_id: str) -> list[dict]:
+    """A Claude-Code-shaped run through the gateway: the session header and Claude Code's User-Agent on
+    every call, the whole conversation resent each turn, each turn after a tool call answering all
+    of its calls with tool_result blocks, a new user prompt halfway. The fake upstream's answers (by
+    fixture) call get_weather, then get_weather twice and get_time, then end; after the new prompt
+    get_time, then think and end. Returns the turns in order: {id, prompt, fixture}."""
+    fixtures = dict(load_fixtures("anthropic"))
+    tools = {tool["name"]: tool for name in ("parallel_tool_use", "tool_use_no_arguments")
+             for tool in fixtures[f"anthropic/{name}"]["request"]["tools"]}
+    messages: list[dict] = []
+    turns: list[dict] = []
+    plan = [("tool_use", "What's the weather like in San Francisco?"), ("parallel_tool_use", None), ("tool_result", None),
+            ("tool_use_no_arguments", "And what time is it here?"), ("thinking", None)]
+    for fixture, prompt in plan:
+        if prompt:
+            messages.append({"role": "user", "content": prompt})
+        client = anthropic_client(gateway.base("anthropic"), token, f"anthropic/{fixture}",
+                                  **{"X-Claude-Code-Session-Id": session_id, "User-Agent": CLAUDE_UA})
+        raw = client.messages.with_raw_response.create(model="claude-sonnet-4-5-20250929", max_tokens=1024,
+                                                       tools=list(tools.values()), messages=messages)
+        content = [block.model_dump(exclude_none=True) for block in raw.parse().content]
+        turns.append({"id": raw.headers["X-AIBridge-Interception-Id"], "prompt": prompt, "fixture": fixture})
+        messages.append({"role": "assistant", "content": content})
+        calls = _tool_blocks(content)
+        if calls:
+            messages.append({"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": call["id"], "content": json.dumps({"ok": call["name"]})} for call in calls]})
+    return turns
+
+
+def write_long_session(database, username: str, session_id: str) -> list[str]:
+    """A session of LONG_TURNS turns written with the store: a prompt, then every turn answering the
+    tool call of the turn before (Read, Grep, Bash in turn), a new prompt halfway. Its ids in order."""
+    store = open_store(str(database))
+    try:
+        user = store.identity.get_user(username)
+        start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(hours=3)
+        batch: dict[str, list[dict]] = {name: [] for name in ("interceptions", "token_usages", "user_prompts", "tool_usages")}
+        ids = []
+        for n in range(LONG_TURNS):
+            at = start + timedelta(seconds=20 * n)
+            created = format_timestamp(at + timedelta(seconds=5))
+            record_id = str(uuid.uuid4())
+            ids.append(record_id)
+            prompt = n in (0, LONG_TURNS // 2)
+            batch["interceptions"].append({
+                "id": record_id, "initiator_id": user["id"], "provider": "anthropic", "provider_name": "anthropic",
+                "model": "claude-sonnet-4-5-20250929", "client": "Claude Code", "client_session_id": session_id,
+                "user_agent": CLAUDE_UA, "credential_kind": "centralized", "credential_hint": None,
+                "correlating_tool_call_id": None if prompt else f"toolu_long_{n - 1:03d}",
+                "started_at": format_timestamp(at), "ended_at": format_timestamp(at + timedelta(seconds=6)), "metadata": {}})
+            batch["token_usages"].append({"id": f"tu-long-{n}", "interception_id": record_id, "provider_response_id": f"msg_long_{n}",
+                                          "input_tokens": 1000 + n, "output_tokens": 50 + n, "cache_read_input_tokens": 0,
+                                          "cache_write_input_tokens": 0, "metadata": {}, "created_at": created})
+            if prompt:
+                batch["user_prompts"].append({"id": f"up-long-{n}", "interception_id": record_id, "provider_response_id": f"msg_long_{n}",
+                                              "prompt": f"long run, prompt at turn {n}", "metadata": {}, "created_at": created})
+            if n < LONG_TURNS - 1:
+                batch["tool_usages"].append({"id": f"tool-long-{n}", "interception_id": record_id, "provider_response_id": f"msg_long_{n}",
+                                             "provider_tool_call_id": f"toolu_long_{n:03d}", "tool": LONG_TOOLS[n % 3],
+                                             "input": json.dumps({"step": n}), "server_url": None, "injected": False,
+                                             "invocation_error": None, "metadata": {}, "created_at": created})
+        store.records.write_records(RecordBatch.load(batch))
+    finally:
+        store.close()
+    return ids
+
+
+
+@pytest.fixture(scope="module")
+def sessions(start_gateway, upstream, tmp_path_factory) -> dict:
+    """A gateway of its own: alice's Claude Code run through it (5 turns, 2 threads), bob's own short
+    session, a session id both use (two sessions), and alice's 210-turn session written with the store."""
+    logged = start_logged_gateway(start_gateway, upstream, tmp_path_factory.mktemp("sessions"))
+    gateway = logged.gateway
+    claude = f"cc-{uuid.uuid4()}"
+    turns = drive_claude_code_session(gateway, logged.alice, claude)
+    bobs = f"cc-{uuid.uuid4()}"
+    bob_turn = _anthropic_call(gateway, logged.bob, "simple_text", extra_headers={"X-Claude-Code-Session-Id": bobs})
+    shared = f"shared-{uuid.uuid4()}"
+    shared_turns = {name: _anthropic_call(gateway, token, "simple_text", extra_headers={"X-Claude-Code-Session-Id": shared},
+                                          messages=[{"role": "user", "content": f"{name}'s turn in a shared session id"}])
+                    for name, token in (("alice", logged.alice), ("bob", logged.bob))}
+    every = [turn["id"] for turn in turns] + [bob_turn, *shared_turns.values()]
+    records = wait_for_records(logged.database, every)
+    assert len(records) == len(every), "the sessions' calls were not all recorded"
+    long_run = f"cc-long-{uuid.uuid4()}"
+    long_ids = write_long_session(logged.database, "alice", long_run)
+    return {"logged": logged, "gateway": gateway, "claude": claude, "turns": turns, "records": records,
+            "bob_session": bobs, "bob_turn": bob_turn, "shared": shared, "shared_turns": shared_turns, "long": long_run,
+            "long_ids": long_ids}
+
+
+def session_timeline(page: Page) -> list[dict]:
+    """The session page's threads as shown: each thread's id and its turns with what they show."""
+    return page.evaluate("""[...document.querySelectorAll('[data-role=timeline] .thread-card')].map(card => ({
+        thread: card.dataset.thread,
+        turns: [...card.querySelectorAll('.turn')].map(li => {
+            const input = li.querySelector('.turn-input');
+            return {
+                id: li.dataset.turn, input: input.dataset.input,
+                prompt: input.querySelector('pre')?.textContent ?? null,
+                answers: input.dataset.input === 'tool-results' ? input.querySelector('strong').textContent : null,
+                events: [...li.querySelectorAll('.event')].map(e => e.dataset.event === 'tool'
+                    ? ['tool', e.querySelector('.tool-name').textContent, e.querySelector('pre').textContent]
+                    : ['thought', e.querySelector('pre').textContent]),
+                tokens: [Number(li.querySelector('.turn-tokens').dataset.input), Number(li.querySelector('.turn-tokens').dataset.output)],
+                marked: li.classList.contains('marked'),
+            };
+        })}))""")
+
+
+def session_rows(page: Page) -> list[str]:
+    """The ids of the sessions list's rows, in order."""
+    return page.evaluate("[...document.querySelectorAll('table[data-table=sessions] tbody tr')].map(tr => tr.dataset.id)")
+
+
+def signed_in(page: Page, gateway, token: str) -> None:
+    """Signed in with ``token``, the overview shown."""
+    sign_in(page, gateway, token)
+    wait_view(page, "!!document.querySelector('[data-view=overview]')", what="the overview")
+
+
+def turn_ids(page: Page) -> list[str]:
+    return page.evaluate("[...document.querySelectorAll('[data-role=timeline] .turn')].map(li => li.dataset.turn)")
+
+
+def expected_turn(record: dict, caller: dict | None) -> dict:
+    """What the session page shows of one recorded turn: its prompt, or the names of the tools whose
+    results it sends (the calls of the turn that made the call it answers), then its thoughts and tool
+    calls (the recorded order: a response's thinking comes before its tool calls), its tokens."""
+    prompts = [p["prompt"] for p in record["user_prompts"]]
+    names = None
+    if not prompts and record["correlating_tool_call_id"]:
+        assert caller is not None and record["correlating_tool_call_id"] in {t["provider_tool_call_id"] for t in caller["tool_usages"]}
+        names = sorted({t["tool"] for t in caller["tool_usages"]})
+    events = [["thought", t["content"]] for t in record["model_thoughts"]]
+    events += [["tool", t["tool"], json.dumps(json.loads(t["input"]), indent=2)] for t in record["tool_usages"]]
+    tokens = [sum(u["input_tokens"] for u in record["token_usages"]), sum(u["output_tokens"] for u in record["token_usages"])]
+    return {"id": record["id"], "prompt": prompts[-1] if prompts else None, "answers": names, "events": events, "tokens": tokens}
+
+
+def shown_turn(turn: dict) -> dict:
+    answers = sorted(turn["answers"].split(", ")) if turn["answers"] is not None else None
+    return {"id": turn["id"], "prompt": turn["prompt"], "answers": answers, "events": turn["events"], "tokens": turn["tokens"]}
+
+
+def test_the_session_page_shows_every_turn_in_order_with_tool_names(page, sessions):
+    gateway, alice = sessions["gateway"], sessions["logged"].alice
+    turns, records = sessions["turns"], sessions["records"]
+    ordered = [records[turn["id"]] for turn in turns]
+    signed_in(page, gateway, alice)
+    page.click("#nav a[data-view=sessions]")
+    row = f"table[data-table=sessions] tr[data-id=\"{sessions['claude']}\"]"
+    wait_view(page, f"!!document.querySelector('{row}')", what="the Claude Code session in the list")
+    page.click(f"{row} td:nth-child(5)")
+    wait_view(page, f"document.querySelector('[data-view=session]')?.dataset.id === '{sessions['claude']}'", what="the session page")
+    assert page.evaluate("location.hash") == f"#/sessions/{sessions['claude']}"
+
+    shown = session_timeline(page)
+    # Two threads: the first prompt's three turns (a tool call, its answer with three more calls, their
+    # answer), the new prompt's two; each thread's id is its first turn's.
+    assert [[t["id"] for t in thread["turns"]] for thread in shown] == [[t["id"] for t in turns[:3]], [t["id"] for t in turns[3:]]]
+    assert [thread["thread"] for thread in shown] == [turns[0]["id"], turns[3]["id"]]
+    callers = {tool["provider_tool_call_id"]: record for record in ordered for tool in record["tool_usages"]}
+    expected = [expected_turn(record, callers.get(record["correlating_tool_call_id"])) for record in ordered]
+    assert [shown_turn(turn) for thread in shown for turn in thread["turns"]] == expected
+    # What a reader sees: the prompts, and which tools each other turn answers.
+    assert [turn["prompt"] or f"tool results for {turn['answers']}" for thread in shown for turn in thread["turns"]] == [
+        "What's the weather like in San Francisco?", "tool results for get_weather",
+        f"tool results for {shown[0]['turns'][2]['answers']}", "And what time is it here?", "tool results for get_time"]
+    assert sorted(shown[0]["turns"][2]["answers"].split(", ")) == ["get_time", "get_weather"]
+    assert [event[1] for event in shown[0]["turns"][1]["events"]] == ["get_weather", "get_weather", "get_time"]
+    assert shown[1]["turns"][1]["events"][0][0] == "thought"
+    # The session's figures are the API's.
+    api_session = api(gateway, alice, f"{SESSIONS}/{sessions['claude']}")
+    figures = page.evaluate("Object.fromEntries([...document.querySelectorAll('.session-figures [data-figure]')].map(c => "
+                            "[c.dataset.figure, c.querySelector('.stat-value').textContent]))")
+    assert figures["turns"] == "5" and figures["threads"] == "2" == str(api_session["thread_count"])
+    assert figures["input_tokens"] == f"{api_session['token_usage']['input']:,}"
+    assert_times_name_their_zone(page)
+    shot(page, "session")
+
+
+def test_the_sessions_list_shows_sessions_with_the_lists_filters(page, sessions):
+    gateway, alice = sessions["gateway"], sessions["logged"].alice
+    signed_in(page, gateway, alice)
+    page.set_hash("#/sessions")
+    wait_view(page, "document.querySelectorAll('table[data-table=sessions] tbody tr').length > 0", what="the sessions list")
+    expected = api(gateway, alice, SESSIONS, limit=50)
+    rows = page.evaluate("""[...document.querySelectorAll('table[data-table=sessions] tbody tr')].map(tr => ({
+        id: tr.dataset.id, user: tr.children[1].textContent, client: tr.children[2].textContent,
+        turns: Number(tr.querySelector('[data-figure=turns]').textContent), threads: Number(tr.querySelector('[data-figure=threads]').textContent)}))""")
+    assert [row["id"] for row in rows] == [s["id"] for s in expected["sessions"]]  # most recently active first
+    assert {sessions["claude"], sessions["long"], sessions["bob_session"]} <= {row["id"] for row in rows}
+    mine = next(row for row in rows if row["id"] == sessions["claude"])
+    assert mine == {"id": sessions["claude"], "user": "alice", "client": "Claude Code", "turns": 5, "threads": 2}
+    assert next(row for row in rows if row["id"] == sessions["long"])["turns"] == LONG_TURNS
+    assert page.evaluate("document.querySelector('table[data-table=sessions] th').textContent") == f"Last active ({VIEWER_ZONE})"
+    assert f"Started after ({VIEWER_ZONE})" in time_titles(page)
+    assert_times_name_their_zone(page)
+    shot(page, "sessions")
+
+    # The interceptions list's filters, as pick lists: bob's sessions only.
+    page.wait_for("[...document.querySelectorAll('select[name=initiator] option')].some(o => o.value === 'bob')", what="the users")
+    choose(page, "initiator", "bob")
+    page.click("form[data-form=filters] button[type=submit]")
+    wait_view(page, "location.hash.includes('initiator=bob')", what="bob's sessions")
+    assert session_rows(page) == [s["id"] for s in api(gateway, alice, SESSIONS, q="initiator:bob")["sessions"]] == [
+        sessions["shared"], sessions["bob_session"]]
+
+    # One a page: Next page continues after the last session shown, Newer comes back.
+    page.set_hash("#/sessions?initiator=alice&limit=1")
+    wait_view(page, "location.hash.includes('limit=1')", what="a page of one")
+    alices = [s["id"] for s in api(gateway, alice, SESSIONS, q="initiator:alice", limit=10)["sessions"]]
+    assert alices == [sessions["shared"], sessions["claude"], sessions["long"]]
+    assert session_rows(page) == alices[:1]
+    page.click("button[data-page=next]")
+    wait_view(page, f"location.hash.includes('cursor={alices[0]}')", what="the second page")
+    assert session_rows(page) == alices[1:2]
+    assert "2–2 of 3" in page.evaluate("document.querySelector('[data-role=count]').textContent")
+    page.click("button[data-page=newer]")
+    wait_view(page, "!location.hash.includes('cursor=')", what="the first page again")
+    assert session_rows(page) == alices[:1]
+
+
+def test_a_long_session_pages_through_every_turn(page, sessions):
+    gateway, alice, ids = sessions["gateway"], sessions["logged"].alice, sessions["long_ids"]
+    signed_in(page, gateway, alice)
+    page.set_hash(f"#/sessions/{sessions['long']}")
+    seen: list[list[str]] = []
+    for number in range(1, 10):
+        wait_view(page, "document.querySelectorAll('[data-role=timeline] .turn').length > 0", what=f"page {number} of the turns")
+        shown = session_timeline(page)
+        seen.append([turn["id"] for thread in shown for turn in thread["turns"]])
+        assert 0 < len(seen[-1]) <= SESSION_PAGE
+        # Every turn but the two prompts names the tool it answers, the first of a page too.
+        for thread in shown:
+            for turn in thread["turns"]:
+                n = ids.index(turn["id"])
+                assert turn["prompt"] == (f"long run, prompt at turn {n}" if n in (0, LONG_TURNS // 2) else None)
+                assert turn["answers"] == (None if turn["prompt"] else LONG_TOOLS[(n - 1) % 3]), (n, turn)
+        if page.evaluate("document.querySelector('[data-page=later]').classList.contains('disabled')"):
+            break
+        page.click("[data-page=later]")
+        page.wait_for(f"location.hash.includes('after={seen[-1][-1]}')", what=f"the address of page {number + 1}")
+    assert [i for one in seen for i in one] == ids  # every turn once, in order
+    assert page.evaluate("document.querySelector('[data-role=turns-shown]').textContent") == (
+        f"Turns {LONG_TURNS - len(seen[-1]) + 1}–{LONG_TURNS} of {LONG_TURNS}")
+    shot(page, "session-long-last-page")
+    page.click("[data-page=earlier]")
+    wait_view(page, f"location.hash.includes('before={seen[-1][0]}')", what="the page before the last")
+    assert turn_ids(page) == seen[-2]
+
+    # A turn deep in the second thread, by its address: the page with it, the turn marked.
+    second_thread, target = ids[LONG_TURNS // 2], ids[LONG_TURNS - 20]
+    page.set_hash(f"#/sessions/{sessions['long']}?thread={second_thread}&turn={target}")
+    wait_view(page, f"!!document.querySelector('.turn.marked[data-turn=\"{target}\"]')", what="the marked turn")
+    assert page.evaluate("[...document.querySelectorAll('.thread-card')].map(c => c.dataset.thread)") == [second_thread]
+    assert target in turn_ids(page) and len(turn_ids(page)) <= SESSION_PAGE
+
+
+def test_every_interception_links_to_its_session_and_thread(page, sessions):
+    gateway, alice, turns = sessions["gateway"], sessions["logged"].alice, sessions["turns"]
+    signed_in(page, gateway, alice)
+    page.set_hash("#/interceptions?client=Claude%20Code&limit=200")
+    wait_view(page, f"!!document.querySelector('tr[data-id=\"{turns[4]['id']}\"]')", what="the session's interceptions")
+    links = page.evaluate("Object.fromEntries([...document.querySelectorAll('table[data-table=interceptions] tbody tr')].map(tr => "
+                          "[tr.dataset.id, tr.querySelector('[data-role=session-link]')?.getAttribute('href')]))")
+    for n, turn in enumerate(turns):
+        thread = turns[0 if n < 3 else 3]["id"]
+        assert links[turn["id"]] == f"#/sessions/{sessions['claude']}?thread={thread}&turn={turn['id']}"
+    assert all(href for href in links.values())  # the long session's turns link too
+
+    # From the list: the session at that turn of its thread, marked.
+    page.click(f"tr[data-id=\"{turns[4]['id']}\"] [data-role=session-link]")
+    wait_view(page, f"!!document.querySelector('.turn.marked[data-turn=\"{turns[4]['id']}\"]')", what="the turn in its session")
+    assert page.evaluate("document.querySelector('.thread-card.marked').dataset.thread") == turns[3]["id"]
+
+    # From the detail view: the session, and the thread.
+    page.set_hash(f"#/interceptions/{turns[1]['id']}")
+    wait_view(page, f"document.querySelector('[data-view=detail]')?.dataset.id === '{turns[1]['id']}'", what="the detail view")
+    assert page.evaluate("document.querySelector('[data-role=session-link]').getAttribute('href')") == f"#/sessions/{sessions['claude']}"
+    shot(page, "detail-with-session")
+    page.click("[data-role=open-session]")
+    wait_view(page, f"!!document.querySelector('.turn.marked[data-turn=\"{turns[1]['id']}\"]')", what="the turn from its detail view")
+    assert page.evaluate("location.hash") == f"#/sessions/{sessions['claude']}?thread={turns[0]['id']}&turn={turns[1]['id']}"
+    # And back: a turn's time opens its interception.
+    page.click(f".turn[data-turn=\"{turns[2]['id']}\"] .turn-time")
+    wait_view(page, f"document.querySelector('[data-view=detail]')?.dataset.id === '{turns[2]['id']}'", what="a turn's detail")
+
+
+def test_a_pasted_session_link_opens_after_sign_in(browser, sessions):
+    gateway, claude = sessions["gateway"], sessions["claude"]
+    tab = new_tab(browser, fresh_context=True)
+    try:
+        tab.navigate(f"{gateway.url}/dashboard/#/sessions/{claude}")
+        tab.wait_for("!!document.querySelector('form[data-form=login] #token')", what="the login form")
+        assert tab.evaluate("sessionStorage.length") == 0
+        tab.type_into("#token", sessions["logged"].alice)
+        tab.press_enter()
+        wait_view(tab, f"document.querySelector('[data-view=session]')?.dataset.id === '{claude}'", what="the pasted session")
+        assert tab.evaluate("location.hash") == f"#/sessions/{claude}"
+        assert [t["id"] for thread in session_timeline(tab) for t in thread["turns"]] == [t["id"] for t in sessions["turns"]]
+        shot(tab, "session-deep-link")
+        assert tab.exceptions == [], tab.exceptions
+    finally:
+        tab.close()
+
+
+def test_a_non_admin_sees_only_their_own_sessions(page, sessions):
+    gateway, bob = sessions["gateway"], sessions["logged"].bob
+    signed_in(page, gateway, bob)
+    page.set_hash("#/sessions")
+    wait_view(page, "document.querySelectorAll('table[data-table=sessions] tbody tr').length > 0", what="bob's sessions")
+    assert session_rows(page) == [sessions["shared"], sessions["bob_session"]]
+    assert page.evaluate("document.querySelector('form[data-form=filters] [name=initiator]')") is None
+    page.set_hash(f"#/sessions/{sessions['claude']}")
+    wait_view(page, "!!document.querySelector('[data-view=session] .notice.error')", what="the refusal of alice's session")
+    assert "was not found" in page.evaluate("document.querySelector('[data-view=session] .notice.error').textContent")
+    assert "San Francisco" not in page.evaluate("document.body.innerText")
+
+
+def test_the_leaderboard_links_each_user_to_their_sessions(page, sessions):
+    gateway, alice = sessions["gateway"], sessions["logged"].alice
+    signed_in(page, gateway, alice)
+    page.set_hash("#/leaderboard")
+    wait_view(page, "!!document.querySelector('table[data-table=leaderboard] tr[data-user=alice]')", what="the leaderboard")
+    page.click("table[data-table=leaderboard] tr[data-user=alice] a")
+    wait_view(page, "document.querySelectorAll('table[data-table=sessions] tbody tr').length > 0", what="alice's sessions")
+    assert page.evaluate("location.hash") == "#/sessions?initiator=alice"
+    assert session_rows(page) == [
+        s["id"] for s in api(gateway, alice, SESSIONS, q="initiator:alice")["sessions"]]
+
+
+def test_a_session_id_two_users_share_asks_whose(page, sessions):
+    """An administrator opening an id that names two users' sessions chooses whose; each opens by itself."""
+    gateway, alice, shared = sessions["gateway"], sessions["logged"].alice, sessions["shared"]
+    signed_in(page, gateway, alice)
+    page.set_hash(f"#/sessions/{shared}")
+    wait_view(page, "!!document.querySelector('[data-role=whose] a')", what="the choice of whose session")
+    choices = page.evaluate("[...document.querySelectorAll('[data-role=whose] a')].map(a => [a.textContent, a.getAttribute('href')])")
+    assert sorted(choices) == [[name, f"#/sessions/{shared}?initiator={name}"] for name in ("alice", "bob")]
+    page.click("[data-role=whose] a[href$='initiator=bob']")
+    wait_view(page, f"document.querySelector('[data-view=session]')?.dataset.id === '{shared}'", what="bob's session of that id")
+    assert turn_ids(page) == [sessions["shared_turns"]["bob"]]
+    assert session_timeline(page)[0]["turns"][0]["prompt"] == "bob's turn in a shared session id"

@@ -5,6 +5,7 @@ const TOKEN_KEY = "bridge.dashboard.token";
 const IDENTITY_KEY = "bridge.dashboard.me";
 
 export const INTERCEPTIONS = "/api/v2/aibridge/interceptions";
+export const SESSIONS = "/api/v2/aibridge/sessions";
 export const CLIENTS = "/api/v2/aibridge/clients";
 export const USAGE = "/api/v2/aibridge/usage";
 export const TOOLS = "/api/v2/aibridge/tools";

@@ -1,4 +1,5 @@
-// The dashboard's router: #/overview, #/leaderboard, #/interceptions?filters, #/interceptions/<id>.
+// The dashboard's router: #/overview, #/leaderboard, #/sessions?filters, #/sessions/<id>, #/interceptions?filters,
+// #/interceptions/<id>.
 
 import { getIdentity, getToken, signOut } from "./api.js";
 import { h, notice, replace } from "./dom.js";
@@ -7,6 +8,8 @@ import { renderInterceptions } from "./views/interceptions.js";
 import { renderLeaderboard } from "./views/leaderboard.js";
 import { renderLogin } from "./views/login.js";
 import { renderOverview } from "./views/overview.js";
+import { renderSession } from "./views/session.js";
+import { renderSessions } from "./views/sessions.js";
 
 const main = document.getElementById("main");
 const nav = document.getElementById("nav");
@@ -14,6 +17,18 @@ const session = document.getElementById("session");
 const sessionUser = document.getElementById("session-user");
 const sessionRole = document.getElementById("session-role");
 let current = null; // the AbortController of the view on screen
+
+// Each page: its address (an id in the first group), its tab, its title, what renders it.
+const ROUTES = [
+  { path: /^\/(?:overview)?$|^$/, tab: "overview", title: () => "Overview", render: (params, ctx) => renderOverview(main, params, ctx) },
+  { path: /^\/leaderboard$/, tab: "leaderboard", title: () => "Leaderboard", render: (params, ctx) => renderLeaderboard(main, params, ctx) },
+  { path: /^\/sessions$/, tab: "sessions", title: () => "Sessions", render: (params, ctx) => renderSessions(main, params, ctx) },
+  { path: /^\/sessions\/([^/]+)$/, tab: "sessions", title: (id) => `Session ${id.slice(0, 8)}`, render: (_, ctx) => renderSession(main, ctx) },
+  { path: /^\/interceptions$/, tab: "interceptions", title: () => "Interceptions",
+    render: (params, ctx) => renderInterceptions(main, params, ctx) },
+  { path: /^\/interceptions\/([^/]+)$/, tab: "interceptions", title: (id) => `Interception ${id.slice(0, 8)}`,
+    render: (_, ctx) => renderDetail(main, ctx) },
+];
 
 function parseHash() {
   const raw = window.location.hash.replace(/^#/, "") || "/overview";
@@ -57,24 +72,13 @@ function route(message = null) {
     return;
   }
   const { path, params } = parseHash();
-  let match;
-  if (path === "/overview" || path === "/" || path === "") {
-    setChrome(true, "overview");
-    document.title = "Overview · bridge";
-    done(renderOverview(main, params, ctx));
-  } else if (path === "/leaderboard") {
-    setChrome(true, "leaderboard");
-    document.title = "Leaderboard · bridge";
-    done(renderLeaderboard(main, params, ctx));
-  } else if (path === "/interceptions") {
-    setChrome(true, "interceptions");
-    document.title = "Interceptions · bridge";
-    done(renderInterceptions(main, params, ctx));
-  } else if ((match = path.match(/^\/interceptions\/([^/]+)$/))) {
-    setChrome(true, "interceptions");
-    const id = decodeURIComponent(match[1]);
-    document.title = `Interception ${id.slice(0, 8)} · bridge`;
-    done(renderDetail(main, { ...ctx, id }));
+  const found = ROUTES.map((one) => [one, path.match(one.path)]).find(([, match]) => match);
+  if (found) {
+    const [{ tab, title, render }, match] = found;
+    const id = match[1] === undefined ? null : decodeURIComponent(match[1]);
+    setChrome(true, tab);
+    document.title = `${title(id)} · bridge`;
+    done(render(params, { ...ctx, id, params }));
   } else {
     setChrome(true);
     replace(main, h("div", { class: "view" }, notice("error", "There is no such page."), h("a", { href: "#/overview" }, "Go to the overview")));

@@ -51,6 +51,16 @@ export function replace(el, ...children) {
   return el;
 }
 
+/** Rows with data-href open it on a click anywhere in them (a link in a row navigates by itself, a text selection does not). */
+export function openRowsOnClick(table) {
+  table.addEventListener("click", (event) => {
+    if (event.target.closest("a")) return;
+    const tr = event.target.closest("tr[data-href]");
+    if (tr && !window.getSelection()?.toString()) window.location.hash = tr.dataset.href;
+  });
+  return table;
+}
+
 // -- formatting -----------------------------------------------------------------------------
 
 const integer = new Intl.NumberFormat("en-US", { maximumFractionDigits: 0 });

@@ -2,15 +2,11 @@
 
 import { explain } from "../api.js";
 import { VIEWER_ZONE, fmtDuration, fmtInt, fmtTime, h, notice, prettyJson, replace, spinner, truncate, zoned } from "../dom.js";
+import { sessionHref } from "../links.js";
 import { fetchInterception, findThread } from "../records.js";
-import { detailHref, lastList, tokenTotals, userName } from "./interceptions.js";
+import { FIGURES, tokenTotals } from "../tokens.js";
+import { detailHref, lastList, userName } from "./interceptions.js";
 
-const FIGURES = [
-  ["input_tokens", "Input"],
-  ["output_tokens", "Output"],
-  ["cache_read_input_tokens", "Cache read"],
-  ["cache_write_input_tokens", "Cache write"],
-];
 
 function section(title, name, ...children) {
   return h("section", { class: "card detail-section", dataset: { section: name } },
@@ -42,6 +38,11 @@ function meta(record) {
     ["Model", record.model],
     ["Client", record.client || "—"],
     ["Client session", record.client_session_id || "—"],
+    ["Session", record.session_id
+      ? h("a", { href: sessionHref(record.session_id), dataset: { role: "session-link" } }, record.session_id) : "—"],
+    ["Thread", record.session_id && record.thread_id
+      ? h("a", { href: sessionHref(record.session_id, { thread: record.thread_id, turn: record.id }), dataset: { role: "thread-link" } },
+        "this turn in its thread ›") : "—"],
     ["User agent", record.user_agent || "—"],
     ["Credential", [record.credential_kind, record.credential_hint].filter(Boolean).join(" · ") || "—"],
     [zoned("Started"), fmtTime(record.started_at)],
@@ -50,7 +51,7 @@ function meta(record) {
     ["Answers tool call", record.correlating_tool_call_id || "—"],
   ];
   return h("dl", { class: "meta-grid" }, rows.map(([label, value]) => h("div", { class: "meta-item" },
-    h("dt", {}, label), h("dd", { class: label === "Model" || label === "Answers tool call" ? "mono" : "" }, value))));
+    h("dt", {}, label), h("dd", { class: ["Model", "Answers tool call", "Session"].includes(label) ? "mono" : "" }, value))));
 }
 
 function otherFigures(metadata) {
@@ -172,7 +173,9 @@ export async function renderDetail(main, { id, signal }) {
     backLink(),
     h("div", { class: "toolbar" },
       h("div", {}, h("h1", {}, h("span", { class: "mono" }, record.model), " ", h("span", { class: "muted" }, `via ${record.provider_name || record.provider}`)),
-        h("p", { class: "muted mono small" }, record.id))),
+        h("p", { class: "muted mono small" }, record.id)),
+      record.session_id ? h("a", { class: "button", href: sessionHref(record.session_id, { thread: record.thread_id, turn: record.id }),
+        dataset: { role: "open-session" } }, "Open in its session ›") : null),
     h("div", { class: "detail-grid" },
       h("div", { class: "detail-main" },
         promptSection(record),

@@ -5,7 +5,8 @@ import { USAGE, USERS, apiGet, explain, getIdentity, isAdmin } from "../api.js";
 import { AXIS_ZONE } from "../charts.js";
 import { fmtInt, h, notice, replace, spinner } from "../dom.js";
 import { userRecordsHref } from "../links.js";
-import { FIGURES, RANGES } from "./overview.js";
+import { FIGURES } from "../tokens.js";
+import { RANGES } from "./overview.js";
 
 export const PAGE_SIZE = 25;
 const DEFAULT_RANGE = "7d"; // the overview's
@@ -69,7 +70,7 @@ function table(rows, first, sort, state) {
       Object.entries(SORTS).map(([name, column]) => sortable(name, column)))),
     h("tbody", {}, rows.map((row, i) => h("tr", { dataset: { user: row.username } },
       h("td", { class: "num muted" }, String(first + i + 1)),
-      h("td", {}, h("a", { href: userRecordsHref(row.username) }, row.username)),
+      h("td", {}, h("a", { href: userRecordsHref(row.username), title: `${row.username}'s sessions` }, row.username)),
       Object.values(SORTS).map(([key]) => h("td", { class: key === SORTS[sort][0] ? "num sorted" : "num" }, fmtInt(row[key])))))));
 }
 

@@ -4,6 +4,7 @@ import { ApiError, TOOLS, USAGE, apiGet, explain, isAdmin } from "../api.js";
 import { AXIS_ZONE, OTHER_COLOR, PALETTE, bucketAxis, floorBucket, stackedBars } from "../charts.js";
 import { fmtInt, h, notice, replace, spinner } from "../dom.js";
 import { leaderboardHref, userRecordsHref } from "../links.js";
+import { FIGURES } from "../tokens.js";
 
 const HOUR = 3600 * 1000;
 const DAY = 24 * HOUR;
@@ -15,12 +16,6 @@ export const RANGES = {
   "90d": { label: "90 days", ms: 90 * DAY, bucket: "day" },
 };
 export const GROUPS = { user: "User", model: "Model", client: "Client", provider: "Provider" };
-export const FIGURES = [
-  ["input_tokens", "Input"],
-  ["output_tokens", "Output"],
-  ["cache_read_input_tokens", "Cache read"],
-  ["cache_write_input_tokens", "Cache write"],
-];
 const KINDS = { all: "All kinds", ...Object.fromEntries(FIGURES.map(([key, label]) => [key, label])) };
 const KIND_COLORS = ["#3b5bdb", "#f08c00", "#2f9e44", "#ae3ec9"];
 const MAX_SERIES = 8;
