@@ -5,15 +5,22 @@
 
 Several users with skewed activity, each with a favourite client and models, spread over the last
 90 days with office-hours and weekday peaks, inserted in time order as the gateway writes them.
-Every interception has token usage; most have a prompt, some tool calls (with the next turn of the
-session correlated to the last call), some model thoughts. The schema is the gateway's own
-(``Store.migrate``); users are created through the store (``admin`` is an administrator).
+Every interception has token usage; some have model thoughts.
 
-Speed: one big transaction per chunk, ``synchronous=OFF``, and the record tables' secondary
-indexes dropped during the load and rebuilt at the end (their definitions are read from the
-schema, so they come back exactly as the migrations made them). The usage rollups are counted
-once at the end (``store.rollups.rebuild``), as the migration backfills them. No ANALYZE: the API
-must be fast without planner statistics, as a database the gateway grew itself has none.
+Sessions (SPEC §9) have realistic lengths: most 1-10 turns, a long tail of tens, and a few hundred
+turns long (200+). A session keeps its client and mostly its model; clients that send a session id
+(Claude Code, Codex, Copilot) send the same one on every turn, the others none (every interception
+is then a session of its own). A turn answering the previous turn's tool calls records no prompt
+and carries ``correlating_tool_call_id`` = one of those calls; a turn after an answer without tool
+calls (and now and then one that interrupts a tool loop) is a new user prompt: a new thread.
+
+The schema is the gateway's own (``open_store(migrate=True)``); users are created through the store
+(``admin`` is an administrator). Speed: one big transaction per chunk, ``synchronous=OFF``, and the
+record tables' secondary indexes dropped during the load and rebuilt at the end (their definitions
+are read from the schema, so they come back exactly as the migrations made them). Rows are written
+with the columns a recorded interception has; what write_records would derive from them (the usage
+rollups, sessions and threads) is rebuilt once at the end, as the migrations backfill it. No ANALYZE:
+the API must be fast without planner statistics, as a database the gateway grew itself has none.
 """
 
 from __future__ import annotations
@@ -27,15 +34,17 @@ import random
 import sys
 import time
 import uuid
+from collections import Counter
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bridge.store import RECORD_COLUMNS, open_store  # noqa: E402
+from bridge.store import open_store  # noqa: E402
 from bridge.timestamps import format_timestamp  # noqa: E402
 
-# (client, user agent, [(provider, provider_name, model, weight)], tools, session header?)
+# client -> (user agent, [(provider, provider_name, model, weight)], tools)
 CLIENTS = {
     "Claude Code": (
         "claude-cli/2.1.{v} (external, cli)",
@@ -92,6 +101,24 @@ CLIENTS = {
 }
 CLIENT_WEIGHTS = {"Claude Code": 30, "Codex": 18, "Cursor": 14, "GitHub Copilot": 12, "Zed": 4, "Kilo Code": 4,
                   "Roo Code": 3, "openai-python": 8, "anthropic-python": 5, "Unknown": 2}
+# Clients that send a session id on every request (Claude Code: X-Claude-Code-Session-Id); the others send none.
+SESSION_CLIENTS = {"Claude Code", "Codex", "GitHub Copilot"}
+# How often a turn of the client's calls tools: agents loop on tools, SDK scripts mostly ask once.
+TOOL_RATE = {"openai-python": 0.3, "anthropic-python": 0.3, "Unknown": 0.2}
+AGENT_TOOL_RATE = 0.75
+# The columns seed writes: what a recorded interception has. What the gateway derives when it writes
+# records (rollups, sessions, threads; later migrations' columns) is rebuilt at the end.
+COLUMNS = {
+    "aibridge_interceptions": ("id", "initiator_id", "provider", "provider_name", "model", "client",
+                               "client_session_id", "user_agent", "credential_kind", "credential_hint",
+                               "correlating_tool_call_id", "started_at", "ended_at", "metadata"),
+    "aibridge_token_usages": ("id", "interception_id", "provider_response_id", "input_tokens", "output_tokens",
+                              "cache_read_input_tokens", "cache_write_input_tokens", "metadata", "created_at"),
+    "aibridge_user_prompts": ("id", "interception_id", "provider_response_id", "prompt", "metadata", "created_at"),
+    "aibridge_tool_usages": ("id", "interception_id", "provider_response_id", "provider_tool_call_id", "tool", "input",
+                             "server_url", "injected", "invocation_error", "metadata", "created_at"),
+    "aibridge_model_thoughts": ("id", "interception_id", "content", "metadata", "created_at"),
+}
 PROMPTS = [
     "Fix the failing test in {f}", "Refactor {f} to use dependency injection", "Why does {f} leak memory?",
     "Add type hints to {f}", "Write a migration that adds an index on orders.created_at",
@@ -141,7 +168,31 @@ def _users(rng: random.Random, count: int) -> list[tuple[str, float, str, list]]
     return users
 
 
-def seed(path: str, count: int, users: int, days: float, seed_value: int, chunk: int = 50_000) -> dict[str, int]:
+@dataclass(slots=True)
+class _Session:
+    """A user's session in progress: its client, user agent and main model stay; turns count down."""
+
+    id: str | None  # the client session id; None when the client sends none
+    client: str
+    agent: str
+    model: tuple[str, str, str, int]
+    turns_left: int
+    calls: list[str]  # the tool calls of its last turn, answered by the next one
+
+
+def _session_length(rng: random.Random) -> int:
+    """Turns in a session: most 1-10, a long tail of tens, 1 in 40 a hundred or more (half of those 200+)."""
+    roll = rng.random()
+    if roll < 0.72:
+        return rng.randint(1, 10)
+    if roll < 0.975:
+        return rng.randint(11, 99)
+    return rng.randint(100, 400)
+
+
+def seed(path: str, count: int, users: int, days: float, seed_value: int,
+         chunk: int = 50_000) -> tuple[dict[str, int], Counter[str]]:
+    """Seed ``path``; returns the rows written per table and the interceptions of each client session id."""
     rng = random.Random(seed_value)
     store = open_store(path, migrate=True)
     try:
@@ -176,33 +227,44 @@ def seed(path: str, count: int, users: int, days: float, seed_value: int, chunk:
     model_weights = {name: list(itertools.accumulate(m[3] for m in models)) for name, (_, models, _) in CLIENTS.items()}
     end = datetime.now(timezone.utc) - timedelta(minutes=5)
     times = _times(rng, count, days, end)
-    sessions: dict[str, tuple[str, str | None, int]] = {}  # user -> (session id, last tool call id, turns left)
-    totals = dict.fromkeys(RECORD_COLUMNS, 0)
+    sessions: dict[str, _Session] = {}  # user -> the session in progress
+    turns: Counter[str] = Counter()  # client session id -> interceptions, for the summary
+    totals = dict.fromkeys(COLUMNS, 0)
     inserts = {
         table: f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})"
-        for table, cols in RECORD_COLUMNS.items()
+        for table, cols in COLUMNS.items()
     }
     started = time.monotonic()
     for base in range(0, count, chunk):
-        rows: dict[str, list[tuple]] = {table: [] for table in RECORD_COLUMNS}
+        rows: dict[str, list[tuple]] = {table: [] for table in COLUMNS}
         for t in times[base:base + chunk]:
             user = rng.choices(ids, cum_weights=user_weights)[0]
-            client = favourite[user] if rng.random() < 0.75 else rng.choices(client_names, cum_weights=client_weights)[0]
-            agent, models, tools = CLIENTS[client]
-            provider, provider_name, model, _ = rng.choices(models, cum_weights=model_weights[client])[0]
-            session_id, last_call, turns = sessions.get(user, (None, None, 0))
-            if turns <= 0:
-                session_id, last_call, turns = _uuid(rng), None, rng.randint(1, 30)
+            session = sessions.get(user)
+            if session is None or session.turns_left <= 0:
+                client = (favourite[user] if rng.random() < 0.75
+                          else rng.choices(client_names, cum_weights=client_weights)[0])
+                agent, models, _ = CLIENTS[client]
+                session = sessions[user] = _Session(
+                    _uuid(rng) if client in SESSION_CLIENTS else None, client, agent.format(v=rng.randint(0, 9)),
+                    rng.choices(models, cum_weights=model_weights[client])[0], _session_length(rng), [])
+            session.turns_left -= 1
+            client = session.client
+            _, models, tools = CLIENTS[client]
+            # Mostly the session's model; now and then another (a small model for a side task).
+            choice = session.model if rng.random() < 0.9 else rng.choices(models, cum_weights=model_weights[client])[0]
+            provider, provider_name, model, _ = choice
             iid = _uuid(rng)
             start = datetime.fromtimestamp(t, timezone.utc)
             duration = rng.lognormvariate(1.3, 0.9)
             created = format_timestamp(start + timedelta(seconds=duration * 0.9))
             byok = provider == "copilot" or rng.random() < 0.1
-            correlating = last_call if last_call and rng.random() < 0.8 else None
+            # The turn after tool calls sends their results, unless the user interrupts with a new prompt.
+            correlating = rng.choice(session.calls) if session.calls and rng.random() < 0.92 else None
+            if session.id is not None:
+                turns[session.id] += 1
             rows["aibridge_interceptions"].append((
-                iid, user, provider, provider_name, model, client,
-                session_id if client in ("Claude Code", "Codex", "GitHub Copilot") else None,
-                agent.format(v=rng.randint(0, 9)), "byok" if byok else "centralized",
+                iid, user, provider, provider_name, model, client, session.id, session.agent,
+                "byok" if byok else "centralized",
                 "ghu_...k3Q9" if provider == "copilot" else ("sk-o...a1B2" if byok else "sk-a...9f3e"),
                 correlating, format_timestamp(start), format_timestamp(start + timedelta(seconds=duration)),
                 json.dumps({"stream": rng.random() < 0.85, "endpoint": "messages" if provider == "anthropic" else
@@ -218,11 +280,11 @@ def seed(path: str, count: int, users: int, days: float, seed_value: int, chunk:
                     json.dumps({"reasoning_tokens": rng.randint(0, 900)}) if provider != "anthropic" else "{}",
                     created,
                 ))
-            if correlating is None and rng.random() < 0.85:
+            if correlating is None and rng.random() < 0.96:  # the rest: neither a prompt nor a tool result
                 prompt = rng.choice(PROMPTS).format(f=rng.choice(FILES))
                 rows["aibridge_user_prompts"].append((_uuid(rng), iid, response_id, prompt, "{}", format_timestamp(start)))
-            last_call = None
-            if rng.random() < 0.4:
+            session.calls = []
+            if rng.random() < TOOL_RATE.get(client, AGENT_TOOL_RATE):
                 for _ in range(rng.choice((1, 1, 1, 2, 3))):
                     call_id = ("toolu_" if provider == "anthropic" else "call_") + uuid.UUID(int=rng.getrandbits(128)).hex[:22]
                     tool = rng.choice(tools)
@@ -231,12 +293,11 @@ def seed(path: str, count: int, users: int, days: float, seed_value: int, chunk:
                         json.dumps({"path": rng.choice(FILES)} if rng.random() < 0.6 else {"command": "pytest -q"}),
                         None, 0, None, "{}", created,
                     ))
-                    last_call = call_id
+                    session.calls.append(call_id)
             if rng.random() < 0.25:
                 source = "thinking" if provider == "anthropic" else rng.choice(("reasoning_summary", "commentary"))
                 rows["aibridge_model_thoughts"].append((_uuid(rng), iid, rng.choice(THOUGHTS),
                                                         json.dumps({"source": source}), created))
-            sessions[user] = (session_id, last_call, turns - 1)
         conn.execute("BEGIN")
         for table, values in rows.items():
             conn.executemany(inserts[table], values)
@@ -251,13 +312,24 @@ def seed(path: str, count: int, users: int, days: float, seed_value: int, chunk:
         print(f"index {name}: {time.monotonic() - t0:.1f}s", file=sys.stderr)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
-    # The rows went in behind write_records' back: count the usage rollups (migration 0004) now.
-    t0 = time.monotonic()
+    # The rows went in behind write_records' back: count what it keeps with them now, as the
+    # migrations that added them backfill it: the usage rollups, and the sessions and threads.
     with open_store(path) as store:
-        store.rollups.rebuild()
+        for name, rebuild in (("usage rollups", store.rollups.rebuild),
+                              ("sessions and threads", store.sessions.rebuild)):
+            t0 = time.monotonic()
+            rebuild()
+            print(f"{name}: {time.monotonic() - t0:.1f}s", file=sys.stderr)
         store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    print(f"usage rollups: {time.monotonic() - t0:.1f}s", file=sys.stderr)
-    return totals
+    return totals, turns
+
+
+def _lengths(turns: Counter[str]) -> str:
+    """How long the sessions with a client session id are, in buckets."""
+    buckets = Counter("1-10" if n <= 10 else "11-99" if n < 100 else "100-199" if n < 200 else "200+"
+                      for n in turns.values())
+    shown = ", ".join(f"{buckets[b]:,} of {b}" for b in ("1-10", "11-99", "100-199", "200+"))
+    return f"{len(turns):,} ({shown} turns; longest {max(turns.values(), default=0)})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -276,11 +348,12 @@ def main(argv: list[str] | None = None) -> int:
             if os.path.exists(args.database + suffix):
                 os.remove(args.database + suffix)
     started = time.monotonic()
-    totals = seed(args.database, args.count, args.users, args.days, args.seed)
+    totals, turns = seed(args.database, args.count, args.users, args.days, args.seed)
     size = os.path.getsize(args.database) / 1e6
     print(f"seeded {args.database} in {time.monotonic() - started:.1f}s ({size:,.0f} MB):")
     for table, rows in totals.items():
         print(f"  {table:<26} {rows:>10,}")
+    print(f"  sessions with a client session id: {_lengths(turns)}")
     return 0
 
 
