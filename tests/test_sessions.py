@@ -410,8 +410,14 @@ def _dataset(store) -> tuple[dict[str, str], list[dict[str, Any]]]:
     return users, expected
 
 
-def test_sessions_list_pages_and_filters(store_url: str) -> None:
-    from bridge.store import SessionFilter
+@pytest.mark.parametrize("facet_rows_first", [True, False])
+def test_sessions_list_pages_and_filters(store_url: str, facet_rows_first: bool, monkeypatch) -> None:
+    """Both ways a provider or model filter is answered: from its facet rows (few matches) or by
+    checking the sessions most recently active first (many)."""
+    from bridge.store import SessionFilter, session_queries
+
+    if not facet_rows_first:
+        monkeypatch.setattr(session_queries, "_FROM_FACETS_MAX", 0)
 
     with open_store(store_url, migrate=True) as store:
         users, expected = _dataset(store)

@@ -296,6 +296,11 @@ class InterceptionFilter:
 SESSION_MEMBERS_TABLE = "aibridge_session_interceptions"
 #: One row per session: what the sessions list shows, kept current by the record writer.
 SESSIONS_TABLE = "aibridge_sessions"
+#: What a session used, one row per (filter, value): the sessions list's provider, provider_name and
+#: model filters read it (an index range) instead of every summary's lists.
+SESSION_FACETS_TABLE = "aibridge_session_facets"
+#: SessionFilter field -> the summary list column (and Summary attribute) its facet rows come from.
+SESSION_FACETS = {"provider": "provider_types", "provider_name": "provider_names", "model": "models"}
 #: A session's summary columns after its key (session_id, initiator_id), in table order.
 SESSION_COLUMNS = ("client", "provider_types", "provider_names", "models", "started_at", "ended_at", "last_active_at",
                    "last_prompt_interception_id", "last_prompt_started_at", "interception_count", "thread_count",

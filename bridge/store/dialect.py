@@ -49,6 +49,8 @@ class Dialect:
     _NOW_SECONDS = "((julianday('now') - 2440587.5) * 86400.0)"
     #: An interception's metadata with the JSON object parameter merged in (as an end merges it).
     _MERGE_METADATA = "json_patch(COALESCE(metadata, '{}'), ?)"
+    #: The elements of a JSON array of strings (a session summary's list column), as a FROM item ``j(value)``.
+    _JSON_ELEMENTS = "json_each({}) AS j"
     #: Whether writers lock the sessions they touch (``_lock_sessions``): PostgreSQL's writers run
     #: concurrently; SQLite's are serialized by the write lock.
     _LOCKS_SESSIONS = False
@@ -120,11 +122,6 @@ class Dialect:
     def _hint(self, column: str) -> str:
         """A filter column that must not pick the index (see queries.RecordQueries._interception_where)."""
         return column
-
-    def _list_has(self, column: str, value: str) -> tuple[str, list[Any]]:
-        """The JSON array of strings in ``column`` (a sessions summary list) holds ``value``: the SQL
-        condition and its parameters (a substring test first, which an exact test then confirms)."""
-        raise NotImplementedError
 
     def _lock_sessions(self, keys: list[tuple[str, str]]) -> None:
         """Lock these sessions until the transaction ends, in one order (see ``_LOCKS_SESSIONS``)."""

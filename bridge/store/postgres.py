@@ -49,7 +49,7 @@ from bridge.store.common import (
     TOOL_ROLLUPS, USAGE_DIMENSIONS, USAGE_ROLLUPS, PROCESSES_TABLE, RecordBatch, StoreError, _json_text, check_columns,
     mask_url,
 )
-from bridge.store.sessions import session_schema
+from bridge.store.sessions import facets_schema, session_schema
 from bridge.store.writes import first_of_each
 
 #: Connections per process (recorder + token lookups + API threads, and one to spare).
@@ -383,12 +383,15 @@ def _m0002_interception_owners() -> list[str]:
 
 #: SQLite's migration 0006: sessions and threads, filled from the records stored before (PostgresStore.migrate).
 _SESSIONS_MIGRATION = "0003_sessions"
+#: SQLite's migration 0007: the sessions' facet rows (filled from the summaries when 0003 was applied before).
+_FACETS_MIGRATION = "0004_session_facets"
 
 #: (name, statements), applied in order. Append new migrations; never edit old ones.
 MIGRATIONS: list[tuple[str, list[str]]] = [
     ("0001_schema", _m0001_schema()),
     ("0002_interception_owners", _m0002_interception_owners()),
     (_SESSIONS_MIGRATION, session_schema(_TEXT, "BIGINT", " WITH (autovacuum_vacuum_scale_factor = 0.02)")),
+    (_FACETS_MIGRATION, facets_schema(_TEXT)),
 ]
 #: pg_advisory_xact_lock(key1, key2)'s first key for the session locks (see PostgresStore._lock_sessions).
 _SESSION_LOCKS = 0x73657373
@@ -404,6 +407,7 @@ class PostgresStore(Store):
     _backfill_key = "i.id"
     _NOW_SECONDS = "extract(epoch FROM clock_timestamp())::double precision"
     _LOCKS_SESSIONS = True
+    _JSON_ELEMENTS = "jsonb_array_elements_text({}::jsonb) AS j(value)"
     # As _end_interceptions merges (RFC 7396, one level; the orphan metadata has no null member).
     _MERGE_METADATA = "(COALESCE(metadata, '{}')::jsonb || ?::jsonb)::text"
 
@@ -441,15 +445,19 @@ class PostgresStore(Store):
             db.execute(f"SELECT pg_advisory_xact_lock({_MIGRATIONS_LOCK})")
             db.execute("CREATE TABLE IF NOT EXISTS bridge_migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
             applied = {row[0] for row in db.execute("SELECT name FROM bridge_migrations")}
+            done_now: set[str] = set()  # the migrations applied now (the sessions' are filled from the records)
             for name, statements in MIGRATIONS:
                 if name in applied:
                     continue
                 for statement in statements:
                     db.execute(statement)
-                if name == _SESSIONS_MIGRATION:
-                    self.sessions.fill()  # sessions and threads of the records stored before
+                done_now.add(name)
                 db.execute("INSERT INTO bridge_migrations (name, applied_at) VALUES (?, to_char(now() AT TIME ZONE 'UTC',"
                            " 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'))", [name])
+            if _SESSIONS_MIGRATION in done_now:
+                self.sessions.fill()  # sessions and threads of the records stored before (facets too)
+            elif _FACETS_MIGRATION in done_now:
+                self.sessions.fill_facets()
 
     def _check_writable(self, timeout: float) -> None:
         """Fails when the server is unreachable, does not answer within ``timeout`` seconds, or
@@ -463,10 +471,6 @@ class PostgresStore(Store):
 
     def _in(self, column: str, values: list[Any]) -> tuple[str, Any]:
         return f"{column} = ANY(?)", list(values)
-
-    def _list_has(self, column: str, value: str) -> tuple[str, list[Any]]:
-        needle = orjson.dumps(value).decode()
-        return f"(strpos({column}, ?) > 0 AND {column}::jsonb @> jsonb_build_array(?::text))", [needle, value]
 
     def _lock_sessions(self, keys: list[tuple[str, str]]) -> None:
         """Transaction-scoped advisory locks, one per session (a 32-bit hash of its key: a collision only

@@ -9,7 +9,8 @@ from typing import Any
 import orjson
 
 from bridge.store.common import (
-    _TOKEN_FIGURES, SESSION_COLUMNS, SESSION_MEMBERS_TABLE, SESSIONS_TABLE, AmbiguousSession, SessionFilter, StoreError,
+    _TOKEN_FIGURES, SESSION_COLUMNS, SESSION_FACETS, SESSION_FACETS_TABLE, SESSION_MEMBERS_TABLE, SESSIONS_TABLE,
+    AmbiguousSession, SessionFilter, StoreError,
     UnknownCursor, _sql_where, _between,
 )
 from bridge.store.dialect import Dialect
@@ -20,6 +21,12 @@ from bridge.store.queries import RecordQueries
 _TOKEN_USAGE = ("input", "output", "cache_read", "cache_write")
 _ORDER = "s.last_active_at DESC, s.session_id DESC, s.initiator_id DESC"
 _SUMMARY = ", ".join(f"s.{column}" for column in ("session_id", "initiator_id", *SESSION_COLUMNS))
+_HAS_FACET = (f"EXISTS (SELECT 1 FROM {SESSION_FACETS_TABLE} x WHERE x.facet = ? AND x.value = ?"
+              " AND x.initiator_id = {0}.initiator_id AND x.session_id = {0}.session_id)")
+#: With a provider or model filter, its facet rows are counted (one index range) and, when there are at
+#: most this many, the page is read from them too (then sorted); more (a common model) are found by
+#: reading the sessions most recently active first, each checked against the facet rows, up to a page.
+_FROM_FACETS_MAX = 2_000
 
 
 class SessionQueries:
@@ -47,18 +54,32 @@ class SessionQueries:
                 if after_session_id is not None:
                     raise UnknownCursor(f"unknown after_session_id {after_session_id!r}: no such session")
                 return {"count": 0, "sessions": []}
+            facet = next(((name, value) for name in SESSION_FACETS if (value := getattr(filters, name)) is not None), None)
             where, params = self._where(filters, initiators)
-            count = self.store.db.execute(f"SELECT count(*) FROM {SESSIONS_TABLE} s{_sql_where(where)}", params).fetchone()[0]
+            sessions = f"{SESSIONS_TABLE} s"
+            if facet is None:
+                count = self.store.db.execute(f"SELECT count(*) FROM {sessions}{_sql_where(where)}", params).fetchone()[0]
+            else:  # counted from the facet rows, which hold the other filters' columns too
+                on_facets, facet_params = self._where(filters, initiators, "f", skip=facet[0])
+                count = self.store.db.execute(
+                    f"SELECT count(*) FROM {SESSION_FACETS_TABLE} f{_sql_where(['f.facet = ?', 'f.value = ?', *on_facets])}",
+                    [*facet, *facet_params]).fetchone()[0]
+                if count <= _FROM_FACETS_MAX:  # CROSS JOIN: SQLite reads the facet rows first
+                    sessions = f"{SESSION_FACETS_TABLE} f CROSS JOIN {SESSIONS_TABLE} s"
+                    where, params = self._where(filters, initiators, skip=facet[0])
+                    where = ["f.facet = ?", "f.value = ?", "s.initiator_id = f.initiator_id",
+                             "s.session_id = f.session_id", *where]
+                    params = [*facet, *params]
             if after_session_id is not None:
                 cursor = self.store.db.execute(
-                    f"SELECT s.last_active_at, s.session_id, s.initiator_id FROM {SESSIONS_TABLE} s"
+                    f"SELECT s.last_active_at, s.session_id, s.initiator_id FROM {sessions}"
                     f"{_sql_where([*where, 's.session_id = ?'])} ORDER BY {_ORDER} LIMIT 1",
                     [*params, after_session_id]).fetchone()
                 if cursor is None:
                     raise UnknownCursor(f"unknown after_session_id {after_session_id!r}: no such session")
                 where = [*where, "(s.last_active_at, s.session_id, s.initiator_id) < (?, ?, ?)"]
                 params = [*params, *cursor]
-            sql = f"SELECT {_SUMMARY} FROM {SESSIONS_TABLE} s{_sql_where(where)} ORDER BY {_ORDER} LIMIT ?"
+            sql = f"SELECT {_SUMMARY} FROM {sessions}{_sql_where(where)} ORDER BY {_ORDER} LIMIT ?"
             params.append(limit)
             if offset:
                 sql += " OFFSET ?"
@@ -168,24 +189,26 @@ class SessionQueries:
             f"SELECT interception_id, prompt FROM aibridge_user_prompts WHERE {condition}"
             f" ORDER BY created_at, {self.store._WRITE_ORDER}", [param])}
 
-    def _where(self, filters: SessionFilter, initiators: list[str] | None) -> tuple[list[str], list[Any]]:
+    def _where(self, filters: SessionFilter, initiators: list[str] | None, table: str = "s",
+               skip: str | None = None) -> tuple[list[str], list[Any]]:
+        """The filters as conditions on ``table`` (the summaries ``s`` or the facet rows ``f``, which hold
+        the same key, client and start), but for the facet ``skip`` (the one the query reads)."""
         where: list[str] = []
         params: list[Any] = []
         if initiators is not None:
-            condition, param = self.store._any_of("s.initiator_id", initiators)
+            condition, param = self.store._any_of(f"{table}.initiator_id", initiators)
             where.append(condition)
             params.append(param)
-        for column, value in (("s.session_id", filters.session_id), ("s.client", filters.client)):
+        for column, value in (("session_id", filters.session_id), ("client", filters.client)):
             if value is not None:
-                where.append(f"{column} = ?")
+                where.append(f"{table}.{column} = ?")
                 params.append(value)
-        for column, value in (("s.provider_types", filters.provider), ("s.provider_names", filters.provider_name),
-                              ("s.models", filters.model)):
-            if value is not None:
-                condition, values = self.store._list_has(column, value)
-                where.append(condition)
-                params.extend(values)
-        times, bounds = _between("s.started_at", filters.started_after, filters.started_before)
+        for name in SESSION_FACETS:
+            value = getattr(filters, name)
+            if value is not None and name != skip:
+                where.append(_HAS_FACET.format(table))
+                params.extend((name, value))
+        times, bounds = _between(f"{table}.started_at", filters.started_after, filters.started_before)
         return [*where, *times], [*params, *bounds]
 
     def _results(self, rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:

@@ -3,7 +3,9 @@
 - ``aibridge_session_interceptions``: each interception's session (its initiator and client session id,
   or its own id) and thread (NULL: the thread it starts), written with the interception;
 - ``aibridge_sessions``: one summary row per session (times, counts, token sums, providers, models,
-  the last prompt): what the sessions list reads, most recently active first, from an index.
+  the last prompt): what the sessions list reads, most recently active first, from an index;
+- ``aibridge_session_facets``: the provider types and names and the models each session used, one row
+  each, for the list's filters.
 
 A thread follows from the records (``thread_ids``): an interception that records a prompt starts one;
 one whose correlating_tool_call_id names a tool call recorded earlier in its session joins that
@@ -25,7 +27,8 @@ import orjson
 
 from bridge.records import InterceptionEndRecord, InterceptionRecord, PromptRecord, TokenUsageRecord, ToolUsageRecord
 from bridge.store.common import (
-    _TOKEN_FIGURES, SESSION_COLUMNS, SESSION_MEMBERS_TABLE, SESSIONS_TABLE, RecordBatch, _figure, session_key,
+    _TOKEN_FIGURES, SESSION_COLUMNS, SESSION_FACETS, SESSION_FACETS_TABLE, SESSION_MEMBERS_TABLE, SESSIONS_TABLE,
+    RecordBatch, _figure, session_key,
 )
 from bridge.store.dialect import Dialect, writes
 
@@ -38,6 +41,10 @@ _UPSERT_SUMMARY = (
     f" ON CONFLICT (session_id, initiator_id) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in SESSION_COLUMNS)
 )
+_INSERT_FACET = (f"INSERT INTO {SESSION_FACETS_TABLE} (facet, value, initiator_id, session_id, client, started_at)"
+                 " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (facet, value, initiator_id, session_id)"
+                 " DO UPDATE SET client = excluded.client, started_at = excluded.started_at")
+_DELETE_FACETS = f"DELETE FROM {SESSION_FACETS_TABLE} WHERE session_id = ? AND initiator_id = ?"
 _INSERT_MEMBER = (f"INSERT INTO {SESSION_MEMBERS_TABLE} (interception_id, initiator_id, session_id, started_at, thread_id)"
                   " VALUES (?, ?, ?, ?, ?) ON CONFLICT (interception_id) DO NOTHING")
 
@@ -84,6 +91,25 @@ def session_schema(text: str, integer: str, table_options: str = "") -> list[str
         " WHERE provider_tool_call_id IS NOT NULL",
         "CREATE INDEX aibridge_interceptions_answers ON aibridge_interceptions (correlating_tool_call_id)"
         " WHERE correlating_tool_call_id IS NOT NULL",
+    ]
+
+
+def facets_schema(text: str, without_rowid: str = "") -> list[str]:
+    """What the sessions list's provider and model filters and its start times read (SQLite migration
+    0007, PostgreSQL 0004): each session's facet rows, and an index of session starts."""
+    return [
+        # With the session's client and start: a filtered count is one range of this key.
+        f"""CREATE TABLE {SESSION_FACETS_TABLE} (
+            facet {text} NOT NULL,
+            value {text} NOT NULL,
+            initiator_id {text} NOT NULL,
+            session_id {text} NOT NULL,
+            client {text},
+            started_at {text} NOT NULL,
+            PRIMARY KEY (facet, value, initiator_id, session_id)
+        ){without_rowid}""",
+        f"CREATE INDEX {SESSION_FACETS_TABLE}_session ON {SESSION_FACETS_TABLE} (session_id, initiator_id)",
+        f"CREATE INDEX {SESSIONS_TABLE}_started ON {SESSIONS_TABLE} (started_at)",
     ]
 
 
@@ -186,7 +212,7 @@ class Summary:
 
 
 def _list_text(values: set[str]) -> str:
-    """A summary's list column: a sorted JSON array (see Dialect._list_has for how filters read it)."""
+    """A summary's list column: a sorted JSON array (filters read the facet rows instead)."""
     return orjson.dumps(sorted(values)).decode()
 
 
@@ -341,12 +367,16 @@ class Sessions:
     def recount(self, keys: Iterable[Key]) -> None:
         """Recount these sessions from their records: every member's thread, and the summary row
         (deleted when the session has no interception left)."""
-        keys = set(keys)
-        session_ids = sorted({key[1] for key in keys})
+        by_session: dict[str, set[Key]] = {}
+        for key in keys:
+            by_session.setdefault(key[1], set()).add(key)
+        session_ids = sorted(by_session)
         for start in range(0, len(session_ids), _RECOUNT_CHUNK):
-            self._recount_chunk(keys, session_ids[start:start + _RECOUNT_CHUNK])
+            chunk = session_ids[start:start + _RECOUNT_CHUNK]
+            self._recount_chunk({key for session_id in chunk for key in by_session[session_id]}, chunk)
 
     def _recount_chunk(self, keys: set[Key], session_ids: list[str]) -> None:
+        """Recount ``keys``, the sessions of these ``session_ids`` to recount."""
         db = self.store.db
         condition, param = self.store._in("m.session_id", session_ids)
         sessions: dict[Key, list[_Stored]] = {}
@@ -384,8 +414,10 @@ class Sessions:
                     summary.prompt(row.member)
         if moved:
             self.store._executemany(f"UPDATE {SESSION_MEMBERS_TABLE} SET thread_id = ? WHERE interception_id = ?", moved)
+        # Every facet row of these sessions is written again: a purge may have taken a model away.
+        self.store._executemany(_DELETE_FACETS, [(key[1], key[0]) for key in sorted(keys)])
         self._write_summaries(summaries)
-        gone = [(key[1], key[0]) for key in keys if key[1] in session_ids and key not in sessions]
+        gone = [(key[1], key[0]) for key in keys if key not in sessions]
         if gone:
             self.store._executemany(f"DELETE FROM {SESSIONS_TABLE} WHERE session_id = ? AND initiator_id = ?", gone)
 
@@ -422,9 +454,12 @@ class Sessions:
 
     def _write_summaries(self, summaries: dict[Key, Summary]) -> None:
         # Sorted: writers of several instances lock summary rows in one order (no deadlock).
-        rows = [summaries[key].row(key) for key in sorted(summaries) if summaries[key].started_at is not None]
-        if rows:
-            self.store._executemany(_UPSERT_SUMMARY, rows)
+        keys = [key for key in sorted(summaries) if summaries[key].started_at is not None]
+        if keys:
+            self.store._executemany(_UPSERT_SUMMARY, [summaries[key].row(key) for key in keys])
+            self.store._executemany(_INSERT_FACET, [
+                (facet, value, *key, summaries[key].client, summaries[key].started_at) for key in keys
+                for facet, attribute in SESSION_FACETS.items() for value in sorted(getattr(summaries[key], attribute))])
 
     # -- from scratch ------------------------------------------------------------------------------
 
@@ -435,11 +470,19 @@ class Sessions:
         with self.store.write():
             self.fill()
 
+    def fill_facets(self) -> None:
+        """The facet rows of the stored summaries (the migration that adds them, in its transaction)."""
+        for facet, column in SESSION_FACETS.items():
+            self.store.db.execute(
+                f"INSERT INTO {SESSION_FACETS_TABLE} (facet, value, initiator_id, session_id, client, started_at)"
+                f" SELECT DISTINCT CAST(? AS TEXT), j.value, s.initiator_id, s.session_id, s.client, s.started_at"
+                f" FROM {SESSIONS_TABLE} s, {self.store._JSON_ELEMENTS.format(f's.{column}')}", [facet])
+
     def fill(self) -> None:
         """``rebuild`` inside the caller's transaction (the migration's)."""
         db = self.store.db
-        db.execute(f"DELETE FROM {SESSION_MEMBERS_TABLE}")
-        db.execute(f"DELETE FROM {SESSIONS_TABLE}")
+        for table in (SESSION_MEMBERS_TABLE, SESSIONS_TABLE, SESSION_FACETS_TABLE):
+            db.execute(f"DELETE FROM {table}")
         db.execute(
             f"INSERT INTO {SESSION_MEMBERS_TABLE} (interception_id, initiator_id, session_id, started_at)"
             " SELECT id, coalesce(initiator_id, ''), coalesce(nullif(client_session_id, ''), id), started_at"

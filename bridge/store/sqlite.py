@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import orjson
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
@@ -27,7 +26,7 @@ from bridge.store.common import (
     USAGE_DIMENSIONS, USAGE_ROLLUPS, PROCESSES_TABLE, StoreError, _json_text, check_columns, touch_auth_stamp,
 )
 from bridge.store.rollups import backfill_statements
-from bridge.store.sessions import session_schema
+from bridge.store.sessions import facets_schema, session_schema
 from bridge.store.writes import first_of_each
 
 _ROWS_PER_STATEMENT = 250  # record rows per INSERT (fewer where SQLite allows fewer parameters)
@@ -230,6 +229,17 @@ def _m0006_sessions(db: Database) -> None:
         db.execute(statement)
 
 
+_FACETS_MIGRATION = "0007_session_facets"
+
+
+@MIGRATIONS(name=_FACETS_MIGRATION)
+def _m0007_session_facets(db: Database) -> None:
+    """Each session's provider types and names and models, one row each (what the sessions list's
+    filters read), and an index of session starts. Filled from the summaries by SqliteStore.migrate."""
+    for statement in facets_schema("TEXT", " WITHOUT ROWID"):
+        db.execute(statement)
+
+
 def _write_header(conn: sqlite3.Connection) -> None:
     """Rewrite the header's user_version unchanged: a write (the caller rolls it back) that fails with
     SQLITE_READONLY on a read-only connection, where ``BEGIN IMMEDIATE`` alone succeeds."""
@@ -304,6 +314,8 @@ class SqliteStore(Store):
             MIGRATIONS.apply(self.db)
             if _SESSIONS_MIGRATION in pending:
                 self.sessions.fill()  # sessions and threads of the records stored before
+            elif _FACETS_MIGRATION in pending:
+                self.sessions.fill_facets()
 
     def _check_writable(self, timeout: float) -> None:
         """Take the write lock, write the header and let both go at once (rolled back), waiting at most
@@ -350,11 +362,6 @@ class SqliteStore(Store):
 
     def _executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         self.db.conn.executemany(sql, rows)
-
-    def _list_has(self, column: str, value: str) -> tuple[str, list[Any]]:
-        needle = orjson.dumps(value).decode()
-        return (f"(instr({column}, ?) > 0 AND EXISTS (SELECT 1 FROM json_each({column}) WHERE value = ?))",
-                [needle, value])
 
     def _hint(self, column: str) -> str:
         return f"+{column}"  # unary plus: the planner does not use an index for this column
