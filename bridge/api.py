@@ -23,15 +23,18 @@ from bridge.config import PROVIDER_TYPES
 from bridge.credentials import bearer_token
 from bridge.errors import GatewayError
 from bridge.queries import (
-    DEFAULT_TOOLS_LIMIT, MAX_TOOLS_LIMIT, SEARCH_KEYS, SESSION_SEARCH_KEYS, USAGE_BUCKETS, USAGE_BY, QueryError,
-    build_filter, build_session_filter, get_session, list_sessions, parse_choice, parse_limit, parse_page, parse_range,
-    parse_search, parse_session_page, query_interceptions, usage_over_time,
+    DEFAULT_TOOLS_LIMIT, FAMILY_KEY, MAX_TOOLS_LIMIT, SEARCH_KEYS, SESSION_SEARCH_KEYS, USAGE_BUCKETS, USAGE_BY,
+    QueryError, build_filter, build_session_filter, get_session, list_sessions, parse_choice, parse_limit, parse_page,
+    parse_range, parse_search, parse_session_page, query_interceptions, resolve_family, usage_over_time,
 )
+from bridge.model_names import group_by_family
 from bridge.store import StoreError, database_errors, mask_url
 from bridge.units import parse_duration
 
 SESSION_TOKEN_HEADER = "Coder-Session-Token"
 QUERY_PARAMETERS = ("q", "limit", "after_id", "offset")
+#: GET /api/v2/aibridge/models (``group=family``: the names grouped by model family).
+MODELS_PARAMETERS = ("group",)
 #: GET /api/v2/aibridge/sessions, and one session (``initiator``: whose, for an id several users' sessions share).
 SESSIONS_PARAMETERS = ("q", "limit", "after_session_id", "offset")
 SESSION_PARAMETERS = ("limit", "after_id", "before_id", "initiator")
@@ -89,15 +92,21 @@ def api_blueprint(gateway: Any) -> Blueprint:
             raise ApiError(403, "this route is for administrators")
         return found
 
+    def search_terms(q: str | None, keys: tuple[str, ...], viewer_id: str | None) -> dict[str, Any]:
+        """``q``'s filters (``keys``, and ``model_family``), a family resolved to the viewer's recorded names."""
+        return resolve_family(parse_search(q, (*keys, FAMILY_KEY)),
+                              lambda: run(database.queries.interception_models, viewer_id))
+
     @bp.get("/api/v2/aibridge/interceptions")
     def list_interceptions() -> Response:
         who = caller()
         try:
             args = _single_args(QUERY_PARAMETERS)
-            search = build_filter(parse_search(args.get("q")), me=who["user_id"])
+            viewer = _viewer_id(who)
+            terms = search_terms(args.get("q"), SEARCH_KEYS, viewer)
+            search = build_filter(terms, me=who["user_id"])
             limit = parse_limit(args.get("limit"))
             after_id, offset = parse_page(args.get("after_id"), args.get("offset"))
-            viewer = _viewer_id(who)
             return _json(run(query_interceptions, database.queries, search, limit, after_id, offset, viewer))
         except QueryError as exc:
             raise ApiError(400, exc.message, exc.detail) from None
@@ -120,14 +129,20 @@ def api_blueprint(gateway: Any) -> Blueprint:
     @bp.get("/api/v2/aibridge/models")
     def list_models() -> Response:
         who = caller()
-        return _json(run(database.queries.interception_models, _viewer_id(who)))
+        try:
+            group = parse_choice("group", _single_args(MODELS_PARAMETERS, hint_keys=()).get("group"), ("family",), "")
+        except QueryError as exc:
+            raise ApiError(400, exc.message, exc.detail) from None
+        names = run(database.queries.interception_models, _viewer_id(who))
+        return _json(group_by_family(names) if group == "family" else names)
 
     @bp.get("/api/v2/aibridge/sessions")
     def sessions() -> Response:
         who = caller()
         try:
             args = _single_args(SESSIONS_PARAMETERS, hint_keys=SESSION_SEARCH_KEYS)
-            search = build_session_filter(parse_search(args.get("q"), SESSION_SEARCH_KEYS), me=who["user_id"])
+            terms = search_terms(args.get("q"), SESSION_SEARCH_KEYS, _viewer_id(who))
+            search = build_session_filter(terms, me=who["user_id"])
             limit = parse_limit(args.get("limit"))
             after, offset = parse_session_page(args.get("after_session_id"), args.get("offset"))
             return _json(run(list_sessions, database.session_queries, database.queries, database.identity, search,

@@ -7,11 +7,12 @@ from __future__ import annotations
 import re
 import shlex
 from datetime import datetime, timedelta, timezone
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from bridge.store import (
     AmbiguousSession, Identity, InterceptionFilter, RecordQueries, SessionFilter, SessionQueries, UnknownCursor,
 )
+from bridge.model_names import model_family
 from bridge.timestamps import format_timestamp
 from bridge.units import DurationTooLong, parse_duration
 
@@ -20,11 +21,14 @@ SEARCH_KEYS = ("initiator", "provider", "provider_name", "model", "client", "sta
 #: The ``q`` filter keys of GET /api/v2/aibridge/sessions.
 SESSION_SEARCH_KEYS = ("initiator", "provider", "provider_name", "model", "client", "session_id", "started_after",
                        "started_before")
+#: A ``q`` term that is not a filter column: it names a model family (bridge.model_names) and becomes
+#: a ``model`` filter on that family's recorded names.
+FAMILY_KEY = "model_family"
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_OFFSET = 2**63 - 1  # sqlite's integers
 _TIME_EXAMPLE = "use RFC 3339 with a time zone, e.g. 2025-06-01T09:30:00Z or 2025-06-01T11:30:00+02:00"
-USAGE_BY = ("user", "model", "client", "provider")
+USAGE_BY = ("user", "model", "model_family", "client", "provider")
 USAGE_BUCKETS = ("hour", "day")
 DEFAULT_SINCE = "30d"
 DEFAULT_TOOLS_LIMIT = 20
@@ -108,17 +112,34 @@ def parse_date_or_time(key: str, value: str) -> str:
         raise QueryError(message, _DATE_OR_TIME_EXAMPLE) from None
 
 
-def build_filter(values: Mapping[str, str | None], me: str | None = None) -> InterceptionFilter:
+def resolve_family(terms: Mapping[str, str], recorded_models: Callable[[], list[str]]) -> dict[str, Any]:
+    """``terms`` with a ``model_family:`` term turned into a ``model`` filter on the recorded names of
+    that family (``recorded_models``: the names the viewer sees), so the exact-name indexes serve it.
+    The family may be given as any of its names; one no recorded name belongs to is a QueryError."""
+    if FAMILY_KEY not in terms:
+        return dict(terms)
+    found = {key: value for key, value in terms.items() if key != FAMILY_KEY}
+    if "model" in found:
+        raise QueryError("model and model_family cannot be combined", "filter by one model name or by one family")
+    family = model_family(terms[FAMILY_KEY])
+    names = tuple(name for name in recorded_models() if model_family(name) == family)
+    if not names:
+        raise QueryError(f"unknown model_family {terms[FAMILY_KEY]!r}",
+                         "no recorded model belongs to it; GET /api/v2/aibridge/models?group=family lists the families")
+    return {**found, "model": names}
+
+
+def build_filter(values: Mapping[str, Any], me: str | None = None) -> InterceptionFilter:
     """Checked filters from ``q`` keys (or CLI flags); ``initiator:me`` becomes ``me`` (a user id)."""
     return InterceptionFilter(**_filter_values(values, SEARCH_KEYS, me))
 
 
-def build_session_filter(values: Mapping[str, str | None], me: str | None = None) -> SessionFilter:
+def build_session_filter(values: Mapping[str, Any], me: str | None = None) -> SessionFilter:
     """Checked session filters from ``q`` keys (or CLI flags), as ``build_filter``."""
     return SessionFilter(**_filter_values(values, SESSION_SEARCH_KEYS, me))
 
 
-def _filter_values(values: Mapping[str, str | None], keys: tuple[str, ...], me: str | None) -> dict[str, str | None]:
+def _filter_values(values: Mapping[str, Any], keys: tuple[str, ...], me: str | None) -> dict[str, Any]:
     given = {key: value for key, value in values.items() if value is not None}
     unknown = set(given) - set(keys)
     if unknown:
@@ -232,7 +253,7 @@ def refuse_unknown_values(search: SessionFilter, sessions: SessionQueries, recor
             and not recorded(provider_name=search.provider_name):
         raise QueryError(f"unknown provider_name {search.provider_name!r}",
                          f"configured providers are {', '.join(sorted(provider_names)) or 'none'}")
-    if search.model is not None and not recorded(model=search.model, initiator=viewer_id):
+    if isinstance(search.model, str) and not recorded(model=search.model, initiator=viewer_id):  # (a family: resolved)
         raise QueryError(f"unknown model {search.model!r}", "no interception recorded it")
     if search.client is not None and not recorded(client=search.client, initiator=viewer_id):
         raise QueryError(f"unknown client {search.client!r}", "no interception recorded it")
@@ -311,5 +332,31 @@ def rfc3339(timestamp: str) -> str:
 def usage_over_time(queries: RecordQueries, by: str, bucket: str, since: str, until: str,
                     viewer_id: str | None) -> dict[str, Any]:
     """The body of GET /api/v2/aibridge/usage (the range as the rollups count it: whole hours)."""
-    found = queries.usage_series(by, bucket, since, until, viewer_id=viewer_id)
+    if by == FAMILY_KEY:
+        found = _series_by_family(queries.usage_series("model", bucket, since, until, viewer_id=viewer_id))
+    else:
+        found = queries.usage_series(by, bucket, since, until, viewer_id=viewer_id)
     return {"by": by, "bucket": bucket, "since": rfc3339(since[:13] + ":00:00Z"), "until": rfc3339(until), **found}
+
+
+def _series_by_family(by_model: dict[str, Any]) -> dict[str, Any]:
+    """Usage series per model summed per model family (a series with no model stays its own), ordered
+    as the store orders series: most tokens first, then most interceptions."""
+    families: dict[str | None, dict[str, dict[str, int]]] = {}
+    for series in by_model["series"]:
+        points = families.setdefault(None if series["key"] is None else model_family(series["key"]), {})
+        for point in series["points"]:
+            summed = points.setdefault(point["t"], {})
+            for figure, value in point.items():
+                if figure != "t":
+                    summed[figure] = summed.get(figure, 0) + value
+
+    def size(item: tuple[str | None, dict[str, dict[str, int]]]) -> tuple[int, int, str]:
+        points = item[1].values()
+        tokens = sum(value for point in points for figure, value in point.items() if figure != "interceptions")
+        return -tokens, -sum(point["interceptions"] for point in points), item[0] or ""
+
+    return {"series": [{"key": family, "label": family or "(none)",
+                        "points": [{"t": t, **points[t]} for t in sorted(points)]}
+                       for family, points in sorted(families.items(), key=size)],
+            "totals": by_model["totals"]}

@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import requests
 
+from bridge.model_names import model_family
 from bridge.store import RecordBatch, open_store
 from bridge.timestamps import format_timestamp
 from tests.cdp import CHROMIUM, Browser, Page
@@ -548,6 +549,76 @@ def test_filters_are_pick_lists_of_what_exists(page, gateway, identities, seeded
     expected = api(gateway, identities.alice, INTERCEPTIONS, q='client:"anthropic-python" provider_name:anthropic', limit=50)
     assert [row["id"] for row in visible_rows(page)] == [r["id"] for r in expected["results"]] != []
     assert page.evaluate("document.querySelector('select[name=client]').value") == "anthropic-python"
+
+
+BEDROCK_SONNET = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
+
+
+def write_one_model_under_two_names(database) -> None:
+    """Two calls of a user of their own: one through Bedrock (its id), one to Anthropic (its alias)."""
+    store = open_store(str(database))
+    try:
+        user = store.identity.get_user("family-user") or store.identity.create_user("family-user")
+        at = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=30)
+        batch: dict[str, list[dict]] = {"interceptions": [], "token_usages": []}
+        for n, (provider_name, model) in enumerate((("bedrock", BEDROCK_SONNET), ("anthropic", "claude-sonnet-4-5"))):
+            record_id = str(uuid.uuid4())
+            batch["interceptions"].append({
+                "id": record_id, "initiator_id": user["id"], "provider": "anthropic", "provider_name": provider_name,
+                "model": model, "client": "Claude Code", "client_session_id": f"family-{record_id}", "user_agent": "family/1",
+                "credential_kind": "centralized", "credential_hint": None, "correlating_tool_call_id": None,
+                "started_at": format_timestamp(at + timedelta(seconds=n)),
+                "ended_at": format_timestamp(at + timedelta(seconds=n + 1)), "metadata": {}})
+            batch["token_usages"].append({"id": f"tu-{record_id}", "interception_id": record_id, "provider_response_id": None,
+                                          "input_tokens": 300, "output_tokens": 30, "cache_read_input_tokens": 0,
+                                          "cache_write_input_tokens": 0, "metadata": {}, "created_at": format_timestamp(at)})
+        store.records.write_records(RecordBatch.load(batch))
+    finally:
+        store.close()
+
+
+def group_rows(page: Page) -> dict[str, int]:
+    """The overview's group table: each row's label and requests."""
+    return dict(page.evaluate("[...document.querySelectorAll('table[data-table=groups] tbody tr')].map(tr => "
+                              "[tr.children[0].textContent, Number(tr.children[1].textContent.replace(/,/g, ''))])"))
+
+
+def test_grouping_counts_a_bedrock_id_with_its_anthropic_model(page, gateway, identities, seeded, database):
+    write_one_model_under_two_names(database)
+    wait_usage_stable(gateway, identities.alice, at_least=len(seeded["records"]) + 2)
+    sign_in(page, gateway, identities.alice)
+    wait_view(page, "!!document.querySelector('[data-view=overview]')", what="the overview")
+    page.set_hash("#/overview?range=7d&by=model&kind=all&all=1")
+    wait_view(page, "!!document.querySelector('table[data-table=groups]')", what="the by-model table")
+    by_model = group_rows(page)
+    assert BEDROCK_SONNET in by_model and "claude-sonnet-4-5" in by_model
+
+    page.click("[data-view=overview] [data-role=group-models]")
+    wait_view(page, "location.hash.includes('family=1') && !!document.querySelector('table[data-table=groups]')",
+              what="the by-model table grouped")
+    grouped = group_rows(page)
+    assert BEDROCK_SONNET not in grouped
+    # one row for the model: its Bedrock id, its alias and its snapshots together
+    assert grouped["claude-sonnet-4-5"] == sum(count for name, count in by_model.items()
+                                               if model_family(name) == "claude-sonnet-4-5")
+    assert grouped["claude-sonnet-4-5"] >= by_model[BEDROCK_SONNET] + by_model["claude-sonnet-4-5"]
+    assert sum(grouped.values()) == sum(by_model.values())
+    shot(page, "overview-by-model-family")
+
+    # The list's model pick list offers families, and filters by one (model_family:).
+    page.set_hash("#/interceptions?family=1")
+    page.wait_for("[...document.querySelectorAll('select[name=model_family] option')].some(o => o.value === 'claude-sonnet-4-5')",
+                  what="the model families in the filter")
+    assert not page.evaluate("[...document.querySelectorAll('select[name=model_family] option')]"
+                             f".some(o => o.value === {json.dumps(BEDROCK_SONNET)})")
+    assert page.evaluate("document.querySelector('[data-form=filters] [data-role=group-models]').checked") is True
+    choose(page, "model_family", "claude-sonnet-4-5")
+    page.click("form[data-form=filters] button[type=submit]")
+    wait_view(page, "location.hash.includes('model_family=')", what="the list filtered by model family")
+    expected = api(gateway, identities.alice, INTERCEPTIONS, q="model_family:claude-sonnet-4-5", limit=50)["results"]
+    rows = visible_rows(page)
+    assert [row["id"] for row in rows] == [r["id"] for r in expected]
+    assert {BEDROCK_SONNET, "claude-sonnet-4-5"} <= {row["model"] for row in rows}
 
 
 # -- the leaderboard, on a gateway of its own with many users ----------------------------------------

@@ -283,7 +283,7 @@ class InterceptionFilter:
     initiator: str | None = None  # user id or username (see identity.Identity.initiator_ids)
     provider: str | None = None
     provider_name: str | None = None
-    model: str | None = None
+    model: str | tuple[str, ...] | None = None  # a name, or any of several (a model family's recorded names)
     client: str | None = None
     started_after: str | None = None
     started_before: str | None = None
@@ -323,7 +323,7 @@ class SessionFilter:
     initiator: str | None = None  # user id or username (see identity.Identity.initiator_ids)
     provider: str | None = None
     provider_name: str | None = None
-    model: str | None = None
+    model: str | tuple[str, ...] | None = None  # as InterceptionFilter's
     client: str | None = None
     session_id: str | None = None
     started_after: str | None = None

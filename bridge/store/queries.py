@@ -33,7 +33,7 @@ class RecordQueries:
         for column in _FILTER_COLUMNS[1:]:
             value = getattr(filters, column)
             if value is not None:
-                values[column] = [value]
+                values[column] = list(value) if isinstance(value, tuple) else [value]
         where: list[str] = []
         params: list[Any] = []
         for n, column in enumerate(c for c in _FILTER_COLUMNS if c in values):

@@ -23,6 +23,8 @@ _ORDER = "s.last_active_at DESC, s.session_id DESC, s.initiator_id DESC"
 _SUMMARY = ", ".join(f"s.{column}" for column in ("session_id", "initiator_id", *SESSION_COLUMNS))
 _HAS_FACET = (f"EXISTS (SELECT 1 FROM {SESSION_FACETS_TABLE} x WHERE x.facet = ? AND x.value = ?"
               " AND x.initiator_id = {0}.initiator_id AND x.session_id = {0}.session_id)")
+_HAS_ANY_FACET = (f"EXISTS (SELECT 1 FROM {SESSION_FACETS_TABLE} x WHERE x.facet = ? AND {{1}}"
+                  " AND x.initiator_id = {0}.initiator_id AND x.session_id = {0}.session_id)")
 #: With a provider or model filter, its facet rows are counted (one index range) and, when there are at
 #: most this many, the page is read from them too (then sorted); more (a common model) are found by
 #: reading the sessions most recently active first, each checked against the facet rows, up to a page.
@@ -54,7 +56,8 @@ class SessionQueries:
                 if after_session_id is not None:
                     raise UnknownCursor(f"unknown after_session_id {after_session_id!r}: no such session")
                 return {"count": 0, "sessions": []}
-            facet = next(((name, value) for name in SESSION_FACETS if (value := getattr(filters, name)) is not None), None)
+            # The facet rows serve one value; several (a model family's names) are checked per session.
+            facet = next(((name, value) for name in SESSION_FACETS if isinstance(value := getattr(filters, name), str)), None)
             where, params = self._where(filters, initiators)
             sessions = f"{SESSIONS_TABLE} s"
             if facet is None:
@@ -205,7 +208,11 @@ class SessionQueries:
                 params.append(value)
         for name in SESSION_FACETS:
             value = getattr(filters, name)
-            if value is not None and name != skip:
+            if isinstance(value, tuple):
+                condition, param = self.store._any_of("x.value", list(value))
+                where.append(_HAS_ANY_FACET.format(table, condition))
+                params.extend((name, param))
+            elif value is not None and name != skip:
                 where.append(_HAS_FACET.format(table))
                 params.extend((name, value))
         times, bounds = _between(f"{table}.started_at", filters.started_after, filters.started_before)

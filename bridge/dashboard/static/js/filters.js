@@ -4,8 +4,10 @@
 import { CLIENTS, MODELS, USAGE, USERS, apiGet, apiGetOptional } from "./api.js";
 import { h, replace, zoned } from "./dom.js";
 
-/** The address's filter keys; "after"/"before" are started_after/started_before. */
-const FILTER_KEYS = ["initiator", "provider", "provider_name", "model", "client", "after", "before"];
+/** The address's filter keys; "after"/"before" are started_after/started_before; "family" ("1"): the model
+ * pick list offers model families (a Bedrock id and dated snapshots with their model) and fills "model_family". */
+const FILTER_KEYS = ["initiator", "provider", "provider_name", "model", "model_family", "family", "client", "after", "before"];
+export const FAMILY_LABEL = "Group Bedrock ids and dated snapshots with their model";
 const PROVIDER_TYPES = ["anthropic", "openai", "copilot"];
 const PAGE_SIZES = [25, 50, 100, 200];
 const DEFAULT_LIMIT = 50;
@@ -40,8 +42,8 @@ export function readFilters(params) {
 /** The API's q filters for the address's ones. */
 export function qFilters(filters) {
   return {
-    initiator: filters.initiator, provider: filters.provider, provider_name: filters.provider_name, model: filters.model,
-    client: filters.client, started_after: filters.after, started_before: filters.before,
+    initiator: filters.initiator, provider: filters.provider, provider_name: filters.provider_name,
+    model: filters.family ? "" : filters.model, model_family: filters.family ? filters.model_family : "", client: filters.client, started_after: filters.after, started_before: filters.before,
   };
 }
 
@@ -89,7 +91,10 @@ export function filterForm(base, { filters, limit }, { admin, signal }) {
   const sizes = PAGE_SIZES.includes(limit) ? PAGE_SIZES : [...PAGE_SIZES, limit].sort((a, b) => a - b);
   const users = pickList("initiator", filters.initiator, "Any user", "username or id");
   const providerNames = pickList("provider_name", filters.provider_name, "Any provider name", "e.g. team-b");
-  const models = pickList("model", filters.model, "Any model", "exact model name");
+  const family = filters.family === "1";
+  const models = family ? pickList("model_family", filters.model_family, "Any model", "e.g. claude-sonnet-4-5")
+    : pickList("model", filters.model, "Any model", "exact model name");
+  const grouping = h("input", { type: "checkbox", name: "family", value: "1", checked: family, dataset: { role: "group-models" } });
   const clients = pickList("client", filters.client, "Any client", "e.g. Claude Code");
   const form = h("form", { class: "filters card", dataset: { form: "filters" } },
     admin ? field("User", users) : null,
@@ -97,6 +102,7 @@ export function filterForm(base, { filters, limit }, { admin, signal }) {
       PROVIDER_TYPES.map((type) => h("option", { value: type, selected: filters.provider === type }, type)))),
     field("Provider name", providerNames),
     field("Model", models),
+    h("label", { class: "field check" }, grouping, h("span", {}, FAMILY_LABEL)),
     field("Client", clients),
     field(zoned("Started after"), h("input", { name: "after", type: "datetime-local", value: toLocalInput(filters.after) })),
     field(zoned("Started before"), h("input", { name: "before", type: "datetime-local", value: toLocalInput(filters.before) })),
@@ -104,23 +110,29 @@ export function filterForm(base, { filters, limit }, { admin, signal }) {
     h("div", { class: "form-actions" },
       h("button", { type: "submit", class: "button primary" }, "Apply"),
       h("a", { href: base, class: "button ghost" }, "Clear")));
-  form.addEventListener("submit", (event) => {
-    event.preventDefault();
+  const go = (changes = {}) => {
     const data = new FormData(form);
     const next = {};
     for (const key of FILTER_KEYS) {
       const value = String(data.get(key) || "").trim();
       next[key] = key === "after" || key === "before" ? fromLocalInput(value) : value;
     }
-    window.location.hash = listHref(base, next, limitExtra(Number(data.get("limit"))));
+    window.location.hash = listHref(base, { ...next, ...changes }, limitExtra(Number(data.get("limit"))));
+  };
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    go();
   });
+  // Grouping swaps the model pick list (names or families), so the chosen model starts over.
+  grouping.addEventListener("change", () => go({ model: "", model_family: "" }));
 
   const fill = (list, promise, values) => promise.then((body) => {
     const found = body && !signal.aborted ? values(body) : null;
     if (found) list.fill(found);
   }, () => {});
   fill(clients, apiGet(CLIENTS, {}, { signal }), (body) => body);
-  fill(models, apiGetOptional(MODELS, {}, { signal }), (body) => (Array.isArray(body) ? body : null));
+  fill(models, apiGetOptional(MODELS, family ? { group: "family" } : {}, { signal }),
+    (body) => (Array.isArray(body) ? body.map((one) => (family ? one?.model : one)) : null));
   fill(providerNames, apiGet(USAGE, { by: "provider", bucket: "day", since: "90d" }, { signal }),
     (body) => (body.series || []).map((one) => one.key));
   if (admin) fill(users, apiGet(USERS, {}, { signal }), (body) => body.map((user) => user.username));

@@ -4,6 +4,7 @@ import { ApiError, TOOLS, USAGE, apiGet, explain, isAdmin } from "../api.js";
 import { AXIS_ZONE, OTHER_COLOR, PALETTE, bucketAxis, floorBucket, stackedBars } from "../charts.js";
 import { fmtInt, h, notice, replace, spinner } from "../dom.js";
 import { leaderboardHref, userRecordsHref } from "../links.js";
+import { FAMILY_LABEL } from "../filters.js";
 import { FIGURES } from "../tokens.js";
 
 const HOUR = 3600 * 1000;
@@ -23,7 +24,10 @@ const TABLE_ROWS = 25;
 
 function link(params, changes) {
   const next = new URLSearchParams(params);
-  for (const [key, value] of Object.entries(changes)) next.set(key, value);
+  for (const [key, value] of Object.entries(changes)) {
+    if (value) next.set(key, value);
+    else next.delete(key);
+  }
   return `#/overview?${next.toString()}`;
 }
 
@@ -133,12 +137,21 @@ function colorSwatches(root) {
   for (const swatch of root.querySelectorAll(".swatch[data-color]")) swatch.style.backgroundColor = swatch.dataset.color;
 }
 
+/** The by-model view's grouping choice, kept in the address ("family=1"). */
+function familyChoice(family, state) {
+  const box = h("input", { type: "checkbox", checked: family, dataset: { role: "group-models" } });
+  box.addEventListener("change", () => { window.location.hash = link(state, { family: box.checked ? "1" : "", all: "" }); });
+  return h("label", { class: "check" }, box, h("span", {}, FAMILY_LABEL));
+}
+
 export async function renderOverview(main, params, { signal }) {
   const range = RANGES[params.get("range")] ? params.get("range") : "7d";
   const by = GROUPS[params.get("by")] ? params.get("by") : "user";
   const kind = KINDS[params.get("kind")] ? params.get("kind") : "all";
   const showAll = params.get("all") === "1";
-  const state = new URLSearchParams({ range, by, kind });
+  // By model: a Bedrock id and dated snapshots can count as their model (the API's by=model_family).
+  const family = by === "model" && params.get("family") === "1";
+  const state = new URLSearchParams({ range, by, kind, ...(family ? { family: "1" } : {}) });
   const { bucket, ms } = RANGES[range];
   const until = new Date();
   const since = new Date(until.getTime() - ms);
@@ -150,14 +163,15 @@ export async function renderOverview(main, params, { signal }) {
       h("h1", {}, "Overview"),
       h("div", { class: "controls" },
         segmented("Range", "range", Object.fromEntries(Object.entries(RANGES).map(([k, v]) => [k, k])), range, state),
-        segmented("Group by", "by", GROUPS, by, state))),
+        segmented("Group by", "by", GROUPS, by, state),
+        by === "model" ? familyChoice(family, state) : null)),
     isAdmin() ? null : notice("empty", "You see your own usage. Administrators see everyone's."),
     body,
     h("section", { class: "card" }, h("header", { class: "card-header" }, h("h2", {}, "Top tools"),
       h("span", { class: "muted" }, `last ${RANGES[range].label}`)), tools)));
 
   const span = { since: since.toISOString(), until: until.toISOString() };
-  const usagePromise = apiGet(USAGE, { by, bucket, ...span }, { signal });
+  const usagePromise = apiGet(USAGE, { by: family ? "model_family" : by, bucket, ...span }, { signal });
   const toolsPromise = apiGet(TOOLS, { ...span, limit: 20 }, { signal });
 
   const toolsShown = toolsPromise.then((result) => replace(tools, toolsTable(result)), (error) => {
