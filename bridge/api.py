@@ -121,6 +121,14 @@ def api_blueprint(gateway: Any) -> Blueprint:
             raise ApiError(404, f"unknown interception id {interception_id[:80]!r}")
         return _json(found)
 
+    # No id after the slash: the API's 404 (after the token check), not the provider catch-all's
+    # "unknown provider 'sessions'" in Anthropic's shape.
+    @bp.get("/api/v2/aibridge/interceptions/", defaults={"kind": "interception"})
+    @bp.get("/api/v2/aibridge/sessions/", defaults={"kind": "session"})
+    def missing_id(kind: str) -> Response:
+        caller()
+        raise ApiError(404, f"missing {kind} id", f"give one: /api/v2/aibridge/{kind}s/<id>")
+
     @bp.get("/api/v2/aibridge/clients")
     def list_clients() -> Response:
         who = caller()

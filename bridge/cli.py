@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
@@ -237,8 +238,19 @@ def _token_status(token: dict[str, Any], now: str) -> str:
     return "active"
 
 
+# C0 and C1 control characters and DEL: a client-chosen text (a model name, a prompt, a session id)
+# printed raw could retitle or clear an admin's terminal, or (a tab, a newline) break a table.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def _visible(text: Any) -> str:
+    """``text`` for a terminal: each control character as its escape (``\\x1b``, ``\\t``, ``\\n``)."""
+    return _CONTROL.sub(lambda match: repr(match.group())[1:-1], str(text))
+
+
 def _print_table(headers: list[str], rows: list[list[str]], right: frozenset[int] = frozenset()) -> None:
     """Columns two spaces apart; those numbered in ``right`` (figures) aligned right."""
+    rows = [[_visible(cell) for cell in row] for row in rows]
     widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
     for line in [headers, *rows]:
         cells = (str(cell).rjust(width) if n in right else str(cell).ljust(width)
@@ -391,7 +403,7 @@ def _sessions_list(args: argparse.Namespace) -> None:
     _print_table(["LAST ACTIVE", "SESSION", "USER", "CLIENT", "MODELS", "TURNS", "THREADS", "INPUT", "OUTPUT",
                   "LAST PROMPT"],
                  [_session_row(session) for session in sessions], right=frozenset({5, 6, 7, 8}))
-    more = f"; next page: --after-session-id {sessions[-1]['id']}" if len(result["sessions"]) > limit else ""
+    more = f"; next page: --after-session-id {_visible(sessions[-1]['id'])}" if len(result["sessions"]) > limit else ""
     print(f"{len(sessions)} of {result['count']} matching session(s){more}")
 
 
@@ -418,7 +430,7 @@ def _one_line(text: str | None, width: int) -> str:
     """A text's first line, cut to ``width`` characters ("-" for none)."""
     if not text:
         return "-"
-    line = text.strip().splitlines()[0] if text.strip() else ""
+    line = _visible(text.strip().splitlines()[0]) if text.strip() else ""
     return line if len(line) <= width else line[:width - 1] + "…"
 
 
@@ -457,7 +469,7 @@ def _print_session(session: dict[str, Any]) -> None:
     ]
     width = max(len(label) for label, _ in fields) + 2
     for label, value in fields:
-        print(f"{label:<{width}}{value or '-'}")
+        print(f"{label:<{width}}{_visible(value or '-')}")
     calls = {tool["provider_tool_call_id"]: tool["tool"] for thread in session["threads"]
              for record in thread["interceptions"] for tool in record["tool_usages"] if tool["provider_tool_call_id"]}
     shown = 0
@@ -578,7 +590,7 @@ def _print_interception(record: dict[str, Any]) -> None:
     ]
     width = max(len(label) for label, _ in fields) + 2
     for label, value in fields:
-        print(f"{label:<{width}}{value or '-'}")
+        print(f"{label:<{width}}{_visible(value or '-')}")
 
     prompts = record["user_prompts"]
     _heading("prompt" if len(prompts) <= 1 else f"prompts ({len(prompts)})")
@@ -595,7 +607,7 @@ def _print_interception(record: dict[str, Any]) -> None:
     for tool in tools:
         notes = [tool["provider_tool_call_id"] or "", "injected" if tool["injected"] else "",
                  f"error: {tool['invocation_error']}" if tool["invocation_error"] else ""]
-        print(f"  {tool['tool'] or '-'}  {'  '.join(note for note in notes if note)}".rstrip())
+        print(_visible(f"  {tool['tool'] or '-'}  {'  '.join(note for note in notes if note)}".rstrip()))
         _print_indented(_pretty_arguments(tool["input"]), "    ")
 
     thoughts = record["model_thoughts"]
@@ -621,12 +633,13 @@ def _print_interception(record: dict[str, Any]) -> None:
 
 
 def _heading(title: str) -> None:
-    print(f"\n{title}")
+    print(f"\n{_visible(title)}")
 
 
 def _print_indented(text: str, indent: str = "  ") -> None:
+    """A text's lines, indented; a tab in them (pasted code) as spaces, other control characters escaped."""
     for line in text.splitlines() or [""]:
-        print(f"{indent}{line}".rstrip())
+        print(f"{indent}{_visible(line.expandtabs(4))}".rstrip())
 
 
 def _pretty_arguments(value: Any) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Mapping, NamedTuple
 
 
@@ -31,6 +32,11 @@ _TITLES = {"kilo code": "Kilo Code", "roo code": "Roo Code", "cline": "Cline", "
 _SESSION_HEADERS = ("x-claude-code-session-id", "session_id", "session-id", "x-session-id", "vscode-sessionid")
 
 
+#: A client session id longer than this is recorded shortened (``capped_session_id``).
+SESSION_ID_MAX = 256
+_SESSION_ID_HEAD = 200
+
+
 _MARKER_HEADERS = tuple(dict.fromkeys(marker for _, _, markers in _CLIENTS for marker in markers))
 _ANY_AGENT = tuple(agent for _, agents, _ in _CLIENTS for agent in agents)
 
@@ -50,3 +56,14 @@ def identify_client(headers: Mapping[str, str]) -> ClientInfo:
             if user_agent.startswith(agents) or not markers.isdisjoint(marker_headers):
                 return ClientInfo(name, session_id)
     return ClientInfo("Unknown", session_id)
+
+
+def capped_session_id(session_id: str | None) -> str | None:
+    """A session id of at most SESSION_ID_MAX characters: a longer one is its first 200, "…" and 16 hex
+    of its sha256. It is copied into every row and index of its session, and the API must open it by
+    URL: an 8,000-character id would cost 24 times its interception's storage and never open (414).
+    Two long ids stay distinct, and the same one is always the same session."""
+    if session_id is None or len(session_id) <= SESSION_ID_MAX:
+        return session_id
+    digest = hashlib.sha256(session_id.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{session_id[:_SESSION_ID_HEAD]}…{digest}"

@@ -15,7 +15,7 @@ from loguru import logger
 
 from bridge import auditlog, metrics
 from bridge.auth import Caller, own_credential
-from bridge.clients import identify_client
+from bridge.clients import capped_session_id, identify_client
 from bridge.content_coding import Inflater
 from bridge.intercept.base import Interceptor
 from bridge.intercept.sse import Event
@@ -80,7 +80,7 @@ class Interception:
             provider_name=provider.name,
             model=self.model,
             client=client.name,
-            client_session_id=masked(client.session_id),
+            client_session_id=capped_session_id(masked(client.session_id)),  # masked, then capped: no key kept
             user_agent=masked(headers.get("User-Agent")),
             credential_kind="byok" if caller.byok else "centralized",
             credential_hint=mask_secret(credential),

@@ -238,12 +238,16 @@ def refuse_unknown_values(search: SessionFilter, sessions: SessionQueries, recor
                           viewer_id: str | None, provider_types: tuple[str, ...], provider_names: set[str]) -> None:
     """A filter value that names nothing is an error, not an empty answer (SPEC §9): a user that is
     neither a user nor the initiator of any record; a provider type or name neither configured nor
-    recorded; a model, client or session id the viewer never recorded."""
+    recorded; a model, client or session id the viewer never recorded.
+
+    "Recorded" is in the viewer's own records: a non-administrator learns nothing of anyone else's.
+    Their ``initiator:`` naming anyone else, existing or not, is the same honest empty answer (as on
+    the interceptions list), so it tells no one which usernames exist."""
 
     def recorded(**filters: str | None) -> bool:
-        return records.any_interception(InterceptionFilter(**filters))
+        return records.any_interception(InterceptionFilter(**{"initiator": viewer_id, **filters}))
 
-    if search.initiator is not None and identity.get_user(search.initiator) is None \
+    if search.initiator is not None and viewer_id is None and identity.get_user(search.initiator) is None \
             and not recorded(initiator=search.initiator):
         raise QueryError(f"unknown initiator {search.initiator!r}", "give a username or user id, or me")
     if search.provider is not None and search.provider not in provider_types and not recorded(provider=search.provider):

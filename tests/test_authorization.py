@@ -35,7 +35,8 @@ INTERCEPTIONS = "/api/v2/aibridge/interceptions"
 USER_ROUTES = [("GET", INTERCEPTIONS), ("GET", f"{INTERCEPTIONS}/<path:interception_id>"),
                ("GET", "/api/v2/aibridge/clients"), ("GET", "/api/v2/aibridge/usage"), ("GET", "/api/v2/aibridge/tools"),
                ("GET", "/api/v2/aibridge/models"), ("GET", "/api/v2/aibridge/sessions"),
-               ("GET", "/api/v2/aibridge/sessions/<path:session_id>"), ("GET", "/api/v2/users/me")]
+               ("GET", "/api/v2/aibridge/sessions/<path:session_id>"), ("GET", "/api/v2/users/me"),
+               ("GET", f"{INTERCEPTIONS}/"), ("GET", "/api/v2/aibridge/sessions/")]  # no id: a 404 once signed in
 ADMIN_ROUTES = [("GET", "/api/v2/users"), ("POST", "/api/v2/users"), ("GET", "/api/v2/users/<name>"),
                 ("DELETE", "/api/v2/users/<name>"), ("GET", "/api/v2/users/<name>/tokens"),
                 ("POST", "/api/v2/users/<name>/tokens"), ("DELETE", "/api/v2/tokens/<token_id>")]

@@ -186,3 +186,45 @@ def test_retention_purge(cli, tmp_path: Path, db_path: Path) -> None:
 def test_format_duration_writes_what_parse_duration_reads(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
     assert parse_duration(text) == seconds
+
+
+# -- client-chosen text on the admin's terminal ------------------------------------------------------
+
+HOSTILE = "\x1b]0;PWNED\x07\x1b[2J\tx\r\x9b\x7f"  # retitle, clear the screen, a tab, a CR, C1 CSI, DEL
+
+
+def test_records_print_no_control_character_a_client_chose(cli, db_path: Path) -> None:
+    """Every text a client chose (model, client, session id, user agent, prompt, tool call, thought)
+    reaches the admin's terminal escaped: a table keeps its columns and the terminal its title and screen."""
+    from bridge.store import RecordBatch
+
+    at = "2026-03-01T10:00:01.000000Z"
+    with open_store(str(db_path), migrate=True) as store:
+        user = store.identity.create_user("ann")["id"]
+        store.records.write_records(RecordBatch.load({
+            "interceptions": [{"id": "i1", "initiator_id": user, "provider": "anthropic", "provider_name": "anthropic",
+                               "model": f"m{HOSTILE}", "client": f"c{HOSTILE}", "client_session_id": f"s{HOSTILE}",
+                               "user_agent": f"ua{HOSTILE}", "correlating_tool_call_id": f"t{HOSTILE}",
+                               "started_at": at}],
+            "ends": [{"id": "i1", "ended_at": at}],
+            "user_prompts": [{"id": "p1", "interception_id": "i1", "prompt": f"p{HOSTILE}", "created_at": at}],
+            "tool_usages": [{"id": "u1", "interception_id": "i1", "provider_tool_call_id": f"k{HOSTILE}",
+                             "tool": f"tool{HOSTILE}", "input": f"in{HOSTILE}", "invocation_error": f"e{HOSTILE}",
+                             "created_at": at}],
+            "model_thoughts": [{"id": "th1", "interception_id": "i1", "content": f"th{HOSTILE}", "created_at": at}],
+            "token_usages": [{"id": "tu1", "interception_id": "i1", "input_tokens": 1, "output_tokens": 1,
+                              "provider_response_id": f"r{HOSTILE}", "created_at": at}],
+        }))
+    for command in (["interceptions", "list"], ["interceptions", "show", "i1"], ["sessions", "list"],
+                    ["sessions", "show", f"s{HOSTILE}"]):
+        result = cli(*command)
+        assert result.returncode == 0, (command, result.stderr)
+        printed = result.stdout.replace("\n", "")
+        assert not [c for c in printed if ord(c) < 0x20 or 0x7f <= ord(c) <= 0x9f], (command, result.stdout)
+        assert "\\x1b]0;PWNED\\x07\\x1b[2J" in result.stdout, (command, result.stdout)
+    table = cli("interceptions", "list").stdout.splitlines()
+    assert len(table) == 3 and table[1].split()[2:6] == ["ann", "anthropic", "m\\x1b]0;PWNED\\x07\\x1b[2J\\tx\\r\\x9b\\x7f",
+                                                         "c\\x1b]0;PWNED\\x07\\x1b[2J\\tx\\r\\x9b\\x7f"]
+    # --json stays the data as stored (JSON escapes it).
+    listed = json.loads(cli("interceptions", "list", "--json").stdout)
+    assert listed["results"][0]["model"] == f"m{HOSTILE}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from werkzeug.datastructures import Headers
 
-from bridge.clients import identify_client
+from bridge.clients import SESSION_ID_MAX, capped_session_id, identify_client
 
 
 @pytest.mark.parametrize("headers, client, session", [
@@ -48,3 +48,13 @@ def test_request_headers_read_as_werkzeug_reads_them(key, default, type_):
     headers = GatewayRequest(environ).headers
     assert headers.get(key, default, type_) == EnvironHeaders(environ).get(key, default, type_)
     assert dict(headers.items()) == dict(EnvironHeaders(environ).items())
+
+
+def test_a_session_id_past_the_cap_is_shortened_distinctly_and_the_same_way_each_time() -> None:
+    assert capped_session_id(None) is None
+    at_cap = "x" * SESSION_ID_MAX
+    assert capped_session_id(at_cap) == at_cap
+    longer, other = at_cap + "y", at_cap + "z"
+    capped = capped_session_id(longer)
+    assert capped == capped_session_id(longer) and len(capped) == 217 and capped.startswith("x" * 200 + "…")
+    assert capped_session_id(other) != capped and capped_session_id(other)[:201] == capped[:201]

@@ -10,11 +10,13 @@ Each turn's recorded answer gets tool call ids of its own (a real model never re
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import random
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -225,6 +227,59 @@ def test_unknown_filter_values_are_a_400_naming_them(gateway, identities: Identi
     detail = _api(gateway.url, identities.alice, "sessions/x", after_id="a", before_id="b")
     assert detail.status_code == 400 and "cannot be combined" in detail.json()["message"]
     assert _api(gateway.url, identities.alice, "sessions/no-such-session").status_code == 404
+
+
+def test_a_non_admin_learns_nothing_of_other_users_from_the_filters(gateway, identities: Identities) -> None:
+    """``initiator:`` naming anyone else is the same empty answer whether the user exists or not, and a
+    provider name only someone else's records hold is as unknown as one never seen."""
+    at = "2026-03-01T10:00:01.000000Z"
+    identities.store.records.write_records(RecordBatch.load({"interceptions": [{
+        "id": str(uuid.uuid4()), "initiator_id": identities.store.identity.get_user("alice")["id"],
+        "provider": "openai", "provider_name": "retired-provider", "model": "m", "client": "Unknown",
+        "client_session_id": "alices-session", "started_at": at}]}))
+    admin = _ok(_api(gateway.url, identities.alice, "sessions", q="provider_name:retired-provider"))
+    assert admin["count"] >= 1
+    empty = {"count": 0, "sessions": []}
+    for q in ("initiator:alice", "initiator:nobody-at-all", "initiator:alice provider_name:anthropic"):
+        assert _ok(_api(gateway.url, identities.bob, "sessions", q=q)) == empty, q
+    answers = [_api(gateway.url, identities.bob, "sessions", q=f"provider_name:{name}")
+               for name in ("retired-provider", "never-a-provider")]
+    assert [a.status_code for a in answers] == [400, 400]
+    assert [a.json()["detail"] for a in answers][0] == answers[1].json()["detail"]
+    assert _api(gateway.url, identities.alice, "sessions", q="initiator:nobody-at-all").status_code == 400
+
+
+def test_a_list_route_with_a_slash_and_no_id_is_the_apis_404(gateway, identities: Identities) -> None:
+    for prefix in (API, NEWER):
+        for kind in ("sessions", "interceptions"):
+            response = _api(gateway.url, identities.alice, f"{kind}/", prefix=prefix)
+            assert response.status_code == 404, (prefix, kind, response.text)
+            assert response.json() == {"message": f"missing {kind[:-1]} id",
+                                       "detail": f"give one: /api/v2/aibridge/{kind}/<id>"}
+            assert requests.get(f"{gateway.url}{prefix}/{kind}/", timeout=10).status_code == 401
+
+
+def test_a_very_long_client_session_id_is_recorded_capped_and_opens(gateway, upstream, identities: Identities) -> None:
+    """8,000 characters of X-Claude-Code-Session-Id: recorded as 200 of them, "…" and a hash, so the same
+    long id is one session (opened by URL), and another long one with the same start is another."""
+    stem = "L" * 7_900 + uuid.uuid4().hex
+    ids = [stem + "a" * 68, stem + "b" * 68]
+    assert all(len(i) == 8_000 for i in ids)
+    fixture = FIXTURES["anthropic/tool_use"]
+    name = f"long-session-{uuid.uuid4().hex[:6]}"
+    upstream.fixtures[name] = fixture
+    for client_session_id in (ids[0], ids[0], ids[1]):
+        response = requests.post(f"{gateway.url}{API}/anthropic/v1/messages", json=fixture["request"], timeout=30,
+                                 headers={"X-Api-Key": identities.bob, "anthropic-version": "2023-06-01",
+                                          "User-Agent": CLAUDE_CODE, "X-Claude-Code-Session-Id": client_session_id,
+                                          "X-Fixture": name})
+        assert response.status_code == 200, response.text
+    capped = [f"{i[:200]}…{hashlib.sha256(i.encode()).hexdigest()[:16]}" for i in ids]
+    session = _recorded_session(gateway.url, identities.alice, quote(capped[0], safe=""), 2)
+    assert session["id"] == capped[0] and len(capped[0]) == 217
+    assert {r["client_session_id"] for t in session["threads"] for r in t["interceptions"]} == {capped[0]}
+    other = _recorded_session(gateway.url, identities.bob, quote(capped[1], safe=""), 1)
+    assert other["id"] == capped[1] != capped[0]
 
 
 # -- the store: any write order, pages and filters, retention, the migration ---------------------------
