@@ -36,7 +36,7 @@ QUERY_PARAMETERS = ("q", "limit", "after_id", "offset")
 #: GET /api/v2/aibridge/models (``group=family``: the names grouped by model family).
 MODELS_PARAMETERS = ("group",)
 #: GET /api/v2/aibridge/sessions, and one session (``initiator``: whose, for an id several users' sessions share).
-SESSIONS_PARAMETERS = ("q", "limit", "after_session_id", "offset")
+SESSIONS_PARAMETERS = ("q", "limit", "after_session_id", "after_initiator", "offset")
 SESSION_PARAMETERS = ("limit", "after_id", "before_id", "initiator")
 #: GET /api/v2/aibridge/usage and /tools.
 USAGE_PARAMETERS = ("by", "bucket", "since", "until")
@@ -152,9 +152,10 @@ def api_blueprint(gateway: Any) -> Blueprint:
             terms = search_terms(args.get("q"), SESSION_SEARCH_KEYS, _viewer_id(who))
             search = build_session_filter(terms, me=who["user_id"])
             limit = parse_limit(args.get("limit"))
-            after, offset = parse_session_page(args.get("after_session_id"), args.get("offset"))
+            after, offset = parse_session_page(args.get("after_session_id"), args.get("offset"), args.get("after_initiator"))
             return _json(run(list_sessions, database.session_queries, database.queries, database.identity, search,
-                             limit, after, offset, _viewer_id(who), PROVIDER_TYPES, set(gateway.providers)))
+                             limit, after, offset, _viewer_id(who), PROVIDER_TYPES, set(gateway.providers),
+                             args.get("after_initiator")))
         except QueryError as exc:
             raise ApiError(400, exc.message, exc.detail) from None
 

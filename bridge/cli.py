@@ -310,6 +310,7 @@ def _add_session_parsers(commands: Any, common: argparse.ArgumentParser) -> None
     _add_filter_flags(p, "sessions that used ")
     p.add_argument("--session-id", metavar="ID", help="the sessions with this id")
     p.add_argument("--after-session-id", metavar="ID", help="the page after this session (keyset pagination)")
+    p.add_argument("--after-initiator", metavar="USER_ID", help="whose session --after-session-id is ('' for none)")
     p.add_argument("--offset", metavar="N", help="skip N sessions (instead of --after-session-id)")
     p.add_argument("--limit", metavar="N", help="page size, 1-1000 (default 100)")
     p.add_argument("--json", action="store_true", help="print the API's JSON (count and sessions) instead of a table")
@@ -388,11 +389,12 @@ def _sessions_list(args: argparse.Namespace) -> None:
 
     search = build_session_filter({**_filter_flags(args), "session_id": args.session_id})
     limit = parse_limit(args.limit)
-    after_session_id, offset = parse_session_page(args.after_session_id, args.offset)
+    after_session_id, offset = parse_session_page(args.after_session_id, args.offset, args.after_initiator)
     fetch = limit if args.json else limit + 1  # one more tells the table whether there is a next page
     with _open_database(args) as database:
         result = list_sessions(database.session_queries, database.queries, database.identity, search, fetch,
-                               after_session_id, offset, None, PROVIDER_TYPES, _configured_provider_names(args))
+                               after_session_id, offset, None, PROVIDER_TYPES, _configured_provider_names(args),
+                               args.after_initiator)
     if args.json:
         _print_json(result)
         return
@@ -403,7 +405,9 @@ def _sessions_list(args: argparse.Namespace) -> None:
     _print_table(["LAST ACTIVE", "SESSION", "USER", "CLIENT", "MODELS", "TURNS", "THREADS", "INPUT", "OUTPUT",
                   "LAST PROMPT"],
                  [_session_row(session) for session in sessions], right=frozenset({5, 6, 7, 8}))
-    more = f"; next page: --after-session-id {_visible(sessions[-1]['id'])}" if len(result["sessions"]) > limit else ""
+    last, whose = sessions[-1], sessions[-1]["initiator"]["id"] or "''"
+    more = (f"; next page: --after-session-id {_visible(last['id'])} --after-initiator {whose}"
+            if len(result["sessions"]) > limit else "")
     print(f"{len(sessions)} of {result['count']} matching session(s){more}")
 
 

@@ -209,8 +209,13 @@ def parse_cursor(name: str, value: str | None, what: str) -> str | None:
     return value
 
 
-def parse_session_page(after_session_id: str | None, offset: str | None) -> tuple[str | None, int | None]:
-    """The sessions list's cursor or offset (not both)."""
+def parse_session_page(after_session_id: str | None, offset: str | None,
+                       after_initiator: str | None = None) -> tuple[str | None, int | None]:
+    """The sessions list's cursor or offset (not both); ``after_initiator`` (whose session the cursor
+    is, when users share a session id) goes with a cursor."""
+    if after_initiator is not None and after_session_id is None:
+        raise QueryError("after_initiator needs after_session_id",
+                         "give the id and the initiator id of the last session of the previous page")
     if after_session_id is not None and offset is not None:
         raise QueryError("after_session_id and offset cannot be combined",
                          "page with after_session_id (the last id of the previous page) or with offset, not both")
@@ -220,12 +225,13 @@ def parse_session_page(after_session_id: str | None, offset: str | None) -> tupl
 
 def list_sessions(sessions: SessionQueries, records: RecordQueries, identity: Identity, search: SessionFilter,
                   limit: int, after_session_id: str | None, offset: int | None, viewer_id: str | None,
-                  provider_types: tuple[str, ...], provider_names: set[str]) -> dict[str, Any]:
+                  provider_types: tuple[str, ...], provider_names: set[str],
+                  after_initiator: str | None = None) -> dict[str, Any]:
     """Run the sessions query. An unknown (or invisible) cursor is a QueryError, and so is a filter value
     that names nothing (``refuse_unknown_values``) when nothing matched."""
     try:
         found = sessions.list_sessions(search, limit=limit, after_session_id=after_session_id, offset=offset,
-                                       viewer_id=viewer_id)
+                                       viewer_id=viewer_id, after_initiator=after_initiator)
     except UnknownCursor:
         raise QueryError(f"unknown after_session_id {after_session_id!r}",
                          "after_session_id must be the id of a session from a previous page") from None

@@ -49,7 +49,7 @@ from bridge.store.common import (
     TOOL_ROLLUPS, USAGE_DIMENSIONS, USAGE_ROLLUPS, PROCESSES_TABLE, RecordBatch, StoreError, _json_text, check_columns,
     mask_url,
 )
-from bridge.store.sessions import facets_schema, session_schema
+from bridge.store.sessions import facets_schema, session_schema, thread_schema
 from bridge.store.writes import first_of_each
 
 #: Connections per process (recorder + token lookups + API threads, and one to spare).
@@ -392,6 +392,7 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
     ("0002_interception_owners", _m0002_interception_owners()),
     (_SESSIONS_MIGRATION, session_schema(_TEXT, "BIGINT", " WITH (autovacuum_vacuum_scale_factor = 0.02)")),
     (_FACETS_MIGRATION, facets_schema(_TEXT)),
+    ("0005_session_threads", thread_schema()),  # SQLite's 0008
 ]
 #: pg_advisory_xact_lock(key1, key2)'s first key for the session locks (see PostgresStore._lock_sessions).
 _SESSION_LOCKS = 0x73657373

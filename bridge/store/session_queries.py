@@ -40,12 +40,14 @@ class SessionQueries:
         self.records = records
 
     def list_sessions(self, filters: SessionFilter | None = None, *, limit: int = 100, after_session_id: str | None = None,
-                      offset: int | None = None, viewer_id: str | None = None) -> dict[str, Any]:
+                      offset: int | None = None, viewer_id: str | None = None,
+                      after_initiator: str | None = None) -> dict[str, Any]:
         """``{"count": matching sessions, "sessions": one page, most recently active first}``.
 
         ``viewer_id`` restricts everything to that user's sessions. ``after_session_id`` continues
-        after that session (visible and matching, else UnknownCursor; an id several users' sessions
-        share continues after the most recently active of them).
+        after that session (visible and matching, else UnknownCursor): ``after_initiator``'s (its
+        initiator id, '' for none), else, when several users' sessions share the id, the most recently
+        active of them.
         """
         filters = filters or SessionFilter()
         if after_session_id is not None and offset is not None:
@@ -74,10 +76,11 @@ class SessionQueries:
                              "s.session_id = f.session_id", *where]
                     params = [*facet, *params]
             if after_session_id is not None:
+                whose = ([], []) if after_initiator is None else (["s.initiator_id = ?"], [after_initiator])
                 cursor = self.store.db.execute(
                     f"SELECT s.last_active_at, s.session_id, s.initiator_id FROM {sessions}"
-                    f"{_sql_where([*where, 's.session_id = ?'])} ORDER BY {_ORDER} LIMIT 1",
-                    [*params, after_session_id]).fetchone()
+                    f"{_sql_where([*where, 's.session_id = ?', *whose[0]])} ORDER BY {_ORDER} LIMIT 1",
+                    [*params, after_session_id, *whose[1]]).fetchone()
                 if cursor is None:
                     raise UnknownCursor(f"unknown after_session_id {after_session_id!r}: no such session")
                 where = [*where, "(s.last_active_at, s.session_id, s.initiator_id) < (?, ?, ?)"]
@@ -131,56 +134,60 @@ class SessionQueries:
 
     def _threads(self, session_id: str, initiator_id: str, limit: int, after_id: str | None,
                  before_id: str | None) -> list[dict[str, Any]]:
+        """A page of the session's interceptions (a keyset range of its members) grouped by thread, with
+        each thread's figures summed per thread in the database."""
         db = self.store.db
-        members = db.execute(
-            f"SELECT interception_id, thread_id, started_at FROM {SESSION_MEMBERS_TABLE}"
-            " WHERE session_id = ? AND initiator_id = ? ORDER BY started_at, interception_id",
-            [session_id, initiator_id]).fetchall()
-        order = [row[0] for row in members]
-        thread_of = {row[0]: row[1] or row[0] for row in members}
-        position = {interception_id: n for n, interception_id in enumerate(order)}
+        key = [session_id, initiator_id]
+        where, order = ["session_id = ?", "initiator_id = ?"], "started_at, interception_id"
         cursor = after_id if after_id is not None else before_id
-        if cursor is not None and cursor not in position:
-            name = "after_id" if after_id is not None else "before_id"
-            raise UnknownCursor(f"unknown {name} {cursor!r}: not an interception of this session")
-        if after_id is not None:
-            page = order[position[after_id] + 1:position[after_id] + 1 + limit]
-        elif before_id is not None:
-            page = order[max(0, position[before_id] - limit):position[before_id]]
-        else:
-            page = order[:limit]
-        roots = list(dict.fromkeys(thread_of[i] for i in page))
-        roots.sort(key=lambda root: position[root])
-        members_of: dict[str, list[str]] = {root: [] for root in roots}  # every interception of the page's threads
-        for interception_id in order:
-            if thread_of[interception_id] in members_of:
-                members_of[thread_of[interception_id]].append(interception_id)
-        ended, tokens = self._figures([i for ids in members_of.values() for i in ids])
+        if cursor is not None:
+            found = db.execute(f"SELECT started_at FROM {SESSION_MEMBERS_TABLE}"
+                               " WHERE interception_id = ? AND session_id = ? AND initiator_id = ?",
+                               [cursor, *key]).fetchone()
+            if found is None:
+                name = "after_id" if after_id is not None else "before_id"
+                raise UnknownCursor(f"unknown {name} {cursor!r}: not an interception of this session")
+            where.append(f"(started_at, interception_id) {'>' if after_id is not None else '<'} (?, ?)")
+            key.extend((found[0], cursor))
+            if before_id is not None:
+                order = "started_at DESC, interception_id DESC"
+        page = db.execute(f"SELECT interception_id, thread_id FROM {SESSION_MEMBERS_TABLE}{_sql_where(where)}"
+                          f" ORDER BY {order} LIMIT ?", [*key, limit]).fetchall()
+        if before_id is not None:
+            page.reverse()
+        thread_of = {row[0]: row[1] or row[0] for row in page}
+        roots = list(dict.fromkeys(thread_of.values()))
+        if not roots:
+            return []
+        condition, param = self.store._in("interception_id", roots)
+        started = dict(db.execute(f"SELECT interception_id, started_at FROM {SESSION_MEMBERS_TABLE} WHERE {condition}",
+                                  [param]).fetchall())
+        roots.sort(key=lambda root: (started[root], root))
+        ended, tokens = self._thread_figures(roots)
         prompts = self._prompts(roots)
-        started = {row[0]: row[2] for row in members}
-        threads: dict[str, dict[str, Any]] = {}
-        for root, ids in members_of.items():
-            ends = [ended[i] for i in ids if ended.get(i)]
-            sums = [sum(tokens.get(i, (0,) * len(_TOKEN_USAGE))[n] for i in ids) for n in range(len(_TOKEN_USAGE))]
-            threads[root] = {"id": root, "prompt": prompts.get(root), "started_at": started[root],
-                             "ended_at": max(ends) if ends else None, "token_usage": dict(zip(_TOKEN_USAGE, sums)),
-                             "cost_usd": None, "interceptions": []}
-        for record in self.records.interceptions_by_id(page):
+        zero = (0,) * len(_TOKEN_USAGE)
+        threads = {root: {"id": root, "prompt": prompts.get(root), "started_at": started[root],
+                          "ended_at": ended.get(root), "token_usage": dict(zip(_TOKEN_USAGE, tokens.get(root, zero))),
+                          "cost_usd": None, "interceptions": []} for root in roots}
+        for record in self.records.interceptions_by_id(list(thread_of)):
             threads[thread_of[record["id"]]]["interceptions"].append(record)
         return list(threads.values())
 
-    def _figures(self, ids: list[str]) -> tuple[dict[str, str | None], dict[str, tuple[int, ...]]]:
-        """End times and token sums of these interceptions."""
-        if not ids:
-            return {}, {}
-        condition, param = self.store._in("id", ids)
-        ended = dict(self.store.db.execute(f"SELECT id, ended_at FROM aibridge_interceptions WHERE {condition}",
-                                           [param]).fetchall())
-        condition, param = self.store._in("interception_id", ids)
-        sums = ", ".join(self.store._SUM.format(c) for c in _TOKEN_FIGURES)
-        tokens = {row[0]: tuple(row[1:]) for row in self.store.db.execute(
-            f"SELECT interception_id, {sums} FROM aibridge_token_usages WHERE {condition} GROUP BY interception_id",
-            [param])}
+    def _thread_figures(self, roots: list[str]) -> tuple[dict[str, str | None], dict[str, tuple[int, ...]]]:
+        """The last end and the token sums of each of these threads (by their first interception's id),
+        one aggregate each over the threads' members (the thread index)."""
+        thread, thread_param = self.store._in("thread_id", roots)
+        first, first_param = self.store._in("interception_id", roots)
+        members = (f"(SELECT thread_id AS root, interception_id FROM {SESSION_MEMBERS_TABLE} WHERE {thread}"
+                   f" UNION ALL SELECT interception_id, interception_id FROM {SESSION_MEMBERS_TABLE} WHERE {first}) t")
+        params = [thread_param, first_param]
+        ended = dict(self.store.db.execute(
+            f"SELECT t.root, max(i.ended_at) FROM {members} JOIN aibridge_interceptions i ON i.id = t.interception_id"
+            " GROUP BY t.root", params).fetchall())
+        sums = ", ".join(self.store._SUM.format(f"u.{c}") for c in _TOKEN_FIGURES)
+        tokens = {row[0]: tuple(int(n) for n in row[1:]) for row in self.store.db.execute(
+            f"SELECT t.root, {sums} FROM {members} JOIN aibridge_token_usages u ON u.interception_id = t.interception_id"
+            " GROUP BY t.root", params)}
         return ended, tokens
 
     def _prompts(self, ids: list[str]) -> dict[str, str]:

@@ -12,8 +12,8 @@ one whose correlating_tool_call_id names a tool call recorded earlier in its ses
 call's thread; any other starts its own. Workers write out of order: an answer's start can be
 stored before the end that recorded the call it answers (another worker, a later batch), and a
 prompt is recorded at its turn's end. So a new interception is linked from what is stored, and a
-session is recounted whole (``recount``) when a late tool call or prompt changes a link made
-before. On PostgreSQL a writer first takes an advisory lock per session it touches (in one order),
+stored interception a late tool call or prompt changes is relinked with the members of its old
+thread after it (``_relink``: never a whole session). On PostgreSQL a writer first takes an advisory lock per session it touches (in one order),
 so that writers of several instances see each other's rows of a session.
 """
 
@@ -111,6 +111,13 @@ def facets_schema(text: str, without_rowid: str = "") -> list[str]:
         f"CREATE INDEX {SESSION_FACETS_TABLE}_session ON {SESSION_FACETS_TABLE} (session_id, initiator_id)",
         f"CREATE INDEX {SESSIONS_TABLE}_started ON {SESSIONS_TABLE} (started_at)",
     ]
+
+
+def thread_schema() -> list[str]:
+    """A thread's members in session order (SQLite migration 0008, PostgreSQL 0005): what relinking
+    the followers of a late prompt or tool call and a session page's thread figures read."""
+    return [f"CREATE INDEX {SESSION_MEMBERS_TABLE}_thread ON {SESSION_MEMBERS_TABLE}"
+            " (thread_id, started_at, interception_id) WHERE thread_id IS NOT NULL"]
 
 
 @dataclass(slots=True)
@@ -258,23 +265,24 @@ class Sessions:
     def add(self, new: list[InterceptionRecord], ends: list[InterceptionEndRecord], token_usages: list[TokenUsageRecord],
             prompts: list[PromptRecord], tool_calls: list[ToolUsageRecord]) -> None:
         """Newly inserted records join their sessions: the new interceptions are linked into threads
-        and their memberships written; a session where a late tool call or prompt changes earlier links
-        is recounted whole; the other sessions' summaries get what the records add."""
+        and their memberships written, stored ones a late tool call or prompt changes are relinked
+        (``_relink``), and the sessions' summaries get what the records add."""
         if not (new or ends or token_usages or prompts or tool_calls):
             return
         fresh = {r.id: Member(r.id, session_key(r.initiator_id, r.client_session_id, r.id), r.started_at) for r in new}
         referenced = {end.id for end in ends} | {r.interception_id for r in (*token_usages, *prompts, *tool_calls)}
         members = {**self.members(referenced - fresh.keys()), **fresh}
         prompted = {p.interception_id for p in prompts}
-        recount = self._late_links(members, fresh, prompted, tool_calls)
-        self._link(new, fresh, prompted)
+        threads_started = self._relink(members, fresh, prompted, tool_calls, new)
         self.store._executemany(_INSERT_MEMBER, [(m.id, *m.key, m.started_at, m.thread_id) for m in fresh.values()])
 
-        summaries = self._summaries({m.key for m in members.values()} - recount)
+        summaries = self._summaries({m.key for m in members.values()})
         fresh_keys = {m.key for m in fresh.values()}
-        for key, summary in summaries.items():
-            if summary.started_at is None and key not in fresh_keys:
-                recount.add(key)  # no summary row yet for a stored interception's session: count it whole
+        recount = {key for key, summary in summaries.items() if summary.started_at is None and key not in fresh_keys}
+        # (no summary row yet for a stored interception's session: it is counted whole)
+        for key, started in threads_started.items():
+            if key not in recount:
+                summaries[key].thread_count += started
         for record in new:
             member = fresh[record.id]
             if member.key not in recount:
@@ -294,48 +302,90 @@ class Sessions:
         self._write_summaries({key: s for key, s in summaries.items() if key not in recount})
         self.recount(recount)
 
-    def _late_links(self, members: dict[str, Member], fresh: dict[str, Member], prompted: set[str],
-                    tool_calls: list[ToolUsageRecord]) -> set[Key]:
-        """The sessions whose stored links these records change: an interception stored before answers
-        one of the new tool calls, or one stored as joining a thread now has a prompt."""
-        changed: set[Key] = set()
-        owners = {call.provider_tool_call_id: members[call.interception_id] for call in tool_calls
-                  if call.provider_tool_call_id is not None and call.interception_id in members}
-        if owners:
-            condition, param = self.store._in("correlating_tool_call_id", list(owners))
-            for interception_id, initiator_id, client_session_id, answers in self.store.db.execute(
-                    "SELECT id, initiator_id, client_session_id, correlating_tool_call_id FROM aibridge_interceptions"
-                    f" WHERE correlating_tool_call_id IS NOT NULL AND {condition}", [param]):
-                key = session_key(initiator_id, client_session_id, interception_id)
-                if interception_id not in fresh and owners[answers].key == key:
-                    changed.add(key)
-        for interception_id in prompted:
-            member = members.get(interception_id)
-            if member is not None and interception_id not in fresh and member.thread_id is not None:
-                changed.add(member.key)
-        return changed
-
-    def _link(self, new: list[InterceptionRecord], fresh: dict[str, Member], prompted: set[str]) -> None:
-        """Set each new interception's thread from the tool calls stored (this batch's included)."""
-        answers = {r.id: r.correlating_tool_call_id for r in new
-                   if r.correlating_tool_call_id is not None and r.id not in prompted}
-        if not answers:
-            return
-        condition, param = self.store._in("provider_tool_call_id", list(set(answers.values())))
+    def _relink(self, members: dict[str, Member], fresh: dict[str, Member], prompted: set[str],
+                tool_calls: list[ToolUsageRecord], new: list[InterceptionRecord]) -> dict[Key, int]:
+        """Link the new interceptions into threads, and relink the stored ones these records change: one
+        that now has a prompt starts its own thread, one that answers a new tool call may join that
+        call's thread; either takes along the members of its old thread after it (its followers through
+        tool calls are among them). Bounded work: those members only, never a whole session. Returns the
+        change in each session's count of stored threads."""
+        starts = [m for i, m in members.items() if i in prompted and i not in fresh and m.thread_id is not None]
+        starts.extend(self._late_answers(members, fresh, tool_calls))
+        stored: dict[str, Member] = {}
+        earliest: dict[tuple[Key, str], Member] = {}  # per old thread, the first member to relink
+        for member in starts:
+            stored[member.id] = member
+            thread = (member.key, member.thread_id or member.id)
+            if thread not in earliest or member.order < earliest[thread].order:
+                earliest[thread] = member
+        for (key, thread_id), member in earliest.items():
+            for interception_id, started_at, old in self.store.db.execute(
+                    f"SELECT interception_id, started_at, thread_id FROM {SESSION_MEMBERS_TABLE}"
+                    " WHERE thread_id = ? AND (started_at, interception_id) > (?, ?)", [thread_id, *member.order]):
+                stored.setdefault(interception_id, Member(interception_id, key, started_at, old))
+        answers = {r.id: r.correlating_tool_call_id for r in new if r.correlating_tool_call_id is not None}
+        prompted = prompted | self._stored_links(list(stored), answers)
+        answers = {i: call for i, call in answers.items() if i not in prompted}
         owners: dict[str, list[str]] = {}
-        for call_id, owner in self.store.db.execute(
-                f"SELECT provider_tool_call_id, interception_id FROM aibridge_tool_usages"
-                f" WHERE provider_tool_call_id IS NOT NULL AND {condition}", [param]):
-            owners.setdefault(call_id, []).append(owner)
-        known = {**self.members({o for found in owners.values() for o in found} - fresh.keys()), **fresh}
-        for member in sorted(fresh.values(), key=lambda m: m.order):
-            if member.id not in answers:
-                continue
-            candidates = [known[o] for o in owners.get(answers[member.id], ()) if o in known]
+        if answers:
+            condition, param = self.store._in("provider_tool_call_id", list(set(answers.values())))
+            for call_id, owner in self.store.db.execute(
+                    f"SELECT provider_tool_call_id, interception_id FROM aibridge_tool_usages"
+                    f" WHERE provider_tool_call_id IS NOT NULL AND {condition}", [param]):
+                owners.setdefault(call_id, []).append(owner)
+        relinked = {**stored, **fresh}
+        known = {**self.members({o for found in owners.values() for o in found} - relinked.keys()), **relinked}
+        threads: dict[str, str | None] = {}  # the new thread of each relinked interception, in session order
+        for member in sorted(relinked.values(), key=lambda m: m.order):
+            candidates = [known[o] for o in owners.get(answers.get(member.id, ""), ()) if o in known]
             before = [o for o in candidates if o.key == member.key and o.order < member.order]
+            thread_id = None
             if before:
                 owner = min(before, key=lambda m: m.order)
-                member.thread_id = owner.thread_id or owner.id
+                thread_id = (threads[owner.id] if owner.id in threads else owner.thread_id) or owner.id
+            threads[member.id] = thread_id
+        started: dict[Key, int] = {}
+        moved: list[tuple[str | None, str]] = []
+        for member in relinked.values():
+            thread_id = threads[member.id]
+            if member.id in stored and thread_id != member.thread_id:
+                moved.append((thread_id, member.id))
+                started[member.key] = started.get(member.key, 0) + (thread_id is None) - (member.thread_id is None)
+            member.thread_id = thread_id
+        if moved:
+            self.store._executemany(f"UPDATE {SESSION_MEMBERS_TABLE} SET thread_id = ? WHERE interception_id = ?", moved)
+        return started
+
+    def _late_answers(self, members: dict[str, Member], fresh: dict[str, Member],
+                      tool_calls: list[ToolUsageRecord]) -> list[Member]:
+        """The stored interceptions of a session that answer one of these new tool calls of it."""
+        owners: dict[str, set[Key]] = {}
+        for call in tool_calls:
+            if call.provider_tool_call_id is not None and call.interception_id in members:
+                owners.setdefault(call.provider_tool_call_id, set()).add(members[call.interception_id].key)
+        if not owners:
+            return []
+        condition, param = self.store._in("correlating_tool_call_id", list(owners))
+        late = {interception_id for interception_id, initiator_id, client_session_id, answers in self.store.db.execute(
+                "SELECT id, initiator_id, client_session_id, correlating_tool_call_id FROM aibridge_interceptions"
+                f" WHERE correlating_tool_call_id IS NOT NULL AND {condition}", [param])
+                if interception_id not in fresh
+                and session_key(initiator_id, client_session_id, interception_id) in owners[answers]}
+        return list(self.members(late).values())
+
+    def _stored_links(self, ids: list[str], answers: dict[str, str]) -> set[str]:
+        """Of these stored interceptions: adds the tool call each answers to ``answers``, and returns
+        those that recorded a prompt."""
+        if not ids:
+            return set()
+        condition, param = self.store._in("id", ids)
+        for interception_id, call_id in self.store.db.execute(
+                f"SELECT id, correlating_tool_call_id FROM aibridge_interceptions"
+                f" WHERE correlating_tool_call_id IS NOT NULL AND {condition}", [param]):
+            answers[interception_id] = call_id
+        condition, param = self.store._in("interception_id", ids)
+        return {row[0] for row in self.store.db.execute(
+            f"SELECT DISTINCT interception_id FROM aibridge_user_prompts WHERE {condition}", [param])}
 
     # -- shared by the writer, retention and the ending of orphans --------------------------------
 

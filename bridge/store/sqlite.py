@@ -26,7 +26,7 @@ from bridge.store.common import (
     USAGE_DIMENSIONS, USAGE_ROLLUPS, PROCESSES_TABLE, StoreError, _json_text, check_columns, touch_auth_stamp,
 )
 from bridge.store.rollups import backfill_statements
-from bridge.store.sessions import facets_schema, session_schema
+from bridge.store.sessions import facets_schema, session_schema, thread_schema
 from bridge.store.writes import first_of_each
 
 _ROWS_PER_STATEMENT = 250  # record rows per INSERT (fewer where SQLite allows fewer parameters)
@@ -237,6 +237,14 @@ def _m0007_session_facets(db: Database) -> None:
     """Each session's provider types and names and models, one row each (what the sessions list's
     filters read), and an index of session starts. Filled from the summaries by SqliteStore.migrate."""
     for statement in facets_schema("TEXT", " WITHOUT ROWID"):
+        db.execute(statement)
+
+
+@MIGRATIONS(name="0008_session_threads")
+def _m0008_session_threads(db: Database) -> None:
+    """An index of each thread's members in order (relinking a late prompt's followers, a session
+    page's per-thread figures)."""
+    for statement in thread_schema():
         db.execute(statement)
 
 

@@ -9,7 +9,8 @@ import { cursorPage } from "./pager.js";
 /**
  * ``list``: {base ("#/sessions"), noun ("sessions"), title, intro (a line under it, or null), table
  * (its data-table name), columns [[title, numeric]], row(item) -> <tr>, fetch(q, limit, cursor,
- * signal) -> {count, items} (items: the page, each with an id, the next page's cursor being the last's)}.
+ * signal) -> {count, items} (items: the page, each with an id, the next page's cursor being the last's)},
+ * cursorOf(item) (optional: the next page's cursor from the last item, when not its id).
  */
 export async function renderList(main, params, signal, list) {
   const { filters, limit } = readFilters(params);
@@ -36,7 +37,7 @@ export async function renderList(main, params, signal, list) {
   const { items } = page;
   const { summary: counted, nav } = cursorPage(list.noun, {
     signature: JSON.stringify([filters, limit]), cursor, shown: items.length, count: page.count, limit,
-    lastId: items[items.length - 1]?.id, href: (next) => listHref(list.base, filters, { ...limitExtra(limit), cursor: next || "" }),
+    lastId: items.length ? (list.cursorOf || ((item) => item.id))(items[items.length - 1]) : undefined, href: (next) => listHref(list.base, filters, { ...limitExtra(limit), cursor: next || "" }),
   });
   replace(summary, counted);
   if (items.length === 0) {

@@ -1,5 +1,5 @@
 // The sessions list (SPEC §9): one row per agent run, most recently active first, with the
-// interceptions list's filters, paged with the after_session_id cursor.
+// interceptions list's filters, paged with the after_session_id and after_initiator cursor.
 
 import { SESSIONS, apiGet, buildQ } from "../api.js";
 import { fmtInt, fmtTime, h, truncate, zoned } from "../dom.js";
@@ -33,8 +33,13 @@ export function renderSessions(main, params, { signal }) {
     intro: "An agent's run: the calls of one user with one client session id, most recently active first.",
     columns: [[zoned("Last active")], ["User"], ["Client"], ["Models"], ["Last prompt"], ["Turns", true], ["Threads", true],
       ["Tokens in / out", true]],
+    // The cursor names the user too ("<session id>@<user id>"): users may share a client session id.
+    cursorOf: (session) => `${session.id}@${session.initiator?.id || ""}`,
     fetch: async (q, limit, cursor, abort) => {
-      const page = await apiGet(SESSIONS, { q: buildQ(q), limit, after_session_id: cursor }, { signal: abort });
+      const at = cursor ? cursor.lastIndexOf("@") : -1;
+      const after = at < 0 ? { after_session_id: cursor }
+        : { after_session_id: cursor.slice(0, at), after_initiator: cursor.slice(at + 1) };
+      const page = await apiGet(SESSIONS, { q: buildQ(q), limit, ...after }, { signal: abort });
       return { count: page.count, items: page.sessions || [] };
     },
   });
