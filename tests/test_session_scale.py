@@ -60,6 +60,10 @@ def _summaries(store) -> list[tuple]:
     return sorted(store.db.execute("SELECT * FROM aibridge_sessions").fetchall())
 
 
+def _facets(store) -> list[tuple]:
+    return sorted(store.db.execute("SELECT * FROM aibridge_session_facets").fetchall())
+
+
 def _late_end() -> RecordBatch:
     """X's end: its prompt (typed text beside its tool result) and the tool call Y answers."""
     return RecordBatch.load(_end("X", 3_000, ["cX"], "and now this"))
@@ -146,9 +150,30 @@ def test_a_session_page_reads_its_page_and_its_threads_not_the_session(tmp_path)
     assert len(threads) == 3
 
 
+def _purge_a_chunk(tmp_path, turns: int) -> int:
+    """The SQLite virtual machine steps of a retention chunk that takes a long session's first 100 turns."""
+    with open_store(str(tmp_path / f"r{turns}.db"), migrate=True) as store:
+        user = store.identity.create_user("ann")["id"]
+        _long_session(store, user, turns, prompt_every=10)
+        purged, steps = _counted(store, lambda: store.retention.purge_records(_at(50), chunk=100, max_chunks=1))
+        assert purged == 100
+        kept = (_members(store), _summaries(store), _facets(store))
+        store.sessions.rebuild()
+        assert (_members(store), _summaries(store), _facets(store)) == kept
+        return steps
+
+
+def test_a_retention_chunk_does_not_recount_a_long_session(tmp_path) -> None:
+    """Counted in SQLite virtual machine steps, not time: purging 100 turns of a session ten times longer
+    costs at most a few more steps (deeper indexes), and leaves what a rebuild counts."""
+    short, long = _purge_a_chunk(tmp_path, 300), _purge_a_chunk(tmp_path, 3_000)
+    assert long < short * 1.2, (short, long)
+
+
 def test_random_write_orders_of_crossing_chains_give_what_a_rebuild_counts(store_url: str) -> None:
-    """Chains of answers that cross, prompts on answers, a tool call id recorded twice: in any order the
-    records are written, the threads and summaries are those counted from scratch."""
+    """Chains of answers that cross, prompts on answers, a tool call id recorded twice, some late ends: in
+    any order the records are written, and after a purge in small chunks, the threads, summaries and
+    facet rows are those counted from scratch."""
     with open_store(store_url, migrate=True) as store:
         users = [store.identity.create_user(name)["id"] for name in ("ann", "ben")]
         for seed in range(8):
@@ -159,7 +184,8 @@ def test_random_write_orders_of_crossing_chains_give_what_a_rebuild_counts(store
                 answers = f"c{rng.randrange(k)}" if k and rng.random() < 0.8 else None
                 calls = [f"c{k}"] + (["c1"] if k == 5 else [])
                 prompt = "typed" if rng.random() < 0.2 else None
-                steps.append((_start(f"i{k}", user, k, answers, session=f"S{k % 3}"), _end(f"i{k}", k, calls, prompt)))
+                start = {**_start(f"i{k}", user, k, answers, session=f"S{k % 3}"), "model": f"m{rng.randrange(3)}"}
+                steps.append((start, _end(f"i{k}", k + rng.randrange(4) * rng.randrange(20), calls, prompt)))
             for table in ("aibridge_sessions", "aibridge_session_interceptions", "aibridge_session_facets",
                           "aibridge_token_usages", "aibridge_user_prompts", "aibridge_tool_usages",
                           "aibridge_interceptions"):
@@ -175,9 +201,14 @@ def test_random_write_orders_of_crossing_chains_give_what_a_rebuild_counts(store
                 else:
                     n = started.pop(rng.randrange(len(started)))
                     store.records.write_records(RecordBatch.load(steps[n][1]))
-            kept = (_members(store), _summaries(store))
+            kept = (_members(store), _summaries(store), _facets(store))
             store.sessions.rebuild()
-            assert (_members(store), _summaries(store)) == kept, seed
+            assert (_members(store), _summaries(store), _facets(store)) == kept, seed
+            # Retention, a few interceptions a chunk: what is left is counted as from scratch.
+            store.retention.purge_records(_at(rng.randrange(4, 24)), chunk=rng.choice((1, 3, 7)))
+            kept = (_members(store), _summaries(store), _facets(store))
+            store.sessions.rebuild()
+            assert (_members(store), _summaries(store), _facets(store)) == kept, seed
 
 
 def test_admin_pages_visit_every_session_once_when_users_share_session_ids(store_url: str) -> None:

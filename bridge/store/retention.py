@@ -28,7 +28,8 @@ class Retention:
         rollups keep counting interceptions of that hour (day) started before the cutoff until a
         later purge moves past it (the periodic purge does, hourly).
 
-        The sessions a chunk took interceptions from are recounted from what is left (or forgotten).
+        The sessions a chunk took interceptions from lose what those counted, and the rest of the
+        threads it cut is relinked (Sessions.purged).
         """
         cutoff_hour = _hour(cutoff_iso)
         deleted = chunks = 0
@@ -40,12 +41,12 @@ class Retention:
                 ).fetchall()
                 ids = [row[0] for row in rows]
                 if ids:
-                    sessions = {member.key for member in self.sessions.members(ids).values()}
-                    self.sessions.lock_keys(sessions)
+                    purge = self.sessions.purging(ids)
+                    self.sessions.lock_keys(row.member.key for row in purge.rows)
                     for table in (*CHILD_TABLES.values(), SESSION_MEMBERS_TABLE, "aibridge_interceptions"):
                         condition, param = self.store._in("id" if table == "aibridge_interceptions" else "interception_id", ids)
                         db.execute(f"DELETE FROM {table} WHERE {condition}", [param])
-                    self.sessions.recount(sessions)
+                    self.sessions.purged(purge)
                 # Interceptions go oldest first: every hour before the last one deleted is now empty
                 # (all of them up to the cutoff's hour once the chunk is not full).
                 emptied = cutoff_hour if len(ids) < chunk else min(cutoff_hour, _hour(rows[-1][1]))

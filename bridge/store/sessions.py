@@ -241,6 +241,14 @@ class _Stored:
         self.started_at = self.member.started_at
 
 
+@dataclass(slots=True)
+class Purge:
+    """What a retention chunk takes from its sessions: its interceptions, and their token usages."""
+
+    rows: list[_Stored]
+    usages: dict[str, list[tuple[Any, ...]]]
+
+
 class Sessions:
     """Keeps the sessions and threads of the records current (the record writer, retention, the
     ending of orphaned interceptions) and rebuilds them from the records."""
@@ -323,7 +331,14 @@ class Sessions:
                     f"SELECT interception_id, started_at, thread_id FROM {SESSION_MEMBERS_TABLE}"
                     " WHERE thread_id = ? AND (started_at, interception_id) > (?, ?)", [thread_id, *member.order]):
                 stored.setdefault(interception_id, Member(interception_id, key, started_at, old))
-        answers = {r.id: r.correlating_tool_call_id for r in new if r.correlating_tool_call_id is not None}
+        return self._relink_threads(stored, fresh, prompted, {r.id: r.correlating_tool_call_id for r in new
+                                                              if r.correlating_tool_call_id is not None})
+
+    def _relink_threads(self, stored: dict[str, Member], fresh: dict[str, Member], prompted: set[str],
+                        answers: dict[str, str]) -> dict[Key, int]:
+        """Link these stored and new interceptions (``answers``: the tool call each new one answers,
+        ``prompted``: those with a prompt in the batch) in session order from the stored tool calls;
+        the stored ones' changes are written. Returns the change in each session's thread count."""
         prompted = prompted | self._stored_links(list(stored), answers)
         answers = {i: call for i, call in answers.items() if i not in prompted}
         owners: dict[str, list[str]] = {}
@@ -413,6 +428,75 @@ class Sessions:
             if member is not None and summaries[member.key].started_at is not None:
                 summaries[member.key].end(ended_at)
         self._write_summaries({key: s for key, s in summaries.items() if s.started_at is not None})
+
+    def purging(self, ids: list[str]) -> Purge:
+        """What purging these interceptions takes from their sessions (read before they are deleted)."""
+        members = self.members(ids)
+        rows: list[_Stored] = []
+        if members:
+            condition, param = self.store._in("id", list(members))
+            for interception_id, ended_at, provider, provider_name, model, client in self.store.db.execute(
+                    "SELECT id, ended_at, provider, provider_name, model, client FROM aibridge_interceptions"
+                    f" WHERE {condition}", [param]):
+                rows.append(_Stored(interception_id, members[interception_id], ended_at, provider, provider_name, model,
+                                    client, None))
+        _, _, usages = self._children(list(members))
+        return Purge(rows, usages)
+
+    def purged(self, purge: Purge) -> None:
+        """After the delete of ``purge``'s interceptions: their sessions lose what they counted, and the
+        members left of their threads are relinked (the work of the threads it cut, not of whole
+        sessions). A session whose last activity, last prompt or client the purge took is recounted."""
+        keys = {row.member.key for row in purge.rows}
+        stored: dict[str, Member] = {}
+        threads = sorted({row.member.thread_id or row.id for row in purge.rows})
+        if threads:
+            condition, param = self.store._in("thread_id", threads)
+            for interception_id, initiator_id, session_id, started_at, thread_id in self.store.db.execute(
+                    f"SELECT interception_id, initiator_id, session_id, started_at, thread_id FROM {SESSION_MEMBERS_TABLE}"
+                    f" WHERE {condition}", [param]):
+                stored[interception_id] = Member(interception_id, (initiator_id, session_id), started_at, thread_id)
+        threads_started = self._relink_threads(stored, {}, set(), {})
+        summaries = self._summaries(keys)
+        recount = {key for key in keys if summaries[key].started_at is None}
+        taken: dict[Key, list[_Stored]] = {}
+        for row in purge.rows:
+            taken.setdefault(row.member.key, []).append(row)
+        for key, rows in taken.items():
+            summary = summaries[key]
+            summary.interception_count -= len(rows)
+            summary.thread_count += threads_started.get(key, 0) - sum(row.member.thread_id is None for row in rows)
+            for usage in (usage for row in rows for usage in purge.usages.get(row.id, ())):
+                summary.use(-_figure(value) for value in usage)
+            last_prompt = summary.last_prompt[1] if summary.last_prompt else None
+            if summary.interception_count <= 0 or any(
+                    row.id == last_prompt or summary.last_active_at in (row.started_at, row.ended_at)
+                    or (row.ended_at is not None and row.ended_at == summary.ended_at) for row in rows):
+                recount.add(key)
+            elif not self._keep_values(key, summary, rows):
+                recount.add(key)
+        self._write_summaries({key: s for key, s in summaries.items() if key not in recount})
+        self.recount(recount)
+
+    def _keep_values(self, key: Key, summary: Summary, rows: list[_Stored]) -> bool:
+        """Take from ``summary`` the start, providers and models only ``rows`` (purged) had; False when
+        they held its client and no member left does (the client is then counted again)."""
+        db = self.store.db
+        member_with = (f"SELECT 1 FROM {SESSION_MEMBERS_TABLE} m JOIN aibridge_interceptions i ON i.id = m.interception_id"
+                       " WHERE m.session_id = ? AND m.initiator_id = ? AND i.{} = ? LIMIT 1")
+        if summary.client in {row.client for row in rows}:
+            if db.execute(member_with.format("client"), [key[1], key[0], summary.client]).fetchone() is None:
+                return False
+        for facet, attribute in SESSION_FACETS.items():
+            for value in sorted({getattr(row, facet) for row in rows} & getattr(summary, attribute)):
+                if db.execute(member_with.format(facet), [key[1], key[0], value]).fetchone() is None:
+                    getattr(summary, attribute).discard(value)
+                    db.execute(f"DELETE FROM {SESSION_FACETS_TABLE} WHERE facet = ? AND value = ? AND initiator_id = ?"
+                               " AND session_id = ?", [facet, value, *key])
+        if summary.started_at in {row.started_at for row in rows}:
+            summary.started_at = db.execute(f"SELECT min(started_at) FROM {SESSION_MEMBERS_TABLE}"
+                                            " WHERE session_id = ? AND initiator_id = ?", [key[1], key[0]]).fetchone()[0]
+        return True
 
     def recount(self, keys: Iterable[Key]) -> None:
         """Recount these sessions from their records: every member's thread, and the summary row
