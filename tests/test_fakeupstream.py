@@ -377,6 +377,8 @@ def test_lockstep_sends_each_event_only_after_the_ack(fake: FakeUpstream) -> Non
         assert fake.stream_log(lockstep).events_sent == i + 1
         fake.ack(lockstep, i)
         count += 1
+    # the SDK stops at [DONE], which may reach it before the server thread counts that write
+    fake.wait_streams(1)
     log = fake.stream_log(lockstep)
     assert count == len(FIXTURES[name]["streaming"]["events"]) - 1
     assert (log.events_sent, log.lockstep_timeouts) == (count + 1, 0)
