@@ -24,6 +24,7 @@ import requests
 from bridge.store import MIGRATIONS, RecordBatch, open_store
 from tests.conftest import Identities, provider_env
 from tests.harness import assert_cli_error, cli_runner, wait_until
+from tests.test_api import BAD_QUERIES
 from tests.sdk_calls import load_fixtures
 
 FIXTURES = dict(load_fixtures("anthropic"))
@@ -210,11 +211,11 @@ def test_unknown_filter_values_are_a_400_naming_them(gateway, identities: Identi
         ({"q": "client:NoSuchClient"}, "unknown client 'NoSuchClient'"),
         ({"q": "session_id:no-such-session"}, "unknown session_id 'no-such-session'"),
         ({"q": "started_after:yesterday"}, "invalid started_after"),
-        ({"q": "colour:red"}, "unknown filter 'colour'"),
-        ({"model": "x"}, "unknown query parameter 'model'"),
         ({"limit": "0"}, "invalid limit 0"),
         ({"after_session_id": "nope"}, "unknown after_session_id 'nope'"),
         ({"after_session_id": "a", "offset": "1"}, "after_session_id and offset cannot be combined"),
+        # the query parser's refusals of the interceptions list (but for its after_id cursor) too
+        *((params, fragment) for params, fragment in BAD_QUERIES if "after_id" not in params),
     ]
     for params, fragment in cases:
         response = _api(gateway.url, identities.alice, "sessions", **params)

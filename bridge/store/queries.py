@@ -84,12 +84,9 @@ class RecordQueries:
             if cursor is not None:
                 where = [*where, "(started_at, id) < (?, ?)"]
                 params = [*params, *cursor]
-            page_sql = f"SELECT id FROM aibridge_interceptions{_sql_where(where)} ORDER BY started_at DESC, id DESC LIMIT ?"
-            params.append(limit)
-            if offset:
-                page_sql += " OFFSET ?"
-                params.append(offset)
-            ids = [row[0] for row in self.store.db.execute(page_sql, params)]
+            page = page_query("SELECT id FROM aibridge_interceptions", where, params, "started_at DESC, id DESC",
+                              limit, offset)
+            ids = [row[0] for row in self.store.db.execute(*page)]
             return {"count": count, "results": self.interceptions_by_id(ids)}
 
     def any_interception(self, filters: InterceptionFilter) -> bool:
@@ -281,6 +278,18 @@ class RecordQueries:
                 f" ORDER BY created_at, {self.store._WRITE_ORDER}", [interception_id]
             ))
         return row
+
+
+def page_query(select: str, where: list[str], params: list[Any], order: str, limit: int,
+               offset: int | None) -> tuple[str, list[Any]]:
+    """A page of a list: ``select`` (with its FROM) under ``where``, in ``order``, ``limit`` rows from
+    ``offset``; the SQL and its parameters."""
+    sql = f"{select}{_sql_where(where)} ORDER BY {order} LIMIT ?"
+    params = [*params, limit]
+    if offset:
+        sql += " OFFSET ?"
+        params.append(offset)
+    return sql, params
 
 
 def _period_where(period: str, start: str | None, end: str | None, viewer_id: str | None) -> tuple[str, list[Any]]:

@@ -41,8 +41,7 @@ class Retention:
                 ).fetchall()
                 ids = [row[0] for row in rows]
                 if ids:
-                    purge = self.sessions.purging(ids)
-                    self.sessions.lock_keys(row.member.key for row in purge.rows)
+                    purge = self.sessions.purging(ids)  # their sessions locked first
                     for table in (*CHILD_TABLES.values(), SESSION_MEMBERS_TABLE, "aibridge_interceptions"):
                         condition, param = self.store._in("id" if table == "aibridge_interceptions" else "interception_id", ids)
                         db.execute(f"DELETE FROM {table} WHERE {condition}", [param])

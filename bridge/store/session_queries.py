@@ -15,16 +15,15 @@ from bridge.store.common import (
 )
 from bridge.store.dialect import Dialect
 from bridge.store.identity import Identity
-from bridge.store.queries import RecordQueries
+from bridge.store.queries import RecordQueries, page_query
 
 #: The API's names of the token figures (``token_usage``), in _TOKEN_FIGURES order.
 _TOKEN_USAGE = ("input", "output", "cache_read", "cache_write")
 _ORDER = "s.last_active_at DESC, s.session_id DESC, s.initiator_id DESC"
 _SUMMARY = ", ".join(f"s.{column}" for column in ("session_id", "initiator_id", *SESSION_COLUMNS))
-_HAS_FACET = (f"EXISTS (SELECT 1 FROM {SESSION_FACETS_TABLE} x WHERE x.facet = ? AND x.value = ?"
+#: A session (of the table {0}) has a facet row whose value meets the condition {1}.
+_HAS_FACET = (f"EXISTS (SELECT 1 FROM {SESSION_FACETS_TABLE} x WHERE x.facet = ? AND {{1}}"
               " AND x.initiator_id = {0}.initiator_id AND x.session_id = {0}.session_id)")
-_HAS_ANY_FACET = (f"EXISTS (SELECT 1 FROM {SESSION_FACETS_TABLE} x WHERE x.facet = ? AND {{1}}"
-                  " AND x.initiator_id = {0}.initiator_id AND x.session_id = {0}.session_id)")
 #: With a provider or model filter, its facet rows are counted (one index range) and, when there are at
 #: most this many, the page is read from them too (then sorted); more (a common model) are found by
 #: reading the sessions most recently active first, each checked against the facet rows, up to a page.
@@ -85,12 +84,8 @@ class SessionQueries:
                     raise UnknownCursor(f"unknown after_session_id {after_session_id!r}: no such session")
                 where = [*where, "(s.last_active_at, s.session_id, s.initiator_id) < (?, ?, ?)"]
                 params = [*params, *cursor]
-            sql = f"SELECT {_SUMMARY} FROM {sessions}{_sql_where(where)} ORDER BY {_ORDER} LIMIT ?"
-            params.append(limit)
-            if offset:
-                sql += " OFFSET ?"
-                params.append(offset)
-            return {"count": count, "sessions": self._results(self.store.db.execute(sql, params).fetchall())}
+            page = page_query(f"SELECT {_SUMMARY} FROM {sessions}", where, params, _ORDER, limit, offset)
+            return {"count": count, "sessions": self._results(self.store.db.execute(*page).fetchall())}
 
     def any_session(self, session_id: str, viewer_id: str | None = None) -> bool:
         """Whether a session (the viewer's own, when given) has this id."""
@@ -215,13 +210,10 @@ class SessionQueries:
                 params.append(value)
         for name in SESSION_FACETS:
             value = getattr(filters, name)
-            if isinstance(value, tuple):
-                condition, param = self.store._any_of("x.value", list(value))
-                where.append(_HAS_ANY_FACET.format(table, condition))
+            if value is not None and name != skip:
+                condition, param = self.store._any_of("x.value", list(value) if isinstance(value, tuple) else [value])
+                where.append(_HAS_FACET.format(table, condition))
                 params.extend((name, param))
-            elif value is not None and name != skip:
-                where.append(_HAS_FACET.format(table))
-                params.extend((name, value))
         times, bounds = _between(f"{table}.started_at", filters.started_after, filters.started_before)
         return [*where, *times], [*params, *bounds]
 

@@ -167,20 +167,33 @@ class Summary:
     interception_count: int = 0
     thread_count: int = 0
     tokens: list[int] = field(default_factory=lambda: [0] * len(_TOKEN_FIGURES))
+    #: What its stored facet rows hold (client, start, each facet's values); None: none to go by.
+    stored_facets: tuple[str | None, str | None, dict[str, frozenset[str]]] | None = None
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> Summary:
         (client, types, names, models, started_at, ended_at, last_active_at, prompt_id, prompt_at, count, threads,
          *tokens) = row
-        return cls(client, set(orjson.loads(types)), set(orjson.loads(names)), set(orjson.loads(models)), started_at,
-                   ended_at, last_active_at, (prompt_at, prompt_id) if prompt_id is not None else None, count, threads,
-                   [int(t) for t in tokens])
+        summary = cls(client, set(orjson.loads(types)), set(orjson.loads(names)), set(orjson.loads(models)), started_at,
+                      ended_at, last_active_at, (prompt_at, prompt_id) if prompt_id is not None else None, count,
+                      threads, [int(t) for t in tokens])
+        summary.stored_facets = (client, started_at, {facet: frozenset(getattr(summary, attribute))
+                                                      for facet, attribute in SESSION_FACETS.items()})
+        return summary
 
     def row(self, key: Key) -> tuple[Any, ...]:
         prompt_at, prompt_id = self.last_prompt or (None, None)
         return (key[1], key[0], self.client, _list_text(self.provider_types), _list_text(self.provider_names),
                 _list_text(self.models), self.started_at, self.ended_at, self.last_active_at, prompt_id, prompt_at,
                 self.interception_count, self.thread_count, *self.tokens)
+
+    def facet_rows(self, key: Key) -> list[tuple[Any, ...]]:
+        """The facet rows to write: only the new values' while the stored rows hold the same client and
+        start (most batches add none: the writer's work does not grow with a session's models), else all."""
+        stored = self.stored_facets
+        kept = stored[2] if stored is not None and stored[:2] == (self.client, self.started_at) else {}
+        return [(facet, value, *key, self.client, self.started_at) for facet, attribute in SESSION_FACETS.items()
+                for value in sorted(getattr(self, attribute) - kept.get(facet, frozenset()))]
 
     def add_interception(self, record: Any, starts_thread: bool) -> None:
         """An interception (a record, or a row with the same attributes) joins the session."""
@@ -430,8 +443,12 @@ class Sessions:
         self._write_summaries({key: s for key, s in summaries.items() if s.started_at is not None})
 
     def purging(self, ids: list[str]) -> Purge:
-        """What purging these interceptions takes from their sessions (read before they are deleted)."""
+        """What purging these interceptions takes from their sessions (read before they are deleted),
+        their sessions locked first (PostgreSQL)."""
         members = self.members(ids)
+        if self.store._LOCKS_SESSIONS:  # read again under the lock: another instance may have relinked them
+            self.lock_keys(member.key for member in members.values())
+            members = self.members(ids)
         rows: list[_Stored] = []
         if members:
             condition, param = self.store._in("id", list(members))
@@ -440,8 +457,7 @@ class Sessions:
                     f" WHERE {condition}", [param]):
                 rows.append(_Stored(interception_id, members[interception_id], ended_at, provider, provider_name, model,
                                     client, None))
-        _, _, usages = self._children(list(members))
-        return Purge(rows, usages)
+        return Purge(rows, self._usages(list(members)))
 
     def purged(self, purge: Purge) -> None:
         """After the delete of ``purge``'s interceptions: their sessions lose what they counted, and the
@@ -567,12 +583,19 @@ class Sessions:
         calls = [(row[0], row[1]) for row in db.execute(
             "SELECT provider_tool_call_id, interception_id FROM aibridge_tool_usages"
             f" WHERE provider_tool_call_id IS NOT NULL AND {condition}", [param])]
+        return prompted, calls, self._usages(ids)
+
+    def _usages(self, ids: list[str]) -> dict[str, list[tuple[Any, ...]]]:
+        """These interceptions' token usages (their figures in _TOKEN_FIGURES order), by interception."""
         usages: dict[str, list[tuple[Any, ...]]] = {}
-        for interception_id, *figures in db.execute(
+        if not ids:
+            return usages
+        condition, param = self.store._in("interception_id", ids)
+        for interception_id, *figures in self.store.db.execute(
                 f"SELECT interception_id, {', '.join(_TOKEN_FIGURES)} FROM aibridge_token_usages WHERE {condition}",
                 [param]):
             usages.setdefault(interception_id, []).append(tuple(figures))
-        return prompted, calls, usages
+        return usages
 
     def _summaries(self, keys: set[Key]) -> dict[Key, Summary]:
         """The stored summaries of these sessions (an empty one where there is none yet)."""
@@ -591,9 +614,9 @@ class Sessions:
         keys = [key for key in sorted(summaries) if summaries[key].started_at is not None]
         if keys:
             self.store._executemany(_UPSERT_SUMMARY, [summaries[key].row(key) for key in keys])
-            self.store._executemany(_INSERT_FACET, [
-                (facet, value, *key, summaries[key].client, summaries[key].started_at) for key in keys
-                for facet, attribute in SESSION_FACETS.items() for value in sorted(getattr(summaries[key], attribute))])
+            facet_rows = [row for key in keys for row in summaries[key].facet_rows(key)]
+            if facet_rows:
+                self.store._executemany(_INSERT_FACET, facet_rows)
 
     # -- from scratch ------------------------------------------------------------------------------
 
