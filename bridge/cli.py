@@ -14,11 +14,11 @@ import json
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from bridge.queries import QueryError, parse_date_or_time, rfc3339
+from bridge.queries import QueryError, parse_date_or_time, parse_limit, rfc3339
 from bridge.store import Database, InterceptionFilter, database_errors, mask_url, store_exists
 from bridge.timestamps import format_timestamp, parse_timestamp, utc_now
 from bridge.units import format_duration, parse_duration
@@ -276,9 +276,7 @@ def _add_record_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     p = interceptions.add_parser("list", parents=[common], help="list interceptions of all users, newest first")
     _add_filter_flags(p, "")
     p.add_argument("--after-id", metavar="ID", help="the page after this interception (keyset pagination)")
-    p.add_argument("--offset", metavar="N", help="skip N interceptions (instead of --after-id)")
-    p.add_argument("--limit", metavar="N", help="page size, 1-1000 (default 100)")
-    p.add_argument("--json", action="store_true", help="print the API's JSON (count and results) instead of a table")
+    _add_page_flags(p, "interceptions", "--after-id", "results")
     p.set_defaults(handler=_interceptions_list)
     p = interceptions.add_parser("show", parents=[common],
                                  help="one interception: its fields, prompt, tool calls, thoughts and token usage")
@@ -311,9 +309,7 @@ def _add_session_parsers(commands: Any, common: argparse.ArgumentParser) -> None
     p.add_argument("--session-id", metavar="ID", help="the sessions with this id")
     p.add_argument("--after-session-id", metavar="ID", help="the page after this session (keyset pagination)")
     p.add_argument("--after-initiator", metavar="USER_ID", help="whose session --after-session-id is ('' for none)")
-    p.add_argument("--offset", metavar="N", help="skip N sessions (instead of --after-session-id)")
-    p.add_argument("--limit", metavar="N", help="page size, 1-1000 (default 100)")
-    p.add_argument("--json", action="store_true", help="print the API's JSON (count and sessions) instead of a table")
+    _add_page_flags(p, "sessions", "--after-session-id", "sessions")
     p.set_defaults(handler=_sessions_list)
     p = sessions.add_parser("show", parents=[common], help="one session: its threads, turn by turn")
     p.add_argument("id", help="session id")
@@ -335,6 +331,35 @@ def _add_filter_flags(p: argparse.ArgumentParser, used: str) -> None:
     p.add_argument("--client", help='client name, e.g. "Claude Code"')
     p.add_argument("--started-after", metavar="TIME", help=f"{_TIME_HELP} (inclusive)")
     p.add_argument("--started-before", metavar="TIME", help=f"{_TIME_HELP} (exclusive)")
+
+
+def _add_page_flags(p: argparse.ArgumentParser, noun: str, cursor: str, results: str) -> None:
+    """A list command's offset, page size and --json (``cursor``: its keyset flag; ``results``: the
+    JSON's list)."""
+    p.add_argument("--offset", metavar="N", help=f"skip N {noun} (instead of {cursor})")
+    p.add_argument("--limit", metavar="N", help="page size, 1-1000 (default 100)")
+    p.add_argument("--json", action="store_true", help=f"print the API's JSON (count and {results}) instead of a table")
+
+
+def _page_size(args: argparse.Namespace) -> tuple[int, int]:
+    """A list command's page size, and how many to fetch: one more for a table, to tell whether there
+    is a next page."""
+    limit = parse_limit(args.limit)
+    return limit, limit if args.json else limit + 1
+
+
+def _print_page(found: list[dict[str, Any]], count: int, limit: int, noun: str, headers: list[str],
+                row: Callable[[dict[str, Any]], list[str]], right: frozenset[int],
+                next_page: Callable[[dict[str, Any]], str]) -> None:
+    """A list command's table of the first ``limit`` of ``found`` (one more: there is a next page),
+    then how many of the ``count`` matching it shows and the flags of the next page."""
+    page = found[:limit]
+    if not page:
+        print(f"no more of the {count} matching {noun}(s)" if count else f"no {noun}s match")
+        return
+    _print_table(headers, [row(item) for item in page], right=right)
+    more = f"; next page: {next_page(page[-1])}" if len(found) > limit else ""
+    print(f"{len(page)} of {count} matching {noun}(s){more}")
 
 
 def _filter_flags(args: argparse.Namespace) -> dict[str, str | None]:
@@ -359,12 +384,11 @@ def _time_flag(flag: str, text: str | None) -> str | None:
 
 
 def _interceptions_list(args: argparse.Namespace) -> None:
-    from bridge.queries import build_filter, parse_limit, parse_page, query_interceptions
+    from bridge.queries import build_filter, parse_page, query_interceptions
 
     search = build_filter(_filter_flags(args))
-    limit = parse_limit(args.limit)
+    limit, fetch = _page_size(args)
     after_id, offset = parse_page(args.after_id, args.offset)
-    fetch = limit if args.json else limit + 1  # one more tells the table whether there is a next page
     with _open_database(args) as database:
         result = query_interceptions(database.queries, search, fetch, after_id, offset, viewer_id=None)
         if result["count"] == 0:
@@ -372,25 +396,18 @@ def _interceptions_list(args: argparse.Namespace) -> None:
     if args.json:
         _print_json(result)
         return
-    records = result["results"][:limit]
-    if not records:
-        print(f"no more of the {result['count']} matching interception(s)" if result["count"]
-              else "no interceptions match")
-        return
-    _print_table(["STARTED", "ID", "USER", "PROVIDER", "MODEL", "CLIENT", "INPUT", "OUTPUT", "TOOLS"],
-                 [_interception_row(record) for record in records], right=frozenset({6, 7, 8}))
-    more = f"; next page: --after-id {records[-1]['id']}" if len(result["results"]) > limit else ""
-    print(f"{len(records)} of {result['count']} matching interception(s){more}")
+    _print_page(result["results"], result["count"], limit, "interception",
+                ["STARTED", "ID", "USER", "PROVIDER", "MODEL", "CLIENT", "INPUT", "OUTPUT", "TOOLS"],
+                _interception_row, frozenset({6, 7, 8}), lambda last: f"--after-id {last['id']}")
 
 
 def _sessions_list(args: argparse.Namespace) -> None:
     from bridge.config import PROVIDER_TYPES
-    from bridge.queries import build_session_filter, list_sessions, parse_limit, parse_session_page
+    from bridge.queries import build_session_filter, list_sessions, parse_session_page
 
     search = build_session_filter({**_filter_flags(args), "session_id": args.session_id})
-    limit = parse_limit(args.limit)
+    limit, fetch = _page_size(args)
     after_session_id, offset = parse_session_page(args.after_session_id, args.offset, args.after_initiator)
-    fetch = limit if args.json else limit + 1  # one more tells the table whether there is a next page
     with _open_database(args) as database:
         result = list_sessions(database.session_queries, database.queries, database.identity, search, fetch,
                                after_session_id, offset, None, PROVIDER_TYPES, _configured_provider_names(args),
@@ -398,17 +415,16 @@ def _sessions_list(args: argparse.Namespace) -> None:
     if args.json:
         _print_json(result)
         return
-    sessions = result["sessions"][:limit]
-    if not sessions:
-        print(f"no more of the {result['count']} matching session(s)" if result["count"] else "no sessions match")
-        return
-    _print_table(["LAST ACTIVE", "SESSION", "USER", "CLIENT", "MODELS", "TURNS", "THREADS", "INPUT", "OUTPUT",
-                  "LAST PROMPT"],
-                 [_session_row(session) for session in sessions], right=frozenset({5, 6, 7, 8}))
-    last, whose = sessions[-1], sessions[-1]["initiator"]["id"] or "''"
-    more = (f"; next page: --after-session-id {_visible(last['id'])} --after-initiator {whose}"
-            if len(result["sessions"]) > limit else "")
-    print(f"{len(sessions)} of {result['count']} matching session(s){more}")
+    _print_page(result["sessions"], result["count"], limit, "session",
+                ["LAST ACTIVE", "SESSION", "USER", "CLIENT", "MODELS", "TURNS", "THREADS", "INPUT", "OUTPUT",
+                 "LAST PROMPT"], _session_row, frozenset({5, 6, 7, 8}),
+                _next_sessions)
+
+
+def _next_sessions(last: dict[str, Any]) -> str:
+    """The flags of the sessions page after ``last`` (whose: '' for a session of no user)."""
+    whose = last["initiator"]["id"] or "''"
+    return f"--after-session-id {_visible(last['id'])} --after-initiator {whose}"
 
 
 def _session_row(session: dict[str, Any]) -> list[str]:
@@ -430,6 +446,18 @@ def _username(initiator: dict[str, Any]) -> str:
     return initiator["username"] or initiator["id"] or "-"
 
 
+def _user_label(initiator: dict[str, Any]) -> str:
+    """A record's user for a show command: the name and id, or what there is of them."""
+    return f"{initiator['username']} ({initiator['id']})" if initiator["username"] else initiator["id"] or "-"
+
+
+def _print_fields(fields: list[tuple[str, str | None]]) -> None:
+    """A show command's fields, one a line, values aligned ("-" for none)."""
+    width = max(len(label) for label, _ in fields) + 2
+    for label, value in fields:
+        print(f"{label:<{width}}{_visible(value or '-')}")
+
+
 def _one_line(text: str | None, width: int) -> str:
     """A text's first line, cut to ``width`` characters ("-" for none)."""
     if not text:
@@ -439,7 +467,7 @@ def _one_line(text: str | None, width: int) -> str:
 
 
 def _sessions_show(args: argparse.Namespace) -> None:
-    from bridge.queries import get_session, parse_limit
+    from bridge.queries import get_session
 
     limit = parse_limit(args.limit)
     with _open_database(args) as database:
@@ -455,12 +483,10 @@ def _sessions_show(args: argparse.Namespace) -> None:
 
 def _print_session(session: dict[str, Any]) -> None:
     """The session's fields, then each thread on this page: its prompt and its turns."""
-    initiator = session["initiator"]
-    user = f"{initiator['username']} ({initiator['id']})" if initiator["username"] else initiator["id"] or "-"
     tokens = session["token_usage"]
-    fields = [
+    _print_fields([
         ("session", session["id"]),
-        ("user", user),
+        ("user", _user_label(session["initiator"])),
         ("client", session["client"]),
         ("providers", ", ".join(session["providers"])),
         ("models", ", ".join(session["models"])),
@@ -470,10 +496,7 @@ def _print_session(session: dict[str, Any]) -> None:
         ("tokens", f"input {tokens['input']:,} · output {tokens['output']:,} · cache read {tokens['cache_read']:,}"
                    f" · cache write {tokens['cache_write']:,}"),
         ("last prompt", _one_line(session["last_prompt"], 100)),
-    ]
-    width = max(len(label) for label, _ in fields) + 2
-    for label, value in fields:
-        print(f"{label:<{width}}{_visible(value or '-')}")
+    ])
     calls = {tool["provider_tool_call_id"]: tool["tool"] for thread in session["threads"]
              for record in thread["interceptions"] for tool in record["tool_usages"] if tool["provider_tool_call_id"]}
     shown = 0
@@ -545,7 +568,7 @@ def _interception_row(record: dict[str, Any]) -> list[str]:
     return [
         rfc3339(record["started_at"]),
         record["id"],
-        record["initiator"]["username"] or record["initiator"]["id"] or "-",
+        _username(record["initiator"]),
         record["provider_name"] or record["provider"] or "-",
         record["model"] or "-",
         record["client"] or "-",
@@ -568,8 +591,6 @@ def _interceptions_show(args: argparse.Namespace) -> None:
 
 def _print_interception(record: dict[str, Any]) -> None:
     """The interception's fields, then its prompt, tool calls, thoughts and token usage."""
-    initiator = record["initiator"]
-    user = f"{initiator['username']} ({initiator['id']})" if initiator["username"] else initiator["id"] or "-"
     provider = record["provider_name"] or "-"
     if record["provider"] and record["provider"] != record["provider_name"]:
         provider += f" ({record['provider']})"
@@ -578,9 +599,9 @@ def _print_interception(record: dict[str, Any]) -> None:
         ended = f"{rfc3339(record['ended_at'])} (after {format_duration(round(took, 3))})"
     else:
         ended = "in progress"
-    fields = [
+    _print_fields([
         ("interception", record["id"]),
-        ("user", user),
+        ("user", _user_label(record["initiator"])),
         ("provider", provider),
         ("model", record["model"]),
         ("client", record["client"]),
@@ -591,10 +612,7 @@ def _print_interception(record: dict[str, Any]) -> None:
         ("ended", ended),
         ("answers tool call", record["correlating_tool_call_id"]),
         ("metadata", json.dumps(record["metadata"], ensure_ascii=False) if record["metadata"] else None),
-    ]
-    width = max(len(label) for label, _ in fields) + 2
-    for label, value in fields:
-        print(f"{label:<{width}}{_visible(value or '-')}")
+    ])
 
     prompts = record["user_prompts"]
     _heading("prompt" if len(prompts) <= 1 else f"prompts ({len(prompts)})")
