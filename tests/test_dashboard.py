@@ -44,6 +44,8 @@ SORTS = {"requests": ("interceptions",), "input": ("input_tokens",), "output": (
          "cache_read": ("cache_read_input_tokens",), "cache_write": ("cache_write_input_tokens",),
          "total": ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_write_input_tokens")}
 XSS_PROMPT = '<img src=x onerror="window.__xss = 1; alert(1)"> is <b id="xss-bold">this</b> bold? <script>window.__xss = 2</script>'
+#: A session id a client chose: markup, and the characters an address gives a meaning (/ ? # % &).
+HOSTILE_SESSION = '<img src=x onerror="window.__xss = 3"> ../?thread=x#/overview %E0%A4 & <b id="xss-bold">id</b>'
 FILTER_MODEL = "claude-dashboard-filter-test"
 TOTAL_KEYS = ("interceptions", "input_tokens", "output_tokens", "cache_read_input_tokens", "cache_write_input_tokens")
 STABLE_WAIT = 20.0
@@ -1089,3 +1091,43 @@ def test_a_session_id_two_users_share_asks_whose(page, sessions):
     wait_view(page, f"document.querySelector('[data-view=session]')?.dataset.id === '{shared}'", what="bob's session of that id")
     assert turn_ids(page) == [sessions["shared_turns"]["bob"]]
     assert session_timeline(page)[0]["turns"][0]["prompt"] == "bob's turn in a shared session id"
+
+
+def test_a_hostile_session_id_is_text_and_its_links_open_it(page, sessions):
+    """A client chooses its session id: one that is markup and holds / ? # % & is shown as text and
+    opens from the list and from its interception; an address that is not valid percent-encoding is
+    no page (and no uncaught error: the page fixture checks)."""
+    gateway, logged = sessions["gateway"], sessions["logged"]
+    store = open_store(str(logged.database))
+    try:
+        store.identity.create_user("mallory")  # a user of its own: the other tests' lists stay as they expect
+        mallory = store.identity.create_token("mallory")[0]
+    finally:
+        store.close()
+    turn = _anthropic_call(gateway, mallory, "simple_text", extra_headers={"X-Claude-Code-Session-Id": HOSTILE_SESSION})
+    assert wait_for_records(logged.database, [turn]), "mallory's call was not recorded"
+    target = json.dumps(HOSTILE_SESSION)
+    opened = f"document.querySelector('[data-view=session]')?.dataset.id === {target}"
+    signed_in(page, gateway, logged.alice)
+    page.set_hash("#/sessions?initiator=mallory")
+    row = f"[...document.querySelectorAll('table[data-table=sessions] tbody tr')].find(tr => tr.dataset.id === {target})"
+    wait_view(page, f"!!{row}", what="mallory's session in the list")
+    page.evaluate(f"{row}.querySelector('a.row-link').click()")
+    wait_view(page, opened, what="the session from its row")
+    assert page.evaluate("document.querySelector('[data-view=session] h1 .mono').textContent") == HOSTILE_SESSION
+    assert turn_ids(page) == [turn]
+
+    page.set_hash(f"#/interceptions/{turn}")
+    wait_view(page, f"document.querySelector('[data-view=detail]')?.dataset.id === '{turn}'", what="its interception")
+    assert page.evaluate("document.querySelector('[data-role=session-link]').textContent") == HOSTILE_SESSION
+    page.click("[data-role=open-session]")
+    wait_view(page, f"({opened}) && !!document.querySelector('.turn.marked[data-turn=\"{turn}\"]')",
+              what="the session from its interception, the turn marked")
+    time.sleep(0.5)  # an onerror would fire once the image failed to load
+    assert page.evaluate("document.querySelectorAll('img, #xss-bold').length") == 0
+    assert page.evaluate("typeof window.__xss") == "undefined" and page.dialogs == []
+    shot(page, "session-hostile-id")
+
+    page.set_hash("#/sessions/%E0%A4%A")
+    wait_view(page, "!!document.querySelector('.notice.error')", what="the malformed address refused")
+    assert page.evaluate("document.querySelector('.notice.error').textContent") == "There is no such page."

@@ -30,6 +30,20 @@ const ROUTES = [
     render: (_, ctx) => renderDetail(main, ctx) },
 ];
 
+/** The route a path names, with its id decoded; null when none does (or the id is not valid percent-encoding). */
+function matchRoute(path) {
+  for (const one of ROUTES) {
+    const match = path.match(one.path);
+    if (!match) continue;
+    try {
+      return { ...one, id: match[1] === undefined ? null : decodeURIComponent(match[1]) };
+    } catch {
+      return null; // e.g. a pasted "#/sessions/%E0%A4": no page has that address
+    }
+  }
+  return null;
+}
+
 function parseHash() {
   const raw = window.location.hash.replace(/^#/, "") || "/overview";
   const [path, query = ""] = raw.split("?", 2);
@@ -72,10 +86,9 @@ function route(message = null) {
     return;
   }
   const { path, params } = parseHash();
-  const found = ROUTES.map((one) => [one, path.match(one.path)]).find(([, match]) => match);
+  const found = matchRoute(path);
   if (found) {
-    const [{ tab, title, render }, match] = found;
-    const id = match[1] === undefined ? null : decodeURIComponent(match[1]);
+    const { tab, title, render, id } = found;
     setChrome(true, tab);
     document.title = `${title(id)} · bridge`;
     done(render(params, { ...ctx, id, params }));

@@ -7,14 +7,13 @@ export function userRecordsHref(username) {
 
 /**
  * A session's page (GET sessions/{id} opens it from any browser): with ``thread`` it opens at that
- * thread, with ``turn`` (an interception of it) at that turn, marked; ``initiator`` says whose session
- * when several users' sessions share the id.
+ * thread, with ``turn`` (an interception of it) at that turn, marked; ``after`` / ``before`` (a turn's
+ * id) are the pages of turns after / before it; ``initiator`` says whose session when several users'
+ * sessions share the id.
  */
-export function sessionHref(sessionId, { thread = null, turn = null, initiator = null } = {}) {
+export function sessionHref(sessionId, { initiator = null, thread = null, turn = null, after = null, before = null } = {}) {
   const params = new URLSearchParams();
-  if (initiator) params.set("initiator", initiator);
-  if (thread) params.set("thread", thread);
-  if (turn) params.set("turn", turn);
+  for (const [key, value] of Object.entries({ initiator, thread, turn, after, before })) if (value) params.set(key, value);
   const query = params.toString();
   return `#/sessions/${encodeURIComponent(sessionId)}${query ? `?${query}` : ""}`;
 }

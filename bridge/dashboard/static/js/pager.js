@@ -4,6 +4,12 @@
 
 import { fmtInt, h } from "./dom.js";
 
+/** A pager's link: to ``href``, or shown disabled (its address ``fallback``) when ``href`` is null. */
+export function pageLink(label, name, href, fallback) {
+  return h("a", { class: `button${href ? "" : " disabled"}`, href: href || fallback, "aria-disabled": href ? null : "true",
+    dataset: { page: name } }, label);
+}
+
 const pagers = new Map(); // list name -> {signature, previous, offset}
 
 function pagerFor(list, signature) {
@@ -37,7 +43,7 @@ export function cursorPage(list, { signature, cursor, shown, count, limit, lastI
     window.location.hash = href(lastId);
   };
   const nav = h("nav", { class: "pager", "aria-label": "Pages" },
-    h("a", { class: `button${cursor ? "" : " disabled"}`, href: href(null), "aria-disabled": cursor ? null : "true" }, "« Newest"),
+    pageLink("« Newest", "newest", cursor ? href(null) : null, href(null)),
     h("button", { type: "button", class: "button", disabled: !hasNewer, onclick: newer, dataset: { page: "newer" } }, "‹ Newer"),
     h("button", { type: "button", class: "button", disabled: !hasOlder || shown === 0, onclick: older, dataset: { page: "next" } },
       "Next page ›"));

@@ -28,19 +28,35 @@ function learned(feature, supported) {
 export function remember(records) {
   for (const record of records || []) {
     if (!record?.id) continue;
-    byId.delete(record.id);
+    forget(record.id); // a newer copy (e.g. ended since) replaces it, as the most recently seen
     byId.set(record.id, record);
     for (const tool of record.tool_usages || []) {
       if (tool.provider_tool_call_id) addTo(byToolCall, tool.provider_tool_call_id, record.id);
     }
     if (record.correlating_tool_call_id) addTo(byCorrelating, record.correlating_tool_call_id, record.id);
   }
-  while (byId.size > MAX_CACHED) byId.delete(byId.keys().next().value);
+  while (byId.size > MAX_CACHED) forget(byId.keys().next().value);
+}
+
+/** Drop a record and its tool call ids from the indexes, so that they stay as bounded as the cache. */
+function forget(id) {
+  const record = byId.get(id);
+  if (!record) return;
+  byId.delete(id);
+  for (const tool of record.tool_usages || []) removeFrom(byToolCall, tool.provider_tool_call_id, id);
+  removeFrom(byCorrelating, record.correlating_tool_call_id, id);
 }
 
 function addTo(index, key, id) {
   if (!index.has(key)) index.set(key, new Set());
   index.get(key).add(id);
+}
+
+function removeFrom(index, key, id) {
+  const ids = index.get(key);
+  if (!ids) return;
+  ids.delete(id);
+  if (ids.size === 0) index.delete(key);
 }
 
 export function cached(id) {

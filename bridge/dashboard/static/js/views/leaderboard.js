@@ -5,6 +5,7 @@ import { USAGE, USERS, apiGet, explain, getIdentity, isAdmin } from "../api.js";
 import { AXIS_ZONE } from "../charts.js";
 import { fmtInt, h, notice, replace, spinner } from "../dom.js";
 import { userRecordsHref } from "../links.js";
+import { pageLink } from "../pager.js";
 import { FIGURES } from "../tokens.js";
 import { RANGES } from "./overview.js";
 
@@ -119,10 +120,8 @@ export async function renderLeaderboard(main, params, { signal }) {
     replace(results, notice("empty", "No usage in this range."));
     return;
   }
-  const step = (label, to, name) => h("a", {
-    class: `button${to ? "" : " disabled"}`, href: to ? href(state, { page: String(to) }) : href(state, { page: String(page) }),
-    "aria-disabled": to ? null : "true", dataset: { page: name },
-  }, label);
+  const step = (label, to, name) => pageLink(label, name, to ? href(state, { page: String(to) }) : null,
+    href(state, { page: String(page) }));
   replace(results,
     h("div", { class: "card table-card" }, h("div", { class: "table-wrap" }, table(shown, first, sort, state))),
     h("nav", { class: "pager", "aria-label": "Pages" },

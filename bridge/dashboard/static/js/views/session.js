@@ -7,6 +7,7 @@
 import { ApiError, SESSIONS, apiGet, buildQ, explain } from "../api.js";
 import { VIEWER_ZONE, fmtInt, fmtTime, h, notice, replace, spinner, zoned } from "../dom.js";
 import { sessionHref } from "../links.js";
+import { pageLink } from "../pager.js";
 import { FIGURES, usageTotals } from "../tokens.js";
 import { timeline } from "./timeline.js";
 
@@ -98,10 +99,8 @@ function pager(which, session, params, turns, first) {
     : offset !== undefined ? `Turns ${fmtInt(offset + 1)}–${fmtInt(offset + turns.length)} of ${fmtInt(count)}`
       : `${fmtInt(turns.length)} turns of ${fmtInt(count)}`;
   const top = sessionHref(which.id, { initiator: which.initiator });
-  const step = (text, name, enabled, cursor) => h("a", {
-    class: `button${enabled ? "" : " disabled"}`, "aria-disabled": enabled ? null : "true", dataset: { page: name },
-    href: enabled && cursor ? `${top}${which.initiator ? "&" : "?"}${new URLSearchParams(cursor).toString()}` : top,
-  }, text);
+  const step = (text, name, enabled, cursor) => pageLink(text, name,
+    enabled ? sessionHref(which.id, { initiator: which.initiator, ...cursor }) : null, top);
   return h("nav", { class: "pager", "aria-label": "Turns" },
     h("span", { class: "muted pager-label", dataset: { role: "turns-shown" } }, label),
     step("« First", "first", !first, null),
