@@ -167,8 +167,10 @@ class Summary:
     interception_count: int = 0
     thread_count: int = 0
     tokens: list[int] = field(default_factory=lambda: [0] * len(_TOKEN_FIGURES))
-    #: What its stored facet rows hold (client, start, each facet's values); None: none to go by.
-    stored_facets: tuple[str | None, str | None, dict[str, frozenset[str]]] | None = None
+    #: What its stored facet rows hold (client, start, each facet's values); None: none to go by. A
+    #: snapshot of the row it was read from, not part of the summary's value.
+    stored_facets: tuple[str | None, str | None, dict[str, frozenset[str]]] | None = field(
+        default=None, repr=False, compare=False)
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> Summary:
