@@ -8,7 +8,8 @@ connection (``Dialect``) with the store's concerns on it, each created on first 
 - ``store.processes``: heartbeats and the interceptions of processes that are gone (processes.py);
 - ``store.sessions``: sessions and threads, kept with the records (sessions.py);
 - ``store.queries``: reading records and usage (queries.py);
-- ``store.session_queries``: reading sessions and their threads (session_queries.py).
+- ``store.session_queries``: reading sessions and their threads (session_queries.py);
+- ``store.budgets``: budgets and the spend they are held to (budgets.py).
 
 Open one with ``bridge.store.open_store(target)``.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 from functools import cached_property
 
+from bridge.store.budgets import Budgets
 from bridge.store.dialect import Dialect
 from bridge.store.identity import Identity
 from bridge.store.processes import Processes
@@ -62,3 +64,7 @@ class Store(Dialect):
     @cached_property
     def session_queries(self) -> SessionQueries:
         return SessionQueries(self, self.identity, self.queries)
+
+    @cached_property
+    def budgets(self) -> Budgets:
+        return Budgets(self, self.identity)

@@ -25,6 +25,7 @@ from bridge.store.common import (
     _FILTER_COLUMNS, _USAGE_FIGURES, RECORD_COLUMNS, TOOL_DAILY_DIMENSIONS, TOOL_DIMENSIONS, TOOL_ROLLUPS,
     USAGE_DIMENSIONS, USAGE_ROLLUPS, PROCESSES_TABLE, StoreError, _json_text, check_columns, touch_auth_stamp,
 )
+from bridge.store.budgets import budgets_schema
 from bridge.store.rollups import backfill_statements
 from bridge.store.sessions import facets_schema, session_schema, thread_schema
 from bridge.store.writes import first_of_each
@@ -245,6 +246,13 @@ def _m0008_session_threads(db: Database) -> None:
     """An index of each thread's members in order (relinking a late prompt's followers, a session
     page's per-thread figures)."""
     for statement in thread_schema():
+        db.execute(statement)
+
+
+@MIGRATIONS(name="0010_budgets")
+def _m0010_budgets(db: Database) -> None:
+    """Budgets (SPEC §11): one row per user with a budget, and the default's."""
+    for statement in budgets_schema("TEXT", "INTEGER", "REAL"):
         db.execute(statement)
 
 
