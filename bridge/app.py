@@ -18,6 +18,7 @@ from bridge.errors import GatewayError
 from bridge.gateway import Gateway
 from bridge.health import health_blueprint
 from bridge.logsetup import configure_logging
+from bridge.pricing import Prices
 from bridge.proxy import error_response, provider_blueprint
 from bridge.store import open_store
 
@@ -65,7 +66,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     configure_logging(settings.log_human, settings.log_json)
     for warning in settings.warnings:
         logger.warning(warning)
-    open_store(settings.database_path, migrate=True).close()  # up to date before the worker's store threads open it
+    # Up to date before the worker's store threads open it.
+    open_store(settings.database_path, migrate=True, prices=Prices(settings.prices)).close()
 
     app = Flask("bridge", static_folder=None)
     app.request_class = GatewayRequest

@@ -47,6 +47,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from bridge.masking import mask_secret
+from bridge.pricing import PricesFile, load_prices_file
 from bridge.units import parse_duration, parse_size
 
 PROVIDER_TYPES = ("openai", "anthropic", "copilot")
@@ -137,6 +138,7 @@ class Settings:
     upstream_read_timeout: float
     header_timeout: float
     body_timeout: float
+    prices: PricesFile | None = None
     warnings: tuple[str, ...] = ()
     metrics_token: str | None = field(default=None, repr=False)  # a secret: never shown
 
@@ -316,6 +318,8 @@ _SETTINGS: dict[str, _Setting] = {
     # A request's whole body is due within this from the end of its head (answered 408 after it), so
     # a client stalling an upload cannot hold a worker's memory and connections.
     "body_timeout": _Setting("CODER_AIBRIDGE_BODY_TIMEOUT", "60s", _duration(allow_zero=False)),
+    # Prices that add to or override genai-prices' table (negotiated rates, self-hosted models).
+    "prices": _Setting("CODER_AIBRIDGE_PRICES_FILE", None, load_prices_file),
     "log_human": _Setting("CODER_LOGGING_HUMAN", "/dev/stderr", _text, flag="--log-human", empty_disables=True),
     "log_json": _Setting("CODER_LOGGING_JSON", None, _text, flag="--log-json"),
 }

@@ -10,6 +10,7 @@ from loguru import logger
 
 from bridge.auth import Authenticator
 from bridge.config import Settings
+from bridge.pricing import Prices, load_table
 from bridge.providers import build_provider
 from bridge.recorder import Recorder
 from bridge.relay import StreamRelay
@@ -32,6 +33,8 @@ class Gateway:
         self.authenticator = Authenticator(settings.database_path, database=self.database)
         self.upstream = Upstream(settings.upstream_connect_timeout, settings.upstream_read_timeout, WORKER_CONNECTIONS)
         self.providers = {provider.name: build_provider(provider) for provider in settings.providers}
+        self.prices = Prices(settings.prices)
+        load_table()
         self.recorder = Recorder(settings.database_path, retention=settings.retention, database=self.database)
         self.breakers = CircuitBreakers(settings.circuit_breaker)
         self.limits = Limits(settings.max_concurrency, settings.rate_limit)

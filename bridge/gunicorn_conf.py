@@ -71,9 +71,8 @@ def on_starting(server) -> None:
     """Fail fast on a broken configuration, before any worker starts; prepare logs and the store."""
     from loguru import logger
 
-    from bridge.config import load_settings, store_problem
+    from bridge.config import load_settings
     from bridge.logsetup import configure_logging
-    from bridge.store import open_store
 
     _clear_metrics_dir()  # counts of an earlier run of this directory would be added in
     try:
@@ -81,12 +80,43 @@ def on_starting(server) -> None:
     except ConfigError as error:
         _stop(f"configuration error: {error}")
     configure_logging(settings.log_human, settings.log_json)
-    try:  # migrate once here; closed before the workers fork
-        open_store(settings.database_path, migrate=True).close()
-    except Exception as error:  # a missing or read-only directory, a server that refuses: one line
-        _stop(f"configuration error: {store_problem(settings.database_path, error)}")
+    problem = _migrate_in_child(settings)  # migrate once here, before the workers fork
+    if problem:
+        _stop(f"configuration error: {problem}")
     logger.info("bridge starting on {} with {} worker(s); providers: {}", ", ".join(server.cfg.bind), server.cfg.workers,
                 ", ".join(f"{p.name} ({p.type})" for p in settings.providers) or "none")
+
+
+def _migrate_in_child(settings) -> str | None:
+    """Bring the store up to date in a child process; the problem in one line, or None.
+
+    A child: the migration that adds costs prices the stored records with genai-prices, whose imports
+    (ssl, through httpx2) must not load in the master before the gevent workers patch ssl (a worker
+    would then keep the unpatched ssl; see the module docstring)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report a problem through the pipe, never return into gunicorn
+        os.close(read_end)
+        status = 0
+        try:
+            from bridge.pricing import Prices
+            from bridge.store import open_store
+
+            open_store(settings.database_path, migrate=True, prices=Prices(settings.prices)).close()
+        except BaseException as error:  # a missing or read-only directory, a server that refuses
+            from bridge.config import store_problem
+
+            os.write(write_end, store_problem(settings.database_path, error).encode()[:4096])
+            status = 1
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        problem = pipe.read().decode(errors="replace")
+    _, status = os.waitpid(pid, 0)
+    if problem or os.waitstatus_to_exitcode(status) == 0:
+        return problem or None
+    return f"the store migration process ended with status {os.waitstatus_to_exitcode(status)}"
 
 
 def worker_exit(server, worker) -> None:

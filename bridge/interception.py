@@ -20,10 +20,11 @@ from bridge.content_coding import Inflater
 from bridge.intercept.base import Interceptor
 from bridge.intercept.sse import Event
 from bridge.masking import Masker, mask_secret, provider_secrets
+from bridge.pricing import Prices
 from bridge.providers.base import Provider
 from bridge.records import (
-    TRUNCATION_MARKER, InterceptionEndRecord, InterceptionRecord, PromptRecord, ThoughtRecord, TokenUsageRecord,
-    ToolUsageRecord, cut_text, json_text, new_id, size_text, text,
+    TRUNCATION_MARKER, InterceptionEndRecord, InterceptionRecord, PromptRecord, ThoughtRecord, TokenUsage,
+    TokenUsageRecord, ToolUsageRecord, cut_text, json_text, new_id, size_text, text,
 )
 from bridge.timestamps import utc_now
 from bridge.recorder import InterceptionEnd, InterceptionStart, Recorder
@@ -38,10 +39,11 @@ _R = TypeVar("_R")
 class Interception:
     def __init__(self, provider: Provider, interceptor: Interceptor, caller: Caller, headers: Mapping[str, str],
                  recorder: Recorder, structured_logging: bool, masker: Masker | None = None,
-                 recorded_text_max: int = 64 * 1024) -> None:
+                 recorded_text_max: int = 64 * 1024, prices: Prices | None = None) -> None:
         """``masker`` masks the secrets of every provider (bridge.masking.configured_secrets); by
         default only those of this one. ``recorded_text_max``: bytes kept of each prompt, tool input
-        and thought (CODER_AIBRIDGE_MAX_RECORDED_TEXT)."""
+        and thought (CODER_AIBRIDGE_MAX_RECORDED_TEXT). ``prices`` prices the token usage (None:
+        recorded without a cost)."""
         self.id = new_id()
         self.interceptor = interceptor
         self._shape = provider.shape
@@ -54,6 +56,7 @@ class Interception:
         self.unreadable = 0  # upstream events (or a body) the interceptor could not read for the record
         self.incomplete: str | None = None  # why the answer was not read to its end for the record
         self._text_max = recorded_text_max
+        self._prices = prices
         client = identify_client(headers)
         credential = own_credential(headers) if caller.byok else provider.settings.key
         # Secrets a user may paste into a conversation: never stored, logged or shown back as they are.
@@ -211,7 +214,7 @@ class Interception:
             metadata["record_incomplete"] = self.incomplete
         self._recorder.record(InterceptionEnd(self.id, ended_at, metadata, token_usages, user_prompts,
                                               tool_usages, model_thoughts))
-        self._count(usage, prompt is not None)
+        self._count(usage, token_usages, prompt is not None)
         if self._log:
             for kind, records in (("token_usage", token_usages), ("prompt_usage", user_prompts),
                                   ("tool_usage", tool_usages), ("model_thought", model_thoughts)):
@@ -231,6 +234,7 @@ class Interception:
             input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
             cache_read_input_tokens=usage.cache_read_input_tokens,
             cache_write_input_tokens=usage.cache_write_input_tokens, metadata=usage.metadata, created_at=created_at,
+            cost_usd=self._cost(usage),
         )] if usage else []
         prompt = self._recorded(self._prompt)
         user_prompts = [PromptRecord(id=new_id(), interception_id=interception_id, provider_response_id=response_id,
@@ -245,6 +249,12 @@ class Interception:
             metadata={"source": thought.source}, created_at=created_at,
         ) for thought in interceptor.thoughts]
         return usage, prompt, token_usages, user_prompts, tool_usages, model_thoughts
+
+    def _cost(self, usage: TokenUsage) -> float | None:
+        if self._prices is None:
+            return None
+        return self._prices.cost(self.record.provider, self.model, usage.input_tokens, usage.output_tokens,
+                                 usage.cache_read_input_tokens, usage.cache_write_input_tokens, usage.metadata)
 
     def _cut(self, value: str | None) -> tuple[str | None, int]:
         """``value`` as the record may keep it, and the bytes of it left out: whole if it fits
@@ -272,7 +282,7 @@ class Interception:
             return self._masker.including(own_key).text(text)
         return self._masker.text(text)
 
-    def _count(self, usage, prompted: bool) -> None:
+    def _count(self, usage, token_usages: list[TokenUsageRecord], prompted: bool) -> None:
         provider, model = self._provider_name, self.model
         # A model gets a label of its own only once the upstream served it: made-up ones never take a place.
         model_label = metrics.served_model_label(provider, model) if self._served else metrics.model_label(provider, model)
@@ -289,6 +299,9 @@ class Interception:
                                 ("cache_write", usage.cache_write_input_tokens)):
                 if count:
                     series(metrics.TOKENS, *labels, kind).inc(count)
+        for token_usage in token_usages:
+            if token_usage.cost_usd:
+                series(metrics.COST, *labels).inc(token_usage.cost_usd)
         for call in self.interceptor.tool_calls:
             tool = metrics.tool_label(provider, model_label, self._masked(text(call.name)) or "")
             series(metrics.TOOL_SELECTIONS, *labels, tool).inc()

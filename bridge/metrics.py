@@ -50,6 +50,8 @@ DURATION = Histogram("interceptions_duration_seconds", "Time from request to the
 PASSTHROUGH = Counter("passthrough", "Requests relayed on passthrough routes (not recorded)", ("provider", "method"))
 PROMPTS = Counter("prompts", "User prompts recorded", LABELS)
 TOKENS = Counter("tokens", "Tokens used, by kind (input, output, cache_read, cache_write)", (*LABELS, "type"))
+COST = Counter("cost_usd", "What the recorded token usages cost, in USD (calls to models without a price add nothing)",
+               LABELS)
 TOOL_SELECTIONS = Counter("non_injected_tool_selections", "Tool calls made by the model (tools the client defined)",
                           (*LABELS, "tool"))
 

@@ -89,7 +89,7 @@ def _intercept_view(provider: Provider, path: str, factory: InterceptorFactory, 
             return error_response(shape, error)
         interception = Interception(provider, interceptor, caller, request.headers, gateway.recorder,
                                     gateway.settings.structured_logging, masker,
-                                    recorded_text_max=gateway.settings.max_recorded_text)
+                                    recorded_text_max=gateway.settings.max_recorded_text, prices=gateway.prices)
         interception.begin()
         id_header = (INTERCEPTION_HEADER, interception.id)
         dump = None

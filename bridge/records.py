@@ -213,6 +213,9 @@ class TokenUsageRecord:
     cache_write_input_tokens: int = 0
     metadata: Any = None
     created_at: str
+    #: USD, priced when recorded (bridge.pricing); None: the model has no price. Last: the column came
+    #: with store migration 0009 (PostgreSQL 0006).
+    cost_usd: float | None = None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -269,7 +272,7 @@ def record_columns(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in dataclass_fields(cls))
 
 
-_FIELD_TYPES = {"str": fields.String, "int": fields.Integer, "bool": fields.Boolean}
+_FIELD_TYPES = {"str": fields.String, "int": fields.Integer, "float": fields.Float, "bool": fields.Boolean}
 
 
 def _record_schema(cls: type) -> Schema:

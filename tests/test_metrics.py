@@ -77,3 +77,18 @@ def test_tokens_and_tool_selections_add_up(scraped):
         for tool in {call["name"] for call in tools}:
             count = sum(1 for call in tools if call["name"] == tool)
             assert _total(samples, "non_injected_tool_selections_total", tool=tool) == ROUNDS * count
+
+
+def test_cost_adds_up_by_provider_model_and_client(scraped):
+    """cost_usd_total: what the token usages cost (SPEC §11); a refused call (429) adds nothing."""
+    _, scrapes = scraped
+    anthropic_model = FIXTURES["anthropic/cached_tokens"]["request"]["model"]
+    # Claude Sonnet 4.5: 3 input, 12,000 cache reads, 40 5-minute cache writes, 90 output ($3, $0.30, $3.75, $15 / MTok).
+    anthropic_cost = (3 * 3 + 12000 * 0.30 + 40 * 3.75 + 90 * 15) / 1e6
+    # gpt-4o-2024-08-06: 82 input, 19 output ($2.50, $10 / MTok).
+    assert FIXTURES["openai_chat/tool_call"]["expect"]["usage"]["input_tokens"] == 82
+    openai_cost = (82 * 2.50 + 19 * 10) / 1e6
+    for samples in scrapes:
+        assert _total(samples, "cost_usd_total", provider="anthropic", model=anthropic_model,
+                      client="Unknown") == pytest.approx(ROUNDS * anthropic_cost)
+        assert _total(samples, "cost_usd_total", provider="openai") == pytest.approx(ROUNDS * openai_cost)

@@ -13,7 +13,7 @@ import pytest
 from bridge.records import InterceptionEndRecord
 
 from bridge.store import (
-    CHILD_TABLES, RECORD_COLUMNS, InterceptionFilter, PostgresStore, RecordBatch, Store, StoreError, format_timestamp,
+    ADDED_COLUMNS, CHILD_TABLES, RECORD_COLUMNS, InterceptionFilter, PostgresStore, RecordBatch, Store, StoreError, format_timestamp,
     open_store, refused,
 )
 
@@ -66,8 +66,11 @@ def test_schema_has_exactly_the_spec_columns(store: Store) -> None:
             found = [row[0] for row in store.db.execute(
                 "SELECT column_name FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position",
                 [table])]
-            # seq: the write order (SQLite's rowid), internal
-            assert tuple(found) == (columns if table == "aibridge_interceptions" else (*columns, "seq"))
+            # seq: the write order (SQLite's rowid), internal; then the columns later migrations added
+            # (a token usage's cost_usd, SPEC §11)
+            first = tuple(c for c in columns if c not in ADDED_COLUMNS)
+            added = tuple(c for c in columns if c in ADDED_COLUMNS)
+            assert tuple(found) == (columns if table == "aibridge_interceptions" else (*first, "seq", *added))
             pks = [row[0] for row in store.db.execute(
                 "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid"
                 " AND a.attnum = ANY(i.indkey) WHERE i.indrelid = ?::regclass AND i.indisprimary", [table])]

@@ -32,7 +32,7 @@ from typing import Any
 
 from bridge.store.backend import Store
 from bridge.store.common import (
-    CHILD_TABLES, RECORD_COLUMNS, ROLLUP_TABLES, SESSION_MEMBERS_TABLE, SESSIONS_TABLE, TOKEN_ID_LENGTH,
+    ADDED_COLUMNS, CHILD_TABLES, RECORD_COLUMNS, ROLLUP_TABLES, SESSION_MEMBERS_TABLE, SESSIONS_TABLE, TOKEN_ID_LENGTH,
     TOOL_DAILY_DIMENSIONS, TOOL_DIMENSIONS, TOOL_ROLLUPS, USAGE_DIMENSIONS, USAGE_GROUPS, USAGE_ROLLUPS, USERNAME_RE,
     AmbiguousSession, InterceptionFilter, OwnerState, RecordBatch, SessionFilter, StoreError, UnknownCursor,
     auth_stamp_path, mask_url, touch_auth_stamp,
@@ -53,7 +53,7 @@ from bridge.timestamps import format_timestamp, utc_now
 
 
 __all__ = [
-    "Budgets", "CHILD_TABLES", "Database", "Identity", "MIGRATIONS", "OwnerState", "Processes", "RECORD_COLUMNS", "ROLLUP_TABLES",
+    "ADDED_COLUMNS", "Budgets", "CHILD_TABLES", "Database", "Identity", "MIGRATIONS", "OwnerState", "Processes", "RECORD_COLUMNS", "ROLLUP_TABLES",
     "AmbiguousSession", "SESSIONS_TABLE", "SESSION_MEMBERS_TABLE", "SessionFilter", "SessionQueries", "Sessions",
     "RecordQueries", "RecordWrites", "Retention", "Rollups", "TOKEN_ID_LENGTH", "TOOL_DAILY_DIMENSIONS",
     "TOOL_DIMENSIONS", "TOOL_ROLLUPS", "USAGE_DIMENSIONS", "USAGE_GROUPS", "USAGE_ROLLUPS", "USERNAME_RE",

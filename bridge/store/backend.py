@@ -4,6 +4,7 @@ connection (``Dialect``) with the store's concerns on it, each created on first 
 - ``store.identity``: users, tokens, authentication (identity.py);
 - ``store.records``: writing record batches (writes.py);
 - ``store.rollups``: the usage rollups (rollups.py);
+- ``store.costs``: pricing token usages stored without a cost (costs.py);
 - ``store.retention``: purging old records (retention.py);
 - ``store.processes``: heartbeats and the interceptions of processes that are gone (processes.py);
 - ``store.sessions``: sessions and threads, kept with the records (sessions.py);
@@ -19,6 +20,7 @@ from __future__ import annotations
 from functools import cached_property
 
 from bridge.store.budgets import Budgets
+from bridge.store.costs import Costs
 from bridge.store.dialect import Dialect
 from bridge.store.identity import Identity
 from bridge.store.processes import Processes
@@ -40,6 +42,10 @@ class Store(Dialect):
     @cached_property
     def rollups(self) -> Rollups:
         return Rollups(self)
+
+    @cached_property
+    def costs(self) -> Costs:
+        return Costs(self, self.rollups)
 
     @cached_property
     def sessions(self) -> Sessions:

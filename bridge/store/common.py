@@ -179,6 +179,11 @@ TOOL_DIMENSIONS = ("initiator_id", "provider_name", "model", "client")
 TOOL_DAILY_DIMENSIONS = ("initiator_id",)
 _TOKEN_FIGURES = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_write_input_tokens")
 _USAGE_FIGURES = ("interceptions", *_TOKEN_FIGURES)
+#: The usage rollups' cost columns (migration 0009): how many token usages had no price (so that a
+#: partial sum says it is one), and the priced ones' USD (NULL: none was priced).
+_COST_FIGURES = ("unpriced_token_usages", "cost_usd")
+#: Record columns that later migrations add (not in the first schema): token usage cost, 0009.
+ADDED_COLUMNS = frozenset({"cost_usd"})
 _TOOL_POSITIONS = tuple(1 + USAGE_DIMENSIONS.index(c) for c in TOOL_DIMENSIONS)  # in a usage key
 _TOOL_DAILY_POSITIONS = tuple(1 + TOOL_DIMENSIONS.index(c) for c in TOOL_DAILY_DIMENSIONS)  # in an hourly tool key
 
@@ -203,6 +208,14 @@ def _figure(value: Any) -> int:
         return int(value)
     except (TypeError, ValueError):
         return 0
+
+
+def add_cost(total: float | None, value: float | None) -> float | None:
+    """A sum of figures some of which may be unknown (a cost without a price): None only if all are,
+    as SQL's sum() does."""
+    if value is None:
+        return total
+    return value if total is None else total + value
 
 
 def _rollup_key(hour: str, values: Any) -> tuple[str, ...]:
@@ -395,12 +408,12 @@ def rollup_additions(keys: dict[Any, tuple[str, ...]], interceptions: list[Inter
     lock rollup rows in the same order and never deadlock.
     """
     width = len(_USAGE_FIGURES)
-    usage: dict[tuple[str, ...], list[int]] = {}
+    usage: dict[tuple[str, ...], list[Any]] = {}  # _USAGE_FIGURES, then _COST_FIGURES
     for record in interceptions:
         key = keys[record.id]
         figures = usage.get(key)
         if figures is None:
-            figures = usage[key] = [0] * width
+            figures = usage[key] = [0] * width + [0, None]
         figures[0] += 1
     for usage_record in token_usages:
         key = keys.get(usage_record.interception_id)
@@ -408,11 +421,16 @@ def rollup_additions(keys: dict[Any, tuple[str, ...]], interceptions: list[Inter
             continue
         figures = usage.get(key)
         if figures is None:
-            figures = usage[key] = [0] * width
+            figures = usage[key] = [0] * width + [0, None]
         figures[1] += _figure(usage_record.input_tokens)
         figures[2] += _figure(usage_record.output_tokens)
         figures[3] += _figure(usage_record.cache_read_input_tokens)
         figures[4] += _figure(usage_record.cache_write_input_tokens)
+        cost = usage_record.cost_usd
+        if cost is None:
+            figures[5] += 1
+        else:
+            figures[6] = add_cost(figures[6], cost)
     tools: dict[tuple[str, ...], list[int]] = {}
     for tool_record in tool_usages:
         key = keys.get(tool_record.interception_id)
@@ -438,7 +456,7 @@ def rollup_additions(keys: dict[Any, tuple[str, ...]], interceptions: list[Inter
                 per_day[day_key] = list(figures)
             else:
                 for n, value in enumerate(figures):
-                    total[n] += value
+                    total[n] = add_cost(total[n], value)
         additions[rollups["hour"]] = [(*key, *per_hour[key]) for key in sorted(per_hour)]
         additions[rollups["day"]] = [(*key, *per_day[key]) for key in sorted(per_day)]
     return additions

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Self, TypeVar
 
+from bridge.pricing import Prices
 from bridge.records import InterceptionEndRecord
 from bridge.store.common import RecordBatch
 
@@ -71,8 +72,9 @@ class Dialect:
     def close(self) -> None:
         raise NotImplementedError
 
-    def migrate(self) -> None:
-        """Apply pending migrations; idempotent and safe when several processes start at once."""
+    def migrate(self, prices: Prices | None = None) -> None:
+        """Apply pending migrations; idempotent and safe when several processes start at once.
+        ``prices`` prices the token usages stored before costs were (default: genai-prices' table)."""
         raise NotImplementedError
 
     @contextmanager

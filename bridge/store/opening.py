@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 
+from bridge.pricing import Prices
 from bridge.store.backend import Store
 from bridge.store.sqlite import SqliteStore, sqlite_path
 
@@ -31,12 +32,13 @@ def store_exists(target: str) -> bool:
 
 
 def open_store(target: str, *, migrate: bool = False, writable: bool = False,
-               busy_timeout: float | None = None) -> Store:
+               busy_timeout: float | None = None, prices: Prices | None = None) -> Store:
     """Open the store ``target`` names (a path, ``sqlite:///PATH`` or ``postgres://...``).
 
     ``migrate``: bring its schema up to date (every opener that migrates comes here). ``writable``:
     refuse a store SQLite opened read-only (sqlite3.OperationalError; see ``Store.read_only``).
-    ``busy_timeout``: how long its writes, the migration first, wait for the lock."""
+    ``busy_timeout``: how long its writes, the migration first, wait for the lock. ``prices``: what
+    the migration that adds costs prices the stored records with (the settings' prices file)."""
     store = store_class(target)(target)
     try:
         if writable and store.read_only:
@@ -44,7 +46,7 @@ def open_store(target: str, *, migrate: bool = False, writable: bool = False,
         if busy_timeout is not None:
             store.set_busy_timeout(busy_timeout)
         if migrate:
-            store.migrate()
+            store.migrate(prices)
     except BaseException:
         store.close()
         raise

@@ -42,14 +42,16 @@ import psycopg
 import psycopg.errors
 from psycopg_pool import ConnectionPool
 
+from bridge.pricing import Prices
 from bridge.records import InterceptionEndRecord
 from bridge.store.backend import Store
 from bridge.store.common import (
-    _FILTER_COLUMNS, _USAGE_FIGURES, CHILD_TABLES, RECORD_COLUMNS, TOOL_DAILY_DIMENSIONS, TOOL_DIMENSIONS,
+    _FILTER_COLUMNS, _USAGE_FIGURES, ADDED_COLUMNS, CHILD_TABLES, RECORD_COLUMNS, TOOL_DAILY_DIMENSIONS, TOOL_DIMENSIONS,
     TOOL_ROLLUPS, USAGE_DIMENSIONS, USAGE_ROLLUPS, PROCESSES_TABLE, RecordBatch, StoreError, _json_text, check_columns,
     mask_url,
 )
 from bridge.store.budgets import budgets_schema
+from bridge.store.costs import cost_schema
 from bridge.store.sessions import facets_schema, session_schema, thread_schema
 from bridge.store.writes import first_of_each
 
@@ -328,6 +330,8 @@ def _m0001_schema() -> list[str]:
     for table in CHILD_TABLES.values():
         columns = []
         for column in RECORD_COLUMNS[table]:
+            if column in ADDED_COLUMNS:  # not in the first schema
+                continue
             if column == "id":
                 columns.append(f"id {_TEXT} PRIMARY KEY")
             elif column == "interception_id":
@@ -387,6 +391,9 @@ _SESSIONS_MIGRATION = "0003_sessions"
 #: SQLite's migration 0007: the sessions' facet rows (filled from the summaries when 0003 was applied before).
 _FACETS_MIGRATION = "0004_session_facets"
 
+#: SQLite's migration 0009: costs, the records stored before priced (PostgresStore.migrate).
+_COSTS_MIGRATION = "0006_costs"
+
 #: (name, statements), applied in order. Append new migrations; never edit old ones.
 MIGRATIONS: list[tuple[str, list[str]]] = [
     ("0001_schema", _m0001_schema()),
@@ -394,6 +401,7 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
     (_SESSIONS_MIGRATION, session_schema(_TEXT, "BIGINT", " WITH (autovacuum_vacuum_scale_factor = 0.02)")),
     (_FACETS_MIGRATION, facets_schema(_TEXT)),
     ("0005_session_threads", thread_schema()),  # SQLite's 0008
+    (_COSTS_MIGRATION, cost_schema("DOUBLE PRECISION", "BIGINT")),
     ("0007_budgets", budgets_schema(_TEXT, "BIGINT", "DOUBLE PRECISION")),  # SQLite's 0010
 ]
 #: pg_advisory_xact_lock(key1, key2)'s first key for the session locks (see PostgresStore._lock_sessions).
@@ -437,7 +445,7 @@ class PostgresStore(Store):
         with self.db.transaction("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"):
             yield
 
-    def migrate(self) -> None:
+    def migrate(self, prices: Prices | None = None) -> None:
         if self.db.execute("SELECT to_regclass('bridge_migrations')").fetchone()[0] is not None:
             applied = {row[0] for row in self.db.execute("SELECT name FROM bridge_migrations")}
             if all(name in applied for name, _ in MIGRATIONS):
@@ -461,6 +469,8 @@ class PostgresStore(Store):
                 self.sessions.fill()  # sessions and threads of the records stored before (facets too)
             elif _FACETS_MIGRATION in done_now:
                 self.sessions.fill_facets()
+            if _COSTS_MIGRATION in done_now:
+                self.costs.fill(prices or Prices())
 
     def _check_writable(self, timeout: float) -> None:
         """Fails when the server is unreachable, does not answer within ``timeout`` seconds, or

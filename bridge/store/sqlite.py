@@ -19,6 +19,7 @@ from typing import Any
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
+from bridge.pricing import Prices
 from bridge.records import InterceptionEndRecord
 from bridge.store.backend import Store
 from bridge.store.common import (
@@ -27,6 +28,7 @@ from bridge.store.common import (
 )
 from bridge.store.budgets import budgets_schema
 from bridge.store.rollups import backfill_statements
+from bridge.store.costs import cost_schema
 from bridge.store.sessions import facets_schema, session_schema, thread_schema
 from bridge.store.writes import first_of_each
 
@@ -196,7 +198,7 @@ def _m0004_usage_rollups(db: Database) -> None:
                 PRIMARY KEY ({period}, {', '.join(tool_keys)}, tool)
             ) WITHOUT ROWID"""
         )
-    for statement in backfill_statements("i.rowid"):
+    for statement in backfill_statements("i.rowid", costs=False):
         db.execute(statement)
 
 
@@ -246,6 +248,17 @@ def _m0008_session_threads(db: Database) -> None:
     """An index of each thread's members in order (relinking a late prompt's followers, a session
     page's per-thread figures)."""
     for statement in thread_schema():
+        db.execute(statement)
+
+
+_COSTS_MIGRATION = "0009_costs"
+
+
+@MIGRATIONS(name=_COSTS_MIGRATION)
+def _m0009_costs(db: Database) -> None:
+    """What each token usage cost (SPEC §11), the rollups' and sessions' sums of it, and how many
+    usages had no price. The records stored before are priced by SqliteStore.migrate (store.costs.fill)."""
+    for statement in cost_schema("REAL", "INTEGER"):
         db.execute(statement)
 
 
@@ -320,7 +333,7 @@ class SqliteStore(Store):
                     conn.execute("ROLLBACK")
                 raise
 
-    def migrate(self) -> None:
+    def migrate(self, prices: Prices | None = None) -> None:
         if not MIGRATIONS.pending(self.db):
             return  # common case (every worker start): read only, no write lock taken
         # Re-checked under the write lock, so a racing process that migrated first wins cleanly;
@@ -332,6 +345,8 @@ class SqliteStore(Store):
                 self.sessions.fill()  # sessions and threads of the records stored before
             elif _FACETS_MIGRATION in pending:
                 self.sessions.fill_facets()
+            if _COSTS_MIGRATION in pending:
+                self.costs.fill(prices or Prices())
 
     def _check_writable(self, timeout: float) -> None:
         """Take the write lock, write the header and let both go at once (rolled back), waiting at most
