@@ -80,9 +80,13 @@ def current_periods(moment: datetime) -> dict[str, tuple[str, str]]:
     return {period: (rfc3339(period_start(period, moment)), rfc3339(period_end(period, moment))) for period in PERIODS}
 
 
-def parse_budget(body: Any) -> Budget:
+def parse_budget(body: Any, names: Mapping[str, str] | None = None) -> Budget:
     """A budget from a JSON object ``{"period": "day"|"week"|"month", "limit_usd": number >= 0 or null,
-    "limit_tokens": integer >= 0 or null}`` with at least one limit; BudgetError naming what is wrong."""
+    "limit_tokens": integer >= 0 or null}`` with at least one limit; BudgetError naming what is wrong
+    (``names``: how the caller names each field, e.g. the CLI's flags; by default ``field 'period'``)."""
+    def name(field: str) -> str:
+        return (names or {}).get(field) or f"field {field!r}"
+
     if not isinstance(body, Mapping):
         raise BudgetError("a budget is a JSON object with period, limit_usd and/or limit_tokens")
     unknown = [key for key in body if key not in FIELDS]
@@ -90,18 +94,18 @@ def parse_budget(body: Any) -> Budget:
         raise BudgetError(f"unknown field {unknown[0]!r}: accepted fields are {', '.join(FIELDS)}")
     period = body.get("period")
     if period is None:
-        raise BudgetError(f"field 'period' is required: one of {', '.join(PERIODS)}")
+        raise BudgetError(f"{name('period')} is required: one of {', '.join(PERIODS)}")
     if period not in PERIODS:
-        raise BudgetError(f"field 'period' must be one of {', '.join(PERIODS)}, not {_shown(period)}")
+        raise BudgetError(f"{name('period')} must be one of {', '.join(PERIODS)}, not {_shown(period)}")
     limit_usd, limit_tokens = body.get("limit_usd"), body.get("limit_tokens")
     if limit_usd is not None and (isinstance(limit_usd, bool) or not isinstance(limit_usd, (int, float))
                                   or not math.isfinite(limit_usd) or limit_usd < 0):
-        raise BudgetError(f"field 'limit_usd' must be a number >= 0 (US dollars) or null, not {_shown(limit_usd)}")
+        raise BudgetError(f"{name('limit_usd')} must be a number >= 0 (US dollars) or null, not {_shown(limit_usd)}")
     if limit_tokens is not None and (isinstance(limit_tokens, bool) or not isinstance(limit_tokens, int)
                                      or limit_tokens < 0):
-        raise BudgetError(f"field 'limit_tokens' must be an integer >= 0 or null, not {_shown(limit_tokens)}")
+        raise BudgetError(f"{name('limit_tokens')} must be an integer >= 0 or null, not {_shown(limit_tokens)}")
     if limit_usd is None and limit_tokens is None:
-        raise BudgetError("a budget needs a limit: give limit_usd, limit_tokens or both")
+        raise BudgetError(f"a budget needs a limit: give {name('limit_usd')}, {name('limit_tokens')} or both")
     return Budget(period, None if limit_usd is None else float(limit_usd), limit_tokens)
 
 
@@ -146,3 +150,16 @@ def refusal_message(username: str, is_default: bool, budget: Budget, limit: str,
     else:
         figures = f"limit {budget.limit_tokens} tokens, used {tokens or 0} tokens this {budget.period}"
     return f"budget exceeded: {whose} is spent ({figures}); it resets at {rfc3339(resets_at)}"
+
+
+def budget_view(row: Mapping[str, Any], spend: Mapping[str, tuple[float | None, int]] | None,
+                moment: datetime) -> dict[str, Any]:
+    """A stored budget (bridge.store.budgets) as the API and the CLI show it: whose, its limits, and
+    with ``spend`` (a user's, by period; None: no spend figures, as for the default budget itself)
+    what was spent in the current period and whether a limit is reached."""
+    budget = Budget(row["period"], row["limit_usd"], row["limit_tokens"])
+    status = budget_status(budget, (spend or {}).get(budget.period), moment)
+    if spend is None:
+        status.update(spend_usd=None, spend_tokens=None, exceeded=None)
+    user = None if row["default"] else {"id": row["user_id"], "username": row["username"]}
+    return {"user": user, "default": row["default"], **status, "updated_at": row["updated_at"]}
