@@ -4,6 +4,8 @@
     python bench/run.py --quick            # < 2 minutes
     python bench/run.py                    # the fuller run (~6-8 minutes with LiteLLM)
     python bench/run.py --baseline-rev REV # also bridge at REV, before/after in the same run
+    python bench/run.py --budgets --targets bridge --skip-paced --slow-streams 0 --quick
+                                           # budgets on (a default nobody reaches) vs off, this tree
 
 Everything runs on 127.0.0.1 and stops by itself; every loop is bounded by a request count and by
 seconds. Nothing is installed unless asked (--install, --install-litellm). CI does not run this.
@@ -24,6 +26,9 @@ What runs
                      and bridge alternate in every scenario, A B B A (--rounds); then each scenario's
                      CPU per request current/baseline, PASS when <= 1.05 (issue 17). The 1,000 slow
                      streams run on bridge only. --baseline . compares this tree with itself: the noise.
+                     --budgets: this tree as the baseline (no budget) and as bridge with a default
+                     budget nobody reaches, so each worker's budget guard refreshes and every call is
+                     checked (SPEC §11): the cost of budgets, PASS when <= 1.05.
 
 What is measured, per scenario and target
   - concurrency 1 (latency) and concurrency N (throughput, --concurrency): req/s, latency p50/p99,
@@ -99,6 +104,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="also measure the bridge tree in DIR (same requirements), alternating with this one")
     base.add_argument("--baseline-rev", metavar="REV",
                       help="like --baseline, with a detached git worktree of REV made for the run and removed after")
+    base.add_argument("--budgets", action="store_true",
+                      help="budgets on vs off: this tree as the baseline, and as bridge with a default budget "
+                           "nobody reaches (issue 19)")
     p.add_argument("--rounds", type=int, default=2, choices=range(1, 11), metavar="{1..10}",
                    help="with a baseline: runs of each tree per scenario, the order flipped each round "
                         "(default 2: A B B A)")
@@ -121,6 +129,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                               ("paced_apis", "openai,anthropic", "anthropic")):
         if getattr(args, name) is None:
             setattr(args, name, quick if q else full)
+    if args.budgets:
+        args.baseline = REPO  # the same tree, without a budget
     return args
 
 
@@ -308,7 +318,8 @@ def start_bridges(args, workdir: Path, mocks: list, results: dict, stoppers: lis
     trees = ([(args.baseline.resolve(), baseline.NAME)] if args.baseline else []) + [(REPO, baseline.CURRENT)]
     started = []
     for tree, name in trees:
-        target = Bridge(workdir, mocks, structured_logging=args.structured_logging, repo=tree, name=name)
+        target = Bridge(workdir, mocks, structured_logging=args.structured_logging, repo=tree, name=name,
+                        budget=args.budgets and name == baseline.CURRENT)
         results["meta"][name] = {**target.features, **baseline.check_tree(target)}
         print(f"{name}: {results['meta'][name]['git']} from {results['meta'][name]['bridge_module']}", flush=True)
         stoppers.append(target.stop)

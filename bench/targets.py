@@ -79,14 +79,14 @@ def _base_url(mock: Mock, scenario: Scenario) -> str:
 
 class Bridge(Target):
     """``gunicorn -c gunicorn.conf.py bridge.wsgi:app --workers 1``, one provider per scenario, a real
-    gateway token from a fresh SQLite store, recording on.
+    gateway token from a fresh SQLite store, recording on (``budget``: with a default budget nobody reaches).
 
     ``repo`` is the bridge tree to run (this one by default; another checkout for a before/after
     comparison): the server and the CLI run from it with it first on PYTHONPATH, so its own
     ``bridge`` package is imported, with this interpreter (the same venv for both trees)."""
 
     def __init__(self, workdir: Path, scenarios: list[tuple[Scenario, Mock]], workers: int = 1,
-                 structured_logging: bool = False, repo: Path = REPO, name: str = "bridge") -> None:
+                 structured_logging: bool = False, repo: Path = REPO, name: str = "bridge", budget: bool = False) -> None:
         self.name, self.repo = name, repo
         self.dir = workdir / name
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -107,8 +107,10 @@ class Bridge(Target):
                              f"CODER_AIBRIDGE_PROVIDER_{i}_BASE_URL": _base_url(mock, scenario)})
         self.features = {"auth": "gateway token (SQLite store)", "recording": "on",
                          "structured_logging": "on" if structured_logging else "off", "workers": workers,
-                         "tree": str(repo)}
+                         "tree": str(repo), "budgets": "a default nobody reaches" if budget else "none"}
         self.token = self._make_token()
+        if budget:  # every call checked against it, the spend of every user refreshed in the background
+            self._cli("budgets", "set", "--default", "--period", "month", "--usd", "1000000000")
         self.server: Server | None = None
         self.starts = 0
 
