@@ -265,8 +265,14 @@ def api_blueprint(gateway: Any) -> Blueprint:
     def budget_owner(name: str) -> str | None:
         return None if name == DEFAULT_BUDGET else name
 
-    def spend_of(user_ids: list[str], now: Any) -> dict[str, Any]:
-        return run(database.budgets.spend, current_periods(now), user_ids)
+    def spend_of(user_id: str, now: Any) -> dict[str, Any]:
+        """A user's spend in each current period."""
+        return run(database.budgets.spend, current_periods(now), [user_id]).get(user_id, {})
+
+    def shown(row: dict[str, Any]) -> Response:
+        """A budget with its user's spend (the default's has none: its spend is per user)."""
+        now = budget_rules.now()
+        return _json(budget_view(row, None if row["default"] else spend_of(row["user_id"], now), now))
 
     @bp.get("/api/v2/aibridge/budgets")
     def list_budgets() -> Response:
@@ -282,7 +288,7 @@ def api_blueprint(gateway: Any) -> Blueprint:
         who = caller()
         now = budget_rules.now()
         row = run(database.budgets.get, who["user_id"]) or run(database.budgets.get, None)
-        view = None if row is None else budget_view(row, spend_of([who["user_id"]], now).get(who["user_id"], {}), now)
+        view = None if row is None else budget_view(row, spend_of(who["user_id"], now), now)
         if view is not None:
             del view["user"]  # the caller's, below, also under the default budget
         return _json({"user": {"id": who["user_id"], "username": who["username"]}, "budget": view})
@@ -290,12 +296,10 @@ def api_blueprint(gateway: Any) -> Blueprint:
     @bp.get("/api/v2/aibridge/budgets/<name>")
     def get_budget(name: str) -> Response:
         admin()
-        now = budget_rules.now()
         row = run(_refusals(database.budgets.get), budget_owner(name))
         if row is None:
             raise ApiError(404, f"no budget for {_budget_label(name)}")
-        return _json(budget_view(row, None if row["default"] else spend_of([row["user_id"]], now).get(row["user_id"], {}),
-                                 now))
+        return shown(row)
 
     @bp.put("/api/v2/aibridge/budgets/<name>")
     def put_budget(name: str) -> Response:
@@ -304,11 +308,8 @@ def api_blueprint(gateway: Any) -> Blueprint:
             budget = parse_budget(_json_object())
         except BudgetError as exc:
             raise ApiError(400, str(exc)) from None
-        row = run(_refusals(database.budgets.put), budget_owner(name), budget.period, budget.limit_usd,
-                  budget.limit_tokens)
-        now = budget_rules.now()
-        return _json(budget_view(row, None if row["default"] else spend_of([row["user_id"]], now).get(row["user_id"], {}),
-                                 now))
+        return shown(run(_refusals(database.budgets.put), budget_owner(name), budget.period, budget.limit_usd,
+                         budget.limit_tokens))
 
     @bp.delete("/api/v2/aibridge/budgets/<name>")
     def delete_budget(name: str) -> tuple[str, int]:
