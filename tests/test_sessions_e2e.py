@@ -16,6 +16,7 @@ from typing import Iterator
 import pytest
 import requests
 
+from bridge.pricing import Prices
 from tests.conftest import provider_env
 from tests.fakeupstream import FakeUpstream, RecordedRequest
 from tests.harness import wait_for_session
@@ -94,6 +95,10 @@ def test_a_claude_code_tool_exchange_is_one_session_with_one_thread(claude, tmp_
     assert listed["count"] == 1 and len(listed["sessions"]) == 1, listed
     [summary] = listed["sessions"]
     usage = [FIXTURES[f"anthropic/{name}"]["expect"]["usage"] for name in ("tool_use", "tool_result")]
+    # 412 input and 84 output tokens, then 531 and 19 (no cache use), at the table's per-token rates.
+    price = Prices().price("anthropic", first["model"])
+    assert price is not None, first["model"]
+    costs = [(u["input_tokens"] * price.input.base + u["output_tokens"] * price.output.base) for u in usage]
     expected = {
         "id": session_id,
         "initiator": {"id": alice["id"], "username": "alice"},
@@ -109,7 +114,8 @@ def test_a_claude_code_tool_exchange_is_one_session_with_one_thread(claude, tmp_
         "token_usage": {name: sum(u[figure] for u in usage) for name, figure in (
             ("input", "input_tokens"), ("output", "output_tokens"), ("cache_read", "cache_read_input_tokens"),
             ("cache_write", "cache_write_input_tokens"))},
-        "cost_usd": None,
+        # Both turns at the price of the model Claude Code asked for (its default: not this test's choice).
+        "cost_usd": pytest.approx(sum(costs), rel=1e-9),
     }
     assert {key: summary.get(key) for key in expected} == expected, summary
     # The session is alice's: bob (not an admin) cannot open it.
@@ -121,7 +127,9 @@ def test_a_claude_code_tool_exchange_is_one_session_with_one_thread(claude, tmp_
     assert thread["id"] == first["id"]
     assert thread["prompt"] == PROMPT
     assert (thread["started_at"], thread["ended_at"]) == (first["started_at"], second["ended_at"])
-    assert thread["token_usage"] == expected["token_usage"]
+    assert thread["token_usage"] == expected["token_usage"] and thread["cost_usd"] == expected["cost_usd"]
+    # Each interception's cost: its own token usage's.
+    assert [i["cost_usd"] for i in thread["interceptions"]] == [pytest.approx(cost, rel=1e-9) for cost in costs]
     assert [i["id"] for i in thread["interceptions"]] == [first["id"], second["id"]]  # oldest first
     turn, answered = thread["interceptions"]
     calls = [(call["provider_tool_call_id"], call["tool"]) for call in turn["tool_usages"]]
