@@ -19,6 +19,8 @@ from flask import Blueprint, Response, request
 from loguru import logger
 from werkzeug.exceptions import HTTPException
 
+from bridge import budget_rules
+from bridge.budget_rules import BudgetError, budget_view, current_periods, parse_budget
 from bridge.config import PROVIDER_TYPES
 from bridge.credentials import bearer_token
 from bridge.errors import GatewayError
@@ -258,6 +260,63 @@ def api_blueprint(gateway: Any) -> Blueprint:
             raise ApiError(404, f"unknown token id {token_id!r}")
         return "", 204
 
+    # -- budgets (SPEC §11): ``default`` names the default budget (a user named so: by their id) --------
+
+    def budget_owner(name: str) -> str | None:
+        return None if name == DEFAULT_BUDGET else name
+
+    def spend_of(user_ids: list[str], now: Any) -> dict[str, Any]:
+        return run(database.budgets.spend, current_periods(now), user_ids)
+
+    @bp.get("/api/v2/aibridge/budgets")
+    def list_budgets() -> Response:
+        admin()
+        now = budget_rules.now()
+        budgets, spend = run(database.budgets.snapshot, current_periods(now))
+        return _json({"budgets": [budget_view(row, None if row["default"] else spend.get(row["user_id"], {}), now)
+                                  for row in budgets]})
+
+    @bp.get("/api/v2/aibridge/budgets/me")
+    def my_budget() -> Response:
+        """The caller's budget (any user): their own, else the default, else none; spend and reset."""
+        who = caller()
+        now = budget_rules.now()
+        row = run(database.budgets.get, who["user_id"]) or run(database.budgets.get, None)
+        view = None if row is None else budget_view(row, spend_of([who["user_id"]], now).get(who["user_id"], {}), now)
+        if view is not None:
+            del view["user"]  # the caller's, below, also under the default budget
+        return _json({"user": {"id": who["user_id"], "username": who["username"]}, "budget": view})
+
+    @bp.get("/api/v2/aibridge/budgets/<name>")
+    def get_budget(name: str) -> Response:
+        admin()
+        now = budget_rules.now()
+        row = run(_refusals(database.budgets.get), budget_owner(name))
+        if row is None:
+            raise ApiError(404, f"no budget for {_budget_label(name)}")
+        return _json(budget_view(row, None if row["default"] else spend_of([row["user_id"]], now).get(row["user_id"], {}),
+                                 now))
+
+    @bp.put("/api/v2/aibridge/budgets/<name>")
+    def put_budget(name: str) -> Response:
+        admin()
+        try:
+            budget = parse_budget(_json_object())
+        except BudgetError as exc:
+            raise ApiError(400, str(exc)) from None
+        row = run(_refusals(database.budgets.put), budget_owner(name), budget.period, budget.limit_usd,
+                  budget.limit_tokens)
+        now = budget_rules.now()
+        return _json(budget_view(row, None if row["default"] else spend_of([row["user_id"]], now).get(row["user_id"], {}),
+                                 now))
+
+    @bp.delete("/api/v2/aibridge/budgets/<name>")
+    def delete_budget(name: str) -> tuple[str, int]:
+        admin()
+        if not run(_refusals(database.budgets.delete), budget_owner(name)):
+            raise ApiError(404, f"no budget for {_budget_label(name)}")
+        return "", 204
+
     @bp.errorhandler(ApiError)
     def api_error(error: ApiError) -> Response:
         body: dict[str, Any] = {"message": error.message}
@@ -275,6 +334,14 @@ def api_blueprint(gateway: Any) -> Blueprint:
         return _json({"message": "internal gateway error"}, 500)
 
     return bp
+
+
+#: The name that stands for the default budget in /api/v2/aibridge/budgets/<name>.
+DEFAULT_BUDGET = "default"
+
+
+def _budget_label(name: str) -> str:
+    return "the default budget" if name == DEFAULT_BUDGET else f"user {name!r}"
 
 
 def _viewer_id(who: Mapping[str, Any]) -> str | None:
@@ -309,6 +376,20 @@ API_BODY_MAX = 1024 * 1024
 
 def _json_body(fields: dict[str, type], required: tuple[str, ...] = ()) -> dict[str, Any]:
     """The request's JSON object, each field of its type (null means absent) and none unknown."""
+    body = _json_object()
+    for key, value in body.items():
+        if key not in fields:
+            raise ApiError(400, f"unknown field {key!r}: accepted fields are {', '.join(fields)}")
+        if value is not None and not isinstance(value, fields[key]):
+            raise ApiError(400, f"field {key!r} must be a {'boolean' if fields[key] is bool else 'string'}")
+    for key in required:
+        if body.get(key) is None:
+            raise ApiError(400, f"field {key!r} is required")
+    return {key: value for key, value in body.items() if value is not None}
+
+
+def _json_object() -> dict[str, Any]:
+    """The request's body, a JSON object (an empty body: ``{}``); 400 for anything else, 413 when too large."""
     too_large = f"the request body exceeds the API's limit of {API_BODY_MAX} bytes"
     if (request.content_length or 0) > API_BODY_MAX:
         raise ApiError(413, too_large)
@@ -324,15 +405,7 @@ def _json_body(fields: dict[str, type], required: tuple[str, ...] = ()) -> dict[
         body = None
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
-    for key, value in body.items():
-        if key not in fields:
-            raise ApiError(400, f"unknown field {key!r}: accepted fields are {', '.join(fields)}")
-        if value is not None and not isinstance(value, fields[key]):
-            raise ApiError(400, f"field {key!r} must be a {'boolean' if fields[key] is bool else 'string'}")
-    for key in required:
-        if body.get(key) is None:
-            raise ApiError(400, f"field {key!r} is required")
-    return {key: value for key, value in body.items() if value is not None}
+    return body
 
 
 def _refusals(fn: Callable[..., _T]) -> Callable[..., _T]:

@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from bridge import budget_rules
+from bridge.budget_rules import budget_view, current_periods, parse_budget
 from bridge.queries import QueryError, parse_date_or_time, parse_limit, rfc3339
 from bridge.store import Database, InterceptionFilter, database_errors, mask_url, store_exists
 from bridge.timestamps import format_timestamp, parse_timestamp, utc_now
@@ -98,9 +100,84 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=_retention_purge)
 
+    _add_budget_parsers(commands, common)
     _add_record_parsers(commands, common)
     _add_server_parser(commands)
     return parser
+
+
+def _add_budget_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
+    budgets = commands.add_parser("budgets", help="spending limits per user, and a default for everyone").add_subparsers(
+        dest="budgets_command", required=True, metavar="COMMAND"
+    )
+    p = budgets.add_parser("set", parents=[common], help="set a user's budget (or the default) and print it as JSON")
+    _add_budget_owner(p)
+    p.add_argument("--period", required=True, choices=budget_rules.PERIODS, help="UTC calendar day, ISO week or month")
+    p.add_argument("--usd", type=float, metavar="DOLLARS", help="limit in US dollars per period")
+    p.add_argument("--tokens", type=int, metavar="N", help="limit in tokens (input + output + cache) per period")
+    p.set_defaults(handler=_budgets_set)
+    p = budgets.add_parser("list", parents=[common], help="list budgets with the current period's spend")
+    p.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
+    p.set_defaults(handler=_budgets_list)
+    p = budgets.add_parser("delete", parents=[common], help="delete a user's budget (or the default)")
+    _add_budget_owner(p)
+    p.set_defaults(handler=_budgets_delete)
+
+
+def _add_budget_owner(p: argparse.ArgumentParser) -> None:
+    p.add_argument("user", nargs="?", help="username or user id")
+    p.add_argument("--default", action="store_true", help="the default budget (users without one of their own)")
+
+
+#: The flags that give a budget's fields, named in its errors.
+_BUDGET_FLAGS = {"period": "--period", "limit_usd": "--usd", "limit_tokens": "--tokens"}
+
+
+def _budget_owner(args: argparse.Namespace) -> str | None:
+    """The budget's user; None for ``--default``."""
+    if args.default == (args.user is not None):
+        raise CommandError("name a user or give --default (one of them)")
+    return args.user
+
+
+def _budgets_set(args: argparse.Namespace) -> None:
+    owner = _budget_owner(args)
+    budget = parse_budget({"period": args.period, "limit_usd": args.usd, "limit_tokens": args.tokens}, _BUDGET_FLAGS)
+    with _open_database(args, write=True) as database:
+        row = database.budgets.put(owner, budget.period, budget.limit_usd, budget.limit_tokens)
+        now = budget_rules.now()
+        spend = None if row["default"] else database.budgets.spend(current_periods(now), [row["user_id"]])
+    print(json.dumps(budget_view(row, None if spend is None else spend.get(row["user_id"], {}), now)))
+
+
+def _budgets_list(args: argparse.Namespace) -> None:
+    now = budget_rules.now()
+    with _open_database(args) as database:
+        budgets, spend = database.budgets.snapshot(current_periods(now))
+    views = [budget_view(row, None if row["default"] else spend.get(row["user_id"], {}), now) for row in budgets]
+    if args.json:
+        _print_json(views)
+        return
+
+    def figure(value: Any, shape: str = "{}") -> str:
+        return "-" if value is None else shape.format(value)
+
+    _print_table(
+        ["BUDGET", "PERIOD", "LIMIT USD", "LIMIT TOKENS", "SPENT USD", "TOKENS", "RESETS"],
+        [["(default)" if view["default"] else view["user"]["username"], view["period"],
+          figure(view["limit_usd"], "{:.2f}"), figure(view["limit_tokens"]), figure(view["spend_usd"], "{:.4f}"),
+          figure(view["spend_tokens"]),
+          view["resets_at"]] for view in views],
+        right=frozenset({2, 3, 4, 5}),
+    )
+
+
+def _budgets_delete(args: argparse.Namespace) -> None:
+    owner = _budget_owner(args)
+    with _open_database(args, write=True) as database:
+        if not database.budgets.delete(owner):
+            raise CommandError("no default budget" if owner is None else f"no budget for user {owner!r}")
+    print("deleted the default budget" if owner is None else f"deleted the budget of {owner}")
 
 
 def _add_global_options(parser: argparse.ArgumentParser, default: Any) -> None:

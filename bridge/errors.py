@@ -43,24 +43,27 @@ class GatewayError(Exception):
     """A refusal or failure the gateway reports to the client with ``status``."""
 
     def __init__(self, status: int, message: str, *, param: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.headers = headers or {}
+        #: OpenAI's error type and code when the status's usual ones do not say it (``insufficient_quota``).
+        self.code = code
 
 
-def error_object(shape: str, status: int, message: str, param: str | None = None) -> dict:
-    """The provider's error object: the body of an HTTP error or the payload of a stream error event."""
+def error_object(shape: str, status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
+    """The provider's error object: the body of an HTTP error or the payload of a stream error event.
+    ``code``: OpenAI's type and code instead of the status's (Anthropic has one type per status)."""
     if shape == ANTHROPIC:
         return {"type": "error", "error": {"type": _ANTHROPIC_TYPES.get(status, "api_error"), "message": message}}
-    kind, code = _OPENAI_TYPES.get(status, ("server_error", None))
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    kind, usual = (code, code) if code is not None else _OPENAI_TYPES.get(status, ("server_error", None))
+    return {"error": {"message": message, "type": kind, "param": param, "code": usual}}
 
 
-def error_body(shape: str, status: int, message: str, param: str | None = None) -> bytes:
-    return orjson.dumps(error_object(shape, status, message, param))
+def error_body(shape: str, status: int, message: str, param: str | None = None, code: str | None = None) -> bytes:
+    return orjson.dumps(error_object(shape, status, message, param, code))
 
 
 def stream_error_event(shape: str, status: int, message: str) -> bytes:

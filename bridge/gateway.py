@@ -9,6 +9,7 @@ import gevent
 from loguru import logger
 
 from bridge.auth import Authenticator
+from bridge.budgets import BudgetGuard
 from bridge.config import Settings
 from bridge.pricing import Prices, load_table
 from bridge.providers import build_provider
@@ -38,6 +39,8 @@ class Gateway:
         self.recorder = Recorder(settings.database_path, retention=settings.retention, database=self.database)
         self.breakers = CircuitBreakers(settings.circuit_breaker)
         self.limits = Limits(settings.max_concurrency, settings.rate_limit)
+        #: Who is over budget, read in the background: checking a call costs no store call.
+        self.budgets = BudgetGuard(self.database)
 
     def end_streams(self, within: float) -> None:
         """End every stream still in flight with the provider's error event and write their records,
@@ -61,5 +64,6 @@ class Gateway:
 
     def close(self) -> None:
         """Flush what is still queued, then release the store; called when the worker stops."""
+        self.budgets.close()
         self.recorder.close()
         self.database.close()

@@ -65,11 +65,13 @@ UPSTREAM_RETRIES = Counter("upstream_retries", "Upstream calls retried before th
                            "that caused it (502/504: no answer)", ("provider", "status"))
 LIMIT_REJECTS = Counter("limit_rejects", "Intercepted requests refused by MAX_CONCURRENCY or RATE_LIMIT",
                         ("provider", "limit"))
+BUDGET_REJECTIONS = Counter("budget_rejections", "Intercepted requests refused because the caller's budget is spent, "
+                            "by the budget that refused (user: their own; default)", ("provider", "budget"))
 
 # Every family, also one with no sample yet: a multiprocess scrape only sees families with samples.
 _EMPTY_FAMILIES = tuple(family for metric in (
     INTERCEPTIONS, INFLIGHT, DURATION, PASSTHROUGH, PROMPTS, TOKENS, TOOL_SELECTIONS, BREAKER_STATE, BREAKER_TRIPS,
-    BREAKER_REJECTS, UPSTREAM_RETRIES, LIMIT_REJECTS) for family in metric.describe())
+    BREAKER_REJECTS, UPSTREAM_RETRIES, LIMIT_REJECTS, BUDGET_REJECTIONS) for family in metric.describe())
 
 # --- bounded label values ------------------------------------------------------------------------
 

@@ -53,7 +53,8 @@ class RelayResponse(Response):
 
 def error_response(shape: str, error: GatewayError, extra_headers: dict[str, str] | None = None) -> RelayResponse:
     headers = {"Content-Type": "application/json", **error.headers, **(extra_headers or {})}
-    return RelayResponse(error_body(shape, error.status, error.message, error.param), status=error.status, headers=headers)
+    return RelayResponse(error_body(shape, error.status, error.message, error.param, error.code), status=error.status,
+                         headers=headers)
 
 
 def provider_blueprint(provider: Provider, gateway: Gateway) -> Blueprint:
@@ -81,6 +82,7 @@ def _intercept_view(provider: Provider, path: str, factory: InterceptorFactory, 
         shape = provider.shape
         try:
             caller = _authenticate(provider, gateway)
+            gateway.budgets.enforce(caller.user_id, caller.username, provider.name)  # a dict lookup, no store call
             g.bridge_slot = gateway.limits.acquire(provider.name)  # before the body is read: 429 is cheap
             raw = read_body(gateway.settings.max_body_size)
             interceptor = factory(provider, parse_json_object(raw), raw)

@@ -264,3 +264,14 @@ def test_bedrock_credentials_never_reach_the_client_or_the_log(gw, identities):
     log = gw.log()
     assert SECRET not in log and SECRET[:-1] + "X" not in log and ACCESS_KEY not in log
     assert mask_secret(SECRET) not in json.dumps(result["error"][2])
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["blocking", "stream"])
+def test_a_bedrock_call_is_priced_as_its_anthropic_model(stream, runs):
+    """SPEC §11: the Bedrock id (us.anthropic.claude-sonnet-4-5-...-v1:0) at Anthropic's Claude Sonnet 4.5
+    prices: input $3, cache read $0.30, 5-minute cache write $3.75, 1-hour write $6, output $15 per MTok."""
+    _, direct, _, through, _ = runs[("anthropic/cache_write_tiers", stream)]
+    assert through["model"] == MODEL
+    expected = (5 * 3 + 8000 * 0.30 + 1000 * 3.75 + 2000 * 6 + 120 * 15) / 1e6
+    assert [usage["cost_usd"] for usage in through["token_usages"]] == [pytest.approx(expected)]
+    assert [usage["cost_usd"] for usage in direct["token_usages"]] == [pytest.approx(expected)]

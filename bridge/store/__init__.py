@@ -13,6 +13,7 @@ module importing only those above it:
   ``retention.py`` (purging), ``processes.py`` (heartbeats, the interceptions of processes that are
   gone), ``queries.py`` (reading records and usage), ``session_queries.py`` (reading sessions): one
   class per concern, holding a Dialect, its SQL written once for both databases;
+- ``budgets.py`` (budgets and the spend they are held to);
 - ``backend.py``: ``Store``, a Dialect with its concerns as attributes (``store.identity``,
   ``store.records``, ``store.rollups``, ``store.sessions``, ``store.retention``, ``store.processes``,
   ``store.queries``, ``store.session_queries``);
@@ -36,6 +37,7 @@ from bridge.store.common import (
     AmbiguousSession, InterceptionFilter, OwnerState, RecordBatch, SessionFilter, StoreError, UnknownCursor,
     auth_stamp_path, mask_url, touch_auth_stamp,
 )
+from bridge.store.budgets import Budgets
 from bridge.store.identity import Identity
 from bridge.store.opening import is_postgres_url, open_store, store_exists
 from bridge.store.processes import Processes
@@ -51,7 +53,7 @@ from bridge.timestamps import format_timestamp, utc_now
 
 
 __all__ = [
-    "ADDED_COLUMNS", "CHILD_TABLES", "Database", "Identity", "MIGRATIONS", "OwnerState", "Processes", "RECORD_COLUMNS", "ROLLUP_TABLES",
+    "ADDED_COLUMNS", "Budgets", "CHILD_TABLES", "Database", "Identity", "MIGRATIONS", "OwnerState", "Processes", "RECORD_COLUMNS", "ROLLUP_TABLES",
     "AmbiguousSession", "SESSIONS_TABLE", "SESSION_MEMBERS_TABLE", "SessionFilter", "SessionQueries", "Sessions",
     "RecordQueries", "RecordWrites", "Retention", "Rollups", "TOKEN_ID_LENGTH", "TOOL_DAILY_DIMENSIONS",
     "TOOL_DIMENSIONS", "TOOL_ROLLUPS", "USAGE_DIMENSIONS", "USAGE_GROUPS", "USAGE_ROLLUPS", "USERNAME_RE",

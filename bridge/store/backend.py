@@ -9,7 +9,8 @@ connection (``Dialect``) with the store's concerns on it, each created on first 
 - ``store.processes``: heartbeats and the interceptions of processes that are gone (processes.py);
 - ``store.sessions``: sessions and threads, kept with the records (sessions.py);
 - ``store.queries``: reading records and usage (queries.py);
-- ``store.session_queries``: reading sessions and their threads (session_queries.py).
+- ``store.session_queries``: reading sessions and their threads (session_queries.py);
+- ``store.budgets``: budgets and the spend they are held to (budgets.py).
 
 Open one with ``bridge.store.open_store(target)``.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from functools import cached_property
 
+from bridge.store.budgets import Budgets
 from bridge.store.costs import Costs
 from bridge.store.dialect import Dialect
 from bridge.store.identity import Identity
@@ -68,3 +70,7 @@ class Store(Dialect):
     @cached_property
     def session_queries(self) -> SessionQueries:
         return SessionQueries(self, self.identity, self.queries)
+
+    @cached_property
+    def budgets(self) -> Budgets:
+        return Budgets(self, self.identity)

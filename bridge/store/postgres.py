@@ -50,6 +50,7 @@ from bridge.store.common import (
     TOOL_ROLLUPS, USAGE_DIMENSIONS, USAGE_ROLLUPS, PROCESSES_TABLE, RecordBatch, StoreError, _json_text, check_columns,
     mask_url,
 )
+from bridge.store.budgets import budgets_schema
 from bridge.store.costs import cost_schema
 from bridge.store.sessions import facets_schema, session_schema, thread_schema
 from bridge.store.writes import first_of_each
@@ -401,6 +402,7 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
     (_FACETS_MIGRATION, facets_schema(_TEXT)),
     ("0005_session_threads", thread_schema()),  # SQLite's 0008
     (_COSTS_MIGRATION, cost_schema("DOUBLE PRECISION", "BIGINT")),
+    ("0007_budgets", budgets_schema(_TEXT, "BIGINT", "DOUBLE PRECISION")),  # SQLite's 0010
 ]
 #: pg_advisory_xact_lock(key1, key2)'s first key for the session locks (see PostgresStore._lock_sessions).
 _SESSION_LOCKS = 0x73657373

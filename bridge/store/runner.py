@@ -35,6 +35,7 @@ from contextlib import suppress
 from typing import Any, Callable, Generic, Self, TypeVar
 
 from bridge.store.backend import Store
+from bridge.store.budgets import Budgets
 from bridge.store.common import auth_stamp_path, mask_url
 from bridge.store.identity import Identity
 from bridge.store.opening import is_postgres_url, open_store
@@ -182,6 +183,7 @@ class Database:
     sessions = _Concern(Sessions)
     queries = _Concern(RecordQueries)
     session_queries = _Concern(SessionQueries)
+    budgets = _Concern(Budgets)
 
     def __init__(self, target: str, *, read_threads: int = READ_THREADS, busy_timeout: float = 10.0,
                  threads: bool = True) -> None:

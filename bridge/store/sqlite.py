@@ -26,6 +26,7 @@ from bridge.store.common import (
     _FILTER_COLUMNS, _USAGE_FIGURES, RECORD_COLUMNS, TOOL_DAILY_DIMENSIONS, TOOL_DIMENSIONS, TOOL_ROLLUPS,
     USAGE_DIMENSIONS, USAGE_ROLLUPS, PROCESSES_TABLE, StoreError, _json_text, check_columns, touch_auth_stamp,
 )
+from bridge.store.budgets import budgets_schema
 from bridge.store.rollups import backfill_statements
 from bridge.store.costs import cost_schema
 from bridge.store.sessions import facets_schema, session_schema, thread_schema
@@ -258,6 +259,13 @@ def _m0009_costs(db: Database) -> None:
     """What each token usage cost (SPEC §11), the rollups' and sessions' sums of it, and how many
     usages had no price. The records stored before are priced by SqliteStore.migrate (store.costs.fill)."""
     for statement in cost_schema("REAL", "INTEGER"):
+        db.execute(statement)
+
+
+@MIGRATIONS(name="0010_budgets")
+def _m0010_budgets(db: Database) -> None:
+    """Budgets (SPEC §11): one row per user with a budget, and the default's."""
+    for statement in budgets_schema("TEXT", "INTEGER", "REAL"):
         db.execute(statement)
 
 
