@@ -60,7 +60,8 @@ function tooltipTime(ms, bucket) {
  * A stacked bar chart.
  * @param {object} o
  * @param {number[]} o.axis bucket start times (ms)
- * @param {{label: string, color: string, values: number[]}[]} o.series values aligned with axis
+ * @param {{label: string, color: string, values: number[], total?: number|null}[]} o.series values aligned with
+ *   axis; ``total`` (optional) is the legend's figure when the values' sum would say less (a null cost: "—")
  * @param {string} o.bucket "hour" | "day"
  * @param {string} o.title accessible name
  * @param {string} [o.unit] e.g. "requests", "tokens"
@@ -137,7 +138,7 @@ export function stackedBars({ axis, series, bucket, title, unit = "", usd = fals
 
   const legend = h("ul", { class: "legend" }, series.map((one) =>
     h("li", {}, h("span", { class: "swatch", dataset: { color: one.color } }), h("span", { class: "legend-label", title: one.label }, one.label),
-      h("span", { class: "legend-value" }, value(one.values.reduce((a, b) => a + (b || 0), 0))))));
+      h("span", { class: "legend-value" }, value(one.total !== undefined ? one.total : one.values.reduce((a, b) => a + (b || 0), 0))))));
   for (const swatch of legend.querySelectorAll(".swatch")) swatch.style.backgroundColor = swatch.dataset.color;
 
   return h("figure", { class: "chart" }, svg, series.length ? legend : null);

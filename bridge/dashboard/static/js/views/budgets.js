@@ -81,7 +81,8 @@ function budgetForm(users, onSave) {
   const usd = h("input", { name: "limit_usd", type: "number", min: "0", step: "any", placeholder: "no USD limit" });
   const tokens = h("input", { name: "limit_tokens", type: "number", min: "0", step: "1", placeholder: "no token limit" });
   const save = h("button", { type: "submit", class: "button primary" }, "Save budget");
-  const form = h("form", { class: "budget-form", dataset: { form: "budget" } },
+  // novalidate: the API checks a budget and its 400 says what is wrong, in the same words as the CLI's
+  const form = h("form", { class: "budget-form", novalidate: true, dataset: { form: "budget" } },
     field("Whose", who), field("Period", period), field("Limit (USD)", usd), field("Limit (tokens)", tokens),
     h("div", { class: "actions" }, save));
   const number = (input) => (input.value.trim() === "" ? null : Number(input.value));

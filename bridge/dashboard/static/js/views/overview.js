@@ -2,7 +2,7 @@
 
 import { ApiError, TOOLS, USAGE, apiGet, explain, isAdmin } from "../api.js";
 import { AXIS_ZONE, OTHER_COLOR, PALETTE, bucketAxis, floorBucket, stackedBars } from "../charts.js";
-import { fmtUsd, unpricedNote } from "../costs.js";
+import { addCost, fmtUsd, unpricedNote } from "../costs.js";
 import { fmtInt, h, notice, replace, spinner } from "../dom.js";
 import { leaderboardHref, userRecordsHref } from "../links.js";
 import { FAMILY_LABEL } from "../filters.js";
@@ -212,7 +212,8 @@ export async function renderOverview(main, params, { signal }) {
   });
   const spend = stackedBars({
     axis, bucket: axisBucket, unit: "", usd: true, title: `Spend in USD per ${axisBucket} by ${groupLabel.toLowerCase()}`,
-    series: shown.map((one) => ({ label: one.label, color: one.color, values: one.rows.map((r) => Number(r.cost_usd) || 0) })),
+    series: shown.map((one) => ({ label: one.label, color: one.color, values: one.rows.map((r) => Number(r.cost_usd) || 0),
+      total: one.rows.reduce((sum, r) => addCost(sum, r.cost_usd), null) })),
   });
   const unpriced = unpricedNote(usage.totals?.unpriced_token_usages);
   const kinds = stackedBars({
