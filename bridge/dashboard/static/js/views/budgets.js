@@ -62,7 +62,7 @@ function budgetsTable(budgets, { onEdit, onDelete }) {
       limits(budget).map((text) => h("td", { class: "num" }, text)),
       spent(budget).map((text) => h("td", { class: "num" }, text)),
       h("td", { class: "nowrap" }, fmtTime(budget.resets_at)),
-      h("td", {}, state(budget)),
+      h("td", { class: "nowrap" }, state(budget)),
       h("td", { class: "actions" },
         h("button", { type: "button", class: "button ghost", dataset: { action: "edit" }, onclick: () => onEdit(budget) }, "Edit"),
         " ", deleteButton(budget)))))));
