@@ -1238,13 +1238,16 @@ def test_the_overview_shows_spend_over_time_and_in_total(page, priced):
     total = sum(cost for *_, cost in PRICED if cost is not None)
     assert usage["totals"]["cost_usd"] == pytest.approx(total) and usage["totals"]["unpriced_token_usages"] == 1
     sign_in(page, gateway, admin)
-    wait_view(page, "!!document.querySelector('[data-total=cost_usd]')", what="the overview's spend total")
-    card = page.evaluate("""(() => { const c = document.querySelector('[data-total=cost_usd]');
+    wait_view(page, "!!document.querySelector('[data-spend=cost_usd]')", what="the overview's spend total")
+    card = page.evaluate("""(() => { const c = document.querySelector('[data-spend=cost_usd]');
         return [Number(c.dataset.value), c.querySelector('.stat-value').textContent, c.querySelector('[data-role=unpriced]')?.textContent]; })()""")
     assert card[0] == pytest.approx(total) and card[1] == usd(total) == "$4.88"
     assert card[2] == "excludes 1 call to models without a price"
+    # The second chart shows tokens or, switched, spend.
+    page.click("[data-control=measure] a[data-value=spend]")
+    wait_view(page, "location.hash.includes('measure=spend')", what="the spend chart")
     for by, field in (("user", 0), ("model", 2), ("client", 3)):
-        page.set_hash(f"#/overview?range=7d&by={by}&kind=all")
+        page.set_hash(f"#/overview?range=7d&by={by}&kind=all&measure=spend")
         wait_view(page, f"location.hash.includes('by={by}') && !!document.querySelector('table[data-table=groups]')",
                   what=f"the overview by {by}")
         expected = {name: usd(cost) for name, cost in spend_by(field).items()}

@@ -19,6 +19,8 @@ export const RANGES = {
 };
 export const GROUPS = { user: "User", model: "Model", client: "Client", provider: "Provider" };
 const KINDS = { all: "All kinds", ...Object.fromEntries(FIGURES.map(([key, label]) => [key, label])) };
+// The second chart's measure: tokens (of a kind) or spend in USD (the priced calls' cost).
+const MEASURES = { tokens: "Tokens", spend: "Spend" };
 const KIND_COLORS = ["#3b5bdb", "#f08c00", "#2f9e44", "#ae3ec9"];
 const MAX_SERIES = 8;
 const TABLE_ROWS = 25;
@@ -81,7 +83,7 @@ function totalsCards(totals) {
     h("div", { class: "card stat", dataset: { total: key, value: String(Number(totals?.[key]) || 0) } },
       h("div", { class: "stat-label" }, label),
       h("div", { class: "stat-value" }, fmtInt(totals?.[key])))),
-  h("div", { class: "card stat", dataset: { total: "cost_usd", value: String(totals?.cost_usd ?? "") } },
+  h("div", { class: "card stat", dataset: { spend: "cost_usd", value: String(totals?.cost_usd ?? "") } },
     h("div", { class: "stat-label" }, "Spend (USD)"),
     h("div", { class: "stat-value" }, fmtUsd(totals?.cost_usd)),
     note ? h("div", { class: "muted small", dataset: { role: "unpriced" } }, note) : null));
@@ -147,10 +149,11 @@ export async function renderOverview(main, params, { signal }) {
   const range = RANGES[params.get("range")] ? params.get("range") : "7d";
   const by = GROUPS[params.get("by")] ? params.get("by") : "user";
   const kind = KINDS[params.get("kind")] ? params.get("kind") : "all";
+  const measure = MEASURES[params.get("measure")] ? params.get("measure") : "tokens";
   const showAll = params.get("all") === "1";
   // By model: a Bedrock id and dated snapshots can count as their model (the API's by=model_family).
   const family = by === "model" && params.get("family") === "1";
-  const state = new URLSearchParams({ range, by, kind, ...(family ? { family: "1" } : {}) });
+  const state = new URLSearchParams({ range, by, kind, ...(measure === "spend" ? { measure } : {}), ...(family ? { family: "1" } : {}) });
   const { bucket, ms } = RANGES[range];
   const until = new Date();
   const since = new Date(until.getTime() - ms);
@@ -206,36 +209,41 @@ export async function renderOverview(main, params, { signal }) {
     axis, bucket: axisBucket, unit: "requests", title: `Requests per ${axisBucket} by ${groupLabel.toLowerCase()}`,
     series: shown.map((one) => ({ label: one.label, color: one.color, values: one.rows.map((r) => r.interceptions) })),
   });
-  const tokens = stackedBars({
-    axis, bucket: axisBucket, unit: "tokens", title: `${KINDS[kind]} tokens per ${axisBucket} by ${groupLabel.toLowerCase()}`,
-    series: shown.map((one) => ({ label: one.label, color: one.color, values: one.rows.map((r) => tokenSum(r, kind)) })),
-  });
-  const spend = stackedBars({
-    axis, bucket: axisBucket, unit: "", usd: true, title: `Spend in USD per ${axisBucket} by ${groupLabel.toLowerCase()}`,
-    series: shown.map((one) => ({ label: one.label, color: one.color, values: one.rows.map((r) => Number(r.cost_usd) || 0),
-      total: one.rows.reduce((sum, r) => addCost(sum, r.cost_usd), null) })),
-  });
+  const stacked = `stacked by ${groupLabel.toLowerCase()}`;
   const unpriced = unpricedNote(usage.totals?.unpriced_token_usages);
+  const second = measure === "spend" ? {
+    title: "Spend", subtitle: `USD per ${axisBucket} (${AXIS_ZONE}), ${stacked}${unpriced ? `; ${unpriced}` : ""}`,
+    chart: stackedBars({
+      axis, bucket: axisBucket, usd: true, title: `Spend in USD per ${axisBucket} by ${groupLabel.toLowerCase()}`,
+      series: shown.map((one) => ({ label: one.label, color: one.color, values: one.rows.map((r) => Number(r.cost_usd) || 0),
+        total: one.rows.reduce((sum, r) => addCost(sum, r.cost_usd), null) })),
+    }),
+  } : {
+    title: "Tokens", subtitle: `per ${axisBucket} (${AXIS_ZONE}), ${stacked}`,
+    chart: stackedBars({
+      axis, bucket: axisBucket, unit: "tokens", title: `${KINDS[kind]} tokens per ${axisBucket} by ${groupLabel.toLowerCase()}`,
+      series: shown.map((one) => ({ label: one.label, color: one.color, values: one.rows.map((r) => tokenSum(r, kind)) })),
+    }),
+  };
   const kinds = stackedBars({
     axis, bucket: axisBucket, unit: "tokens", title: `Tokens per ${axisBucket} by kind`,
     series: FIGURES.map(([key, label], i) => ({
       label, color: KIND_COLORS[i], values: axis.map((_, j) => all.reduce((sum, one) => sum + one.rows[j][key], 0)),
     })),
   });
-  const kindPicker = h("div", { class: "segmented small", role: "group", "aria-label": "Token kind", dataset: { control: "kind" } },
-    Object.entries(KINDS).map(([value, text]) => h("a", {
-      href: link(state, { kind: value }), class: value === kind ? "active" : "", "aria-current": value === kind ? "true" : null,
-      dataset: { value },
-    }, text)));
+  const kindPicker = measure === "spend" ? null : h("div", { class: "segmented small", role: "group", "aria-label": "Token kind",
+    dataset: { control: "kind" } },
+  Object.entries(KINDS).map(([value, text]) => h("a", {
+    href: link(state, { kind: value }), class: value === kind ? "active" : "", "aria-current": value === kind ? "true" : null,
+    dataset: { value },
+  }, text)));
+  const measurePicker = h("div", { class: "chart-controls" }, segmented("Show", "measure", MEASURES, measure, state), kindPicker);
 
   replace(body,
     totalsCards(usage.totals),
     h("div", { class: "chart-grid" },
       chartCard("Requests", `per ${axisBucket} (${AXIS_ZONE}), stacked by ${groupLabel.toLowerCase()}`, requests, null, otherLink),
-      chartCard("Spend", `USD per ${axisBucket} (${AXIS_ZONE}), stacked by ${groupLabel.toLowerCase()}${unpriced ? `; ${unpriced}` : ""}`,
-        spend, null, otherLink?.cloneNode(true)),
-      chartCard("Tokens", `per ${axisBucket} (${AXIS_ZONE}), stacked by ${groupLabel.toLowerCase()}`, tokens, kindPicker,
-        otherLink?.cloneNode(true)),
+      chartCard(second.title, second.subtitle, second.chart, measurePicker, otherLink?.cloneNode(true)),
       chartCard("Tokens by kind", `per ${axisBucket} (${AXIS_ZONE}): input, output, cache read and cache write`, kinds)),
     groupTable(all, groupLabel, { by, showAll, allHref }));
   colorSwatches(body);
