@@ -25,12 +25,13 @@ from bridge.config import PROVIDER_TYPES
 from bridge.credentials import bearer_token
 from bridge.errors import GatewayError
 from bridge.queries import (
-    DEFAULT_TOOLS_LIMIT, FAMILY_KEY, MAX_TOOLS_LIMIT, SEARCH_KEYS, SESSION_SEARCH_KEYS, USAGE_BUCKETS, USAGE_BY,
+    DEFAULT_TOOLS_LIMIT, DEFAULT_USAGE_SORT, FAMILY_KEY, MAX_TOOLS_LIMIT, SEARCH_KEYS, SESSION_SEARCH_KEYS,
+    USAGE_BUCKETS, USAGE_BY,
     QueryError, build_filter, build_session_filter, get_session, list_sessions, parse_choice, parse_limit, parse_page,
     parse_range, parse_search, parse_session_page, query_interceptions, resolve_family, usage_over_time,
 )
 from bridge.model_names import group_by_family
-from bridge.store import StoreError, database_errors, mask_url
+from bridge.store import USAGE_SORTS, StoreError, database_errors, mask_url
 from bridge.units import parse_duration
 
 SESSION_TOKEN_HEADER = "Coder-Session-Token"
@@ -41,7 +42,7 @@ MODELS_PARAMETERS = ("group",)
 SESSIONS_PARAMETERS = ("q", "limit", "after_session_id", "after_initiator", "offset")
 SESSION_PARAMETERS = ("limit", "after_id", "before_id", "initiator")
 #: GET /api/v2/aibridge/usage and /tools.
-USAGE_PARAMETERS = ("by", "bucket", "since", "until")
+USAGE_PARAMETERS = ("by", "bucket", "sort", "since", "until")
 TOOLS_PARAMETERS = ("since", "until", "limit")
 
 _T = TypeVar("_T")
@@ -182,11 +183,12 @@ def api_blueprint(gateway: Any) -> Blueprint:
             args = _single_args(USAGE_PARAMETERS, hint_keys=())
             by = parse_choice("by", args.get("by"), USAGE_BY, "model")
             bucket = parse_choice("bucket", args.get("bucket"), USAGE_BUCKETS, "day")
+            sort = parse_choice("sort", args.get("sort"), USAGE_SORTS, DEFAULT_USAGE_SORT)
             since, until = parse_range(args.get("since"), args.get("until"))
         except QueryError as exc:
             raise ApiError(400, exc.message, exc.detail) from None
         viewer = _viewer_id(who)
-        return _json(run(usage_over_time, database.queries, by, bucket, since, until, viewer))
+        return _json(run(usage_over_time, database.queries, by, bucket, since, until, viewer, sort))
 
     @bp.get("/api/v2/aibridge/tools")
     def top_tools() -> Response:

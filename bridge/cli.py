@@ -21,7 +21,7 @@ from typing import Any
 from bridge import budget_rules
 from bridge.budget_rules import budget_view, current_periods, parse_budget
 from bridge.queries import QueryError, parse_date_or_time, parse_limit, rfc3339
-from bridge.store import Database, InterceptionFilter, database_errors, mask_url, store_exists
+from bridge.store import Database, InterceptionFilter, database_errors, mask_url, store_exists, total_cost
 from bridge.timestamps import format_timestamp, parse_timestamp, utc_now
 from bridge.units import format_duration, parse_duration
 
@@ -101,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_retention_purge)
 
     _add_budget_parsers(commands, common)
+    costs = commands.add_parser("costs", help="the token usages' costs").add_subparsers(
+        dest="costs_command", required=True, metavar="COMMAND"
+    )
+    p = costs.add_parser("reprice", parents=[common],
+                         help="price every stored token usage again (after CODER_AIBRIDGE_PRICES_FILE changed)")
+    p.set_defaults(handler=_costs_reprice)
+
     _add_record_parsers(commands, common)
     _add_server_parser(commands)
     return parser
@@ -299,6 +306,19 @@ def _retention_purge(args: argparse.Namespace) -> None:
     print(f"purged {deleted} interception(s) older than {label}")
 
 
+def _costs_reprice(args: argparse.Namespace) -> None:
+    from bridge.config import load_settings
+    from bridge.pricing import Prices
+
+    flags = {"CODER_AIBRIDGE_DATABASE_URL": args.database_url} if args.database_url else {}
+    prices_file = load_settings(flags=flags, config_path=args.config).prices
+    with _open_database(args, write=True) as database:
+        priced = database.costs.reprice(Prices(prices_file))
+        stored = database.queries.count_records()["aibridge_token_usages"]
+    source = f"genai-prices and {prices_file.path}" if prices_file else "genai-prices"
+    print(f"repriced {stored} token usage(s) with {source}: {priced} priced, {stored - priced} without a price")
+
+
 def _duration_flag(flag: str, text: str) -> float:
     """A duration flag's seconds (at most 100 years, so dates computed from it never overflow)."""
     try:
@@ -339,6 +359,14 @@ def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, ensure_ascii=False))
 
 
+def _usd(cost: float | None, unpriced: int = 0) -> str:
+    """A cost in USD for a table: "—" when unknown (no price), "*" after a sum that left unpriced usages out."""
+    if cost is None:
+        return "—"
+    text = "<0.0001" if 0 < cost < 0.00005 else f"{cost:,.4f}"
+    return f"{text}*" if unpriced else text
+
+
 
 
 # -- records: interceptions list and show, usage ---------------------------------------------------
@@ -364,12 +392,14 @@ def _add_record_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     _add_session_parsers(commands, common)
 
     p = commands.add_parser("usage", parents=[common],
-                            help="interceptions and tokens per model, user, client or provider",
-                            description="Interceptions and tokens per model, user, client or provider, read from the"
+                            help="interceptions, tokens and cost per model, user, client or provider",
+                            description="Interceptions, tokens and cost per model, user, client or provider, read from the"
                                         " usage rollups (fast at any size). Counted in whole hours: from the start of"
                                         " the hour --since falls in to the end of the hour --until falls in.")
     p.add_argument("--by", default="model", choices=("model", "user", "client", "provider"),
                    help="how to group (default: model)")
+    p.add_argument("--sort", default="requests", choices=("requests", "tokens", "cost"),
+                   help="the order of the groups, biggest first (default: requests, i.e. interceptions)")
     p.add_argument("--since", metavar="WHEN",
                    help=f"only interceptions started since then: a duration back from now (e.g. 7d) or {_TIME_HELP}")
     p.add_argument("--until", metavar="WHEN", help=f"only interceptions started before then: {_TIME_HELP}")
@@ -474,8 +504,8 @@ def _interceptions_list(args: argparse.Namespace) -> None:
         _print_json(result)
         return
     _print_page(result["results"], result["count"], limit, "interception",
-                ["STARTED", "ID", "USER", "PROVIDER", "MODEL", "CLIENT", "INPUT", "OUTPUT", "TOOLS"],
-                _interception_row, frozenset({6, 7, 8}), lambda last: f"--after-id {last['id']}")
+                ["STARTED", "ID", "USER", "PROVIDER", "MODEL", "CLIENT", "INPUT", "OUTPUT", "COST USD", "TOOLS"],
+                _interception_row, frozenset({6, 7, 8, 9}), lambda last: f"--after-id {last['id']}")
 
 
 def _sessions_list(args: argparse.Namespace) -> None:
@@ -494,7 +524,7 @@ def _sessions_list(args: argparse.Namespace) -> None:
         return
     _print_page(result["sessions"], result["count"], limit, "session",
                 ["LAST ACTIVE", "SESSION", "USER", "CLIENT", "MODELS", "TURNS", "THREADS", "INPUT", "OUTPUT",
-                 "LAST PROMPT"], _session_row, frozenset({5, 6, 7, 8}),
+                 "COST USD", "LAST PROMPT"], _session_row, frozenset({5, 6, 7, 8, 9}),
                 _next_sessions)
 
 
@@ -515,6 +545,7 @@ def _session_row(session: dict[str, Any]) -> list[str]:
         str(session["thread_count"]),
         f"{session['token_usage']['input']:,}",
         f"{session['token_usage']['output']:,}",
+        _usd(session["cost_usd"]),
         _one_line(session["last_prompt"], 40),
     ]
 
@@ -572,6 +603,7 @@ def _print_session(session: dict[str, Any]) -> None:
         ("interceptions", f"{session['interception_count']} in {session['thread_count']} thread(s)"),
         ("tokens", f"input {tokens['input']:,} · output {tokens['output']:,} · cache read {tokens['cache_read']:,}"
                    f" · cache write {tokens['cache_write']:,}"),
+        ("cost", _cost_field(session["cost_usd"])),
         ("last prompt", _one_line(session["last_prompt"], 100)),
     ])
     calls = {tool["provider_tool_call_id"]: tool["tool"] for thread in session["threads"]
@@ -580,15 +612,17 @@ def _print_session(session: dict[str, Any]) -> None:
     for thread in session["threads"]:
         tokens = thread["token_usage"]
         _heading(f"thread {thread['id']} · started {rfc3339(thread['started_at'])} · input {tokens['input']:,}"
-                 f" · output {tokens['output']:,}")
+                 f" · output {tokens['output']:,} · cost {_cost_field(thread['cost_usd'])}")
         print(f"  prompt: {_one_line(thread['prompt'], 100)}" if thread["prompt"] else "  (no prompt recorded)")
         rows = [["  " + rfc3339(record["started_at"]), record["id"], record["model"] or "-", _turn_start(record, calls),
                  ", ".join(tool["tool"] or "-" for tool in record["tool_usages"]) or "-",
                  f"{sum(u['input_tokens'] for u in record['token_usages']):,}",
-                 f"{sum(u['output_tokens'] for u in record['token_usages']):,}"]
+                 f"{sum(u['output_tokens'] for u in record['token_usages']):,}",
+                 _usd(record["cost_usd"], _unpriced(record["token_usages"]))]
                 for record in thread["interceptions"]]
         shown += len(rows)
-        _print_table(["  STARTED", "ID", "MODEL", "TURN", "TOOL CALLS", "INPUT", "OUTPUT"], rows, right=frozenset({5, 6}))
+        _print_table(["  STARTED", "ID", "MODEL", "TURN", "TOOL CALLS", "INPUT", "OUTPUT", "COST USD"], rows,
+                     right=frozenset({5, 6, 7}))
     if shown < session["interception_count"] and session["threads"]:
         last = session["threads"][-1]["interceptions"][-1]["id"]
         print(f"\n{shown} of {session['interception_count']} interception(s) shown; more: --after-id {last}"
@@ -651,6 +685,7 @@ def _interception_row(record: dict[str, Any]) -> list[str]:
         record["client"] or "-",
         f"{sum(u['input_tokens'] for u in usages):,}",
         f"{sum(u['output_tokens'] for u in usages):,}",
+        _usd(record["cost_usd"], _unpriced(usages)),
         str(len(record["tool_usages"])),
     ]
 
@@ -688,6 +723,7 @@ def _print_interception(record: dict[str, Any]) -> None:
         ("started", rfc3339(record["started_at"])),
         ("ended", ended),
         ("answers tool call", record["correlating_tool_call_id"]),
+        ("cost", _cost_field(record["cost_usd"]) if record["token_usages"] else None),
         ("metadata", json.dumps(record["metadata"], ensure_ascii=False) if record["metadata"] else None),
     ])
 
@@ -722,13 +758,24 @@ def _print_interception(record: dict[str, Any]) -> None:
         print("  (none recorded)")
         return
     figures = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_write_input_tokens")
-    rows = [["  " + (u["provider_response_id"] or "-"), *(f"{u[f]:,}" for f in figures),
+    rows = [["  " + (u["provider_response_id"] or "-"), *(f"{u[f]:,}" for f in figures), _usd(u["cost_usd"]),
              ", ".join(f"{k}={v}" for k, v in u["metadata"].items()) if isinstance(u["metadata"], dict) else ""]
             for u in usages]
     if len(usages) > 1:
-        rows.append(["  TOTAL", *(f"{sum(u[f] for u in usages):,}" for f in figures), ""])
-    _print_table(["  RESPONSE", "INPUT", "OUTPUT", "CACHE READ", "CACHE WRITE", "OTHER"], rows,
-                 right=frozenset({1, 2, 3, 4}))
+        rows.append(["  TOTAL", *(f"{sum(u[f] for u in usages):,}" for f in figures),
+                     _usd(record["cost_usd"], _unpriced(usages)), ""])
+    _print_table(["  RESPONSE", "INPUT", "OUTPUT", "CACHE READ", "CACHE WRITE", "COST USD", "OTHER"], rows,
+                 right=frozenset({1, 2, 3, 4, 5}))
+
+
+def _unpriced(usages: list[dict[str, Any]]) -> int:
+    """How many of these token usages have no price."""
+    return sum(usage["cost_usd"] is None for usage in usages)
+
+
+def _cost_field(cost: float | None) -> str:
+    """A show command's cost: USD, or why there is none."""
+    return "— (nothing priced)" if cost is None else f"${cost:,.6f}"
 
 
 def _heading(title: str) -> None:
@@ -761,16 +808,22 @@ def _usage(args: argparse.Namespace) -> None:
     if since is not None and until is not None and until <= since:
         raise FlagError(f"--until ({args.until}) must be later than --since ({args.since})")
     with _open_database(args) as database:
-        summary = database.queries.usage_summary(args.by, since, until)
+        summary = database.queries.usage_summary(args.by, since, until, sort=args.sort)
     if args.json:
         _print_json(summary)
         return
     figures = ("interceptions", "input_tokens", "output_tokens", "cache_read_input_tokens", "cache_write_input_tokens")
-    headers = [args.by.upper(), "INTERCEPTIONS", "INPUT", "OUTPUT", "CACHE READ", "CACHE WRITE"]
-    rows = [[str(r["group"] if r["group"] is not None else "-"), *(f"{r[f]:,}" for f in figures)] for r in summary]
+    headers = [args.by.upper(), "INTERCEPTIONS", "INPUT", "OUTPUT", "CACHE READ", "CACHE WRITE", "COST USD"]
+    rows = [[str(r["group"] if r["group"] is not None else "-"), *(f"{r[f]:,}" for f in figures),
+             _usd(r["cost_usd"], r["unpriced_token_usages"])] for r in summary]
+    unpriced = sum(r["unpriced_token_usages"] for r in summary)
     if len(summary) != 1:
-        rows.append(["TOTAL", *(f"{sum(r[f] for r in summary):,}" for f in figures)])
+        rows.append(["TOTAL", *(f"{sum(r[f] for r in summary):,}" for f in figures),
+                     _usd(total_cost(r["cost_usd"] for r in summary), unpriced)])
     _print_table(headers, rows, right=frozenset(range(1, len(headers))))
+    if unpriced:
+        print(f"\n* {unpriced:,} token usage(s) of a model without a price are not in the cost"
+              " (— : none priced; CODER_AIBRIDGE_PRICES_FILE can give a price, then `costs reprice`)")
 
 
 def _since_flag(text: str | None) -> str | None:

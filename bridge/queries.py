@@ -10,7 +10,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Mapping
 
 from bridge.store import (
-    AmbiguousSession, Identity, InterceptionFilter, RecordQueries, SessionFilter, SessionQueries, UnknownCursor,
+    USAGE_FIELDS, USAGE_SORTS, AmbiguousSession, Identity, InterceptionFilter, RecordQueries, SessionFilter,
+    SessionQueries, UnknownCursor, add_usage, no_usage, usage_series_result,
 )
 from bridge.model_names import model_family
 from bridge.timestamps import format_timestamp
@@ -30,6 +31,8 @@ MAX_OFFSET = 2**63 - 1  # sqlite's integers
 _TIME_EXAMPLE = "use RFC 3339 with a time zone, e.g. 2025-06-01T09:30:00Z or 2025-06-01T11:30:00+02:00"
 USAGE_BY = ("user", "model", "model_family", "client", "provider")
 USAGE_BUCKETS = ("hour", "day")
+#: GET /api/v2/aibridge/usage's ``sort``: the order of its series (by default most tokens first).
+DEFAULT_USAGE_SORT = "tokens"
 DEFAULT_SINCE = "30d"
 DEFAULT_TOOLS_LIMIT = 20
 MAX_TOOLS_LIMIT = 1000
@@ -340,33 +343,23 @@ def rfc3339(timestamp: str) -> str:
 
 
 def usage_over_time(queries: RecordQueries, by: str, bucket: str, since: str, until: str,
-                    viewer_id: str | None) -> dict[str, Any]:
-    """The body of GET /api/v2/aibridge/usage (the range as the rollups count it: whole hours)."""
+                    viewer_id: str | None, sort: str = DEFAULT_USAGE_SORT) -> dict[str, Any]:
+    """The body of GET /api/v2/aibridge/usage (the range as the rollups count it: whole hours), its
+    series in ``sort`` order (USAGE_SORTS)."""
     if by == FAMILY_KEY:
-        found = _series_by_family(queries.usage_series("model", bucket, since, until, viewer_id=viewer_id))
+        found = _series_by_family(queries.usage_series("model", bucket, since, until, viewer_id=viewer_id), sort)
     else:
-        found = queries.usage_series(by, bucket, since, until, viewer_id=viewer_id)
-    return {"by": by, "bucket": bucket, "since": rfc3339(since[:13] + ":00:00Z"), "until": rfc3339(until), **found}
+        found = queries.usage_series(by, bucket, since, until, viewer_id=viewer_id, sort=sort)
+    return {"by": by, "bucket": bucket, "sort": sort, "since": rfc3339(since[:13] + ":00:00Z"),
+            "until": rfc3339(until), **found}
 
 
-def _series_by_family(by_model: dict[str, Any]) -> dict[str, Any]:
-    """Usage series per model summed per model family (a series with no model stays its own), ordered
-    as the store orders series: most tokens first, then most interceptions."""
-    families: dict[str | None, dict[str, dict[str, int]]] = {}
+def _series_by_family(by_model: dict[str, Any], sort: str) -> dict[str, Any]:
+    """Usage series per model summed per model family (a series with no model stays its own; a cost is
+    None while no model of the family has one), ordered as the store orders series."""
+    families: dict[str, dict[str, list[Any]]] = {}
     for series in by_model["series"]:
-        points = families.setdefault(None if series["key"] is None else model_family(series["key"]), {})
+        points = families.setdefault("" if series["key"] is None else model_family(series["key"]), {})
         for point in series["points"]:
-            summed = points.setdefault(point["t"], {})
-            for figure, value in point.items():
-                if figure != "t":
-                    summed[figure] = summed.get(figure, 0) + value
-
-    def size(item: tuple[str | None, dict[str, dict[str, int]]]) -> tuple[int, int, str]:
-        points = item[1].values()
-        tokens = sum(value for point in points for figure, value in point.items() if figure != "interceptions")
-        return -tokens, -sum(point["interceptions"] for point in points), item[0] or ""
-
-    return {"series": [{"key": family, "label": family or "(none)",
-                        "points": [{"t": t, **points[t]} for t in sorted(points)]}
-                       for family, points in sorted(families.items(), key=size)],
-            "totals": by_model["totals"]}
+            add_usage(points.setdefault(point["t"], no_usage()), [point[figure] for figure in USAGE_FIELDS])
+    return usage_series_result(families, {family: family or "(none)" for family in families}, sort)

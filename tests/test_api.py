@@ -85,7 +85,9 @@ def seed_dataset(path: Path, count: int = 90) -> Dataset:
             created = format_timestamp(started + timedelta(seconds=3))
             usages = [{"id": f"tu-{i}", "interception_id": row["id"], "provider_response_id": f"resp-{i}",
                        "input_tokens": 100 + i, "output_tokens": 10 + i, "cache_read_input_tokens": 2 * i,
-                       "cache_write_input_tokens": i % 3, "metadata": {"reasoning_tokens": i}, "created_at": created}]
+                       "cache_write_input_tokens": i % 3, "metadata": {"reasoning_tokens": i}, "created_at": created,
+                       # as priced when recorded: binary fractions (exact sums); every sixth without a price
+                       "cost_usd": None if i % 6 == 5 else (i + 1) / 64}]
             prompts = [{"id": f"up-{i}", "interception_id": row["id"], "provider_response_id": f"resp-{i}",
                         "prompt": f"prompt number {i}", "metadata": {}, "created_at": created}] if i % 3 else []
             tools = [{"id": f"tool-{i}-{n}", "interception_id": row["id"], "provider_response_id": f"resp-{i}",
@@ -160,14 +162,15 @@ def test_results_are_newest_first_with_every_field_and_child(client, data: Datas
     result = by_id[record["id"]]
     assert list(result) == ["id", "initiator", "provider", "provider_name", "model", "client", "client_session_id",
                             "user_agent", "credential_kind", "credential_hint", "correlating_tool_call_id",
-                            "started_at", "ended_at", "metadata", "session_id", "thread_id", "token_usages",
-                            "user_prompts", "tool_usages", "model_thoughts"]
+                            "started_at", "ended_at", "metadata", "session_id", "thread_id", "cost_usd",
+                            "token_usages", "user_prompts", "tool_usages", "model_thoughts"]
     assert result["initiator"] == {"id": record["initiator_id"], "username": record["username"]}
     for key in ("provider", "provider_name", "model", "client", "client_session_id", "user_agent", "credential_kind",
                 "credential_hint", "correlating_tool_call_id", "started_at", "ended_at"):
         assert result[key] == record[key], key
     assert result["metadata"] == record["metadata"]
     [usage] = result["token_usages"]
+    assert result["cost_usd"] == usage["cost_usd"] == record["token_usages"][0]["cost_usd"]
     assert usage["metadata"] == {"reasoning_tokens": record["token_usages"][0]["metadata"]["reasoning_tokens"]}
     assert {k: usage[k] for k in ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_write_input_tokens",
                                   "provider_response_id", "interception_id")} == {

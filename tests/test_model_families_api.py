@@ -27,6 +27,8 @@ RECORDS = [
     ("alice", "openai", "openai", "gpt-4o-2024-08-06", "s-e"),
     ("alice", "anthropic", "bedrock", SONNET_BEDROCK, "s-e"),
 ]
+#: Each record's cost as priced when recorded (binary fractions: exact sums); the Haiku one has no price.
+COSTS = [0.125, 0.25, 0.125, None, 2.0, 1.5, 0.5]
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,8 @@ def client(tmp_path_factory) -> Any:
             batch["token_usages"].append({
                 "id": f"tu-{i}", "interception_id": interception_id, "provider_response_id": f"resp-{i}",
                 "input_tokens": 100 * (i + 1), "output_tokens": 10 * (i + 1), "cache_read_input_tokens": i,
-                "cache_write_input_tokens": 1, "metadata": {}, "created_at": format_timestamp(started)})
+                "cache_write_input_tokens": 1, "metadata": {}, "created_at": format_timestamp(started),
+                "cost_usd": COSTS[i]})
         store.records.write_records(RecordBatch.load(batch))
     finally:
         store.close()
@@ -126,10 +129,20 @@ def test_usage_by_family_sums_the_by_model_series(client) -> None:
         for point in series["points"]:
             summed = expected.setdefault(model_family(series["key"]), {}).setdefault(point["t"], {})
             for figure, value in point.items():
-                if figure != "t":
+                if figure == "cost_usd":  # None (no price) adds nothing: a cost stays None until one is known
+                    summed[figure] = value if summed.get(figure) is None else summed[figure] + (value or 0)
+                elif figure != "t":
                     summed[figure] = summed.get(figure, 0) + value
     assert {s["key"]: {p["t"]: {k: v for k, v in p.items() if k != "t"} for p in s["points"]}
             for s in by_family["series"]} == expected
     assert [s["key"] for s in by_family["series"]] == ["claude-sonnet-4-5", "gpt-4o", "claude-3-5-haiku"]
+    totals = {s["key"]: (s["total"]["cost_usd"], s["total"]["unpriced_token_usages"]) for s in by_family["series"]}
+    assert totals == {"claude-sonnet-4-5": (0.125 + 0.25 + 0.125 + 0.5, 0), "gpt-4o": (2.0 + 1.5, 0),
+                      "claude-3-5-haiku": (None, 1)}
+    assert by_family["totals"]["cost_usd"] == 4.5 and by_family["totals"]["unpriced_token_usages"] == 1
+    by_cost = get(client, "alice", "usage", by="model_family", bucket="hour", since="7d", sort="cost").json
+    assert [s["key"] for s in by_cost["series"]] == ["gpt-4o", "claude-sonnet-4-5", "claude-3-5-haiku"]
+    by_requests = get(client, "alice", "usage", by="model", since="7d", sort="requests").json
+    assert [s["key"] for s in by_requests["series"]][0] == SONNET_BEDROCK  # the one model called twice
     assert {s["key"] for s in get(client, "bob", "usage", by="model_family").json["series"]} == {
         "claude-sonnet-4-5", "claude-3-5-haiku", "gpt-4o"}

@@ -133,7 +133,10 @@ def check_claude_code_session(gateway_url: str, upstream, owner: str, owner_toke
                                          "output": sum(u["output_tokens"] for u in used),
                                          "cache_read": sum(u["cache_read_input_tokens"] for u in used),
                                          "cache_write": sum(u["cache_write_input_tokens"] for u in used)}
-        assert thread["started_at"] == thread["interceptions"][0]["started_at"] and thread["cost_usd"] is None
+        assert thread["started_at"] == thread["interceptions"][0]["started_at"]
+        # Claude Sonnet 4.5's published prices: input 3, output 15 USD per million tokens (no cache use here).
+        tokens = thread["token_usage"]
+        assert thread["cost_usd"] == pytest.approx((tokens["input"] * 3 + tokens["output"] * 15) / 1e6, rel=1e-9)
         assert thread["ended_at"] == max(r["ended_at"] for r in thread["interceptions"])
         for record in thread["interceptions"]:
             assert (record["session_id"], record["thread_id"]) == (session_id, thread["id"])
@@ -150,7 +153,11 @@ def check_claude_code_session(gateway_url: str, upstream, owner: str, owner_toke
     assert summary["initiator"]["username"] == owner and summary["client"] == "Claude Code"
     assert summary["providers"] == ["anthropic"] and summary["models"] == models
     assert (summary["interception_count"], summary["thread_count"]) == (5, 2)
-    assert summary["last_prompt"] == SECOND_PROMPT and summary["cost_usd"] is None
+    assert summary["last_prompt"] == SECOND_PROMPT
+    # Turns 1-3: 412 + 688 + 531 input, 84 + 187 + 19 output; turns 4-5: 412 + 531 input, 84 + 19 output.
+    assert [t["cost_usd"] for t in session["threads"]] == [pytest.approx((1631 * 3 + 290 * 15) / 1e6, rel=1e-9),
+                                                          pytest.approx((943 * 3 + 103 * 15) / 1e6, rel=1e-9)]
+    assert summary["cost_usd"] == pytest.approx((2574 * 3 + 393 * 15) / 1e6, rel=1e-9)  # $0.013617
     assert summary["token_usage"]["input"] == sum(turn.usage["input_tokens"] for turn in turns)
     records = [r for t in session["threads"] for r in t["interceptions"]]
     assert summary["started_at"] == records[0]["started_at"]
@@ -538,10 +545,11 @@ def test_cli_sessions_list_and_show(cli_store) -> None:
         shown = store.session_queries.session("S", initiator="ann")
     table = cli("sessions", "list").stdout.splitlines()
     assert table[0].split() == ["LAST", "ACTIVE", "SESSION", "USER", "CLIENT", "MODELS", "TURNS", "THREADS", "INPUT",
-                                "OUTPUT", "LAST", "PROMPT"]
+                                "OUTPUT", "COST", "USD", "LAST", "PROMPT"]
     assert table[1].split()[1:4] == ["x1", "ann", "Claude"] and table[-1] == "3 of 3 matching session(s)"
     ann_row = next(line for line in table if " S " in line and " ann " in line).split()
-    assert ann_row[-5:] == ["6", "3", "21", "6", "second"]  # turns, threads, input, output, last prompt
+    # turns, threads, input, output, cost (its models m-1, m-2 have no price), last prompt
+    assert ann_row[-6:] == ["6", "3", "21", "6", "—", "second"]
     paged = cli("sessions", "list", "--limit", "1", "--initiator", "ben").stdout.splitlines()
     assert paged[-1] == "1 of 1 matching session(s)"
 
@@ -555,3 +563,101 @@ def test_cli_sessions_list_and_show(cli_store) -> None:
     assert_cli_error(cli("sessions", "show", "nope"), "unknown session id 'nope'")
     assert_cli_error(cli("sessions", "list", "--initiator", "nobody"), "unknown initiator 'nobody'")
     assert_cli_error(cli("sessions", "list", "--started-after", "soon"), "--started-after", status=2)
+
+
+# -- costs (SPEC §11): each session's and thread's, kept with the token sums ---------------------------
+
+SONNET = "claude-sonnet-4-5"  # published prices: input 3, output 15 USD per million tokens
+
+
+def _cost_turn(iid: str, session: str, second: int, answers: str | None, calls: list[str],
+               costs: list[float | None], model: str = SONNET) -> tuple[RecordBatch, RecordBatch]:
+    """An interception's start, then its end with one token usage (1,000 input, 100 output) per cost
+    in ``costs`` (as priced when recorded; binary fractions, so sums are exact in any order)."""
+    start = RecordBatch.load({"interceptions": [{
+        "id": iid, "initiator_id": "", "provider": "anthropic", "provider_name": "anthropic", "model": model,
+        "client": "Claude Code", "client_session_id": session, "correlating_tool_call_id": answers,
+        "started_at": _at(second)}]})
+    end = RecordBatch.load({
+        "ends": [{"id": iid, "ended_at": _at(second).replace(".000000", ".500000")}],
+        "token_usages": [{"id": f"{iid}-u{n}", "interception_id": iid, "input_tokens": 1000, "output_tokens": 100,
+                          "cost_usd": cost, "created_at": _at(second)} for n, cost in enumerate(costs)],
+        "tool_usages": [{"id": f"{iid}-{c}", "interception_id": iid, "provider_tool_call_id": c, "tool": "Read",
+                         "input": "{}", "created_at": _at(second)} for c in calls]})
+    return start, end
+
+
+def _session_costs(store) -> dict[str, Any]:
+    return {row[0]: row[1] for row in store.db.execute("SELECT session_id, cost_usd FROM aibridge_sessions")}
+
+
+@pytest.mark.parametrize("store_url", ["sqlite", "postgres"], indirect=True)
+def test_session_and_thread_costs_are_kept_like_the_token_sums(store_url: str) -> None:
+    with open_store(store_url, migrate=True) as store:
+        a1, a1_end = _cost_turn("a1", "S", 1, None, ["c1"], [0.25])
+        a2, a2_end = _cost_turn("a2", "S", 2, "c1", [], [None, 0.5])  # one usage without a price
+        b1, b1_end = _cost_turn("b1", "U", 3, None, [], [None], model="made-up-model")
+        c1, c1_end = _cost_turn("c1", "T", 4, None, [], [0.125])
+        c2, c2_end = _cost_turn("c2", "T", 5, None, [], [None], model="made-up-model")
+        # a2 starts (and ends) before a1's end records the call it answers: a late relink.
+        for batch in (a1, a2, a2_end, a1_end, b1, b1_end, c1, c1_end, c2, c2_end):
+            store.records.write_records(batch)
+        assert _session_costs(store) == {"S": 0.75, "U": None, "T": 0.125}
+        session = store.session_queries.session("S")
+        assert session["cost_usd"] == 0.75
+        [thread] = session["threads"]
+        assert [r["id"] for r in thread["interceptions"]] == ["a1", "a2"] and thread["cost_usd"] == 0.75
+        assert [r["cost_usd"] for r in thread["interceptions"]] == [0.25, 0.5]
+        [unpriced] = store.session_queries.session("U")["threads"]
+        assert unpriced["cost_usd"] is None and unpriced["interceptions"][0]["cost_usd"] is None
+        assert store.queries.interception_result("a2")["cost_usd"] == 0.5
+        kept = _summaries_of(store)
+        store.sessions.rebuild()
+        assert _summaries_of(store) == kept
+        # Retention takes c1 (T's only priced usage): T's cost is unknown again; S loses a1's 0.25.
+        store.retention.purge_records(_at(5), chunk=1)
+        assert _session_costs(store) == {"T": None}
+        kept = _summaries_of(store)
+        store.sessions.rebuild()
+        assert _summaries_of(store) == kept
+
+
+def _summaries_of(store) -> list[tuple]:
+    return sorted(store.db.execute("SELECT * FROM aibridge_sessions").fetchall())
+
+
+@pytest.mark.parametrize("store_url", ["sqlite", "postgres"], indirect=True)
+def test_a_purge_that_keeps_priced_usages_keeps_their_cost(store_url: str) -> None:
+    with open_store(store_url, migrate=True) as store:
+        for n, costs in enumerate(([0.25], [None], [0.5, 0.125])):
+            for batch in _cost_turn(f"i{n}", "S", n + 1, None, [], costs):
+                store.records.write_records(batch)
+        assert _session_costs(store) == {"S": 0.875}
+        store.retention.purge_records(_at(2), chunk=1)  # takes i0
+        assert _session_costs(store) == {"S": 0.625}
+        assert store.session_queries.session("S")["cost_usd"] == 0.625
+
+
+def test_cli_shows_costs_and_reprices_them(tmp_path: Path) -> None:
+    database = tmp_path / "costs.db"
+    with open_store(str(database), migrate=True) as store:
+        for batch in (*_cost_turn("a1", "S", 1, None, ["c1"], [0.25]), *_cost_turn("a2", "S", 2, "c1", [], [None]),
+                      *_cost_turn("b1", "U", 3, None, [], [None], model="made-up-model")):
+            store.records.write_records(batch)
+    cli = cli_runner(f"sqlite:///{database}", tmp_path / "home")
+    table = cli("sessions", "list").stdout.splitlines()
+    rows = {line.split()[1]: line.split() for line in table[1:] if line.strip() and "matching" not in line}
+    assert rows["S"][-2] == "0.2500" and rows["U"][-2] == "—"
+    text = cli("sessions", "show", "S").stdout
+    assert "cost           $0.250000" in text and "· cost $0.250000" in text
+    shown = cli("interceptions", "show", "a2").stdout
+    assert [line.split(None, 1)[1] for line in shown.splitlines() if line.startswith("cost ")] == ["— (nothing priced)"]
+    # Priced again from the table: Claude Sonnet 4.5, 1,000 input and 100 output tokens each.
+    repriced = cli("costs", "reprice")
+    assert repriced.returncode == 0, repriced.stderr
+    assert repriced.stdout.strip().endswith("2 priced, 1 without a price")
+    each = (1000 * 3 + 100 * 15) / 1e6  # $0.0045
+    session = json.loads(cli("sessions", "show", "S", "--json").stdout)
+    assert session["cost_usd"] == pytest.approx(2 * each, rel=1e-9)
+    assert [r["cost_usd"] for r in session["threads"][0]["interceptions"]] == [pytest.approx(each, rel=1e-9)] * 2
+    assert json.loads(cli("sessions", "show", "U", "--json").stdout)["cost_usd"] is None

@@ -109,7 +109,8 @@ def test_a_claude_code_tool_exchange_is_one_session_with_one_thread(claude, tmp_
         "token_usage": {name: sum(u[figure] for u in usage) for name, figure in (
             ("input", "input_tokens"), ("output", "output_tokens"), ("cache_read", "cache_read_input_tokens"),
             ("cache_write", "cache_write_input_tokens"))},
-        "cost_usd": None,
+        # Claude Sonnet 4.5's published prices, USD per million tokens: input 3, output 15.
+        "cost_usd": pytest.approx(((412 + 531) * 3 + (84 + 19) * 15) / 1e6, rel=1e-9),  # $0.004374
     }
     assert {key: summary.get(key) for key in expected} == expected, summary
     # The session is alice's: bob (not an admin) cannot open it.
@@ -121,7 +122,10 @@ def test_a_claude_code_tool_exchange_is_one_session_with_one_thread(claude, tmp_
     assert thread["id"] == first["id"]
     assert thread["prompt"] == PROMPT
     assert (thread["started_at"], thread["ended_at"]) == (first["started_at"], second["ended_at"])
-    assert thread["token_usage"] == expected["token_usage"]
+    assert thread["token_usage"] == expected["token_usage"] and thread["cost_usd"] == expected["cost_usd"]
+    # Each interception's cost: its own token usage's.
+    assert [i["cost_usd"] for i in thread["interceptions"]] == [pytest.approx((412 * 3 + 84 * 15) / 1e6, rel=1e-9),
+                                                               pytest.approx((531 * 3 + 19 * 15) / 1e6, rel=1e-9)]
     assert [i["id"] for i in thread["interceptions"]] == [first["id"], second["id"]]  # oldest first
     turn, answered = thread["interceptions"]
     calls = [(call["provider_tool_call_id"], call["tool"]) for call in turn["tool_usages"]]

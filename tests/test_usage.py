@@ -39,6 +39,8 @@ from tests.test_api import Dataset, make_client, seed_dataset, spy_store_threads
 
 FIGURES = ("interceptions", "input_tokens", "output_tokens", "cache_read_input_tokens", "cache_write_input_tokens")
 TOKENS = FIGURES[1:]
+#: What the usage figures add on costs: token usages without a price, and the priced ones' USD (None: none).
+COSTS = ("unpriced_token_usages", "cost_usd")
 USAGE = "/api/v2/aibridge/usage"
 TOOLS = "/api/v2/aibridge/tools"
 T0 = datetime(2026, 3, 28, 21, 0, tzinfo=timezone.utc)  # records spread over the days after this
@@ -61,7 +63,7 @@ def rollups(store: Store) -> dict[str, dict[tuple, tuple]]:
     for period, table in USAGE_ROLLUPS.items():
         keys = ", ".join((period, *USAGE_DIMENSIONS))
         found[table] = {tuple(row[:6]): tuple(row[6:]) for row in store.db.execute(
-            f"SELECT {keys}, {', '.join(FIGURES)} FROM {table}")}
+            f"SELECT {keys}, {', '.join((*FIGURES, *COSTS))} FROM {table}")}
     for period, table in TOOL_ROLLUPS.items():
         keys = (period, *(TOOL_DIMENSIONS if period == "hour" else TOOL_DAILY_DIMENSIONS), "tool")
         found[table] = {tuple(row[:-1]): (row[-1],) for row in store.db.execute(
@@ -79,10 +81,11 @@ def grouped_records(store: Store) -> dict[str, dict[tuple, tuple]]:
         counts = {tuple(row[:6]): row[6] for row in store.db.execute(
             f"SELECT {at}, {dims}, count(*) FROM aibridge_interceptions AS i GROUP BY 1, 2, 3, 4, 5, 6")}
         tokens = {tuple(row[:6]): row[6:] for row in store.db.execute(
-            f"SELECT {at}, {dims}, {', '.join(f'sum(u.{c})' for c in TOKENS)} FROM aibridge_token_usages AS u"
+            f"SELECT {at}, {dims}, {', '.join(f'sum(u.{c})' for c in TOKENS)},"
+            " count(*) - count(u.cost_usd), sum(u.cost_usd) FROM aibridge_token_usages AS u"
             " JOIN aibridge_interceptions AS i ON i.id = u.interception_id GROUP BY 1, 2, 3, 4, 5, 6")}
         expected[table] = {
-            (_period(period, key[0]), *key[1:]): (counts.get(key, 0), *tokens.get(key, (0, 0, 0, 0)))
+            (_period(period, key[0]), *key[1:]): (counts.get(key, 0), *tokens.get(key, (0, 0, 0, 0, 0, None)))
             for key in counts.keys() | tokens.keys()
         }
     for period, table in TOOL_ROLLUPS.items():
@@ -137,10 +140,14 @@ class Traffic:
             iid, started = self.open.pop()
             rows["ends"].append({"id": iid, "ended_at": started, "metadata": None})
             for _ in range(rng.choice((0, 1, 1, 2))):
-                rows["token_usages"].append({
+                usage = {
                     "id": self.uid(), "interception_id": iid, "input_tokens": rng.randint(0, 5000),
                     "output_tokens": rng.randint(0, 900), "cache_read_input_tokens": rng.choice((0, rng.randint(1, 9999))),
-                    "cache_write_input_tokens": rng.choice((None, 0, rng.randint(1, 999))), "created_at": started})
+                    "cache_write_input_tokens": rng.choice((None, 0, rng.randint(1, 999))), "created_at": started}
+                # Its cost as priced when recorded: a binary fraction (sums exact in any order), none for a
+                # quarter (a model without a price); from its figures, so the random draws stay the same.
+                usage["cost_usd"] = None if usage["input_tokens"] % 4 == 0 else usage["output_tokens"] / 1024
+                rows["token_usages"].append(usage)
             for _ in range(rng.choice((0, 0, 1, 3))):
                 rows["tool_usages"].append({"id": self.uid(), "interception_id": iid, "tool": rng.choice(self.TOOLS),
                                           "provider_tool_call_id": self.uid(), "input": "{}", "created_at": started})
@@ -230,8 +237,8 @@ def test_children_count_under_their_interceptions_hour_when_written_later(store:
         tool_usages=[{"id": "c-2", "interception_id": "i-1", "tool": "shell", "created_at": later}])))
     got = rollups(store)
     key = ("u", "openai", "openai", "gpt-5", "Codex")
-    assert got[USAGE_ROLLUPS["hour"]] == {("2026-03-28T21:00:00Z", *key): (1, 6, 7, 2, 3)}
-    assert got[USAGE_ROLLUPS["day"]] == {("2026-03-28T00:00:00Z", *key): (1, 6, 7, 2, 3)}
+    assert got[USAGE_ROLLUPS["hour"]] == {("2026-03-28T21:00:00Z", *key): (1, 6, 7, 2, 3, 2, None)}
+    assert got[USAGE_ROLLUPS["day"]] == {("2026-03-28T00:00:00Z", *key): (1, 6, 7, 2, 3, 2, None)}
     assert got[TOOL_ROLLUPS["hour"]] == {("2026-03-28T21:00:00Z", "u", "openai", "gpt-5", "Codex", "shell"): (2,)}
     assert got[TOOL_ROLLUPS["day"]] == {("2026-03-28T00:00:00Z", "u", "shell"): (2,)}
 
@@ -308,26 +315,34 @@ def test_the_migration_backfills_the_rollups_from_existing_records(tmp_path: Pat
         for name in ("interceptions", *CHILD_TABLES):
             for record in getattr(batch, name):
                 row = {k: (json.dumps(v) if isinstance(v, dict) else v) for k in record.__slots__
-                       if (v := getattr(record, k)) is not None}
+                       if (v := getattr(record, k)) is not None and k != "cost_usd"}  # (no such column yet)
                 table = "aibridge_interceptions" if name == "interceptions" else CHILD_TABLES[name]
                 store.db.execute(f"INSERT OR IGNORE INTO {table} ({', '.join(row)}) VALUES"
                                  f" ({', '.join('?' * len(row))})", list(row.values()))
     assert "aibridge_usage_hourly" not in store.db.table_names()
-    store.migrate()
-    assert rollups(store) == grouped_records(store)
+    store.migrate()  # prices the records too (genai-prices: float costs, summed in another order than below)
+    assert rollups(store) == _approx_costs(grouped_records(store))
     assert sum(r[0] for r in rollups(store)[USAGE_ROLLUPS["day"]].values()) > 50
     store.db.execute("DELETE FROM aibridge_usage_daily")
     store.rollups.rebuild()
-    assert rollups(store) == grouped_records(store)
+    assert rollups(store) == _approx_costs(grouped_records(store))
+    assert sum(r[-1] or 0 for r in rollups(store)[USAGE_ROLLUPS["day"]].values()) > 0  # priced at migration
     store.close()
+
+
+def _approx_costs(found: dict[str, dict[tuple, tuple]]) -> dict[str, dict[tuple, tuple]]:
+    """Rollups whose costs (a usage rollup row's last figure) compare as floats summed in any order."""
+    return {table: {key: (*figures[:-1], pytest.approx(figures[-1], rel=1e-12))
+                    if table in USAGE_ROLLUPS.values() and figures[-1] is not None else figures
+                    for key, figures in rows.items()} for table, rows in found.items()}
 
 
 # -- the store's usage queries ------------------------------------------------------------------
 
 
 def _model_sums(store: Store, by_column: str, low: str, high: str, bucket: str | None, viewer: str | None = None):
-    """Expected figures per (key, bucket start) straight from the records, hours in [low, high)."""
-    sums: dict[tuple, list[int]] = defaultdict(lambda: [0] * 5)
+    """Expected figures (FIGURES, then COSTS) per (key, bucket start) straight from the records, hours in [low, high)."""
+    sums: dict[tuple, list[Any]] = defaultdict(lambda: [0] * 6 + [None])
     for row in store.db.execute(
         f"SELECT i.id, coalesce(i.{by_column}, ''), i.started_at, i.initiator_id FROM aibridge_interceptions AS i"
     ):
@@ -338,10 +353,14 @@ def _model_sums(store: Store, by_column: str, low: str, high: str, bucket: str |
         at = None if bucket is None else hour if bucket == "hour" else day_of(started)
         figures = sums[(key, at)]
         figures[0] += 1
-        for usage in store.db.execute(f"SELECT {', '.join(TOKENS)} FROM aibridge_token_usages WHERE interception_id = ?",
-                                      [iid]):
+        for *usage, cost in store.db.execute(
+                f"SELECT {', '.join(TOKENS)}, cost_usd FROM aibridge_token_usages WHERE interception_id = ?", [iid]):
             for n, value in enumerate(usage, 1):
                 figures[n] += value
+            if cost is None:
+                figures[5] += 1
+            else:
+                figures[6] = (figures[6] or 0) + cost
     return dict(sums)
 
 
@@ -363,19 +382,32 @@ def test_usage_series_sums_whole_hours_of_the_range(store: Store, since: str, un
         for bucket in ("hour", "day"):
             for viewer in (None, "u-ben"):
                 found = store.queries.usage_series(by, bucket, since, until, viewer_id=viewer)
-                got = {(s["key"] or "", p["t"]): [p[f] for f in FIGURES] for s in found["series"] for p in s["points"]}
+                got = {(s["key"] or "", p["t"]): [p[f] for f in (*FIGURES, *COSTS)] for s in found["series"]
+                       for p in s["points"]}
                 assert got == _model_sums(store, column, low, high, bucket, viewer), (by, bucket, viewer)
                 for series in found["series"]:
                     assert [p["t"] for p in series["points"]] == sorted(p["t"] for p in series["points"])
-                totals = [sum(v[n] for v in got.values()) for n in range(5)]
-                assert [found["totals"][f] for f in FIGURES] == totals
+                    assert [series["total"][f] for f in (*FIGURES, *COSTS)] == _summed(
+                        [p[f] for f in (*FIGURES, *COSTS)] for p in series["points"])
+                assert [found["totals"][f] for f in (*FIGURES, *COSTS)] == _summed(got.values())
                 tokens = [sum(sum(p[f] for f in TOKENS) for p in s["points"]) for s in found["series"]]
                 assert tokens == sorted(tokens, reverse=True)
                 if viewer is not None and by == "user":
                     assert [s["key"] for s in found["series"]] in ([], ["u-ben"])
         summary = store.queries.usage_summary(by, since)
         expected = {key: figures for (key, _), figures in _model_sums(store, column, low, "9999", None).items()}
-        assert {r["user_id" if by == "user" else "group"] or "": [r[f] for f in FIGURES] for r in summary} == expected
+        assert {r["user_id" if by == "user" else "group"] or "": [r[f] for f in (*FIGURES, *COSTS)]
+                for r in summary} == expected
+
+
+def _summed(rows: Any) -> list[Any]:
+    """Figures (FIGURES, then COSTS) summed over ``rows``: the cost None unless some row has one."""
+    total: list[Any] = [0] * 6 + [None]
+    for row in rows:
+        total[:6] = [a + b for a, b in zip(total[:6], row[:6])]
+        if row[6] is not None:
+            total[6] = (total[6] or 0) + row[6]
+    return total
 
 
 def test_top_tools(store: Store) -> None:
@@ -440,16 +472,21 @@ def expected_usage(data: Dataset, key, bucket: str = "day", since: str = "", vie
         if record["started_at"][:13] < since[:13] or (viewer is not None and record["initiator_id"] != viewer):
             continue
         at = hour_of(record["started_at"]) if bucket == "hour" else day_of(record["started_at"])
-        figures = out.setdefault(key(record), {}).setdefault(at, dict.fromkeys(FIGURES, 0))
+        figures = out.setdefault(key(record), {}).setdefault(at, {**dict.fromkeys(FIGURES, 0),
+                                                                  "unpriced_token_usages": 0, "cost_usd": None})
         figures["interceptions"] += 1
         for usage in record["token_usages"]:
             for figure in TOKENS:
                 figures[figure] += usage[figure] or 0
+            if usage["cost_usd"] is None:
+                figures["unpriced_token_usages"] += 1
+            else:
+                figures["cost_usd"] = (figures["cost_usd"] or 0) + usage["cost_usd"]
     return out
 
 
 def as_expected(body: dict) -> dict:
-    return {s["key"]: {p["t"]: {f: p[f] for f in FIGURES} for p in s["points"]} for s in body["series"]}
+    return {s["key"]: {p["t"]: {f: p[f] for f in (*FIGURES, *COSTS)} for p in s["points"]} for s in body["series"]}
 
 
 BY = {"user": lambda r: r["initiator_id"], "model": lambda r: r["model"], "client": lambda r: r["client"],
@@ -460,8 +497,8 @@ def test_the_default_is_tokens_per_model_and_day_over_30_days(client, data: Data
     before = datetime.now(timezone.utc).replace(microsecond=0)
     body = ok(call(client, data, "alice"))
     after = datetime.now(timezone.utc)
-    assert list(body) == ["by", "bucket", "since", "until", "series", "totals"]
-    assert body["by"] == "model" and body["bucket"] == "day"
+    assert list(body) == ["by", "bucket", "sort", "since", "until", "series", "totals"]
+    assert body["by"] == "model" and body["bucket"] == "day" and body["sort"] == "tokens"
     until = datetime.fromisoformat(body["until"].replace("Z", "+00:00"))
     assert before <= until <= after and body["until"].endswith("Z") and len(body["until"]) == 20
     since = datetime.fromisoformat(body["since"].replace("Z", "+00:00"))
@@ -469,14 +506,22 @@ def test_the_default_is_tokens_per_model_and_day_over_30_days(client, data: Data
         after - timedelta(days=30)).replace(minute=0, second=0, microsecond=0)
     assert as_expected(body) == expected_usage(data, BY["model"])
     for series in body["series"]:
-        assert list(series) == ["key", "label", "points"] and series["label"] == series["key"]
+        assert list(series) == ["key", "label", "total", "points"] and series["label"] == series["key"]
         for point in series["points"]:
-            assert list(point) == ["t", *FIGURES]
+            assert list(point) == ["t", *FIGURES, *COSTS]
             assert point["t"].endswith("T00:00:00Z")
+        assert [series["total"][f] for f in (*FIGURES, *COSTS)] == _summed(
+            [p[f] for f in (*FIGURES, *COSTS)] for p in series["points"])
     totals = [sum(sum(p[f] for f in TOKENS) for p in s["points"]) for s in body["series"]]
     assert totals == sorted(totals, reverse=True) and len(totals) > 2
-    assert body["totals"] == {f: sum(sum(u[f] or 0 for u in r["token_usages"]) if f != "interceptions" else 1
-                                     for r in data.records) for f in FIGURES}
+    usages = [u for r in data.records for u in r["token_usages"]]
+    assert body["totals"] == {**{f: sum(sum(u[f] or 0 for u in r["token_usages"]) if f != "interceptions" else 1
+                                        for r in data.records) for f in FIGURES},
+                              "unpriced_token_usages": sum(u["cost_usd"] is None for u in usages),
+                              "cost_usd": sum(u["cost_usd"] or 0 for u in usages)}
+    # The dataset (test_api.seed_dataset): record i costs (i + 1) / 64 USD, none when i % 6 == 5.
+    assert body["totals"]["unpriced_token_usages"] == 15
+    assert body["totals"]["cost_usd"] == (90 * 91 / 2 - 6 * (15 * 16 / 2)) / 64 == 3375 / 64  # 1..90 less 6, 12, .., 90
 
 
 @pytest.mark.parametrize("by", list(BY))
@@ -554,6 +599,8 @@ BAD = [
     (USAGE, {"by": "colour"}, "invalid by 'colour'"),
     (USAGE, {"by": ""}, "invalid by"),
     (USAGE, {"bucket": "week"}, "invalid bucket 'week'"),
+    (USAGE, {"sort": "spend"}, "invalid sort 'spend'"),
+    (USAGE, {"sort": ""}, "use one of tokens, requests, cost"),
     (USAGE, {"since": "soon"}, "invalid since"),
     (USAGE, {"since": "0"}, "must be positive"),
     (USAGE, {"since": "7x"}, "not a duration"),
@@ -600,3 +647,29 @@ def test_queries_run_off_the_calling_thread(client, data: Dataset, monkeypatch) 
     threads = spy_store_threads(monkeypatch, "usage_series")
     ok(call(client, data, "alice"))
     assert threads and threading.get_ident() not in threads
+
+
+def _rank(sort: str, total: dict[str, Any], key: str | None) -> tuple:
+    """The documented series orders, biggest first: tokens (then interceptions), requests, cost (then
+    as tokens; a series with no price last); the key breaks ties."""
+    tokens = sum(total[f] for f in TOKENS)
+    if sort == "tokens":
+        return -tokens, -total["interceptions"], key or ""
+    if sort == "requests":
+        return -total["interceptions"], key or ""
+    return total["cost_usd"] is None, -(total["cost_usd"] or 0), -tokens, -total["interceptions"], key or ""
+
+
+@pytest.mark.parametrize("by", [*BY, "model_family"])
+def test_sort_orders_the_series_by_tokens_requests_or_cost(client, data: Dataset, by: str) -> None:
+    orders = {}
+    for sort in ("tokens", "requests", "cost"):
+        body = ok(call(client, data, "alice", by=by, sort=sort))
+        assert body["sort"] == sort
+        found = [(s["key"], s["total"]) for s in body["series"]]
+        assert len(found) > 2
+        assert found == sorted(found, key=lambda item: _rank(sort, item[1], item[0])), sort
+        orders[sort] = [key for key, _ in found]
+    assert ok(call(client, data, "alice", by=by))["series"] == ok(call(client, data, "alice", by=by, sort="tokens"))["series"]
+    if by == "user":  # the dataset's users differ in what they spent and how often they called
+        assert orders["requests"] != orders["tokens"] or orders["cost"] != orders["tokens"]

@@ -32,16 +32,16 @@ from typing import Any
 
 from bridge.store.backend import Store
 from bridge.store.common import (
-    ADDED_COLUMNS, CHILD_TABLES, RECORD_COLUMNS, ROLLUP_TABLES, SESSION_MEMBERS_TABLE, SESSIONS_TABLE, TOKEN_ID_LENGTH,
+    ADDED_COLUMNS, CHILD_TABLES, USAGE_FIELDS, RECORD_COLUMNS, ROLLUP_TABLES, SESSION_MEMBERS_TABLE, SESSIONS_TABLE, TOKEN_ID_LENGTH,
     TOOL_DAILY_DIMENSIONS, TOOL_DIMENSIONS, TOOL_ROLLUPS, USAGE_DIMENSIONS, USAGE_GROUPS, USAGE_ROLLUPS, USERNAME_RE,
     AmbiguousSession, InterceptionFilter, OwnerState, RecordBatch, SessionFilter, StoreError, UnknownCursor,
-    auth_stamp_path, mask_url, touch_auth_stamp,
+    add_usage, auth_stamp_path, mask_url, total_cost, touch_auth_stamp,
 )
 from bridge.store.budgets import Budgets
 from bridge.store.identity import Identity
 from bridge.store.opening import is_postgres_url, open_store, store_exists
 from bridge.store.processes import Processes
-from bridge.store.queries import RecordQueries
+from bridge.store.queries import USAGE_SORTS, RecordQueries, no_usage, usage_series_result
 from bridge.store.retention import Retention
 from bridge.store.rollups import Rollups
 from bridge.store.runner import Database, database_errors, file_id, journal_base
@@ -56,7 +56,8 @@ __all__ = [
     "ADDED_COLUMNS", "Budgets", "CHILD_TABLES", "Database", "Identity", "MIGRATIONS", "OwnerState", "Processes", "RECORD_COLUMNS", "ROLLUP_TABLES",
     "AmbiguousSession", "SESSIONS_TABLE", "SESSION_MEMBERS_TABLE", "SessionFilter", "SessionQueries", "Sessions",
     "RecordQueries", "RecordWrites", "Retention", "Rollups", "TOKEN_ID_LENGTH", "TOOL_DAILY_DIMENSIONS",
-    "TOOL_DIMENSIONS", "TOOL_ROLLUPS", "USAGE_DIMENSIONS", "USAGE_GROUPS", "USAGE_ROLLUPS", "USERNAME_RE",
+    "TOOL_DIMENSIONS", "TOOL_ROLLUPS", "USAGE_DIMENSIONS", "USAGE_FIELDS", "USAGE_GROUPS", "USAGE_ROLLUPS", "USAGE_SORTS",
+    "USERNAME_RE", "add_usage", "no_usage", "total_cost", "usage_series_result",
     "InterceptionFilter", "PostgresStore", "RecordBatch", "SqliteStore", "Store", "StoreError", "UnknownCursor",
     "auth_stamp_path", "database_error_reason", "database_errors", "file_id", "format_timestamp", "is_postgres_url",
     "journal_base", "mask_url", "open_store", "postgres_error_reason", "refused", "store_exists", "touch_auth_stamp",

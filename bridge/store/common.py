@@ -9,6 +9,7 @@ import os
 import re
 import string
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -182,6 +183,10 @@ _USAGE_FIGURES = ("interceptions", *_TOKEN_FIGURES)
 #: The usage rollups' cost columns (migration 0009): how many token usages had no price (so that a
 #: partial sum says it is one), and the priced ones' USD (NULL: none was priced).
 _COST_FIGURES = ("unpriced_token_usages", "cost_usd")
+#: A usage group's figures, in the order the usage queries add them: interceptions, the token figures,
+#: then how many token usages had no price and the cost of the priced ones (None: none was priced).
+USAGE_FIELDS = (*_USAGE_FIGURES, *_COST_FIGURES)
+_COST_POSITION = USAGE_FIELDS.index("cost_usd")
 #: Record columns that later migrations add (not in the first schema): token usage cost, 0009.
 ADDED_COLUMNS = frozenset({"cost_usd"})
 _TOOL_POSITIONS = tuple(1 + USAGE_DIMENSIONS.index(c) for c in TOOL_DIMENSIONS)  # in a usage key
@@ -216,6 +221,14 @@ def add_cost(total: float | None, value: float | None) -> float | None:
     if value is None:
         return total
     return value if total is None else total + value
+
+
+def total_cost(costs: Iterable[float | None]) -> float | None:
+    """``add_cost`` over all of ``costs``: None when none is known."""
+    total = None
+    for cost in costs:
+        total = add_cost(total, cost)
+    return total
 
 
 def _rollup_key(hour: str, values: Any) -> tuple[str, ...]:
@@ -253,9 +266,11 @@ def _usage_column(by: str) -> str:
     return column
 
 
-def _add(total: list[int], figures: Any) -> None:
+def add_usage(total: list[Any], figures: Any) -> None:
+    """Add usage figures (_USAGE_FIGURES, then _COST_FIGURES) to ``total``: a cost stays None (not
+    0) until a known one adds to it."""
     for n, value in enumerate(figures):
-        total[n] += value or 0
+        total[n] = add_cost(total[n], value) if n == _COST_POSITION else total[n] + (value or 0)
 
 
 def _ceil_hour(timestamp: str) -> str:
@@ -317,7 +332,7 @@ SESSION_FACETS = {"provider": "provider_types", "provider_name": "provider_names
 #: A session's summary columns after its key (session_id, initiator_id), in table order.
 SESSION_COLUMNS = ("client", "provider_types", "provider_names", "models", "started_at", "ended_at", "last_active_at",
                    "last_prompt_interception_id", "last_prompt_started_at", "interception_count", "thread_count",
-                   *_TOKEN_FIGURES)
+                   *_TOKEN_FIGURES, "cost_usd")
 
 
 def session_key(initiator_id: str | None, client_session_id: str | None, interception_id: str) -> tuple[str, str]:
@@ -393,6 +408,8 @@ def _interception_result(row: dict[str, Any], children: dict[str, list[dict[str,
     result["metadata"] = _json_value(row["metadata"])
     result["session_id"] = row["session_id"]
     result["thread_id"] = row["thread_id"]
+    # The sum of its token usages' costs (each priced when recorded); None when none has a price.
+    result["cost_usd"] = total_cost(usage["cost_usd"] for usage in children["token_usages"])
     result.update(children)
     return result
 

@@ -6,16 +6,21 @@ from an index in newest-first order (keyset or offset), the rows and their child
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from bridge.store.common import (
-    _FILTER_COLUMNS, _USAGE_FIGURES, CHILD_TABLES, RECORD_COLUMNS, SESSION_MEMBERS_TABLE, TOOL_ROLLUPS, USAGE_ROLLUPS,
-    InterceptionFilter,
-    StoreError, UnknownCursor, _add, _ceil_hour, _child_result, _hour, _interception_result, _segments, _sql_where,
+    USAGE_FIELDS, _FILTER_COLUMNS, _TOKEN_FIGURES, _USAGE_FIGURES, CHILD_TABLES, RECORD_COLUMNS, SESSION_MEMBERS_TABLE,
+    TOOL_ROLLUPS, USAGE_ROLLUPS, InterceptionFilter,
+    StoreError, UnknownCursor, add_usage, _ceil_hour, _child_result, _hour, _interception_result, _segments, _sql_where,
     _between, _usage_column,
 )
 from bridge.store.dialect import Dialect
 from bridge.store.identity import Identity
+
+#: The orders of usage groups (all biggest first): most tokens (input + output + cache read + cache
+#: write), most interceptions, most cost (groups with no price last).
+USAGE_SORTS = ("tokens", "requests", "cost")
 
 
 class RecordQueries:
@@ -169,16 +174,19 @@ class RecordQueries:
 
     @property
     def _sum_figures(self) -> str:
-        return ", ".join(self.store._SUM.format(c) for c in _USAGE_FIGURES)
+        # sum(cost_usd) stays NULL when no row has a cost: nothing priced is no cost known, not 0.
+        return ", ".join([*(self.store._SUM.format(c) for c in USAGE_FIELDS[:-1]), "sum(cost_usd)"])
 
-    def usage_summary(self, by: str, since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
-        """Interceptions and token totals per user, model, client or provider, most interceptions first.
+    def usage_summary(self, by: str, since: str | None = None, until: str | None = None,
+                      sort: str = "requests") -> list[dict[str, Any]]:
+        """Interceptions, token totals and cost per user, model, client or provider, in ``sort`` order
+        (USAGE_SORTS; by default most interceptions first).
 
         ``since`` (a store timestamp) counts interceptions started in its hour or later, ``until`` those
         started before the end of its hour; their token usages are counted whenever they were written.
         """
         column = _usage_column(by)
-        totals: dict[str, list[int]] = {}
+        totals: dict[str, list[Any]] = {}
         with self.store._read_snapshot():
             for period, low, high in _segments(None if since is None else _hour(since),
                                                None if until is None else _ceil_hour(until)):
@@ -186,7 +194,7 @@ class RecordQueries:
                 for key, *figures in self.store.db.execute(
                     f"SELECT {column}, {self._sum_figures} FROM {USAGE_ROLLUPS[period]}{where} GROUP BY 1", params
                 ):
-                    _add(totals.setdefault(key, [0] * len(_USAGE_FIGURES)), figures)
+                    add_usage(totals.setdefault(key, no_usage()), figures)
             names = self.usernames(totals) if column == "initiator_id" else {}
         summary = []
         for key, figures in totals.items():
@@ -194,25 +202,25 @@ class RecordQueries:
             row: dict[str, Any] = {"group": names.get(key, value) if column == "initiator_id" else value}
             if column == "initiator_id":
                 row["user_id"] = value
-            row.update(zip(_USAGE_FIGURES, figures))
+            row.update(zip(USAGE_FIELDS, figures))
             summary.append(row)
-        summary.sort(key=lambda r: (-r["interceptions"], str(r["group"])))
+        summary.sort(key=lambda r: usage_rank(sort, r, str(r["group"])))
         return summary
 
-    def usage_series(self, by: str, bucket: str, since: str, until: str, viewer_id: str | None = None) -> dict[str, Any]:
+    def usage_series(self, by: str, bucket: str, since: str, until: str, viewer_id: str | None = None,
+                     sort: str = "tokens") -> dict[str, Any]:
         """Usage over time per user, model, client or provider: ``{"series": [...], "totals": {...}}``.
 
-        Each series is ``{"key", "label", "points": [{"t", "interceptions", <token figures>}]}``, its
-        points one per ``bucket`` ("hour" or "day", UTC) that has data, oldest first; series come
-        biggest first by total tokens (input + output + cache read + cache write). ``key`` is the
-        dimension's value (a user id for "user", whose ``label`` is the username). ``viewer_id``
-        restricts everything to that user's own usage.
+        Each series is ``{"key", "label", "total", "points": [{"t", <USAGE_FIELDS>}]}``, its points one
+        per ``bucket`` ("hour" or "day", UTC) that has data, oldest first; series come in ``sort`` order
+        (USAGE_SORTS; by default most tokens first). ``key`` is the dimension's value (a user id for
+        "user", whose ``label`` is the username). ``viewer_id`` restricts everything to that user's own usage.
         """
         column = _usage_column(by)
         if bucket not in ("hour", "day"):
             raise StoreError(f"cannot bucket usage by {bucket!r}: use hour or day")
         low, high = _hour(since), _ceil_hour(until)
-        points: dict[str, dict[str, list[int]]] = {}
+        points: dict[str, dict[str, list[Any]]] = {}
         with self.store._read_snapshot():
             for period, start, end in [("hour", low, high)] if bucket == "hour" else _segments(low, high):
                 where, params = _period_where(period, start, end, viewer_id)
@@ -220,21 +228,9 @@ class RecordQueries:
                 for key, at, *figures in self.store.db.execute(
                     f"SELECT {column}, {t}, {self._sum_figures} FROM {USAGE_ROLLUPS[period]}{where} GROUP BY 1, 2", params
                 ):
-                    _add(points.setdefault(key, {}).setdefault(at, [0] * len(_USAGE_FIGURES)), figures)
+                    add_usage(points.setdefault(key, {}).setdefault(at, no_usage()), figures)
             names = self.usernames(points) if column == "initiator_id" else {}
-        series, totals = [], [0] * len(_USAGE_FIGURES)
-        for key, by_time in points.items():
-            sums = [0] * len(_USAGE_FIGURES)
-            for figures in by_time.values():
-                _add(sums, figures)
-            _add(totals, sums)
-            series.append(((-sum(sums[1:]), -sums[0], key), {
-                "key": key or None,
-                "label": names.get(key) or key or "(none)",
-                "points": [{"t": at, **dict(zip(_USAGE_FIGURES, by_time[at]))} for at in sorted(by_time)],
-            }))
-        series.sort(key=lambda item: item[0])
-        return {"series": [item[1] for item in series], "totals": dict(zip(_USAGE_FIGURES, totals))}
+        return usage_series_result(points, {key: names.get(key) or key or "(none)" for key in points}, sort)
 
     def top_tools(self, since: str, until: str, limit: int = 20, viewer_id: str | None = None) -> list[dict[str, Any]]:
         """The most called tools in the range, ``[{"tool", "calls"}]`` most calls first."""
@@ -278,6 +274,47 @@ class RecordQueries:
                 f" ORDER BY created_at, {self.store._WRITE_ORDER}", [interception_id]
             ))
         return row
+
+
+def no_usage() -> list[Any]:
+    """A group's figures before any is added (USAGE_FIELDS order; no cost known)."""
+    return [0] * (len(USAGE_FIELDS) - 1) + [None]
+
+
+def usage_rank(sort: str, figures: Mapping[str, Any], key: str) -> tuple[Any, ...]:
+    """Where a group with these figures (USAGE_FIELDS) comes in ``sort`` order; ``key`` breaks ties.
+    "tokens": most tokens, then most interceptions; "requests": most interceptions; "cost": most cost,
+    then as "tokens" (a group with no price after every priced one)."""
+    tokens, requests = sum(figures[c] for c in _TOKEN_FIGURES), figures["interceptions"]
+    if sort == "tokens":
+        return -tokens, -requests, key
+    if sort == "requests":
+        return -requests, key
+    if sort == "cost":
+        cost = figures["cost_usd"]
+        return cost is None, -(cost or 0.0), -tokens, -requests, key
+    raise StoreError(f"cannot sort usage by {sort!r}: use one of {', '.join(USAGE_SORTS)}")
+
+
+def usage_series_result(points: dict[str, dict[str, list[Any]]], labels: dict[str, str],
+                        sort: str) -> dict[str, Any]:
+    """``{"series", "totals"}`` of usage ``points`` (per key, per time: figures in USAGE_FIELDS order),
+    each series with its ``labels[key]`` and its ``total``, in ``sort`` order."""
+    series, totals = [], no_usage()
+    for key, by_time in points.items():
+        sums = no_usage()
+        for figures in by_time.values():
+            add_usage(sums, figures)
+        add_usage(totals, sums)
+        total = dict(zip(USAGE_FIELDS, sums))
+        series.append((usage_rank(sort, total, key), {
+            "key": key or None,
+            "label": labels[key],
+            "total": total,
+            "points": [{"t": at, **dict(zip(USAGE_FIELDS, by_time[at]))} for at in sorted(by_time)],
+        }))
+    series.sort(key=lambda item: item[0])
+    return {"series": [item[1] for item in series], "totals": dict(zip(USAGE_FIELDS, totals))}
 
 
 def page_query(select: str, where: list[str], params: list[Any], order: str, limit: int,

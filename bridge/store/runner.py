@@ -37,6 +37,7 @@ from typing import Any, Callable, Generic, Self, TypeVar
 from bridge.store.backend import Store
 from bridge.store.budgets import Budgets
 from bridge.store.common import auth_stamp_path, mask_url
+from bridge.store.costs import Costs
 from bridge.store.identity import Identity
 from bridge.store.opening import is_postgres_url, open_store
 from bridge.store.processes import Processes
@@ -178,6 +179,7 @@ class Database:
     identity = _Concern(Identity)
     records = _Concern(RecordWrites)
     rollups = _Concern(Rollups)
+    costs = _Concern(Costs)
     retention = _Concern(Retention)
     processes = _Concern(Processes)
     sessions = _Concern(Sessions)

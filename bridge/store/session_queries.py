@@ -158,19 +158,20 @@ class SessionQueries:
         started = dict(db.execute(f"SELECT interception_id, started_at FROM {SESSION_MEMBERS_TABLE} WHERE {condition}",
                                   [param]).fetchall())
         roots.sort(key=lambda root: (started[root], root))
-        ended, tokens = self._thread_figures(roots)
+        ended, tokens, costs = self._thread_figures(roots)
         prompts = self._prompts(roots)
         zero = (0,) * len(_TOKEN_USAGE)
         threads = {root: {"id": root, "prompt": prompts.get(root), "started_at": started[root],
                           "ended_at": ended.get(root), "token_usage": dict(zip(_TOKEN_USAGE, tokens.get(root, zero))),
-                          "cost_usd": None, "interceptions": []} for root in roots}
+                          "cost_usd": costs.get(root), "interceptions": []} for root in roots}
         for record in self.records.interceptions_by_id(list(thread_of)):
             threads[thread_of[record["id"]]]["interceptions"].append(record)
         return list(threads.values())
 
-    def _thread_figures(self, roots: list[str]) -> tuple[dict[str, str | None], dict[str, tuple[int, ...]]]:
-        """The last end and the token sums of each of these threads (by their first interception's id),
-        one aggregate each over the threads' members (the thread index)."""
+    def _thread_figures(self, roots: list[str]) -> tuple[dict[str, str | None], dict[str, tuple[int, ...]],
+                                                         dict[str, float | None]]:
+        """The last end, the token sums and the cost (None: no usage priced) of each of these threads (by
+        their first interception's id), one aggregate each over the threads' members (the thread index)."""
         thread, thread_param = self.store._in("thread_id", roots)
         first, first_param = self.store._in("interception_id", roots)
         members = (f"(SELECT thread_id AS root, interception_id FROM {SESSION_MEMBERS_TABLE} WHERE {thread}"
@@ -180,10 +181,12 @@ class SessionQueries:
             f"SELECT t.root, max(i.ended_at) FROM {members} JOIN aibridge_interceptions i ON i.id = t.interception_id"
             " GROUP BY t.root", params).fetchall())
         sums = ", ".join(self.store._SUM.format(f"u.{c}") for c in _TOKEN_FIGURES)
-        tokens = {row[0]: tuple(int(n) for n in row[1:]) for row in self.store.db.execute(
-            f"SELECT t.root, {sums} FROM {members} JOIN aibridge_token_usages u ON u.interception_id = t.interception_id"
-            " GROUP BY t.root", params)}
-        return ended, tokens
+        tokens, costs = {}, {}
+        for root, *figures, cost in self.store.db.execute(
+                f"SELECT t.root, {sums}, sum(u.cost_usd) FROM {members}"
+                " JOIN aibridge_token_usages u ON u.interception_id = t.interception_id GROUP BY t.root", params):
+            tokens[root], costs[root] = tuple(int(n) for n in figures), cost
+        return ended, tokens, costs
 
     def _prompts(self, ids: list[str]) -> dict[str, str]:
         """The prompt each of these interceptions recorded (the last written, should there be several)."""
@@ -225,7 +228,7 @@ class SessionQueries:
         prompts = self._prompts([row[9] for row in rows if row[9] is not None])
         sessions = []
         for (session_id, initiator_id, client, _types, provider_names, models, started_at, ended_at, last_active_at,
-             prompt_id, _prompt_at, interception_count, thread_count, *tokens) in rows:
+             prompt_id, _prompt_at, interception_count, thread_count, *tokens, cost_usd) in rows:
             sessions.append({
                 "id": session_id,
                 "initiator": {"id": initiator_id or None, "username": names.get(initiator_id)},
@@ -239,6 +242,6 @@ class SessionQueries:
                 "interception_count": int(interception_count),
                 "thread_count": int(thread_count),
                 "token_usage": dict(zip(_TOKEN_USAGE, (int(t) for t in tokens))),
-                "cost_usd": None,  # priced by issue 19
+                "cost_usd": cost_usd,
             })
         return sessions

@@ -3,7 +3,8 @@
 - ``aibridge_session_interceptions``: each interception's session (its initiator and client session id,
   or its own id) and thread (NULL: the thread it starts), written with the interception;
 - ``aibridge_sessions``: one summary row per session (times, counts, token sums, providers, models,
-  the last prompt): what the sessions list reads, most recently active first, from an index;
+  the last prompt, the cost of its priced token usages, NULL when none has a price): what the
+  sessions list reads, most recently active first, from an index;
 - ``aibridge_session_facets``: the provider types and names and the models each session used, one row
   each, for the list's filters.
 
@@ -28,11 +29,13 @@ import orjson
 from bridge.records import InterceptionEndRecord, InterceptionRecord, PromptRecord, TokenUsageRecord, ToolUsageRecord
 from bridge.store.common import (
     _TOKEN_FIGURES, SESSION_COLUMNS, SESSION_FACETS, SESSION_FACETS_TABLE, SESSION_MEMBERS_TABLE, SESSIONS_TABLE,
-    RecordBatch, _figure, session_key,
+    RecordBatch, _figure, add_cost, session_key,
 )
 from bridge.store.dialect import Dialect, writes
 
 Key = tuple[str, str]  # (initiator id or '', session id)
+#: What a session sums of each token usage: its token figures, then its cost (None: no price).
+_USAGE_COLUMNS = (*_TOKEN_FIGURES, "cost_usd")
 #: Sessions recounted per round of queries (each an IN list of session ids).
 _RECOUNT_CHUNK = 1000
 _SUMMARY_COLUMNS = ("session_id", "initiator_id", *SESSION_COLUMNS)
@@ -167,6 +170,7 @@ class Summary:
     interception_count: int = 0
     thread_count: int = 0
     tokens: list[int] = field(default_factory=lambda: [0] * len(_TOKEN_FIGURES))
+    cost_usd: float | None = None  # of its priced token usages (None: none has a price)
     #: What its stored facet rows hold (client, start, each facet's values); None: none to go by. A
     #: snapshot of the row it was read from, not part of the summary's value.
     stored_facets: tuple[str | None, str | None, dict[str, frozenset[str]]] | None = field(
@@ -175,10 +179,10 @@ class Summary:
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> Summary:
         (client, types, names, models, started_at, ended_at, last_active_at, prompt_id, prompt_at, count, threads,
-         *tokens) = row
+         *tokens, cost) = row
         summary = cls(client, set(orjson.loads(types)), set(orjson.loads(names)), set(orjson.loads(models)), started_at,
                       ended_at, last_active_at, (prompt_at, prompt_id) if prompt_id is not None else None, count,
-                      threads, [int(t) for t in tokens])
+                      threads, [int(t) for t in tokens], cost)
         summary.stored_facets = (client, started_at, {facet: frozenset(getattr(summary, attribute))
                                                       for facet, attribute in SESSION_FACETS.items()})
         return summary
@@ -187,7 +191,7 @@ class Summary:
         prompt_at, prompt_id = self.last_prompt or (None, None)
         return (key[1], key[0], self.client, _list_text(self.provider_types), _list_text(self.provider_names),
                 _list_text(self.models), self.started_at, self.ended_at, self.last_active_at, prompt_id, prompt_at,
-                self.interception_count, self.thread_count, *self.tokens)
+                self.interception_count, self.thread_count, *self.tokens, self.cost_usd)
 
     def facet_rows(self, key: Key) -> list[tuple[Any, ...]]:
         """The facet rows to write: only the new values' while the stored rows hold the same client and
@@ -218,10 +222,23 @@ class Summary:
             self.ended_at = ended_at
         self._active(ended_at)
 
-    def use(self, figures: Iterable[Any]) -> None:
-        """A token usage's figures, in _TOKEN_FIGURES order."""
+    def use(self, usage: tuple[Any, ...]) -> None:
+        """A token usage's figures and cost, in _USAGE_COLUMNS order."""
+        *figures, cost = usage
         for n, value in enumerate(figures):
             self.tokens[n] += _figure(value)
+        self.cost_usd = add_cost(self.cost_usd, cost)
+
+    def take(self, usage: tuple[Any, ...]) -> bool:
+        """A purged token usage (in _USAGE_COLUMNS order) no longer counts; True when it had a price
+        (whether any priced usage is left is then for the caller to tell)."""
+        *figures, cost = usage
+        for n, value in enumerate(figures):
+            self.tokens[n] -= _figure(value)
+        if cost is None or self.cost_usd is None:
+            return False
+        self.cost_usd = max(self.cost_usd - cost, 0.0)  # never below 0 by a float's rounding
+        return True
 
     def prompt(self, member: Member) -> None:
         """The interception ``member`` recorded a prompt: the session's last prompt if it is the latest."""
@@ -317,7 +334,7 @@ class Sessions:
         for usage in token_usages:
             member = members.get(usage.interception_id)
             if member is not None and member.key not in recount:
-                summaries[member.key].use([getattr(usage, name) for name in _TOKEN_FIGURES])
+                summaries[member.key].use(tuple(getattr(usage, name) for name in _USAGE_COLUMNS))
         for interception_id in prompted:
             member = members.get(interception_id)
             if member is not None and member.key not in recount:
@@ -484,8 +501,9 @@ class Sessions:
             summary = summaries[key]
             summary.interception_count -= len(rows)
             summary.thread_count += threads_started.get(key, 0) - sum(row.member.thread_id is None for row in rows)
+            priced = False
             for usage in (usage for row in rows for usage in purge.usages.get(row.id, ())):
-                summary.use(-_figure(value) for value in usage)
+                priced |= summary.take(usage)
             last_prompt = summary.last_prompt[1] if summary.last_prompt else None
             if summary.interception_count <= 0 or any(
                     row.id == last_prompt or summary.last_active_at in (row.started_at, row.ended_at)
@@ -493,6 +511,8 @@ class Sessions:
                 recount.add(key)
             elif not self._keep_values(key, summary, rows):
                 recount.add(key)
+            elif priced and not self._any_priced(key):
+                summary.cost_usd = None
         self._write_summaries({key: s for key, s in summaries.items() if key not in recount})
         self.recount(recount)
 
@@ -515,6 +535,14 @@ class Sessions:
             summary.started_at = db.execute(f"SELECT min(started_at) FROM {SESSION_MEMBERS_TABLE}"
                                             " WHERE session_id = ? AND initiator_id = ?", [key[1], key[0]]).fetchone()[0]
         return True
+
+    def _any_priced(self, key: Key) -> bool:
+        """Whether a token usage of the session has a price (after a purge took priced ones: one probe,
+        stopping at the first priced usage it finds)."""
+        return self.store.db.execute(
+            f"SELECT 1 FROM {SESSION_MEMBERS_TABLE} m"
+            " JOIN aibridge_token_usages u ON u.interception_id = m.interception_id WHERE m.session_id = ? AND m.initiator_id = ? AND u.cost_usd IS NOT NULL LIMIT 1", [key[1], key[0]]
+        ).fetchone() is not None
 
     def recount(self, keys: Iterable[Key]) -> None:
         """Recount these sessions from their records: every member's thread, and the summary row
@@ -588,13 +616,13 @@ class Sessions:
         return prompted, calls, self._usages(ids)
 
     def _usages(self, ids: list[str]) -> dict[str, list[tuple[Any, ...]]]:
-        """These interceptions' token usages (their figures in _TOKEN_FIGURES order), by interception."""
+        """These interceptions' token usages (their figures and cost in _USAGE_COLUMNS order), by interception."""
         usages: dict[str, list[tuple[Any, ...]]] = {}
         if not ids:
             return usages
         condition, param = self.store._in("interception_id", ids)
         for interception_id, *figures in self.store.db.execute(
-                f"SELECT interception_id, {', '.join(_TOKEN_FIGURES)} FROM aibridge_token_usages WHERE {condition}",
+                f"SELECT interception_id, {', '.join(_USAGE_COLUMNS)} FROM aibridge_token_usages WHERE {condition}",
                 [param]):
             usages.setdefault(interception_id, []).append(tuple(figures))
         return usages
