@@ -78,11 +78,16 @@ def _expected_usage(data: Dataset, key, since: str | None = None) -> dict:
         if since is not None and record["started_at"] < since:
             continue
         row = groups.setdefault(key(record), {"interceptions": 0, "input_tokens": 0, "output_tokens": 0,
-                                              "cache_read_input_tokens": 0, "cache_write_input_tokens": 0})
+                                              "cache_read_input_tokens": 0, "cache_write_input_tokens": 0,
+                                              "unpriced_token_usages": 0, "cost_usd": None})
         row["interceptions"] += 1
         for usage in record["token_usages"]:
             for figure in ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_write_input_tokens"):
                 row[figure] += usage[figure]
+            if usage["cost_usd"] is None:  # the dataset's records cost (i + 1) / 64 USD, none when i % 6 == 5
+                row["unpriced_token_usages"] += 1
+            else:
+                row["cost_usd"] = (row["cost_usd"] or 0) + usage["cost_usd"]
     return groups
 
 
@@ -104,7 +109,7 @@ def test_usage_since_counts_whole_hours_of_recent_interceptions(cli, data: Datas
     before = datetime.now(timezone.utc) - timedelta(days=1)
     rows = json.loads(cli("usage", "--by", "model", "--since", "1d", "--json").stdout)
     after = datetime.now(timezone.utc) - timedelta(days=1)
-    got = {r["group"]: {k: r[k] for k in _FIGURES} for r in rows}
+    got = {r["group"]: {k: r[k] for k in (*_FIGURES, "unpriced_token_usages", "cost_usd")} for r in rows}
     assert got in [_expected_usage(data, lambda r: r["model"], since=moment.strftime("%Y-%m-%dT%H:00:00Z"))
                    for moment in (before, after)]
     assert 0 < sum(r["interceptions"] for r in rows) < len(data.records)
@@ -113,22 +118,51 @@ def test_usage_since_counts_whole_hours_of_recent_interceptions(cli, data: Datas
 def test_usage_table(cli, data: Dataset) -> None:
     result = cli("usage", "--by", "client")
     assert result.returncode == 0, result.stderr
-    header, *lines = [re.split(r"\s{2,}", line.strip()) for line in result.stdout.splitlines()]
-    assert header == ["CLIENT", "INTERCEPTIONS", "INPUT", "OUTPUT", "CACHE READ", "CACHE WRITE"]
+    printed, note = result.stdout.split("\n\n")
+    header, *lines = [re.split(r"\s{2,}", line.strip()) for line in printed.splitlines()]
+    assert header == ["CLIENT", "INTERCEPTIONS", "INPUT", "OUTPUT", "CACHE READ", "CACHE WRITE", "COST USD"]
     figures = ("interceptions", "input_tokens", "output_tokens", "cache_read_input_tokens", "cache_write_input_tokens")
     expected = _expected_usage(data, lambda r: r["client"])
+
+    def cost(value: float, unpriced: int) -> str:  # USD to 4 places; "*": some usages of the group had no price
+        return f"{value:,.4f}" + ("*" if unpriced else "")
+
     table = {line[0]: line[1:] for line in lines}
     assert table == {
-        **{group: [f"{row[k]:,}" for k in figures] for group, row in expected.items()},
-        "TOTAL": [f"{sum(row[k] for row in expected.values()):,}" for k in figures],
+        **{group: [*(f"{row[k]:,}" for k in figures), cost(row["cost_usd"], row["unpriced_token_usages"])]
+           for group, row in expected.items()},
+        "TOTAL": [*(f"{sum(row[k] for row in expected.values()):,}" for k in figures), cost(3375 / 64, 15)],
     }
     assert lines[-1][0] == "TOTAL" and table["TOTAL"][0] == f"{len(data.records):,}"
+    assert table["TOTAL"][-1] == "52.7344*"  # (1 + .. + 90 less 6, 12, .., 90) / 64 USD; 15 usages unpriced
+    assert note.startswith("* 15 token usage(s) of a model without a price are not in the cost")
+
+
+def test_usage_sort(cli, data: Dataset) -> None:
+    """--sort orders the groups, biggest first: requests (interceptions, the default), tokens or cost."""
+    def rows(*flags: str) -> list[dict]:
+        result = cli("usage", "--by", "user", *flags, "--json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    tokens = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_write_input_tokens")
+    orders = {}
+    for sort, size in (("requests", lambda r: r["interceptions"]), ("tokens", lambda r: sum(r[f] for f in tokens)),
+                       ("cost", lambda r: r["cost_usd"])):
+        found = rows("--sort", sort)
+        assert [size(r) for r in found] == sorted((size(r) for r in found), reverse=True), sort
+        orders[sort] = [r["group"] for r in found]
+    assert rows() == rows("--sort", "requests")
+    assert len(set(map(tuple, orders.values()))) > 1  # the orders differ on this dataset
+    table = cli("usage", "--by", "user", "--sort", "cost").stdout.splitlines()
+    assert [line.split()[0] for line in table[1:1 + len(orders["cost"])]] == orders["cost"]
 
 
 @pytest.mark.parametrize("flags, code, fragment", [
     (["--by", "user", "--since", "soon"], 2, "--since"),
     (["--by", "user", "--since", "0"], 2, "positive"),
     (["--by", "colour"], 2, "invalid choice"),
+    (["--sort", "spend"], 2, "invalid choice: 'spend'"),
 ])
 def test_usage_refuses_bad_flags(cli, flags: list[str], code: int, fragment: str) -> None:
     result = cli("usage", *flags)
@@ -147,7 +181,8 @@ def test_interceptions_list_prints_a_table_by_default(cli, data: Dataset) -> Non
     result = cli("interceptions", "list", "--initiator", "bob", "--limit", "5")
     assert result.returncode == 0, result.stderr
     header, *rows, footer = result.stdout.splitlines()
-    assert header.split() == ["STARTED", "ID", "USER", "PROVIDER", "MODEL", "CLIENT", "INPUT", "OUTPUT", "TOOLS"]
+    assert header.split() == ["STARTED", "ID", "USER", "PROVIDER", "MODEL", "CLIENT", "INPUT", "OUTPUT", "COST", "USD",
+                              "TOOLS"]
     expected = api(data, q="initiator:bob", limit="5")
     records = {r["id"]: r for r in data.records}
     assert [row.split()[1] for row in rows] == [r["id"] for r in expected["results"]]
@@ -156,8 +191,10 @@ def test_interceptions_list_prints_a_table_by_default(cli, data: Dataset) -> Non
         record = records[result_["id"]]
         assert cells[0] == result_["started_at"][:19] + "Z" and cells[2] == "bob"
         assert cells[3:6] == [record["provider_name"], record["model"], record["client"]]
+        cost = record["token_usages"][0]["cost_usd"]  # "—": its one usage has no price
         assert cells[6:] == [str(record["token_usages"][0]["input_tokens"]),
-                             str(record["token_usages"][0]["output_tokens"]), str(len(record["tool_usages"]))]
+                             str(record["token_usages"][0]["output_tokens"]), "—" if cost is None else f"{cost:.4f}",
+                             str(len(record["tool_usages"]))]
     assert footer == f"5 of {expected['count']} matching interception(s); next page: --after-id {rows[-1].split()[1]}"
 
 
@@ -205,6 +242,7 @@ def test_interceptions_show_prints_one_interception_readably_and_as_json(cli, da
     assert fields["model"] == record["model"] and fields["client"] == record["client"]
     assert fields["started"] == element["started_at"][:19] + "Z"
     assert fields["ended"] == element["ended_at"][:19] + "Z (after 4s)"
+    assert fields["cost"] == "$0.328125" == f"${element['cost_usd']:.6f}"  # record 20's: 21 / 64 USD
     sections = {part.splitlines()[0]: part.splitlines()[1:] for part in text.split("\n\n")[1:]}
     assert sections["prompt"] == [f"  {record['user_prompts'][0]['prompt']}"]
     tools = sections["tool calls (2)"]
@@ -213,9 +251,9 @@ def test_interceptions_show_prints_one_interception_readably_and_as_json(cli, da
     assert sections["thoughts (1)"] == [f"  {record['model_thoughts'][0]['content']}"]
     usage = record["token_usages"][0]
     head, row = sections["token usage"]
-    assert head.split() == ["RESPONSE", "INPUT", "OUTPUT", "CACHE", "READ", "CACHE", "WRITE", "OTHER"]
+    assert head.split() == ["RESPONSE", "INPUT", "OUTPUT", "CACHE", "READ", "CACHE", "WRITE", "COST", "USD", "OTHER"]
     assert row.split() == [usage["provider_response_id"], str(usage["input_tokens"]), str(usage["output_tokens"]),
-                           str(usage["cache_read_input_tokens"]), str(usage["cache_write_input_tokens"]),
+                           str(usage["cache_read_input_tokens"]), str(usage["cache_write_input_tokens"]), "0.3281",
                            "reasoning_tokens=20"]
 
 
@@ -252,7 +290,7 @@ def test_usage_groups_by_model_by_default_and_takes_until(cli, data: Dataset) ->
 
     since, until = _midnight(data, 2), _midnight(data, 1)
     rows = json.loads(cli("usage", "--since", since, "--until", until, "--json").stdout)
-    got = {r["group"]: {k: r[k] for k in _FIGURES} for r in rows}
+    got = {r["group"]: {k: r[k] for k in (*_FIGURES, "unpriced_token_usages", "cost_usd")} for r in rows}
     window = [r for r in data.records if f"{since}T00" <= r["started_at"] < f"{until}T00"]
     assert got == _expected_usage(Dataset(data.path, data.now, records=window), lambda r: r["model"])
     assert 0 < sum(r["interceptions"] for r in rows) < len(data.records)
