@@ -10,11 +10,14 @@ test-artifacts/dashboard/ for a person to look at.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+import sqlite3
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
+from decimal import ROUND_HALF_UP, Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -1131,3 +1134,335 @@ def test_a_hostile_session_id_is_text_and_its_links_open_it(page, sessions):
     page.set_hash("#/sessions/%E0%A4%A")
     wait_view(page, "!!document.querySelector('.notice.error')", what="the malformed address refused")
     assert page.evaluate("document.querySelector('.notice.error').textContent") == "There is no such page."
+
+
+# -- costs and budgets (SPEC §11, issue 19), on a gateway of its own -----------------------------------
+
+BUDGETS = "/api/v2/aibridge/budgets"
+#: The priced gateway's records: (user, provider, model, client, client session id, its token usage's cost_usd).
+PRICED = [
+    ("alice", "anthropic", "claude-sonnet-4-5", "Claude Code", "priced-alice", 0.25),
+    ("alice", "anthropic", "claude-sonnet-4-5", "Claude Code", "priced-alice", 1.5),
+    ("bob", "openai", "gpt-4o", "codex", "priced-bob", 3.125),
+    ("carol", "anthropic", "claude-haiku-4-5", "Claude Code", "priced-carol", 0.0042),
+    ("carol", "anthropic", "local-llama", "Claude Code", "priced-carol", None),  # a model without a price
+]
+#: A username with markup. The users API refuses such a name (letters, digits, '_', '.', '-'), but a
+#: store another version or a migration filled may hold one: the page must show it as text.
+HOSTILE_USER = '<img src=x onerror="window.__xss = 4"><b id="xss-bold">mallory</b>'
+
+
+def write_priced_records(database) -> dict[str, list[str]]:
+    """PRICED written with the store (carol made first), now: each user's interception ids in order."""
+    store = open_store(str(database))
+    try:
+        users = {name: store.identity.get_user(name) or store.identity.create_user(name) for name in ("alice", "bob", "carol")}
+        at = datetime.now(timezone.utc).replace(microsecond=0)
+        batch: dict[str, list[dict]] = {"interceptions": [], "token_usages": []}
+        ids: dict[str, list[str]] = {}
+        for n, (user, provider, model, client, session_id, cost) in enumerate(PRICED):
+            record_id = str(uuid.uuid4())
+            ids.setdefault(user, []).append(record_id)
+            started = at - timedelta(seconds=len(PRICED) - n)
+            batch["interceptions"].append({
+                "id": record_id, "initiator_id": users[user]["id"], "provider": provider, "provider_name": provider,
+                "model": model, "client": client, "client_session_id": session_id, "user_agent": "priced/1",
+                "credential_kind": "centralized", "credential_hint": None, "correlating_tool_call_id": None,
+                "started_at": format_timestamp(started), "ended_at": format_timestamp(started + timedelta(milliseconds=500)),
+                "metadata": {}})
+            batch["token_usages"].append({"id": f"tu-{record_id}", "interception_id": record_id, "provider_response_id": f"msg-{n}",
+                                          "input_tokens": 1000, "output_tokens": 100, "cache_read_input_tokens": 0,
+                                          "cache_write_input_tokens": 0, "metadata": {}, "created_at": format_timestamp(started),
+                                          "cost_usd": cost})
+        store.records.write_records(RecordBatch.load(batch))
+        return ids
+    finally:
+        store.close()
+
+
+def give_hostile_name(database) -> str:
+    """A user whose stored name is HOSTILE_USER (written past the users API's rule, as another version
+    could have): their id."""
+    store = open_store(str(database))
+    try:
+        user = store.identity.create_user("mallory")
+    finally:
+        store.close()
+    with sqlite3.connect(database) as db:  # past the store's rules on purpose
+        db.execute("UPDATE users SET username = ? WHERE id = ?", [HOSTILE_USER, user["id"]])
+    return user["id"]
+
+
+@pytest.fixture(scope="module")
+def priced(start_gateway, upstream, tmp_path_factory) -> dict:
+    """A gateway whose store holds PRICED (known costs, one call unpriced), and a token for carol."""
+    logged = start_logged_gateway(start_gateway, upstream, tmp_path_factory.mktemp("priced"))
+    ids = write_priced_records(logged.database)
+    store = open_store(str(logged.database))
+    try:
+        carol, _ = store.identity.create_token("carol")
+    finally:
+        store.close()
+    wait_usage_stable(logged.gateway, logged.alice, at_least=len(PRICED))
+    return {"logged": logged, "gateway": logged.gateway, "admin": logged.alice, "bob": logged.bob, "carol": carol, "ids": ids}
+
+
+def spend_by(field: int) -> dict[str, float | None]:
+    """PRICED's spend summed by user (0), model (2) or client (3); None where nothing was priced."""
+    spend: dict[str, float | None] = {}
+    for row in PRICED:
+        key, cost = row[field], row[5]
+        spend[key] = spend.get(key) if cost is None else (spend.get(key) or 0) + cost
+    return spend
+
+
+def usd(value: float | None) -> str:
+    """The dashboard's USD: two decimals from a dollar, two significant digits below it, halves rounded
+    up as the browser rounds them; None -> "—"."""
+    if value is None:
+        return "—"
+    decimals = 2 if value == 0 or abs(value) >= 1 else min(6, max(2, 1 - math.floor(math.log10(abs(value)))))
+    return f"${Decimal(str(value)).quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_HALF_UP):,}"
+
+
+def spend_legend(page: Page) -> dict[str, str]:
+    """The spend chart's legend: each series' label and its total as shown."""
+    return dict(page.evaluate("""[...document.querySelectorAll('.chart-card')].filter(c => c.querySelector('h2').textContent === 'Spend')
+        .flatMap(c => [...c.querySelectorAll('.legend li')]).map(li => [li.querySelector('.legend-label').textContent,
+        li.querySelector('.legend-value').textContent])"""))
+
+
+def test_the_overview_shows_spend_over_time_and_in_total(page, priced):
+    gateway, admin = priced["gateway"], priced["admin"]
+    usage = api(gateway, admin, USAGE, by="user", bucket="hour", since="7d")
+    total = sum(cost for *_, cost in PRICED if cost is not None)
+    assert usage["totals"]["cost_usd"] == pytest.approx(total) and usage["totals"]["unpriced_token_usages"] == 1
+    sign_in(page, gateway, admin)
+    wait_view(page, "!!document.querySelector('[data-spend=cost_usd]')", what="the overview's spend total")
+    card = page.evaluate("""(() => { const c = document.querySelector('[data-spend=cost_usd]');
+        return [Number(c.dataset.value), c.querySelector('.stat-value').textContent, c.querySelector('[data-role=unpriced]')?.textContent]; })()""")
+    assert card[0] == pytest.approx(total) and card[1] == usd(total) == "$4.88"
+    assert card[2] == "excludes 1 call to models without a price"
+    # The second chart shows tokens or, switched, spend.
+    page.click("[data-control=measure] a[data-value=spend]")
+    wait_view(page, "location.hash.includes('measure=spend')", what="the spend chart")
+    for by, field in (("user", 0), ("model", 2), ("client", 3)):
+        page.set_hash(f"#/overview?range=7d&by={by}&kind=all&measure=spend")
+        wait_view(page, f"location.hash.includes('by={by}') && !!document.querySelector('table[data-table=groups]')",
+                  what=f"the overview by {by}")
+        expected = {name: usd(cost) for name, cost in spend_by(field).items()}
+        assert spend_legend(page) == expected, by
+        rows = page.evaluate("[...document.querySelectorAll('table[data-table=groups] tbody tr')].map(tr => "
+                             "[tr.children[0].textContent, tr.querySelector('[data-figure=cost_usd]').textContent])")
+        assert dict(rows) == expected
+        # the spend chart's bars add up to the priced spend, in USD, on a UTC axis like the others
+        bars = page.evaluate("""[...document.querySelectorAll('.chart-card')].filter(c => c.querySelector('h2').textContent === 'Spend')
+            .map(c => [c.querySelector('svg').dataset.zone, c.querySelector('.axis-title').textContent,
+                       c.querySelectorAll('rect.bar').length])[0]""")
+        assert bars[0] == "UTC" and bars[1].endswith("(UTC)") and bars[2] >= 1
+        if by == "user":
+            shot(page, "overview-spend")
+    assert_times_name_their_zone(page)
+
+
+def test_the_leaderboard_sorts_by_spend(page, priced):
+    gateway, admin = priced["gateway"], priced["admin"]
+    sign_in(page, gateway, admin)
+    wait_view(page, "!!document.querySelector('[data-view=overview]')", what="the overview")
+    page.set_hash("#/leaderboard?range=7d&sort=requests")
+    wait_view(page, "!!document.querySelector('table[data-table=leaderboard]')", what="the leaderboard")
+    page.click("a[data-sort=spend]")
+    wait_view(page, "location.hash.includes('sort=spend') && !!document.querySelector('table[data-table=leaderboard]')",
+              what="the leaderboard by spend")
+    rows = page.evaluate("""[...document.querySelectorAll('table[data-table=leaderboard] tbody tr')].map(tr => [tr.dataset.user,
+        tr.querySelector('[data-figure=cost_usd]').textContent, tr.querySelector('[data-figure=cost_usd]').classList.contains('sorted')])""")
+    spend = spend_by(0)
+    users = [user["username"] for user in api(gateway, admin, USERS)]
+    expected = sorted(((name, spend.get(name)) for name in users), key=lambda item: (-(item[1] or 0), item[0]))
+    assert [(user, shown) for user, shown, _ in rows] == [(name, usd(cost)) for name, cost in expected]
+    assert [user for user, *_ in rows][:3] == ["bob", "alice", "carol"] and all(sorted_ for *_, sorted_ in rows)
+    assert page.evaluate("document.querySelector('th[aria-sort=descending] a').dataset.sort") == "spend"
+    shot(page, "leaderboard-by-spend")
+
+
+def test_interception_and_session_pages_show_cost(page, priced):
+    gateway, admin = priced["gateway"], priced["admin"]
+    carol_priced, carol_unpriced = priced["ids"]["carol"]
+    sign_in(page, gateway, admin)
+    wait_view(page, "!!document.querySelector('[data-view=overview]')", what="the overview")
+    for record_id, shown in ((carol_priced, "$0.0042"), (carol_unpriced, "—")):
+        page.set_hash(f"#/interceptions/{record_id}")
+        wait_view(page, f"document.querySelector('[data-view=detail]')?.dataset.id === {json.dumps(record_id)}", what="the detail")
+        assert api(gateway, admin, f"{INTERCEPTIONS}/{record_id}")["cost_usd"] == (0.0042 if shown != "—" else None)
+        assert page.evaluate("document.querySelector('[data-usage=cost_usd] .stat-value').textContent") == shown
+        assert page.evaluate("[...document.querySelectorAll('[data-section=usage] td[data-figure=cost_usd]')].map(td => td.textContent)") == [shown]
+        if shown == "—":
+            assert page.evaluate("!!document.querySelector('[data-section=usage] [data-role=unpriced]')")
+            shot(page, "detail-unpriced")
+    session = api(gateway, admin, SESSIONS, q="session_id:priced-alice")["sessions"][0]
+    assert session["cost_usd"] == pytest.approx(1.75)
+    page.set_hash(f"#/sessions/{session['id']}")
+    wait_view(page, "!!document.querySelector('[data-role=timeline]')", what="alice's priced session")
+    assert page.evaluate("document.querySelector('[data-figure=cost] .stat-value').textContent") == "$1.75"
+    turns = page.evaluate("[...document.querySelectorAll('li.turn .turn-cost')].map(e => e.textContent)")
+    assert turns == ["$0.25", "$1.50"]
+    threads = page.evaluate("[...document.querySelectorAll('.thread-head .turn-cost')].map(e => e.textContent)")
+    detail = api(gateway, admin, f"{SESSIONS}/{session['id']}")
+    assert threads == [usd(thread["cost_usd"]) for thread in detail["threads"]]
+    shot(page, "session-cost")
+
+
+def budget_rows(page: Page) -> dict[str, list[str]]:
+    """The budgets table: each row's key (a user id, or "default") and its cells' text."""
+    return dict(page.evaluate("[...document.querySelectorAll('table[data-table=budgets] tbody tr')].map(tr => "
+                              "[tr.dataset.budget, [...tr.children].map(td => td.textContent)])"))
+
+
+def budget_status(page: Page) -> str:
+    return page.wait_for("document.querySelector('[data-role=budget-status] .notice')?.textContent", what="the form's answer")
+
+
+def save_budget(page: Page, whose: str, period: str, usd_limit: str, tokens: str) -> None:
+    page.evaluate("document.querySelector('[data-role=budget-status]').replaceChildren()")
+    page.evaluate(f"document.querySelector('form[data-form=budget] [name=whose]').value = {json.dumps(whose)}")
+    page.evaluate(f"document.querySelector('form[data-form=budget] [name=period]').value = {json.dumps(period)}")
+    page.type_into("form[data-form=budget] [name=limit_usd]", usd_limit)
+    page.type_into("form[data-form=budget] [name=limit_tokens]", tokens)
+    page.click("form[data-form=budget] button[type=submit]")
+
+
+def test_an_admin_sets_changes_and_deletes_budgets_on_the_page(page, priced):
+    gateway, admin = priced["gateway"], priced["admin"]
+    carol = next(user for user in api(gateway, admin, USERS) if user["username"] == "carol")
+    sign_in(page, gateway, admin)
+    wait_view(page, "!!document.querySelector('[data-view=overview]')", what="the overview")
+    page.click("#nav a[data-view=budgets]")
+    wait_view(page, "!!document.querySelector('form[data-form=budget]') && !document.querySelector('[data-view=budgets] .loading')",
+              what="the budgets page")
+
+    # The API's refusals, as it words them (the same body sent to it: its 400 message).
+    for usd_limit, tokens, body in (("", "", {}), ("-1", "", {"limit_usd": -1}), ("", "1.5", {"limit_tokens": 1.5})):
+        refused = requests.put(f"{gateway.url}{BUDGETS}/{carol['id']}", json={"period": "week", "limit_usd": None,
+                               "limit_tokens": None, **body}, headers={"Authorization": f"Bearer {admin}"}, timeout=10)
+        assert refused.status_code == 400
+        save_budget(page, carol["id"], "week", usd_limit, tokens)
+        assert budget_status(page) == f"The budget was not saved: {refused.json()['message']}"
+    assert api(gateway, admin, BUDGETS)["budgets"] == []
+
+    save_budget(page, carol["id"], "week", "5", "")
+    assert budget_status(page) == "Saved the budget of carol."
+    page.wait_for(f"!!document.querySelector('tr[data-budget={json.dumps(carol['id'])}]')", what="carol's budget in the table")
+    saved = api(gateway, admin, f"{BUDGETS}/carol")
+    assert (saved["period"], saved["limit_usd"], saved["limit_tokens"]) == ("week", 5.0, None)
+    save_budget(page, "", "day", "", "200000")
+    page.wait_for("!!document.querySelector('tr[data-budget=default]')", what="the default budget in the table")
+    default = api(gateway, admin, f"{BUDGETS}/default")
+    assert (default["period"], default["limit_usd"], default["limit_tokens"]) == ("day", None, 200000)
+
+    rows = budget_rows(page)
+    assert list(rows) == ["default", carol["id"]]  # the default first
+    whose, period, limit_usd, limit_tokens, spent_usd, tokens_used, resets, state, _ = rows[carol["id"]]
+    assert (whose, period, limit_usd, limit_tokens) == ("carol", "Week (UTC, from Monday)", "$5.00", "—")
+    assert (spent_usd, tokens_used, state) == (usd(saved["spend_usd"]), f"{saved['spend_tokens']:,}", "under the limit")
+    assert saved["spend_usd"] == pytest.approx(0.0042) and spent_usd == "$0.0042"  # carol's priced call this week
+    assert in_viewer_zone(resets, saved["resets_at"])
+    assert rows["default"][0] == "Default (everyone without their own)" and rows["default"][4] == "per user"
+    assert_times_name_their_zone(page)
+    shot(page, "budgets")
+
+    # Edit fills the form with the budget; saving replaces it.
+    page.click(f"tr[data-budget={json.dumps(carol['id'])}] [data-action=edit]")
+    assert page.evaluate("[...document.querySelectorAll('form[data-form=budget] [name]')].map(e => e.value)") == [carol["id"], "week", "5", ""]
+    page.type_into("form[data-form=budget] [name=limit_usd]", "7.5")
+    page.evaluate("document.querySelector('[data-role=budget-status]').replaceChildren()")
+    page.click("form[data-form=budget] button[type=submit]")
+    assert budget_status(page) == "Saved the budget of carol."
+    assert api(gateway, admin, f"{BUDGETS}/carol")["limit_usd"] == 7.5
+    page.wait_for(f"document.querySelector('tr[data-budget={json.dumps(carol['id'])}]').children[2].textContent === '$7.50'",
+                  what="the new limit in the table")
+
+    # Delete asks once more, then deletes.
+    delete = f"tr[data-budget={json.dumps(carol['id'])}] [data-action=delete]"
+    page.click(delete)
+    assert requests.get(f"{gateway.url}{BUDGETS}/carol", headers={"Authorization": f"Bearer {admin}"}, timeout=10).status_code == 200
+    page.click(delete)
+    page.wait_for(f"!document.querySelector('tr[data-budget={json.dumps(carol['id'])}]')", what="carol's budget gone")
+    gone = requests.get(f"{gateway.url}{BUDGETS}/carol", headers={"Authorization": f"Bearer {admin}"}, timeout=10)
+    assert gone.status_code == 404
+    assert budget_status(page) == "Deleted the budget of carol."
+    assert list(budget_rows(page)) == ["default"]
+    page.click("tr[data-budget=default] [data-action=delete]")
+    page.click("tr[data-budget=default] [data-action=delete]")
+    page.wait_for("!!document.querySelector('[data-view=budgets] .table-card .notice')", what="no budgets left")
+    assert api(gateway, admin, BUDGETS)["budgets"] == []
+
+
+def my_budget(page: Page) -> dict[str, str]:
+    return dict(page.evaluate("[...document.querySelectorAll('[data-role=my-budget] .meta-item')].map(e => "
+                              "[e.querySelector('dt').textContent, e.querySelector('dd').textContent])"))
+
+
+def test_a_non_admin_sees_their_own_budget_only(page, priced):
+    gateway, admin, bob = priced["gateway"], priced["admin"], priced["bob"]
+    headers = {"Authorization": f"Bearer {admin}"}
+
+    def put(name: str, body: dict) -> requests.Response:
+        return requests.put(f"{gateway.url}{BUDGETS}/{name}", json=body, headers=headers, timeout=10)
+
+    try:
+        assert put("default", {"period": "month", "limit_usd": 10}).status_code == 200
+        assert put("alice", {"period": "day", "limit_usd": 1}).status_code == 200
+        sign_in(page, gateway, bob)
+        wait_view(page, "!!document.querySelector('[data-view=overview]')", what="the overview")
+        page.click("#nav a[data-view=budgets]")
+        wait_view(page, "!!document.querySelector('[data-role=my-budget]')", what="bob's budget")
+        mine = api(gateway, bob, f"{BUDGETS}/me")["budget"]
+        shown = my_budget(page)
+        assert shown["Budget"] == "the default budget (you have none of your own)"
+        assert (shown["Period"], shown["Limit USD"], shown["Limit tokens"]) == ("Month (UTC)", "$10.00", "—")
+        assert shown["Spent USD this period"] == usd(mine["spend_usd"]) == "$3.13"  # bob's call this month
+        assert in_viewer_zone(shown[f"Resets ({VIEWER_ZONE})"], mine["resets_at"])
+        # Nothing of anyone else's: no form, no list (the page never asks for it: it is admin only).
+        assert page.evaluate("!document.querySelector('form[data-form=budget]') && !document.querySelector('table[data-table=budgets]')")
+        assert not page.evaluate("performance.getEntriesByType('resource').some(e => /\\/aibridge\\/budgets(\\?|$)/.test(e.name))")
+        assert "alice" not in page.evaluate("document.getElementById('main').textContent")
+        shot(page, "budgets-non-admin")
+
+        assert put("bob", {"period": "week", "limit_tokens": 5000}).status_code == 200
+        page.reload()
+        wait_view(page, "!!document.querySelector('[data-role=my-budget]')", what="bob's own budget")
+        shown = my_budget(page)
+        assert (shown["Budget"], shown["Period"], shown["Limit USD"], shown["Limit tokens"]) == (
+            "your own budget", "Week (UTC, from Monday)", "—", "5,000")
+    finally:
+        for name in ("default", "alice", "bob"):
+            requests.delete(f"{gateway.url}{BUDGETS}/{name}", headers=headers, timeout=10)
+
+
+def test_a_hostile_username_in_budgets_is_text(page, priced):
+    gateway, admin = priced["gateway"], priced["admin"]
+    logged = priced["logged"]
+    mallory = give_hostile_name(logged.database)
+    headers = {"Authorization": f"Bearer {admin}"}
+    # a user named "default" has a budget of their own (by id), not the default budget
+    named_default = requests.post(f"{gateway.url}{USERS}", json={"username": "default"}, headers=headers, timeout=10).json()
+    try:
+        assert requests.put(f"{gateway.url}{BUDGETS}/{mallory}", json={"period": "day", "limit_usd": 2}, headers=headers,
+                            timeout=10).status_code == 200
+        sign_in(page, gateway, admin)
+        wait_view(page, "!!document.querySelector('[data-view=overview]')", what="the overview")
+        page.set_hash("#/budgets")
+        wait_view(page, f"!!document.querySelector('tr[data-budget={json.dumps(mallory)}]')", what="mallory's budget")
+        assert budget_rows(page)[mallory][0] == HOSTILE_USER
+        assert page.evaluate(f"[...document.querySelectorAll('[name=whose] option')].some(o => o.textContent === {json.dumps(HOSTILE_USER)})")
+        assert page.evaluate("window.__xss === undefined && !document.getElementById('xss-bold') && !document.querySelector('main img')")
+
+        save_budget(page, named_default["id"], "day", "3", "")
+        assert budget_status(page) == "Saved the budget of default."
+        page.wait_for(f"!!document.querySelector('tr[data-budget={json.dumps(named_default['id'])}]')", what="default's own budget")
+        assert requests.get(f"{gateway.url}{BUDGETS}/default", headers=headers, timeout=10).status_code == 404  # no default budget
+        assert budget_rows(page)[named_default["id"]][0] == "default"
+        shot(page, "budgets-hostile-username")
+    finally:
+        for whose in (mallory, named_default["id"]):
+            requests.delete(f"{gateway.url}{BUDGETS}/{whose}", headers=headers, timeout=10)

@@ -10,6 +10,7 @@ export const CLIENTS = "/api/v2/aibridge/clients";
 export const USAGE = "/api/v2/aibridge/usage";
 export const TOOLS = "/api/v2/aibridge/tools";
 export const MODELS = "/api/v2/aibridge/models";
+export const BUDGETS = "/api/v2/aibridge/budgets";
 export const USERS = "/api/v2/users";
 export const ME = "/api/v2/users/me";
 
@@ -61,16 +62,27 @@ export function explain(error) {
  * GET a JSON API path with query parameters (empty values left out). Throws ApiError with the API's
  * message on a non-2xx answer; a 401 with the stored token also signs the tab out (the app listens).
  */
-export async function apiGet(path, params = {}, { signal, token } = {}) {
+export function apiGet(path, params = {}, { signal, token } = {}) {
+  return request("GET", path, { params, signal, token });
+}
+
+/** PUT (with a JSON body) or DELETE a JSON API path; errors as apiGet's. A 204 answers null. */
+export function apiSend(method, path, body = undefined, { signal } = {}) {
+  return request(method, path, { body, signal });
+}
+
+async function request(method, path, { params = {}, body, signal, token } = {}) {
   const useToken = token ?? getToken();
   const url = new URL(path, window.location.origin);
   for (const [key, value] of Object.entries(params)) {
     if (value !== null && value !== undefined && value !== "") url.searchParams.set(key, String(value));
   }
+  const headers = { Authorization: `Bearer ${useToken}`, Accept: "application/json" };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
   let response;
   try {
     response = await fetch(url, {
-      headers: { Authorization: `Bearer ${useToken}`, Accept: "application/json" },
+      method, headers, body: body === undefined ? undefined : JSON.stringify(body),
       cache: "no-store",
       credentials: "omit",
       signal,
@@ -79,25 +91,26 @@ export async function apiGet(path, params = {}, { signal, token } = {}) {
     if (error?.name === "AbortError") throw error;
     throw new ApiError(0, `The gateway could not be reached (${error?.message || error}).`);
   }
-  let body = null;
+  if (response.status === 204) return null;
+  let answer = null;
   try {
-    body = await response.json();
+    answer = await response.json();
   } catch (error) {
     if (error?.name === "AbortError" || signal?.aborted) throw new DOMException("The view was left", "AbortError");
-    body = null;
+    answer = null;
   }
-  if (response.ok && (body === null || typeof body !== "object")) {
+  if (response.ok && (answer === null || typeof answer !== "object")) {
     throw new ApiError(response.status, `The gateway answered ${path} with something that is not a JSON object.`);
   }
   if (!response.ok) {
-    const message = body?.message || body?.error?.message || `${response.status} ${response.statusText}`;
-    const error = new ApiError(response.status, message, body?.detail ?? null);
+    const message = answer?.message || answer?.error?.message || `${response.status} ${response.statusText}`;
+    const error = new ApiError(response.status, message, answer?.detail ?? null);
     if (response.status === 401 && token === undefined) {
       window.dispatchEvent(new CustomEvent("bridge:unauthorized", { detail: explain(error) }));
     }
     throw error;
   }
-  return body;
+  return answer;
 }
 
 /** GET a route the gateway may not offer yet: its body, or null on any refusal (nothing is shown). */

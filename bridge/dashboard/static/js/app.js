@@ -1,8 +1,9 @@
 // The dashboard's router: #/overview, #/leaderboard, #/sessions?filters, #/sessions/<id>, #/interceptions?filters,
-// #/interceptions/<id>.
+// #/interceptions/<id>, #/budgets.
 
 import { getIdentity, getToken, signOut } from "./api.js";
 import { h, notice, replace } from "./dom.js";
+import { renderBudgets } from "./views/budgets.js";
 import { renderDetail } from "./views/detail.js";
 import { renderInterceptions } from "./views/interceptions.js";
 import { renderLeaderboard } from "./views/leaderboard.js";
@@ -28,6 +29,7 @@ const ROUTES = [
     render: (params, ctx) => renderInterceptions(main, params, ctx) },
   { path: /^\/interceptions\/([^/]+)$/, tab: "interceptions", title: (id) => `Interception ${id.slice(0, 8)}`,
     render: (_, ctx) => renderDetail(main, ctx) },
+  { path: /^\/budgets$/, tab: "budgets", title: () => "Budgets", render: (_, ctx) => renderBudgets(main, ctx) },
 ];
 
 /** The route a path names, with its id decoded; null when none does (or the id is not valid percent-encoding). */

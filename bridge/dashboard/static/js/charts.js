@@ -1,5 +1,6 @@
 // Small inline-SVG charts: stacked bars over time buckets, with axes, a legend and native tooltips.
 
+import { fmtUsd } from "./costs.js";
 import { fmtCompact, fmtInt, h, s } from "./dom.js";
 
 export const PALETTE = ["#3b5bdb", "#f08c00", "#2f9e44", "#e03131", "#7048e8", "#1098ad", "#d6336c", "#5c940d",
@@ -27,12 +28,13 @@ export function bucketAxis(sinceMs, untilMs, bucket) {
   return axis;
 }
 
-function niceStep(raw) {
-  if (raw <= 0) return 1;
+/** A round grid step near ``raw``, never under ``least`` (1 for counts, a cent for dollars). */
+function niceStep(raw, least) {
+  if (raw <= 0) return least;
   const power = 10 ** Math.floor(Math.log10(raw));
   const fraction = raw / power;
   const nice = fraction <= 1 ? 1 : fraction <= 2 ? 2 : fraction <= 2.5 ? 2.5 : fraction <= 5 ? 5 : 10;
-  return Math.max(nice * power, 1);
+  return Math.max(nice * power, least);
 }
 
 // The API buckets hours and days in UTC, so the axes are labelled in UTC and say so: a day bar is
@@ -58,12 +60,16 @@ function tooltipTime(ms, bucket) {
  * A stacked bar chart.
  * @param {object} o
  * @param {number[]} o.axis bucket start times (ms)
- * @param {{label: string, color: string, values: number[]}[]} o.series values aligned with axis
+ * @param {{label: string, color: string, values: number[], total?: number|null}[]} o.series values aligned with
+ *   axis; ``total`` (optional) is the legend's figure when the values' sum would say less (a null cost: "—")
  * @param {string} o.bucket "hour" | "day"
  * @param {string} o.title accessible name
  * @param {string} [o.unit] e.g. "requests", "tokens"
+ * @param {boolean} [o.usd] the values are US dollars: fractions of a cent count, labels in $
  */
-export function stackedBars({ axis, series, bucket, title, unit = "" }) {
+export function stackedBars({ axis, series, bucket, title, unit = "", usd = false }) {
+  const value = usd ? fmtUsd : fmtInt;
+  const axisValue = usd ? (v) => (v >= 1000 ? `$${fmtCompact(v)}` : fmtUsd(v)) : fmtCompact;
   const width = 960;
   const height = 256;
   const margin = { top: 10, right: 12, bottom: 42, left: 52 };
@@ -72,7 +78,7 @@ export function stackedBars({ axis, series, bucket, title, unit = "" }) {
 
   const totals = axis.map((_, i) => series.reduce((sum, one) => sum + (one.values[i] || 0), 0));
   const max = Math.max(0, ...totals);
-  const step = niceStep(max / 4);
+  const step = niceStep(max / 4, usd ? 0.0001 : 1);
   const top = max > 0 ? Math.ceil(max / step) * step : 4;
   const y = (v) => margin.top + plotH - (v / top) * plotH;
   const slot = plotW / Math.max(axis.length, 1);
@@ -88,7 +94,7 @@ export function stackedBars({ axis, series, bucket, title, unit = "" }) {
   for (let v = 0; v <= top + 1e-9; v += step) {
     const yy = y(v);
     grid.append(s("line", { x1: margin.left, x2: width - margin.right, y1: yy, y2: yy }));
-    grid.append(s("text", { x: margin.left - 8, y: yy + 4, "text-anchor": "end", class: "axis-label" }, fmtCompact(v)));
+    grid.append(s("text", { x: margin.left - 8, y: yy + 4, "text-anchor": "end", class: "axis-label" }, axisValue(v)));
   }
   svg.append(grid);
 
@@ -97,15 +103,15 @@ export function stackedBars({ axis, series, bucket, title, unit = "" }) {
     let base = 0;
     const x = margin.left + i * slot + (slot - barW) / 2;
     for (const one of series) {
-      const value = one.values[i] || 0;
-      if (value <= 0) continue;
+      const amount = one.values[i] || 0;
+      if (amount <= 0) continue;
       const y0 = y(base);
-      const y1 = y(base + value);
-      base += value;
+      const y1 = y(base + amount);
+      base += amount;
       bars.append(s("rect", {
         x: x.toFixed(2), y: y1.toFixed(2), width: barW.toFixed(2), height: Math.max(0.5, y0 - y1).toFixed(2),
         fill: one.color, class: "bar",
-      }, s("title", {}, `${one.label} · ${tooltipTime(t, bucket)}: ${fmtInt(value)}${unit ? ` ${unit}` : ""}`)));
+      }, s("title", {}, `${one.label} · ${tooltipTime(t, bucket)}: ${value(amount)}${unit ? ` ${unit}` : ""}`)));
     }
   });
   svg.append(bars);
@@ -132,7 +138,7 @@ export function stackedBars({ axis, series, bucket, title, unit = "" }) {
 
   const legend = h("ul", { class: "legend" }, series.map((one) =>
     h("li", {}, h("span", { class: "swatch", dataset: { color: one.color } }), h("span", { class: "legend-label", title: one.label }, one.label),
-      h("span", { class: "legend-value" }, fmtInt(one.values.reduce((a, b) => a + (b || 0), 0))))));
+      h("span", { class: "legend-value" }, value(one.total !== undefined ? one.total : one.values.reduce((a, b) => a + (b || 0), 0))))));
   for (const swatch of legend.querySelectorAll(".swatch")) swatch.style.backgroundColor = swatch.dataset.color;
 
   return h("figure", { class: "chart" }, svg, series.length ? legend : null);

@@ -1,6 +1,7 @@
 // Token figures as the views show them: an interception's summed over its usages, a session's or a
-// thread's as the API sums them, and the table cell both lists use.
+// thread's as the API sums them, usage points (and their cost) added up, and the table cell both lists use.
 
+import { addCost } from "./costs.js";
 import { fmtInt, h } from "./dom.js";
 
 /** The four token figures (§8 names) and their titles, in the order every view shows them. */
@@ -10,6 +11,22 @@ export const FIGURES = [
   ["cache_read_input_tokens", "Cache read"],
   ["cache_write_input_tokens", "Cache write"],
 ];
+
+/** The figures of a usage point (GET usage) before anything is added: zero, and no cost (null, unpriced). */
+export function noFigures() {
+  const figures = { interceptions: 0, unpriced_token_usages: 0, cost_usd: null };
+  for (const [key] of FIGURES) figures[key] = 0;
+  return figures;
+}
+
+/** Add a usage point's (or another sum's) figures into ``sum``; returns it. */
+export function addFigures(sum, point) {
+  sum.interceptions += Number(point.interceptions) || 0;
+  sum.unpriced_token_usages += Number(point.unpriced_token_usages) || 0;
+  for (const [key] of FIGURES) sum[key] += Number(point[key]) || 0;
+  sum.cost_usd = addCost(sum.cost_usd, point.cost_usd);
+  return sum;
+}
 
 /** An interception's tokens: its token_usages added up, in the §8 names. */
 export function tokenTotals(record) {

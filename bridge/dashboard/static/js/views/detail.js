@@ -1,6 +1,7 @@
 // One interception: prompt, tool calls with their arguments, thoughts, token usage, metadata, thread.
 
 import { explain } from "../api.js";
+import { fmtUsd } from "../costs.js";
 import { VIEWER_ZONE, fmtDuration, fmtInt, fmtTime, h, notice, prettyJson, replace, spinner, truncate, zoned } from "../dom.js";
 import { sessionHref } from "../links.js";
 import { fetchInterception, findThread } from "../records.js";
@@ -69,16 +70,23 @@ function usageSection(record) {
   const cards = h("div", { class: "cards compact" }, FIGURES.map(([key, label]) =>
     h("div", { class: "card stat", dataset: { usage: key, value: String(totals[key]) } },
       h("div", { class: "stat-label" }, label),
-      h("div", { class: "stat-value" }, fmtInt(totals[key])))));
+      h("div", { class: "stat-value" }, fmtInt(totals[key])))),
+  h("div", { class: "card stat", dataset: { usage: "cost_usd", value: String(record.cost_usd ?? "") } },
+    h("div", { class: "stat-label" }, "Cost"),
+    h("div", { class: "stat-value" }, fmtUsd(record.cost_usd))));
   const head = h("thead", {}, h("tr", {},
     h("th", {}, "Response"),
     FIGURES.map(([, label]) => h("th", { class: "num" }, label)),
+    h("th", { class: "num" }, "Cost"),
     h("th", {}, "Other figures")));
   const body = h("tbody", {}, usages.map((usage) => h("tr", {},
     h("td", { class: "mono" }, usage.provider_response_id || "—"),
     FIGURES.map(([key]) => h("td", { class: "num" }, fmtInt(usage[key]))),
+    h("td", { class: "num", dataset: { figure: "cost_usd" } }, fmtUsd(usage.cost_usd)),
     h("td", { class: "figures-cell" }, otherFigures(usage.metadata)))));
-  return section("Token usage", "usage", cards, h("div", { class: "table-wrap" }, h("table", { class: "data-table" }, head, body)));
+  const unpriced = usages.some((usage) => usage.cost_usd === null || usage.cost_usd === undefined)
+    ? h("p", { class: "muted small", dataset: { role: "unpriced" } }, "—: the price table has no price for this model.") : null;
+  return section("Token usage", "usage", cards, h("div", { class: "table-wrap" }, h("table", { class: "data-table" }, head, body)), unpriced);
 }
 
 function promptSection(record) {

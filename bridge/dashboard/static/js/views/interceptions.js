@@ -1,5 +1,6 @@
 // The interceptions list: filters (the API's q keys), newest first, paged with the after_id cursor.
 
+import { fmtUsd } from "../costs.js";
 import { fmtInt, fmtTime, h, truncate, zoned } from "../dom.js";
 import { sessionHref } from "../links.js";
 import { renderList } from "../listview.js";
@@ -30,6 +31,7 @@ function row(record) {
     h("td", { class: "mono" }, record.model),
     h("td", {}, record.client || "—"),
     tokensCell(tokenTotals(record)),
+    h("td", { class: "num", dataset: { figure: "cost_usd" } }, fmtUsd(record.cost_usd)),
     h("td", { class: "num" }, fmtInt((record.tool_usages || []).length)),
     h("td", { class: "prompt-cell" }, prompt ? truncate(prompt, 90)
       : h("span", { class: "muted" }, record.correlating_tool_call_id ? "tool results" : "—")),
@@ -47,7 +49,7 @@ export async function renderInterceptions(main, params, { signal }) {
   lastList.hash = window.location.hash || BASE;
   await renderList(main, params, signal, {
     base: BASE, noun: "interceptions", title: "Interceptions", intro: null, table: "interceptions", row,
-    columns: [[zoned("Started")], ["User"], ["Provider"], ["Model"], ["Client"], ["Tokens in / out", true], ["Tools", true],
+    columns: [[zoned("Started")], ["User"], ["Provider"], ["Model"], ["Client"], ["Tokens in / out", true], ["Cost", true], ["Tools", true],
       ["Prompt"], ["Session"]],
     fetch: async (q, limit, cursor, abort) => {
       const page = await fetchPage(q, { limit, afterId: cursor, signal: abort });

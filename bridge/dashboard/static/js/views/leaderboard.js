@@ -1,17 +1,19 @@
-// Leaderboard: every user's requests and tokens over a range (GET usage?by=user, plus the users
+// Leaderboard: every user's requests, tokens and spend over a range (GET usage?by=user, plus the users
 // without usage for administrators), sorted by one figure, a page of 25 at a time.
 
 import { USAGE, USERS, apiGet, explain, getIdentity, isAdmin } from "../api.js";
 import { AXIS_ZONE } from "../charts.js";
+import { fmtUsd, unpricedNote } from "../costs.js";
 import { fmtInt, h, notice, replace, spinner } from "../dom.js";
 import { userRecordsHref } from "../links.js";
 import { pageLink } from "../pager.js";
-import { FIGURES } from "../tokens.js";
+import { FIGURES, addFigures, noFigures } from "../tokens.js";
 import { RANGES } from "./overview.js";
 
 export const PAGE_SIZE = 25;
 const DEFAULT_RANGE = "7d"; // the overview's
-// URL value -> [the row's figure, column title]; "total" is the four token figures added up.
+// URL value -> [the row's figure, column title]; "total" is the four token figures added up, "spend"
+// the priced usages' USD (a user with none priced shows "—" and sorts as $0).
 const SORTS = {
   requests: ["interceptions", "Requests"],
   input: ["input_tokens", "Input"],
@@ -19,6 +21,7 @@ const SORTS = {
   cache_read: ["cache_read_input_tokens", "Cache read"],
   cache_write: ["cache_write_input_tokens", "Cache write"],
   total: ["total_tokens", "Total tokens"],
+  spend: ["cost_usd", "Spend"],
 };
 const DEFAULT_SORT = "total";
 
@@ -29,9 +32,7 @@ function href(state, changes = {}) {
 }
 
 function emptyRow(id, username) {
-  const row = { id, username, interceptions: 0, total_tokens: 0 };
-  for (const [key] of FIGURES) row[key] = 0;
-  return row;
+  return { id, username, total_tokens: 0, ...noFigures() };
 }
 
 /** One row per user: the usage series summed over the range, and (admins) every live user without usage. */
@@ -39,10 +40,7 @@ function userRows(usage, users) {
   const rows = new Map();
   for (const series of usage.series || []) {
     const row = emptyRow(series.key, String(series.label ?? series.key ?? "(none)"));
-    for (const point of series.points || []) {
-      row.interceptions += Number(point.interceptions) || 0;
-      for (const [key] of FIGURES) row[key] += Number(point[key]) || 0;
-    }
+    for (const point of series.points || []) addFigures(row, point);
     row.total_tokens = FIGURES.reduce((sum, [key]) => sum + row[key], 0);
     rows.set(series.key, row);
   }
@@ -72,7 +70,14 @@ function table(rows, first, sort, state) {
     h("tbody", {}, rows.map((row, i) => h("tr", { dataset: { user: row.username } },
       h("td", { class: "num muted" }, String(first + i + 1)),
       h("td", {}, h("a", { href: userRecordsHref(row.username), title: `${row.username}'s sessions` }, row.username)),
-      Object.values(SORTS).map(([key]) => h("td", { class: key === SORTS[sort][0] ? "num sorted" : "num" }, fmtInt(row[key])))))));
+      Object.values(SORTS).map(([key]) => cell(row, key, key === SORTS[sort][0]))))));
+}
+
+function cell(row, key, sorted) {
+  const className = sorted ? "num sorted" : "num";
+  if (key !== "cost_usd") return h("td", { class: className }, fmtInt(row[key]));
+  return h("td", { class: className, dataset: { figure: key, value: String(row.cost_usd ?? "") },
+    title: unpricedNote(row.unpriced_token_usages) }, fmtUsd(row.cost_usd));
 }
 
 export async function renderLeaderboard(main, params, { signal }) {
@@ -88,7 +93,7 @@ export async function renderLeaderboard(main, params, { signal }) {
   replace(main, h("div", { class: "view", dataset: { view: "leaderboard" } },
     h("div", { class: "toolbar" },
       h("div", {}, h("h1", {}, "Leaderboard"),
-        h("p", { class: "muted" }, `Requests and tokens per user over the last ${RANGES[range].label}, counted in whole ${AXIS_ZONE} hours.`)),
+        h("p", { class: "muted" }, `Requests, tokens and spend (USD) per user over the last ${RANGES[range].label}, counted in whole ${AXIS_ZONE} hours.`)),
       h("div", { class: "controls" }, summary, rangeControl(range, state))),
     admin ? null : notice("empty", "The leaderboard of every user is for administrators: you see your own usage."),
     results));
@@ -108,7 +113,7 @@ export async function renderLeaderboard(main, params, { signal }) {
   if (signal.aborted) return;
   const figure = SORTS[sort][0];
   const rows = userRows(usage, users || [])
-    .sort((a, b) => b[figure] - a[figure] || a.username.localeCompare(b.username));
+    .sort((a, b) => (Number(b[figure]) || 0) - (Number(a[figure]) || 0) || a.username.localeCompare(b.username));
   const pages = Math.max(1, Math.ceil(rows.length / PAGE_SIZE));
   const asked = Number(params.get("page"));
   const page = Number.isInteger(asked) && asked >= 1 ? Math.min(asked, pages) : 1;

@@ -1,11 +1,12 @@
-// Overview: usage over time from the rollup-backed usage endpoint, totals, top tools.
+// Overview: usage and spend over time from the rollup-backed usage endpoint, totals, top tools.
 
 import { ApiError, TOOLS, USAGE, apiGet, explain, isAdmin } from "../api.js";
 import { AXIS_ZONE, OTHER_COLOR, PALETTE, bucketAxis, floorBucket, stackedBars } from "../charts.js";
+import { addCost, fmtUsd, unpricedNote } from "../costs.js";
 import { fmtInt, h, notice, replace, spinner } from "../dom.js";
 import { leaderboardHref, userRecordsHref } from "../links.js";
 import { FAMILY_LABEL } from "../filters.js";
-import { FIGURES } from "../tokens.js";
+import { FIGURES, addFigures, noFigures } from "../tokens.js";
 
 const HOUR = 3600 * 1000;
 const DAY = 24 * HOUR;
@@ -18,6 +19,8 @@ export const RANGES = {
 };
 export const GROUPS = { user: "User", model: "Model", client: "Client", provider: "Provider" };
 const KINDS = { all: "All kinds", ...Object.fromEntries(FIGURES.map(([key, label]) => [key, label])) };
+// The second chart's measure: tokens (of a kind) or spend in USD (the priced calls' cost).
+const MEASURES = { tokens: "Tokens", spend: "Spend" };
 const KIND_COLORS = ["#3b5bdb", "#f08c00", "#2f9e44", "#ae3ec9"];
 const MAX_SERIES = 8;
 const TABLE_ROWS = 25;
@@ -49,19 +52,14 @@ function tokenSum(point, kind) {
 function alignSeries(usage, axis, bucket) {
   const index = new Map(axis.map((t, i) => [t, i]));
   const aligned = (usage.series || []).map((one) => {
-    const rows = axis.map(() => ({ interceptions: 0, input_tokens: 0, output_tokens: 0, cache_read_input_tokens: 0,
-      cache_write_input_tokens: 0 }));
+    const rows = axis.map(noFigures);
     for (const point of one.points || []) {
       const at = Date.parse(point.t);
       if (Number.isNaN(at)) continue;
       const i = index.get(floorBucket(at, bucket));
-      if (i === undefined) continue;
-      for (const key of Object.keys(rows[i])) rows[i][key] += Number(point[key]) || 0;
+      if (i !== undefined) addFigures(rows[i], point);
     }
-    const total = rows.reduce((acc, row) => {
-      for (const key of Object.keys(acc)) acc[key] += row[key];
-      return acc;
-    }, { interceptions: 0, input_tokens: 0, output_tokens: 0, cache_read_input_tokens: 0, cache_write_input_tokens: 0 });
+    const total = rows.reduce(addFigures, noFigures());
     const label = one.label ?? one.key ?? "(none)";
     return { key: one.key, label: label === null || label === "" ? "(none)" : String(label), rows, total };
   });
@@ -72,11 +70,7 @@ function alignSeries(usage, axis, bucket) {
   let shown = aligned;
   if (aligned.length > MAX_SERIES) {
     const rest = aligned.slice(MAX_SERIES - 1);
-    const rows = axis.map((_, i) => {
-      const row = {};
-      for (const key of Object.keys(rest[0].rows[i])) row[key] = rest.reduce((sum, one) => sum + one.rows[i][key], 0);
-      return row;
-    });
+    const rows = axis.map((_, i) => rest.reduce((row, one) => addFigures(row, one.rows[i]), noFigures()));
     shown = [...aligned.slice(0, MAX_SERIES - 1), { key: null, label: `Other (${rest.length})`, rows, color: OTHER_COLOR }];
   }
   return { all: aligned, shown };
@@ -84,10 +78,15 @@ function alignSeries(usage, axis, bucket) {
 
 function totalsCards(totals) {
   const cards = [["interceptions", "Requests"], ...FIGURES.map(([key, label]) => [key, `${label} tokens`])];
+  const note = unpricedNote(totals?.unpriced_token_usages);
   return h("section", { class: "cards", "aria-label": "Totals" }, cards.map(([key, label]) =>
     h("div", { class: "card stat", dataset: { total: key, value: String(Number(totals?.[key]) || 0) } },
       h("div", { class: "stat-label" }, label),
-      h("div", { class: "stat-value" }, fmtInt(totals?.[key])))));
+      h("div", { class: "stat-value" }, fmtInt(totals?.[key])))),
+  h("div", { class: "card stat", dataset: { spend: "cost_usd", value: String(totals?.cost_usd ?? "") } },
+    h("div", { class: "stat-label" }, "Spend (USD)"),
+    h("div", { class: "stat-value" }, fmtUsd(totals?.cost_usd)),
+    note ? h("div", { class: "muted small", dataset: { role: "unpriced" } }, note) : null));
 }
 
 function chartCard(title, subtitle, chart, extra = null, footer = null) {
@@ -111,11 +110,13 @@ function groupTable(groups, groupLabel, { by, showAll, allHref }) {
     rows.length === 0 ? notice("empty", "No usage in this range.") :
       h("div", { class: "table-wrap" }, h("table", { class: "data-table", dataset: { table: "groups" } },
         h("thead", {}, h("tr", {}, h("th", {}, groupLabel), h("th", { class: "num" }, "Requests"),
-          FIGURES.map(([, label]) => h("th", { class: "num" }, label)))),
+          FIGURES.map(([, label]) => h("th", { class: "num" }, label)), h("th", { class: "num" }, "Spend"))),
         h("tbody", {}, rows.map((one) => h("tr", {},
           h("td", {}, h("span", { class: "swatch inline", dataset: { color: one.color } }), name(one)),
           h("td", { class: "num" }, fmtInt(one.total.interceptions)),
-          FIGURES.map(([key]) => h("td", { class: "num" }, fmtInt(one.total[key])))))))));
+          FIGURES.map(([key]) => h("td", { class: "num" }, fmtInt(one.total[key]))),
+          h("td", { class: "num", dataset: { figure: "cost_usd" }, title: unpricedNote(one.total.unpriced_token_usages) },
+            fmtUsd(one.total.cost_usd))))))));
 }
 
 function toolsTable(result) {
@@ -148,10 +149,11 @@ export async function renderOverview(main, params, { signal }) {
   const range = RANGES[params.get("range")] ? params.get("range") : "7d";
   const by = GROUPS[params.get("by")] ? params.get("by") : "user";
   const kind = KINDS[params.get("kind")] ? params.get("kind") : "all";
+  const measure = MEASURES[params.get("measure")] ? params.get("measure") : "tokens";
   const showAll = params.get("all") === "1";
   // By model: a Bedrock id and dated snapshots can count as their model (the API's by=model_family).
   const family = by === "model" && params.get("family") === "1";
-  const state = new URLSearchParams({ range, by, kind, ...(family ? { family: "1" } : {}) });
+  const state = new URLSearchParams({ range, by, kind, ...(measure === "spend" ? { measure } : {}), ...(family ? { family: "1" } : {}) });
   const { bucket, ms } = RANGES[range];
   const until = new Date();
   const since = new Date(until.getTime() - ms);
@@ -207,28 +209,41 @@ export async function renderOverview(main, params, { signal }) {
     axis, bucket: axisBucket, unit: "requests", title: `Requests per ${axisBucket} by ${groupLabel.toLowerCase()}`,
     series: shown.map((one) => ({ label: one.label, color: one.color, values: one.rows.map((r) => r.interceptions) })),
   });
-  const tokens = stackedBars({
-    axis, bucket: axisBucket, unit: "tokens", title: `${KINDS[kind]} tokens per ${axisBucket} by ${groupLabel.toLowerCase()}`,
-    series: shown.map((one) => ({ label: one.label, color: one.color, values: one.rows.map((r) => tokenSum(r, kind)) })),
-  });
+  const stacked = `stacked by ${groupLabel.toLowerCase()}`;
+  const unpriced = unpricedNote(usage.totals?.unpriced_token_usages);
+  const second = measure === "spend" ? {
+    title: "Spend", subtitle: `USD per ${axisBucket} (${AXIS_ZONE}), ${stacked}${unpriced ? `; ${unpriced}` : ""}`,
+    chart: stackedBars({
+      axis, bucket: axisBucket, usd: true, title: `Spend in USD per ${axisBucket} by ${groupLabel.toLowerCase()}`,
+      series: shown.map((one) => ({ label: one.label, color: one.color, values: one.rows.map((r) => Number(r.cost_usd) || 0),
+        total: one.rows.reduce((sum, r) => addCost(sum, r.cost_usd), null) })),
+    }),
+  } : {
+    title: "Tokens", subtitle: `per ${axisBucket} (${AXIS_ZONE}), ${stacked}`,
+    chart: stackedBars({
+      axis, bucket: axisBucket, unit: "tokens", title: `${KINDS[kind]} tokens per ${axisBucket} by ${groupLabel.toLowerCase()}`,
+      series: shown.map((one) => ({ label: one.label, color: one.color, values: one.rows.map((r) => tokenSum(r, kind)) })),
+    }),
+  };
   const kinds = stackedBars({
     axis, bucket: axisBucket, unit: "tokens", title: `Tokens per ${axisBucket} by kind`,
     series: FIGURES.map(([key, label], i) => ({
       label, color: KIND_COLORS[i], values: axis.map((_, j) => all.reduce((sum, one) => sum + one.rows[j][key], 0)),
     })),
   });
-  const kindPicker = h("div", { class: "segmented small", role: "group", "aria-label": "Token kind", dataset: { control: "kind" } },
-    Object.entries(KINDS).map(([value, text]) => h("a", {
-      href: link(state, { kind: value }), class: value === kind ? "active" : "", "aria-current": value === kind ? "true" : null,
-      dataset: { value },
-    }, text)));
+  const kindPicker = measure === "spend" ? null : h("div", { class: "segmented small", role: "group", "aria-label": "Token kind",
+    dataset: { control: "kind" } },
+  Object.entries(KINDS).map(([value, text]) => h("a", {
+    href: link(state, { kind: value }), class: value === kind ? "active" : "", "aria-current": value === kind ? "true" : null,
+    dataset: { value },
+  }, text)));
+  const measurePicker = h("div", { class: "chart-controls" }, segmented("Show", "measure", MEASURES, measure, state), kindPicker);
 
   replace(body,
     totalsCards(usage.totals),
     h("div", { class: "chart-grid" },
       chartCard("Requests", `per ${axisBucket} (${AXIS_ZONE}), stacked by ${groupLabel.toLowerCase()}`, requests, null, otherLink),
-      chartCard("Tokens", `per ${axisBucket} (${AXIS_ZONE}), stacked by ${groupLabel.toLowerCase()}`, tokens, kindPicker,
-        otherLink?.cloneNode(true)),
+      chartCard(second.title, second.subtitle, second.chart, measurePicker, otherLink?.cloneNode(true)),
       chartCard("Tokens by kind", `per ${axisBucket} (${AXIS_ZONE}): input, output, cache read and cache write`, kinds)),
     groupTable(all, groupLabel, { by, showAll, allHref }));
   colorSwatches(body);

@@ -5,6 +5,7 @@
 // says whose session when several users' sessions share the id (an administrator is asked to choose).
 
 import { ApiError, SESSIONS, apiGet, buildQ, explain } from "../api.js";
+import { fmtUsd } from "../costs.js";
 import { VIEWER_ZONE, fmtInt, fmtTime, h, notice, replace, spinner, zoned } from "../dom.js";
 import { sessionHref } from "../links.js";
 import { pageLink } from "../pager.js";
@@ -57,7 +58,7 @@ function header(session) {
     ["turns", "Turns", fmtInt(session.interception_count)],
     ["threads", "Threads", fmtInt(session.thread_count)],
     ...FIGURES.map(([key, label]) => [key, `${label} tokens`, fmtInt(totals[key])]),
-    ["cost", "Cost", session.cost_usd === null || session.cost_usd === undefined ? "—" : `$${Number(session.cost_usd).toFixed(2)}`],
+    ["cost", "Cost", fmtUsd(session.cost_usd)],
   ];
   return [
     h("section", { class: "cards compact session-figures", "aria-label": "Totals" }, figures.map(([key, label, value]) =>

@@ -2,6 +2,7 @@
 // interceptions list's filters, paged with the after_session_id and after_initiator cursor.
 
 import { SESSIONS, apiGet, buildQ } from "../api.js";
+import { fmtUsd } from "../costs.js";
 import { fmtInt, fmtTime, h, truncate, zoned } from "../dom.js";
 import { sessionHref } from "../links.js";
 import { renderList } from "../listview.js";
@@ -24,7 +25,8 @@ function row(session) {
     h("td", { class: "prompt-cell" }, session.last_prompt ? truncate(session.last_prompt, 90) : h("span", { class: "muted" }, "—")),
     h("td", { class: "num", dataset: { figure: "turns" } }, fmtInt(session.interception_count)),
     h("td", { class: "num", dataset: { figure: "threads" } }, fmtInt(session.thread_count)),
-    tokensCell(usageTotals(session.token_usage)));
+    tokensCell(usageTotals(session.token_usage)),
+    h("td", { class: "num", dataset: { figure: "cost_usd" } }, fmtUsd(session.cost_usd)));
 }
 
 export function renderSessions(main, params, { signal }) {
@@ -32,7 +34,7 @@ export function renderSessions(main, params, { signal }) {
     base: "#/sessions", noun: "sessions", title: "Sessions", table: "sessions", row,
     intro: "An agent's run: the calls of one user with one client session id, most recently active first.",
     columns: [[zoned("Last active")], ["User"], ["Client"], ["Models"], ["Last prompt"], ["Turns", true], ["Threads", true],
-      ["Tokens in / out", true]],
+      ["Tokens in / out", true], ["Cost", true]],
     // The cursor names the user too ("<session id>@<user id>"): users may share a client session id.
     cursorOf: (session) => `${session.id}@${session.initiator?.id || ""}`,
     fetch: async (q, limit, cursor, abort) => {

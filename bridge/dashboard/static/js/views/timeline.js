@@ -1,7 +1,8 @@
 // A session's threads as a timeline: each thread its turns (interceptions) in order, each turn what
 // it sent (the user's prompt, or the results of the tool calls the turn before made), then what the
-// model did (thoughts and tool calls with their arguments, in the order they happened), its tokens.
+// model did (thoughts and tool calls with their arguments, in the order they happened), its tokens and cost.
 
+import { fmtUsd } from "../costs.js";
 import { fmtInt, fmtTime, h, prettyJson, truncate } from "../dom.js";
 import { sessionHref } from "../links.js";
 import { tokenTotals, usageTotals } from "../tokens.js";
@@ -49,6 +50,11 @@ function tokensLine(totals) {
   `${fmtInt(totals.input_tokens)} in · ${fmtInt(totals.output_tokens)} out`, cache ? ` · ${fmtInt(cache)} cache` : "");
 }
 
+/** What a turn or a thread cost ("—": nothing of it had a price). */
+function costLine(cost) {
+  return h("span", { class: "turn-cost", dataset: { cost: String(cost ?? "") } }, fmtUsd(cost));
+}
+
 function turnInput(turn, index) {
   const prompts = (turn.user_prompts || []).map((p) => p.prompt).filter(Boolean);
   if (prompts.length) {
@@ -84,7 +90,7 @@ function turnItem(turn, index, marked) {
     h("header", { class: "turn-header" },
       h("a", { href: detailHref(turn), class: "turn-time", title: "This interception's details" }, fmtTime(turn.started_at)),
       h("span", { class: "mono small" }, turn.model),
-      tokensLine(tokenTotals(turn))),
+      tokensLine(tokenTotals(turn)), costLine(turn.cost_usd)),
     turnInput(turn, index),
     happened.length ? h("ol", { class: "events" }, happened.map(eventItem))
       : h("div", { class: "muted small" }, "The model answered without a tool call."));
@@ -101,7 +107,7 @@ function threadCard(thread, sessionId, index, marks) {
     h("div", { class: "thread-prompt" },
       h("a", { href: sessionHref(sessionId, { thread: thread.id, initiator: marks.initiator }), class: "thread-anchor", title: "This thread's address" }, "Thread"),
       " ", thread.prompt ? h("span", {}, truncate(thread.prompt, 160)) : h("span", { class: "muted" }, "(no prompt: tool results or a call of its own)")),
-    h("div", { class: "muted small" }, fmtTime(thread.started_at), " · ", tokensLine(totals))),
+    h("div", { class: "muted small" }, fmtTime(thread.started_at), " · ", tokensLine(totals), " · ", costLine(thread.cost_usd))),
   continued ? h("p", { class: "muted small" }, "Continued from the earlier turns of this thread.") : null,
   h("ol", { class: "turns" }, turns.map((turn) => turnItem(turn, index, marks.turn === turn.id))));
 }
