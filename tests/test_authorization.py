@@ -36,10 +36,13 @@ USER_ROUTES = [("GET", INTERCEPTIONS), ("GET", f"{INTERCEPTIONS}/<path:intercept
                ("GET", "/api/v2/aibridge/clients"), ("GET", "/api/v2/aibridge/usage"), ("GET", "/api/v2/aibridge/tools"),
                ("GET", "/api/v2/aibridge/models"), ("GET", "/api/v2/aibridge/sessions"),
                ("GET", "/api/v2/aibridge/sessions/<path:session_id>"), ("GET", "/api/v2/users/me"),
-               ("GET", f"{INTERCEPTIONS}/"), ("GET", "/api/v2/aibridge/sessions/")]  # no id: a 404 once signed in
+               ("GET", f"{INTERCEPTIONS}/"), ("GET", "/api/v2/aibridge/sessions/"),  # no id: a 404 once signed in
+               ("GET", "/api/v2/aibridge/budgets/me")]
 ADMIN_ROUTES = [("GET", "/api/v2/users"), ("POST", "/api/v2/users"), ("GET", "/api/v2/users/<name>"),
                 ("DELETE", "/api/v2/users/<name>"), ("GET", "/api/v2/users/<name>/tokens"),
-                ("POST", "/api/v2/users/<name>/tokens"), ("DELETE", "/api/v2/tokens/<token_id>")]
+                ("POST", "/api/v2/users/<name>/tokens"), ("DELETE", "/api/v2/tokens/<token_id>"),
+                ("GET", "/api/v2/aibridge/budgets"), ("GET", "/api/v2/aibridge/budgets/<name>"),
+                ("PUT", "/api/v2/aibridge/budgets/<name>"), ("DELETE", "/api/v2/aibridge/budgets/<name>")]
 PUBLIC_ROUTES = [("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/dashboard"),
                  ("GET", "/dashboard/"), ("GET", "/dashboard/static/<path:filename>")]
 
@@ -224,11 +227,17 @@ def _admin_calls(world: World) -> list[tuple[str, str, dict | None]]:
             ("GET", f"/api/v2/users/{y}", None), ("GET", f"/api/v2/users/{x}", None),
             ("DELETE", f"/api/v2/users/{y}", None), ("GET", f"/api/v2/users/{y}/tokens", None),
             ("GET", f"/api/v2/users/{x}/tokens", None), ("POST", f"/api/v2/users/{x}/tokens", {}),
-            ("POST", f"/api/v2/users/{y}/tokens", {"lifetime": "1h"}), ("DELETE", f"/api/v2/tokens/{token_id}", None)]
+            ("POST", f"/api/v2/users/{y}/tokens", {"lifetime": "1h"}), ("DELETE", f"/api/v2/tokens/{token_id}", None),
+            ("GET", "/api/v2/aibridge/budgets", None), ("GET", f"/api/v2/aibridge/budgets/{y}", None),
+            ("GET", "/api/v2/aibridge/budgets/default", None),
+            ("PUT", f"/api/v2/aibridge/budgets/{x}", {"period": "day", "limit_usd": 1000}),
+            ("PUT", "/api/v2/aibridge/budgets/default", {"period": "day", "limit_tokens": 0}),
+            ("DELETE", f"/api/v2/aibridge/budgets/{y}", None), ("DELETE", "/api/v2/aibridge/budgets/default", None)]
 
 
 def test_a_non_admin_is_refused_every_admin_route_and_nothing_happens(world):
     before = world.api("admin", "/api/v2/users").json()
+    budgets = world.api("admin", "/api/v2/aibridge/budgets").json()
     y_tokens = world.api("admin", f"/api/v2/users/{world.users['y']['username']}/tokens").json()
     calls = _admin_calls(world)
     assert {(method, _template(path)) for method, path, _ in calls} == set(ADMIN_ROUTES)
@@ -238,6 +247,7 @@ def test_a_non_admin_is_refused_every_admin_route_and_nothing_happens(world):
             assert response.status_code == 403, (method, path, response.text)
             assert response.json() == {"message": "this route is for administrators"}
     assert world.api("admin", "/api/v2/users").json() == before
+    assert world.api("admin", "/api/v2/aibridge/budgets").json() == budgets
     assert world.api("admin", f"/api/v2/users/{world.users['y']['username']}/tokens").json() == y_tokens
     assert world.api("y", INTERCEPTIONS).status_code == 200  # y's token still works
 
@@ -248,6 +258,8 @@ def _template(path: str) -> str:
         parts[4] = "<name>"
     if path.startswith("/api/v2/tokens/"):
         parts[4] = "<token_id>"
+    if path.startswith("/api/v2/aibridge/budgets/"):
+        parts[5] = "<name>"
     return "/".join(parts)
 
 
