@@ -20,6 +20,8 @@ from typing import Any, Mapping
 
 PERIODS = ("day", "week", "month")
 FIELDS = ("period", "limit_usd", "limit_tokens")
+#: The largest token limit the stores hold (a 64-bit signed integer column).
+MAX_TOKENS = 2**63 - 1
 #: Test only: a file holding the time the budgets take as now (absent or empty: the real time).
 TEST_CLOCK_ENV = "BRIDGE_TEST_CLOCK_FILE"
 _ADJECTIVES = {"day": "daily", "week": "weekly", "month": "monthly"}
@@ -102,8 +104,9 @@ def parse_budget(body: Any, names: Mapping[str, str] | None = None) -> Budget:
                                   or not math.isfinite(limit_usd) or limit_usd < 0):
         raise BudgetError(f"{name('limit_usd')} must be a number >= 0 (US dollars) or null, not {_shown(limit_usd)}")
     if limit_tokens is not None and (isinstance(limit_tokens, bool) or not isinstance(limit_tokens, int)
-                                     or limit_tokens < 0):
-        raise BudgetError(f"{name('limit_tokens')} must be an integer >= 0 or null, not {_shown(limit_tokens)}")
+                                     or not 0 <= limit_tokens <= MAX_TOKENS):
+        raise BudgetError(f"{name('limit_tokens')} must be an integer >= 0 (at most {MAX_TOKENS}) or null,"
+                          f" not {_shown(limit_tokens)}")
     if limit_usd is None and limit_tokens is None:
         raise BudgetError(f"a budget needs a limit: give {name('limit_usd')}, {name('limit_tokens')} or both")
     return Budget(period, None if limit_usd is None else float(limit_usd), limit_tokens)

@@ -94,8 +94,13 @@ def flatten_figures(payload: dict, skip: frozenset[str] = frozenset(), prefix: s
     return flat
 
 
+#: No call counts more tokens; a figure past it (or below 0) is an upstream's error, recorded as 0: it would
+#: overflow the store's 64-bit columns and sums (stalling every record) or lower a user's budgeted spend.
+MAX_TOKEN_COUNT = 2**40
+
+
 def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKEN_COUNT else 0
 
 
 class _UsageSchema(Schema):

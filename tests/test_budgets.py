@@ -68,6 +68,7 @@ def test_periods_are_utc_calendar_days_iso_weeks_and_months(moment, period, star
     ({"period": "day", "limit_usd": float("inf")}, "field 'limit_usd' must be a number >= 0"),
     ({"period": "day", "limit_tokens": 1.5}, "field 'limit_tokens' must be an integer >= 0"),
     ({"period": "day", "limit_tokens": -3}, "field 'limit_tokens' must be an integer >= 0"),
+    ({"period": "day", "limit_tokens": 2**63}, "field 'limit_tokens' must be an integer >= 0"),  # no store holds it
     ({"period": "day", "limit_usd": 1, "users": []}, "unknown field 'users'"),
     (["day"], "a budget is a JSON object"),
 ])

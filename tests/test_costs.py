@@ -118,3 +118,12 @@ def test_a_journaled_token_usage_keeps_its_cost():
     unpriced = TokenUsageRecord(id="v", interception_id="i", created_at="2026-11-20T10:00:00Z")
     replayed = RecordBatch.from_json(RecordBatch(token_usages=[record, unpriced]).to_json())
     assert replayed.token_usages == [record, unpriced] and unpriced.cost_usd is None
+
+
+def test_absurd_usage_figures_from_an_upstream_are_recorded_as_zero_and_priced_finite():
+    from bridge.records import ANTHROPIC_USAGE, OPENAI_USAGE
+
+    usage = OPENAI_USAGE.load({"prompt_tokens": 10**30, "completion_tokens": -5})
+    assert (usage.input_tokens, usage.output_tokens) == (0, 0)  # SQLite cannot hold 10**30; -5 lowers a budget
+    usage = ANTHROPIC_USAGE.load({"input_tokens": 12, "output_tokens": 3, "cache_read_input_tokens": -1})
+    assert (usage.input_tokens, usage.output_tokens, usage.cache_read_input_tokens) == (12, 3, 0)
