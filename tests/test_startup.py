@@ -149,9 +149,11 @@ def _frames_in_bridge(output: str) -> list[str]:
 
 
 def _traceback_exceptions(output: str) -> list[str]:
-    """The exception line that ends each traceback in ``output`` (gunicorn's own log lines, which
-    start with "[", may come in between)."""
-    return [next((line for line in block.splitlines() if line and not line[0].isspace() and line[0] != "["), "")
+    """The exception line that ends each traceback in ``output``. Other processes write to the same
+    stream meanwhile: gunicorn's own log lines (starting with "[") and the other workers' one-line
+    configuration errors (starting with the variable's name) may land inside a traceback."""
+    return [next((line for line in block.splitlines()
+                  if line and not line[0].isspace() and line[0] != "[" and not line.startswith("CODER_")), "")
             for block in output.split("Traceback (most recent call last):")[1:]]
 
 
