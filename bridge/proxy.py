@@ -81,8 +81,7 @@ def _intercept_view(provider: Provider, path: str, factory: InterceptorFactory, 
     def intercept() -> Response:
         shape = provider.shape
         try:
-            caller = _authenticate(provider, gateway)
-            gateway.budgets.enforce(caller.user_id, caller.username, provider.name)  # a dict lookup, no store call
+            caller = _authenticate(provider, gateway, spends=True)
             g.bridge_slot = gateway.limits.acquire(provider.name)  # before the body is read: 429 is cheap
             raw = read_body(gateway.settings.max_body_size)
             interceptor = factory(provider, parse_json_object(raw), raw)
@@ -159,9 +158,10 @@ def _holding_slot(view):
 
 def _passthrough(provider: Provider, path: str, gateway: Gateway) -> Response:
     try:
-        caller = _authenticate(provider, gateway)
+        reads = request.method in ("GET", "HEAD")
+        caller = _authenticate(provider, gateway, spends=not reads)
         provider.check_passthrough(path)
-        body = read_body(gateway.settings.max_body_size) if request.method not in ("GET", "HEAD") else None
+        body = read_body(gateway.settings.max_body_size) if not reads else None
         upstream = gateway.upstream.send(request.method, provider.upstream_url(path, request.query_string),
                                          upstream_headers(request.headers.items(), _credentials(provider, caller.byok)),
                                          body, provider.name)
@@ -172,9 +172,15 @@ def _passthrough(provider: Provider, path: str, gateway: Gateway) -> Response:
     return RelayResponse(content, status=upstream.status_code, headers=response_headers(upstream))
 
 
-def _authenticate(provider: Provider, gateway: Gateway):
-    return gateway.authenticator.authenticate(request.headers, gateway.settings.allow_byok,
-                                              byok_only=provider.always_byok)
+def _authenticate(provider: Provider, gateway: Gateway, spends: bool):
+    """The caller. A call that ``spends`` (every intercepted one; a passthrough one that is not a read,
+    e.g. POST v1/responses/compact, which runs the model unrecorded) is refused with the budget's 429
+    when the caller's budget is spent: a dict lookup, no store call (bridge.budgets)."""
+    caller = gateway.authenticator.authenticate(request.headers, gateway.settings.allow_byok,
+                                                byok_only=provider.always_byok)
+    if spends:
+        gateway.budgets.enforce(caller.user_id, caller.username, provider.name)
+    return caller
 
 
 def _credentials(provider: Provider, byok: bool) -> dict[str, str] | None:
